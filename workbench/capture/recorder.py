@@ -1,0 +1,200 @@
+"""Per-layer accumulation of attention statistics (and, on request, maps, hidden states, head outputs).
+
+The recorder is fed by the attention implementation (one call per layer per forward) and by forward
+pre-hooks on the layer modules. With a KV cache, every forward adds the query rows of its new tokens and
+adds their attention to the column sums, so a traced generation yields the same statistics as one
+forward over the final sequence. Only one layer's attention statistics are computed at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.capture.layout import ModelLayout
+from workbench.capture.plan import CapturePlan
+from workbench.kernels import MaskSpec, attention_statistics
+from workbench.traces.tokens import REGIONS
+
+
+def tensor_name(stack: str, layer: int, stat: str) -> str:
+    return f"{'' if stack == 'text' else stack + '.'}layer_{layer:02d}.{stat}"
+
+
+STAT_AXES = {
+    "key_mass": ("head", "key_pos"),
+    "key_count": ("key_pos",),
+    "region_mass": ("head", "query_pos", "region"),
+    "region_count": ("query_pos", "region"),
+    "entropy": ("head", "query_pos"),
+    "normaliser": ("head", "query_pos"),
+    "top_index": ("head", "query_pos", "top"),
+    "top_weight": ("head", "query_pos", "top"),
+    "maps": ("head", "query_pos", "key_pos"),
+    "map_heads": ("head",),
+    "hidden_in": ("query_pos", "d_model"),
+    "head_out": ("head", "query_pos", "d_model"),
+    "head_out_positions": ("query_pos",),
+}
+
+
+def mask_spec(attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
+    """Translate what transformers handed to SDPA into a MaskSpec, mirroring SDPA's own reading of it."""
+    if attention_mask is None:
+        # SDPA applies is_causal only with several queries, aligned to the top-left corner.
+        return MaskSpec(causal=causal and n_queries > 1, query_offset=0)
+    mask = attention_mask[..., :n_keys]
+    visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return MaskSpec(dense=visible[:, :1])
+
+
+class Recorder:
+    """Collects everything a trace stores about one input; see CapturePlan for the options."""
+
+    def __init__(self, layout: ModelLayout, plan: CapturePlan, *, text_capacity: int, prompt_length: int):
+        self.layout = layout
+        self.plan = plan
+        self.capacity = {"text": text_capacity}
+        self.prompt_length = prompt_length
+        self.key_regions = {"text": torch.zeros(text_capacity, dtype=torch.long)}
+        self.step_start = 0  # absolute position of the first token of the current text forward
+        self.length = {"text": 0}
+        self._buffers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self._head_out: dict[int, dict[int, torch.Tensor]] = {}  # layer -> position -> [head, d_model]
+        self.max_normaliser_error = 0.0
+        self.non_finite = 0
+
+    # -- driven by the tracer -------------------------------------------------------------------------
+    def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
+        if stack not in self.key_regions:
+            self.key_regions[stack] = torch.zeros(len(regions), dtype=torch.long)
+            self.capacity[stack] = len(regions)
+        self.key_regions[stack][start:start + len(regions)] = regions
+
+    def begin_step(self, start: int, length: int) -> None:
+        self.step_start = start
+        self.length["text"] = max(self.length["text"], start + length)
+
+    def install_hooks(self) -> list:
+        if not self.plan.hidden_states:
+            return []
+        handles = []
+        for index, layer_module in enumerate(self.layout.stacks["text"].layers):
+            def hook(module, args, kwargs, index=index):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                buffer = self._layer_buffers("text", index)
+                rows = slice(self.step_start, self.step_start + hidden.shape[1])
+                buffer["hidden_in"][rows] = hidden[0].detach().float()
+            handles.append(layer_module.register_forward_pre_hook(hook, with_kwargs=True))
+        return handles
+
+    # -- driven by the attention implementation --------------------------------------------------------
+    def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output) -> None:
+        stack, layer = self.layout.locate(module)
+        n_queries, n_keys = query.shape[2], key.shape[2]
+        if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
+            self.set_regions(stack, torch.tensor([REGIONS.index("special")] + [REGIONS.index("image")] * (n_keys - 1)))
+            self.length[stack] = n_keys
+        start = n_keys - n_queries if stack == "text" else 0
+        rows = slice(start, start + n_queries)
+        buffer = self._layer_buffers(stack, layer)
+        selection = self.plan.maps.get(stack)
+        map_heads = selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None
+        stats = attention_statistics(
+            query.detach(), key.detach(), scaling=scaling,
+            mask=mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys),
+            key_regions=self.key_regions[stack][:n_keys].to(query.device), n_regions=len(REGIONS),
+            top_k=self.plan.top_k, map_heads=map_heads, implementation=self.plan.implementation,
+        )
+        buffer["key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
+        buffer["key_count"][:n_keys] += stats.key_count[0].cpu()
+        buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
+        buffer["region_count"][rows] = stats.region_count[0].cpu()
+        buffer["entropy"][:, rows] = stats.entropy[0].cpu()
+        buffer["normaliser"][:, rows] = stats.normaliser[0].cpu()
+        self._check_numerics(stats)
+        if self.plan.top_k:
+            buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu()
+            buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()
+        if map_heads is not None:
+            buffer["maps"][:, rows, :n_keys] = stats.maps[0].cpu().to(buffer["maps"].dtype)
+        if stack == "text" and self.plan.head_outputs is not None:
+            self._record_head_outputs(layer, start, attn_output)
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
+        key = (stack, layer)
+        if key not in self._buffers:
+            self._buffers[key] = self._allocate(stack, layer)
+        return self._buffers[key]
+
+    def _allocate(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
+        info = self.layout.stacks[stack]
+        n, heads, regions = self.capacity[stack], info.n_heads, len(REGIONS)
+        buffer = {
+            "key_mass": torch.zeros(heads, n),
+            "key_count": torch.zeros(n, dtype=torch.long),
+            "region_mass": torch.zeros(heads, n, regions),
+            "region_count": torch.zeros(n, regions, dtype=torch.long),
+            "entropy": torch.zeros(heads, n),
+            "normaliser": torch.zeros(heads, n),
+        }
+        if self.plan.top_k:
+            buffer["top_index"] = torch.full((heads, n, self.plan.top_k), -1, dtype=torch.long)
+            buffer["top_weight"] = torch.zeros(heads, n, self.plan.top_k)
+        selection = self.plan.maps.get(stack)
+        if selection and selection.wants(layer):
+            map_heads = selection.head_list(heads)
+            buffer["maps"] = torch.zeros(len(map_heads), n, n, dtype=getattr(torch, self.plan.map_dtype))
+            buffer["map_heads"] = torch.tensor(map_heads, dtype=torch.long)
+        if stack == "text" and self.plan.hidden_states:
+            buffer["hidden_in"] = torch.zeros(n, info.d_model)
+        return buffer
+
+    def _wants_head_output(self, position: int) -> bool:
+        wanted = self.plan.head_outputs
+        if wanted == "all" or wanted == "last":
+            return True
+        if wanted == "generated":
+            return position >= self.prompt_length
+        return position in wanted
+
+    def _record_head_outputs(self, layer: int, start: int, attn_output: torch.Tensor) -> None:
+        # attn_output: [batch, query_pos, head, d_head]; W_O: [d_model, head * d_head]
+        n_heads, d_head = attn_output.shape[2], attn_output.shape[3]
+        w_out = self.layout.output_projection("text", layer).detach().float()
+        w_out = w_out.reshape(w_out.shape[0], n_heads, d_head)
+        store = self._head_out.setdefault(layer, {})
+        for row in range(attn_output.shape[1]):
+            position = start + row
+            if self._wants_head_output(position):
+                head_vectors = attn_output[0, row].detach().float()  # [head, d_head]
+                store[position] = torch.einsum("hd,mhd->hm", head_vectors, w_out).cpu()
+
+    def _check_numerics(self, stats) -> None:
+        seen = stats.region_count[0].sum(-1) > 0  # [query_pos]
+        if seen.any():
+            error = (stats.normaliser[0][:, seen] - 1).abs().max().item()
+            self.max_normaliser_error = max(self.max_normaliser_error, error if error == error else float("inf"))
+        self.non_finite += int((~torch.isfinite(stats.entropy)).sum() + (~torch.isfinite(stats.key_mass)).sum())
+
+    def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        """Everything recorded, trimmed to the final length, as name -> (tensor, axes)."""
+        out: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
+        for (stack, layer), buffer in sorted(self._buffers.items()):
+            n = self.length[stack]
+            for stat, tensor in buffer.items():
+                axes = STAT_AXES[stat]
+                trimmed = tensor
+                for dim, axis in enumerate(axes):
+                    if axis in ("query_pos", "key_pos"):
+                        trimmed = trimmed.narrow(dim, 0, n)
+                out[tensor_name(stack, layer, stat)] = (trimmed.contiguous(), axes)
+        for layer, by_position in sorted(self._head_out.items()):
+            positions = sorted(by_position)
+            if self.plan.head_outputs == "last":
+                positions = positions[-1:]
+            vectors = torch.stack([by_position[p] for p in positions], dim=1)  # [head, position, d_model]
+            out[tensor_name("text", layer, "head_out")] = (vectors, STAT_AXES["head_out"])
+            out[tensor_name("text", layer, "head_out_positions")] = (
+                torch.tensor(positions, dtype=torch.long), STAT_AXES["head_out_positions"])
+        return out

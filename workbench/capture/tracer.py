@@ -1,0 +1,172 @@
+"""`trace()`: run a model on one input (plus greedy generation) with capture on, and return a `Trace`."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable
+
+import torch
+
+from workbench.capture.backend import IMPLEMENTATION_NAME, capturing
+from workbench.capture.inputs import prepare_input
+from workbench.capture.layout import discover_layout
+from workbench.capture.plan import CapturePlan, MapSelection
+from workbench.capture.recorder import Recorder
+from workbench.errors import InputError
+from workbench.models.loaded import LoadedModel
+from workbench.traces.tokens import REGIONS, Token
+from workbench.traces.trace import MemoryTensors, Trace
+
+# Above this many prompt logits (positions x vocabulary) only the last prompt row's prediction is kept.
+MAX_PROMPT_LOGITS = 64 * 1024 * 1024
+
+
+def _as_selection(maps) -> MapSelection | None:
+    if maps is None or maps is False:
+        return None
+    if maps is True:
+        return MapSelection()
+    if isinstance(maps, MapSelection):
+        return maps
+    return MapSelection.parse(str(maps))
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(loaded.model, "generation_config", None), loaded.text_config, loaded.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
+          maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None, top_k: int = 0,
+          map_dtype: str = "float16", max_length: int | None = None, implementation: str = "auto",
+          device: str = "cpu", dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Trace:
+    """Trace `prompt` (and `image`) through `model` and greedily generate up to `max_new_tokens` tokens.
+
+    model: a registry name, local directory, hub id, or a `LoadedModel`.
+    maps / vision_maps: keep full maps for 'LAYERS:HEADS' (e.g. 'all', '0-3:all', '5:0,2') of the language model
+        / vision tower; statistics are always kept.
+    hidden_states: keep the residual stream entering each layer. head_outputs: keep per-head contributions
+        (through W_O) at "all", "generated", "last" or explicit positions. top_k: keep top-k keys per row.
+    max_length: allow sequences up to this length even past the model's trained context.
+    progress: called as progress(done_forwards, total_forwards).
+
+    >>> import workbench
+    >>> t = workbench.trace("tiny-llama", "Hello there", max_new_tokens=2)
+    >>> [token.region for token in t.tokens][-2:]
+    ['generated', 'generated']
+    """
+    from workbench.models import load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    if max_new_tokens < 0:
+        raise InputError("--max-new-tokens must be 0 or more")
+    if max_new_tokens and loaded.kind == "encoder":
+        raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
+    prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
+    prompt_length = prepared.input_ids.shape[1]
+    limit = max_length or loaded.max_positions
+    if limit is not None and prompt_length + max_new_tokens > limit:
+        raise InputError(
+            f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
+            f"of {limit}; shorten the prompt, lower --max-new-tokens, or pass --max-length N to go past it on purpose"
+        )
+    plan = CapturePlan(
+        maps={stack: sel for stack, sel in (("text", _as_selection(maps)), ("vision", _as_selection(vision_maps)))
+              if sel is not None},
+        hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
+        implementation=implementation,
+    )
+    layout = discover_layout(loaded.model)
+    recorder = Recorder(layout, plan, text_capacity=prompt_length + max_new_tokens, prompt_length=prompt_length)
+    recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in prepared.tokens]))
+    tokens = list(prepared.tokens)
+    logprob = torch.full((prompt_length + max_new_tokens,), float("nan"))
+    entropy = torch.full_like(logprob, float("nan"))
+    device_ = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
+    eos = _eos_ids(loaded)
+    with torch.inference_mode(), capturing(loaded.model, recorder):
+        recorder.begin_step(0, prompt_length)
+        forward = {"input_ids": prepared.input_ids.to(device_),
+                   **{k: (v.to(device_) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}}
+        if "pixel_values" in forward:
+            forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
+        if loaded.kind == "encoder":
+            loaded.model(**forward)
+        else:
+            keep_all = prompt_length * loaded.text_config.vocab_size <= MAX_PROMPT_LOGITS
+            output = loaded.model(**forward, use_cache=True, logits_to_keep=0 if keep_all else 1)
+            _record_predictions(output.logits[0], prepared.input_ids[0], prompt_length, logprob, entropy)
+            cache = output.cache
+            for step in range(max_new_tokens):
+                if progress:
+                    progress(step + 1, max_new_tokens + 1)
+                next_id = int(output.logits[0, -1].argmax())
+                position = prompt_length + step
+                logprob[position - 1] = torch.log_softmax(output.logits[0, -1].float(), -1)[next_id]
+                tokens.append(Token(position, next_id, loaded.tokenizer.decode([next_id]), "generated"))
+                recorder.set_regions("text", torch.tensor([REGIONS.index("generated")]), start=position)
+                recorder.begin_step(position, 1)
+                output = loaded.model(input_ids=torch.tensor([[next_id]], device=device_), cache=cache,
+                                      use_cache=True)
+                cache = output.cache
+                entropy[position] = _entropy(output.logits[0, -1])
+                if next_id in eos:
+                    break
+    if progress:
+        progress(max_new_tokens + 1, max_new_tokens + 1)
+    n = len(tokens)
+    tensors = recorder.tensors()
+    tensors["outputs.next_token_logprob"] = (logprob[:n].clone(), ("query_pos",))
+    tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
+    meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
+    return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
+
+
+def _entropy(logits: torch.Tensor) -> float:
+    logp = torch.log_softmax(logits.float(), -1)
+    return float(-(logp.exp() * logp).sum())
+
+
+def _record_predictions(logits, input_ids, prompt_length, logprob, entropy) -> None:
+    """Per prompt row: log p of the next prompt token, and the entropy of the predicted distribution."""
+    rows = logits.shape[0]
+    first = prompt_length - rows
+    logp = torch.log_softmax(logits.float(), -1)
+    entropy[first:prompt_length] = -(logp.exp() * logp).sum(-1)
+    targets = input_ids[first + 1:prompt_length]
+    if len(targets):
+        logprob[first:prompt_length - 1] = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
+
+
+def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder) -> dict:
+    import transformers
+
+    import workbench
+
+    generated = tokens[prompt_length:]
+    stacks = {
+        name: {"layers": stack.n_layers, "heads": stack.n_heads, "kv_heads": stack.n_kv_heads,
+               "d_model": stack.d_model, "positions": recorder.length.get(name, 0)}
+        for name, stack in layout.stacks.items() if name in recorder.length
+    }
+    return {
+        "workbench_version": workbench.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": loaded.name, "source": loaded.source, "revision": loaded.revision, "kind": loaded.kind,
+                  "architecture": type(loaded.model).__name__, "dtype": loaded.dtype, "device": loaded.device,
+                  "attention_backend": IMPLEMENTATION_NAME, "transformers_version": transformers.__version__},
+        "inputs": {k: v for k, v in prepared.meta.items()},
+        "generation": {"text": "".join(t.text for t in generated), "start": prompt_length, "end": len(tokens),
+                       "max_new_tokens": max_new_tokens, "strategy": "greedy",
+                       "note": "the token at position p was predicted by query row p - 1"},
+        "dims": {"tokens": len(tokens), "regions": list(REGIONS), "stacks": stacks},
+        "capture": plan.to_json(),
+        "checks": {"max_normaliser_error": recorder.max_normaliser_error, "non_finite": recorder.non_finite,
+                   "healthy": recorder.non_finite == 0 and recorder.max_normaliser_error < 1e-3},
+    }

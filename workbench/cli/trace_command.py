@@ -1,0 +1,161 @@
+"""`workbench trace`: trace one prompt or a JSONL file of prompts into bundles (and JSON exports)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.cli.paths import check_writable, write_text_atomic
+from workbench.errors import InputError
+
+
+def read_prompts(path: Path) -> list[dict]:
+    """Lines of {"prompt": ..., "image": optional path (relative to the file), "name", "system", "max_new_tokens"}."""
+    if not path.is_file():
+        raise InputError(f"prompts file {path} does not exist")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: not valid JSON ({error.msg}); write one JSON object per line") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise InputError(f'{path}:{number}: each line needs a "prompt" string')
+        if item.get("image"):
+            item["image"] = str((path.parent / item["image"]).resolve())
+        item.setdefault("name", f"{len(items):04d}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(item["name"])):
+            raise InputError(f"{path}:{number}: name {item['name']!r} may only use letters, digits, '.', '_' and '-'")
+        items.append(item)
+    if not items:
+        raise InputError(f"{path} holds no prompts")
+    return items
+
+
+def trace(
+    model: str = typer.Option(..., "--model", "-m", help="Registry name (see `workbench models`), local dir or hub id."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL file of prompts (one bundle each)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image for a vision-language model."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
+                                                 help="Tokens to generate greedily [default: 16; 0 for encoders]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle path (a folder for --prompts)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON export here ('-': stdout)."),
+    maps: Optional[str] = typer.Option(None, "--maps", help="Keep full maps: LAYERS:HEADS, e.g. 'all', '0-3:all', '5:0,2'."),
+    vision_maps: Optional[str] = typer.Option(None, "--vision-maps", help="Same for the vision tower."),
+    hidden: bool = typer.Option(False, "--hidden", help="Keep the residual stream entering every layer."),
+    head_outputs: Optional[str] = typer.Option(None, "--head-outputs",
+                                               help="Keep per-head outputs at 'all', 'generated', 'last' or '3,7,9'."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most attended keys of every query."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
+    kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+) -> None:
+    """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
+    if (prompt is None) == (prompts is None):
+        raise InputError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    parsed_head_outputs = _parse_head_outputs(head_outputs)
+    items = read_prompts(prompts) if prompts else [
+        {"prompt": prompt, "image": str(image) if image else None, "name": None}]
+    if prompts and image:
+        raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
+    jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
+    from workbench.models import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    from workbench.capture import trace as run_trace
+    from workbench.cli.progress import progress_bars
+
+    with progress_bars() as bars:
+        overall = bars.add_task("inputs", total=len(jobs)) if len(jobs) > 1 else None
+        for item, bundle_path, json_path in jobs:
+            step_task = bars.add_task(f"{item.get('name') or 'trace'}", total=None)
+            new_tokens = item.get("max_new_tokens", max_new_tokens)
+            if new_tokens is None:
+                new_tokens = 0 if loaded.kind == "encoder" else 16
+            result = run_trace(
+                loaded, item["prompt"], item.get("image"), max_new_tokens=new_tokens,
+                system=item.get("system", system), raw=raw, maps=maps, vision_maps=vision_maps, hidden_states=hidden,
+                head_outputs=parsed_head_outputs, top_k=top_k, max_length=max_length, implementation=kernel,
+                progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
+            )
+            bars.remove_task(step_task)
+            if bundle_path is not None:
+                result.save(bundle_path, force=force)
+            if json_path is not None:
+                text = json.dumps(result.to_json(), ensure_ascii=False, indent=1)
+                if str(json_path) == "-":
+                    print(text)
+                else:
+                    write_text_atomic(json_path, text)
+            if overall is not None:
+                bars.advance(overall)
+            _report(result, bundle_path, json_path)
+
+
+def _parse_head_outputs(text: str | None):
+    if text is None or text in ("all", "generated", "last"):
+        return text
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InputError("--head-outputs takes 'all', 'generated', 'last' or positions like '3,7,9'") from None
+
+
+def _plan_outputs(items, model, out, json_out, force, *, many):
+    """Decide every output path and check them all before any model is loaded."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-40:]
+    jobs = []
+    if many:
+        folder = out or Path(f"traces/{safe_model}-{stamp}")
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out {folder} must be a folder when tracing --prompts")
+        folder.mkdir(parents=True, exist_ok=True)
+        json_folder = json_out
+        if json_folder is not None:
+            json_folder.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            bundle = folder / f"{item['name']}.wbtrace"
+            json_path = json_folder / f"{item['name']}.json" if json_folder is not None else None
+            jobs.append((item, bundle, json_path))
+    else:
+        bundle = out
+        if out is None and json_out is None:
+            Path("traces").mkdir(exist_ok=True)
+            bundle = Path(f"traces/{safe_model}-{stamp}.wbtrace")
+        jobs.append((items[0], bundle, json_out))
+    for _, bundle, json_path in jobs:
+        if bundle is not None:
+            check_writable(bundle, force=force, what="bundle")
+        if json_path is not None and str(json_path) != "-":
+            check_writable(json_path, force=force, what="JSON file")
+    return jobs
+
+
+def _report(result, bundle_path, json_path) -> None:
+    import sys
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    counts: dict[str, int] = {}
+    for token in result.tokens:
+        counts[token.region] = counts.get(token.region, 0) + 1
+    where = ", ".join(str(p) for p in (bundle_path, json_path) if p is not None and str(p) != "-")
+    health = "" if result.checks.get("healthy", True) else " [red](numerics check failed, see `workbench info`)[/]"
+    console.print(f"[bold]{result.model['name']}[/]: {len(result.tokens)} tokens "
+                  f"({', '.join(f'{k} {v}' for k, v in counts.items())}); generated {result.generation['text']!r}"
+                  f"{health}" + (f" -> {where}" if where else ""))
+    sys.stderr.flush()

@@ -1,0 +1,118 @@
+"""Resolve a model name (registry name, local directory or hub id) and load it with the auto classes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workbench.errors import ModelNotFoundError, WeightsMissingError
+from workbench.models.loaded import LoadedModel
+from workbench.models.registry import REGISTRY, closest_names
+
+DTYPES = ("float32", "bfloat16", "float16")
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta", "deberta-v2"}
+
+
+def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load `name` for tracing: a registry name (`workbench models`), a local HF directory, or a hub id."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the workbench shows its own progress
+    if dtype not in DTYPES:
+        raise ModelNotFoundError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.source == "tiny":
+        from workbench.models.tiny import BUILDERS
+
+        loaded = BUILDERS[name]()
+    elif spec is not None and spec.source == "package":
+        from workbench.models.packaged import minilm_dir, smollm2_dir
+
+        directory = smollm2_dir() if name == "smollm2" else minilm_dir()
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+    elif spec is not None:
+        loaded = _load_directory(_resolve_hub(spec.hub_id, name), name=name, dtype=dtype, local_only=True)
+    elif Path(name).expanduser().is_dir():
+        directory = Path(name).expanduser()
+        if not (directory / "config.json").exists():
+            raise WeightsMissingError(f"{directory} has no config.json; pass a directory saved by save_pretrained")
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+    elif "/" in name and not name.startswith((".", "/", "~")):
+        loaded = _load_directory(_resolve_hub(name, name), name=name, dtype=dtype, local_only=True)
+    else:
+        hint = closest_names(name)
+        suggestion = f" (did you mean {', '.join(hint)}?)" if hint else ""
+        raise ModelNotFoundError(
+            f"unknown model {name!r}{suggestion}; run `workbench models` for the names, or pass a local "
+            "directory or a Hugging Face hub id"
+        )
+    if device != "cpu" or dtype != "float32":
+        import torch
+
+        loaded.model.to(device=device, dtype=getattr(torch, dtype))
+    return loaded
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _resolve_hub(hub_id: str, name: str) -> str:
+    """A local snapshot directory of `hub_id`: the HF cache if it has one, else a download when online."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except Exception:
+        pass
+    if not _hub_offline():
+        try:
+            return snapshot_download(hub_id, etag_timeout=10)
+        except Exception:
+            pass
+    raise WeightsMissingError(
+        f"weights for {name!r} ({hub_id}) are not on this machine and the hub cannot be reached: looked in "
+        f"the HF cache {constants.HF_HUB_CACHE}. Download them where there is network "
+        f"(`hf download {hub_id}`) and copy the cache here, point HF_HOME at a cache that has them, "
+        "or pass a local directory with --model /path/to/model"
+    )
+
+
+def _model_kind(config) -> str:
+    architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "vision_config", None) is not None:
+        return "vlm"
+    if any("CausalLM" in arch or "LMHeadModel" in arch for arch in architectures):
+        return "causal"
+    if getattr(config, "model_type", "") in ENCODER_TYPES:
+        return "encoder"
+    return "causal"
+
+
+def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool) -> LoadedModel:
+    import torch
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, local_files_only=local_only)
+    except (OSError, ValueError) as error:
+        raise WeightsMissingError(f"cannot read a model config in {directory}: {error}".splitlines()[0]) from error
+    kind = _model_kind(config)
+    auto_class = {
+        "vlm": transformers.AutoModelForImageTextToText,
+        "causal": transformers.AutoModelForCausalLM,
+        "encoder": transformers.AutoModel,
+    }[kind]
+    try:
+        model = auto_class.from_pretrained(directory, dtype=getattr(torch, dtype), local_files_only=local_only)
+        processor = transformers.AutoProcessor.from_pretrained(directory, local_files_only=local_only) \
+            if kind == "vlm" else None
+        tokenizer = processor.tokenizer if processor is not None else \
+            transformers.AutoTokenizer.from_pretrained(directory, local_files_only=local_only)
+    except OSError as error:
+        raise WeightsMissingError(
+            f"cannot load {name!r} from {directory}: {str(error).splitlines()[0]}; check that the directory "
+            "holds the weights and tokenizer files"
+        ) from error
+    return LoadedModel(name, model.eval(), tokenizer, kind, directory, processor=processor,
+                       revision=getattr(config, "_commit_hash", None))

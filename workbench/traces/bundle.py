@@ -1,0 +1,254 @@
+"""The `NAME.wbtrace/` bundle: manifest.json + per-layer safetensors shards + results/*.json.
+
+Writes go to a hidden staging folder beside the target and are renamed into place, so a crash never
+leaves a half bundle. Loading checks the schema version, every file name (no path may leave the bundle),
+declared sizes, dtypes and shapes, and fails with a `BundleError` that names the file. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from workbench.errors import BundleError, OutputExistsError
+from workbench.traces.tokens import Token
+from workbench.traces.trace import Trace
+
+SCHEMA_VERSION = 1
+FORMAT = "workbench-trace"
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
+          "int32": torch.int32, "bool": torch.bool}
+_RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+
+def _file_of(name: str) -> tuple[str, str]:
+    group, _, key = name.rpartition(".")
+    return f"tensors/{group.replace('.', '_')}.safetensors", key
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    path = path.expanduser()
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputExistsError(f"cannot write {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputExistsError(f"cannot write {path}: the folder {parent} is not writable")
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        os.chmod(staging, 0o755)
+        (staging / "tensors").mkdir()
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        index: dict[str, dict] = {}
+        for name in trace.tensor_names():
+            tensor = trace.tensor(name).detach().cpu().contiguous()
+            file, key = _file_of(name)
+            groups.setdefault(file, {})[key] = tensor.clone() if tensor.storage_offset() else tensor
+            index[name] = {"file": file, "key": key, "dtype": str(tensor.dtype).removeprefix("torch."),
+                           "shape": list(tensor.shape), "axes": list(trace.axes(name))}
+        files = {}
+        for file, tensors in sorted(groups.items()):
+            save_file(tensors, str(staging / file))
+            files[file] = {"bytes": (staging / file).stat().st_size, "sha256": _sha256(staging / file)}
+        if trace.results:
+            (staging / "results").mkdir()
+            for name, data in trace.results.items():
+                (staging / "results" / f"{name}.json").write_text(json.dumps(data))
+        manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **trace.meta,
+                    "tokens": [token.to_json() for token in trace.tokens], "tensors": index, "files": files}
+        # No trailing newline: any truncation of the manifest makes it invalid JSON.
+        (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False))
+        _swap_into_place(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.rmdir(retired)
+    os.replace(path, retired)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(retired, path)  # put the user's bundle back
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def check_result_name(name: str) -> None:
+    if not _RESULT_NAME.match(name):
+        raise ValueError(f"result names are lower-case words (a-z, 0-9, _ or -): got {name!r}")
+
+
+def write_result(bundle: Path, name: str, data: dict) -> Path:
+    """Write results/<name>.json inside an existing bundle atomically (replace the previous one)."""
+    check_result_name(name)
+    folder = Path(bundle) / "results"
+    folder.mkdir(exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    with os.fdopen(handle, "w") as out:
+        out.write(json.dumps(data))
+    os.replace(temporary, folder / f"{name}.json")
+    return folder / f"{name}.json"
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class BundleTensors:
+    """Lazy tensors of a bundle: each shard is opened (memory-mapped) on first use and checked."""
+
+    def __init__(self, root: Path, index: dict[str, dict]):
+        self._root = root
+        self._index = index
+
+    def names(self) -> list[str]:
+        return sorted(self._index)
+
+    def axes(self, name: str) -> tuple[str, ...]:
+        return tuple(self._index[name]["axes"])
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        entry = self._index[name]
+        file = self._root / entry["file"]
+        try:
+            with safe_open(str(file), framework="pt") as shard:
+                if entry["key"] not in shard.keys():
+                    raise BundleError(f"{file}: has no tensor {entry['key']!r}; the bundle is corrupt, trace again")
+                tensor = shard.get_tensor(entry["key"])
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise BundleError(f"{file}: unreadable ({str(error).splitlines()[0]}); the bundle is corrupt, "
+                              "trace again") from None
+        if str(tensor.dtype).removeprefix("torch.") != entry["dtype"] or list(tensor.shape) != entry["shape"]:
+            raise BundleError(f"{file}: {entry['key']} is {tensor.dtype} {list(tensor.shape)} but the manifest "
+                              f"says {entry['dtype']} {entry['shape']}; the bundle is corrupt, trace again")
+        return tensor
+
+
+def _fail(where: Path, what: str) -> BundleError:
+    return BundleError(f"{where}: {what}")
+
+
+def _safe_relative(root: Path, relative: object) -> Path:
+    """The file a manifest names, refusing anything that could point outside the bundle."""
+    if not isinstance(relative, str) or not relative or "\\" in relative or "\x00" in relative:
+        raise _fail(root / MANIFEST, f"invalid file name {relative!r}")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts or pure.parts[0] != "tensors" or len(pure.parts) != 2:
+        raise _fail(root / MANIFEST, f"file name {relative!r} leaves the bundle's tensors/ folder")
+    path = root / pure
+    if path.is_symlink():
+        raise _fail(path, "is a symbolic link; bundles hold plain files only")
+    return path
+
+
+def read_manifest(root: Path) -> dict:
+    manifest_path = root / MANIFEST
+    if not root.exists():
+        raise BundleError(f"{root}: no such bundle; pass a NAME.wbtrace folder written by `workbench trace`")
+    if not root.is_dir() or not manifest_path.is_file():
+        raise BundleError(f"{root}: not a trace bundle (no {MANIFEST}); pass a folder written by `workbench trace`")
+    if manifest_path.stat().st_size > 512 * 1024 * 1024:
+        raise _fail(manifest_path, "is larger than any manifest can be; the bundle is corrupt")
+    try:
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise _fail(manifest_path, f"is not valid JSON ({type(error).__name__}); the bundle is truncated or "
+                                   "corrupt, trace again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _fail(manifest_path, "is not a workbench trace manifest")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise _fail(manifest_path, "has no schema_version; the bundle is corrupt")
+    if version > SCHEMA_VERSION:
+        raise _fail(manifest_path, f"uses schema {version}, newer than this workbench reads ({SCHEMA_VERSION}); "
+                                   "upgrade the workbench (pip install -U attention-workbench)")
+    if version < 1:
+        raise _fail(manifest_path, f"uses unknown schema {version}")
+    return manifest
+
+
+def _check_index(root: Path, manifest: dict) -> dict[str, dict]:
+    where = root / MANIFEST
+    files, index = manifest.get("files"), manifest.get("tensors")
+    if not isinstance(files, dict) or not isinstance(index, dict):
+        raise _fail(where, "lacks the files or tensors index; the bundle is corrupt")
+    for relative, info in files.items():
+        path = _safe_relative(root, relative)
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int):
+            raise _fail(where, f"has no byte size for {relative}")
+        if not path.is_file():
+            raise _fail(path, "is missing; the bundle is incomplete, trace again")
+        if path.stat().st_size != info["bytes"]:
+            raise _fail(path, f"has {path.stat().st_size} bytes but should have {info['bytes']}; the bundle is "
+                              "truncated or corrupt, trace again")
+    for name, entry in index.items():
+        if not isinstance(entry, dict) or entry.get("file") not in files:
+            raise _fail(where, f"tensor {name!r} points to a file the bundle does not list")
+        shape, dtype, axes = entry.get("shape"), entry.get("dtype"), entry.get("axes")
+        if dtype not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _fail(where, f"tensor {name!r} has an invalid dtype or shape")
+        if not isinstance(axes, list) or len(axes) != len(shape) or not isinstance(entry.get("key"), str):
+            raise _fail(where, f"tensor {name!r} has axes that do not match its shape")
+        declared = math.prod(shape) * DTYPES[dtype].itemsize
+        if declared > files[entry["file"]]["bytes"]:
+            raise _fail(root / entry["file"], f"cannot hold tensor {name!r} of {declared} bytes; the bundle is corrupt")
+    return index
+
+
+def load(path: str | Path, *, verify: bool = False) -> Trace:
+    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256."""
+    root = Path(path).expanduser()
+    manifest = read_manifest(root)
+    index = _check_index(root, manifest)
+    if verify:
+        for relative, info in manifest["files"].items():
+            if info.get("sha256") != _sha256(root / relative):
+                raise _fail(root / relative, "does not match its checksum; the bundle is corrupt, trace again")
+    try:
+        tokens = [Token.from_json(token) for token in manifest["tokens"]]
+        meta = {key: manifest[key] for key in ("model", "inputs", "generation", "dims")}
+    except (KeyError, TypeError, ValueError) as error:
+        raise _fail(root / MANIFEST, f"has invalid metadata ({error}); the bundle is corrupt") from None
+    for key in ("capture", "checks", "created", "workbench_version"):
+        if key in manifest:
+            meta[key] = manifest[key]
+    return Trace(meta=meta, tokens=tokens, tensors=BundleTensors(root, index), results=_read_results(root), path=root)
+
+
+def _read_results(root: Path) -> dict[str, dict]:
+    results = {}
+    folder = root / "results"
+    if folder.is_dir():
+        for file in sorted(folder.glob("*.json")):
+            try:
+                results[file.stem] = json.loads(file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise _fail(file, f"is not valid JSON ({type(error).__name__}); rerun that analysis") from None
+    return results
