@@ -70,7 +70,11 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
         raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
     prompt_length = prepared.input_ids.shape[1]
-    limit = max_length or loaded.max_positions
+    trained = loaded.max_positions
+    if max_length and trained and max_length > trained and _learned_positions(loaded):
+        raise InputError(f"{loaded.name} has learned absolute position embeddings for {trained} positions and "
+                         "cannot run past them; shorten the input")
+    limit = max_length or trained
     if limit is not None and prompt_length + max_new_tokens > limit:
         raise InputError(
             f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
@@ -126,6 +130,11 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
     meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
+
+
+def _learned_positions(loaded: LoadedModel) -> bool:
+    config = loaded.text_config
+    return not (getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None))
 
 
 def _entropy(logits: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from workbench.errors import ModelNotFoundError, WeightsMissingError
 from workbench.models.loaded import LoadedModel
-from workbench.models.registry import REGISTRY, closest_names
+from workbench.models.registry import REGISTRY, closest_names, data_root
 
 DTYPES = ("float32", "bfloat16", "float16")
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta", "deberta-v2"}
@@ -29,6 +29,12 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> Loa
         from workbench.models.packaged import minilm_dir, smollm2_dir
 
         directory = smollm2_dir() if name == "smollm2" else minilm_dir()
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+    elif spec is not None and spec.source == "data":
+        directory = data_root() / spec.data_dir
+        if not (directory / "config.json").exists():
+            raise WeightsMissingError(f"{name!r} should ship in {directory} but it is not there; run from a full "
+                                      "checkout or set WORKBENCH_DATA to the repository's data/ folder")
         loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
     elif spec is not None:
         loaded = _load_directory(_resolve_hub(spec.hub_id, name), name=name, dtype=dtype, local_only=True)

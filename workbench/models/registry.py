@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Source = Literal["tiny", "package", "hub"]
+Source = Literal["tiny", "package", "hub", "data"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class ModelSpec:
     kind: str  # "causal" | "encoder" | "vlm"
     description: str
     hub_id: str | None = None
+    data_dir: str | None = None  # for source "data": a folder under the repository's data/ directory
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -35,6 +36,14 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("gpt2", "hub", "causal", "GPT-2 small", "openai-community/gpt2"),
     ]
 }
+
+
+def data_root() -> "Path":
+    """The shipped data folder: $WORKBENCH_DATA, else data/ beside the installed (editable) sources."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("WORKBENCH_DATA", Path(__file__).resolve().parents[2] / "data"))
 
 
 def closest_names(name: str, limit: int = 3) -> list[str]:
