@@ -15,19 +15,8 @@ from workbench.traces.tokens import REGIONS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_models():
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = workbench.load_model(name)
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def real_models():
+def models():
+    """models(name) -> LoadedModel, loaded once per session (tiny fixtures and real weights alike)."""
     cache = {}
 
     def get(name: str):

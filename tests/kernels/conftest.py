@@ -118,6 +118,17 @@ def compare_stats(got: AttentionStatistics, want: AttentionStatistics, dense_pro
 
 
 @pytest.fixture
+def kernel_cases() -> dict[str, Case]:
+    return CASES
+
+
+@pytest.fixture
+def stats_equal():
+    """stats_equal(got, want, dense_probs=None): asserts equality field by field (see compare_stats)."""
+    return compare_stats
+
+
+@pytest.fixture
 def compare_to_dense():
     """compare_to_dense(case, implementation, **extra) -> (got, want): runs both and asserts equality."""
 

@@ -14,8 +14,8 @@ from workbench.errors import BundleError, OutputExistsError
 
 
 @pytest.fixture(scope="module")
-def traced(tiny_models):
-    return workbench.trace(tiny_models("tiny-llama"), "Round trip me", max_new_tokens=3, maps="0,2:1,3",
+def traced(models):
+    return workbench.trace(models("tiny-llama"), "Round trip me", max_new_tokens=3, maps="0,2:1,3",
                            hidden_states=True, head_outputs="last", top_k=2)
 
 

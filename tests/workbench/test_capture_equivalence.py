@@ -42,8 +42,8 @@ def _eager_inputs(loaded, trace, image):
 
 
 @pytest.mark.parametrize("name,causal,new_tokens", CASES)
-def test_maps_and_statistics_equal_eager(tiny_models, scene_image, name, causal, new_tokens):
-    loaded = tiny_models(name)
+def test_maps_and_statistics_equal_eager(models, scene_image, name, causal, new_tokens):
+    loaded = models(name)
     image = scene_image if loaded.kind == "vlm" else None
     trace = _traced(loaded, image, new_tokens)
     assert len(trace.tokens) == len(trace.tokens[: trace.generation["start"]]) + new_tokens
@@ -57,8 +57,8 @@ def test_maps_and_statistics_equal_eager(tiny_models, scene_image, name, causal,
             assert_close(stats[stat], value, what=f"{name} layer {layer} {stat}")
 
 
-def test_vision_tower_maps_equal_eager(tiny_models, scene_image):
-    loaded = tiny_models("tiny-llava")
+def test_vision_tower_maps_equal_eager(models, scene_image):
+    loaded = models("tiny-llava")
     trace = _traced(loaded, scene_image, 0)
     pixels = _eager_inputs(loaded, trace, scene_image)["pixel_values"]
     reference = eager_forward(loaded.model.model.vision_tower, pixel_values=pixels)
@@ -73,8 +73,8 @@ def test_vision_tower_maps_equal_eager(tiny_models, scene_image):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-llava"])
-def test_generation_matches_hf_generate(tiny_models, scene_image, name):
-    loaded = tiny_models(name)
+def test_generation_matches_hf_generate(models, scene_image, name):
+    loaded = models(name)
     image = scene_image if loaded.kind == "vlm" else None
     trace = workbench.trace(loaded, "Once upon a time", image=image, max_new_tokens=6)
     start = trace.generation["start"]
@@ -91,8 +91,8 @@ def test_generation_matches_hf_generate(tiny_models, scene_image, name):
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-bert", "tiny-llava"])
-def test_logits_unchanged_by_capture(tiny_models, scene_image, name):
-    loaded = tiny_models(name)
+def test_logits_unchanged_by_capture(models, scene_image, name):
+    loaded = models(name)
     model = loaded.model
     ids = torch.randint(10, 200, (1, 24), generator=torch.Generator().manual_seed(1))
     inputs = {"input_ids": ids}
@@ -113,8 +113,8 @@ def test_logits_unchanged_by_capture(tiny_models, scene_image, name):
     assert model.config._attn_implementation != "workbench"
 
 
-def test_hidden_states_and_head_outputs(tiny_models):
-    loaded = tiny_models("tiny-gpt2")
+def test_hidden_states_and_head_outputs(models):
+    loaded = models("tiny-gpt2")
     trace = workbench.trace(loaded, "Hidden states please", max_new_tokens=3, hidden_states=True,
                             head_outputs="all")
     ids = torch.tensor([[t.id for t in trace.tokens]])

@@ -12,8 +12,8 @@ from workbench.errors import InputError, ModelNotFoundError, WeightsMissingError
 from workbench.models.packaged import cache_dir
 
 
-def test_local_directory_loads_like_the_fixture(tiny_models, tmp_path):
-    fixture = tiny_models("tiny-llama")
+def test_local_directory_loads_like_the_fixture(models, tmp_path):
+    fixture = models("tiny-llama")
     fixture.model.save_pretrained(tmp_path / "m")
     fixture.tokenizer.save_pretrained(tmp_path / "m")
     loaded = workbench.load_model(str(tmp_path / "m"))
@@ -23,8 +23,8 @@ def test_local_directory_loads_like_the_fixture(tiny_models, tmp_path):
         assert torch.equal(loaded.model(ids).logits, fixture.model(ids).logits)
 
 
-def test_local_llava_directory_keeps_processor(tiny_models, tmp_path):
-    fixture = tiny_models("tiny-llava")
+def test_local_llava_directory_keeps_processor(models, tmp_path):
+    fixture = models("tiny-llava")
     fixture.model.save_pretrained(tmp_path / "llava")
     fixture.processor.save_pretrained(tmp_path / "llava")
     loaded = workbench.load_model(str(tmp_path / "llava"))
@@ -46,15 +46,15 @@ def test_resolution_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_conversion_is_cached(real_models):
-    real_models("smollm2")
+def test_smollm2_conversion_is_cached(models):
+    models("smollm2")
     converted = cache_dir() / "models" / "smollm2-135m-instruct"
     assert (converted / "model.safetensors").stat().st_size > 400_000_000  # fp32, not the 90 MB GGUF
     assert "quantization_config" not in (converted / "config.json").read_text()
 
 
-def test_regions_with_explicit_system(tiny_models):
-    trace = workbench.trace(tiny_models("tiny-llama"), "Tell me", system="Be brief", max_new_tokens=2)
+def test_regions_with_explicit_system(models):
+    trace = workbench.trace(models("tiny-llama"), "Tell me", system="Be brief", max_new_tokens=2)
     by_region = {}
     for token in trace.tokens:
         by_region.setdefault(token.region, []).append(token.text)
@@ -64,8 +64,8 @@ def test_regions_with_explicit_system(tiny_models):
     assert "".join(by_region["special"]).startswith("<|bos|><|im_start|>system")
 
 
-def test_image_patch_positions_follow_the_grid(tiny_models):
-    trace = workbench.trace(tiny_models("tiny-llava"), "Where?", image=Image.new("RGB", (64, 20), "red"))
+def test_image_patch_positions_follow_the_grid(models):
+    trace = workbench.trace(models("tiny-llava"), "Where?", image=Image.new("RGB", (64, 20), "red"))
     patches = [t.patch for t in trace.tokens if t.region == "image"]
     assert patches == [(r, c) for r in range(4) for c in range(4)]
     assert all(t.patch is None for t in trace.tokens if t.region != "image")
@@ -74,8 +74,8 @@ def test_image_patch_positions_follow_the_grid(tiny_models):
     assert (image_share > 0).all()
 
 
-def test_vlm_without_image_is_text_only(tiny_models):
-    trace = workbench.trace(tiny_models("tiny-llava"), "No picture today", max_new_tokens=1)
+def test_vlm_without_image_is_text_only(models):
+    trace = workbench.trace(models("tiny-llava"), "No picture today", max_new_tokens=1)
     assert not any(t.region == "image" for t in trace.tokens)
     assert "vision" not in trace.dims["stacks"]
 
@@ -90,8 +90,8 @@ def test_map_selection_parsing():
         MapSelection.parse("0:9").head_list(6)
 
 
-def test_generation_stops_at_eos(tiny_models):
-    loaded = tiny_models("tiny-llama")
+def test_generation_stops_at_eos(models):
+    loaded = models("tiny-llama")
     trace = workbench.trace(loaded, "Hi", max_new_tokens=40)
     generated = [t.id for t in trace.tokens if t.region == "generated"]
     eos = loaded.tokenizer.eos_token_id

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name,causal,new_tokens", [("smollm2", True, 4), ("minilm", False, 0)])
-def test_real_maps_and_statistics_equal_eager(real_models, name, causal, new_tokens):
-    loaded = real_models(name)
+def test_real_maps_and_statistics_equal_eager(models, name, causal, new_tokens):
+    loaded = models(name)
     trace = workbench.trace(loaded, "The quick brown fox jumps over the lazy dog.", max_new_tokens=new_tokens,
                             maps="all", map_dtype="float32")
     ids = torch.tensor([[t.id for t in trace.tokens]])
@@ -32,20 +32,20 @@ def test_real_maps_and_statistics_equal_eager(real_models, name, causal, new_tok
     assert trace.checks["healthy"]
 
 
-def test_smollm2_chat_template_regions(real_models):
-    trace = workbench.trace(real_models("smollm2"), "The capital of France is", max_new_tokens=0)
+def test_smollm2_chat_template_regions(models):
+    trace = workbench.trace(models("smollm2"), "The capital of France is", max_new_tokens=0)
     regions = [t.region for t in trace.tokens]
     prompt_text = "".join(t.text for t in trace.tokens if t.region == "prompt")
     system_text = "".join(t.text for t in trace.tokens if t.region == "system")
     assert prompt_text.strip() == "The capital of France is"
     assert "helpful AI assistant" in system_text  # the template's default system prompt
     assert regions[0] == "special" and trace.tokens[0].text == "<|im_start|>"
-    raw = workbench.trace(real_models("smollm2"), "The capital of France is", raw=True)
+    raw = workbench.trace(models("smollm2"), "The capital of France is", raw=True)
     assert {t.region for t in raw.tokens} <= {"prompt", "special"}
     assert "".join(t.text for t in raw.tokens if t.region == "prompt") == "The capital of France is"
 
 
-def test_cli_smollm2_json_shows_position_zero_sink(tmp_path, real_models):
+def test_cli_smollm2_json_shows_position_zero_sink(tmp_path, models):
     out = tmp_path / "out.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "workbench.cli.main", "trace", "--model", "smollm2", "--prompt",
@@ -58,7 +58,7 @@ def test_cli_smollm2_json_shows_position_zero_sink(tmp_path, real_models):
     generated = [t for t in exported["tokens"] if t["region"] == "generated"]
     assert 1 <= len(generated) <= 5
     # Independent check: the most attended key per layer from HF eager maps of the same token sequence.
-    loaded = real_models("smollm2")
+    loaded = models("smollm2")
     reference = eager_forward(loaded.model, input_ids=torch.tensor([[t["id"] for t in exported["tokens"]]]))
     eager_top = [int(maps[0].sum(dim=(0, 1)).argmax()) for maps in reference.attentions]
     assert [layer["top_key"] for layer in layers] == eager_top

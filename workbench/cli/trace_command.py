@@ -71,9 +71,13 @@ def trace(
     if prompts and image:
         raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
     jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
+    from rich.console import Console
+
     from workbench.models import load_model
 
-    loaded = load_model(model, device=device, dtype=dtype)
+    # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
+    with Console(stderr=True).status(f"loading {model}"):
+        loaded = load_model(model, device=device, dtype=dtype)
     from workbench.capture import trace as run_trace
     from workbench.cli.progress import progress_bars
 
