@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, eager_forward, statistics_from_maps
+from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from PIL import Image
 
 import workbench

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_close, eager_forward, statistics_from_maps
+from tests.helpers import assert_close, eager_forward, statistics_from_maps
 
 import workbench
 

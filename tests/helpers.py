@@ -1,0 +1,47 @@
+"""Independent reference computations the tests compare the workbench against."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.traces.tokens import REGIONS
+
+
+def eager_forward(model, **inputs):
+    """Run `model` with HF's eager attention and output_attentions=True (the reference maps)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def statistics_from_maps(maps: torch.Tensor, regions: torch.Tensor, *, causal: bool) -> dict[str, torch.Tensor]:
+    """Statistics computed directly from dense reference maps [head, query_pos, key_pos] (fp32)."""
+    n = maps.shape[-1]
+    maps = maps.double()
+    visible = torch.tril(torch.ones(n, n, dtype=torch.bool)) if causal else torch.ones(n, n, dtype=torch.bool)
+    one_hot = torch.nn.functional.one_hot(regions, len(REGIONS)).double()
+    plogp = torch.where(maps > 0, maps * maps.clamp_min(1e-300).log(), torch.zeros_like(maps))
+    return {
+        "key_mass": maps.sum(1),
+        "key_count": visible.sum(0),
+        "region_mass": maps @ one_hot,
+        "region_count": visible.double() @ one_hot,
+        "entropy": -plogp.sum(-1),
+        "normaliser": maps.sum(-1),
+    }
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-5,
+                 what: str = "") -> None:
+    """|actual - expected| <= atol + rtol * |expected| everywhere (sums of many probabilities need the rtol)."""
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if not actual.numel():
+        return
+    excess = ((actual - expected).abs() - (atol + rtol * expected.abs())).max().item()
+    error = (actual - expected).abs().max().item()
+    assert excess <= 0, f"{what}: max abs error {error:.3g} exceeds {atol} + {rtol} * |expected|"
