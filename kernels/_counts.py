@@ -27,21 +27,10 @@ def visible_key_range(mask: MaskSpec, q_start: int, q_end: int, n_keys: int) -> 
     return lo, max(lo, hi)
 
 
-def visible_query_range(mask: MaskSpec, k_start: int, k_end: int, n_queries: int) -> tuple[int, int]:
-    """Query rows [lo, hi) that may see any of the keys [k_start, k_end) under the structural mask."""
-    if mask.dense is not None:
-        return 0, n_queries
-    lo, hi = 0, n_queries
-    if mask.causal:
-        lo = max(0, k_start - mask.query_offset)
-    if mask.sliding_window is not None:
-        hi = min(n_queries, k_end - 1 + mask.sliding_window - mask.query_offset)
-    lo = min(lo, n_queries)
-    return lo, max(lo, hi)
-
-
-def region_one_hot(key_regions: torch.Tensor, n_regions: int, device, extra_ones: bool = False) -> torch.Tensor:
-    """[key_pos, region (+1)] fp32 one-hot of the key regions; with extra_ones a last all-ones column (row sums)."""
+def region_one_hot(
+    key_regions: torch.Tensor, n_regions: int, device, extra_ones: bool = False
+) -> torch.Tensor:
+    """[key_pos, region (+1)] fp32 one-hot of the key regions; extra_ones appends an all-ones column."""
     regions = key_regions.to(device=device, dtype=torch.long)
     one_hot = torch.nn.functional.one_hot(regions, n_regions).float()
     if extra_ones:
@@ -50,10 +39,17 @@ def region_one_hot(key_regions: torch.Tensor, n_regions: int, device, extra_ones
 
 
 def visibility_counts(
-    mask: MaskSpec, *, batch: int, n_queries: int, n_keys: int, key_regions: torch.Tensor, n_regions: int,
-    device, block_q: int = 1024,
+    mask: MaskSpec,
+    *,
+    batch: int,
+    n_queries: int,
+    n_keys: int,
+    key_regions: torch.Tensor,
+    n_regions: int,
+    device,
+    block_q: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """key_count [batch, key_pos] (queries seeing each key) and region_count [batch, query_pos, region] (int64)."""
+    """key_count [batch, key_pos] (queries per key), region_count [batch, query_pos, region]; int64."""
     regions = key_regions.to(device=device, dtype=torch.long)
     one_hot = torch.nn.functional.one_hot(regions, n_regions)  # [key_pos, region] int64
     if mask.dense is not None:
@@ -62,12 +58,16 @@ def visibility_counts(
         region_count = torch.empty(batch, n_queries, n_regions, dtype=torch.long, device=device)
         one_hot_f = one_hot.double()  # exact integer counts far beyond fp32's 2**24
         for q0 in range(0, n_queries, block_q):
-            region_count[:, q0:q0 + block_q] = (dense[:, q0:q0 + block_q].double() @ one_hot_f).long()
+            region_count[:, q0 : q0 + block_q] = (dense[:, q0 : q0 + block_q].double() @ one_hot_f).long()
         return key_count, region_count
 
     rows = torch.arange(n_queries, device=device) + mask.query_offset
     hi = torch.clamp(rows + 1, 0, n_keys) if mask.causal else torch.full_like(rows, n_keys)
-    lo = torch.clamp(rows - mask.sliding_window + 1, 0, n_keys) if mask.sliding_window is not None else torch.zeros_like(rows)
+    lo = (
+        torch.clamp(rows - mask.sliding_window + 1, 0, n_keys)
+        if mask.sliding_window is not None
+        else torch.zeros_like(rows)
+    )
     hi = torch.maximum(hi, lo)
     if mask.key_padding is not None:
         weight = mask.key_padding.to(device=device, dtype=torch.long)  # [batch, key_pos]

@@ -14,7 +14,7 @@ import triton.language as tl
 
 @triton.jit
 def _tanh(x):
-    # tanh from exp (portable to the interpreter); odd Taylor series near 0 avoids cancellation in 1 - 2/(e+1).
+    # tanh from exp (works in the interpreter); a Taylor series near 0 avoids cancellation in 1 - 2/(e+1).
     x2 = x * x
     series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
     e = tl.exp(-2.0 * tl.abs(x))
@@ -25,7 +25,7 @@ def _tanh(x):
 
 @triton.jit
 def _scores(q, k_ptrs, k_mask, scaling, softcap, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
-    """[BLOCK_Q, BLOCK_K] fp32 scores of a loaded query block against the keys at k_ptrs ([D, BLOCK_K] layout)."""
+    """[BLOCK_Q, BLOCK_K] fp32 scores of a loaded query block against the keys at k_ptrs ([D, BLOCK_K])."""
     k = tl.load(k_ptrs, mask=k_mask, other=0.0)
     s = tl.dot(q, k, input_precision=PRECISION, out_dtype=tl.float32) * scaling
     if HAS_SOFTCAP:
@@ -34,13 +34,32 @@ def _scores(q, k_ptrs, k_mask, scaling, softcap, HAS_SOFTCAP: tl.constexpr, PREC
 
 
 @triton.jit
-def _visible(offs_q, offs_k, b, n_queries, n_keys, query_offset, window, pad_ptr, stride_pad_b,
-             dense_ptr, stride_dense_b, stride_dense_q,
-             CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_DENSE: tl.constexpr):
+def _visible(
+    offs_q,
+    offs_k,
+    b,
+    n_queries,
+    n_keys,
+    query_offset,
+    window,
+    pad_ptr,
+    stride_pad_b,
+    dense_ptr,
+    stride_dense_b,
+    stride_dense_q,
+    CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DENSE: tl.constexpr,
+):
     """[len(offs_q), len(offs_k)] bool visibility, out-of-range rows and keys hidden."""
     vis = (offs_q[:, None] < n_queries) & (offs_k[None, :] < n_keys)
     if HAS_DENSE:
-        d = tl.load(dense_ptr + b * stride_dense_b + offs_q[:, None] * stride_dense_q + offs_k[None, :], mask=vis, other=0)
+        d = tl.load(
+            dense_ptr + b * stride_dense_b + offs_q[:, None] * stride_dense_q + offs_k[None, :],
+            mask=vis,
+            other=0,
+        )
         vis = vis & (d != 0)
     else:
         q_abs = offs_q[:, None] + query_offset
@@ -56,13 +75,54 @@ def _visible(offs_q, offs_k, b, n_queries, n_keys, query_offset, window, pad_ptr
 
 @triton.jit
 def row_kernel(
-    Q, K, LSE, REGIONS, PAD, DENSE, ENTROPY, REGION_MASS, TOP_W, TOP_I, MAPS, MAP_SLOT,
-    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pad_b, stride_dense_b, stride_dense_q,
-    stride_mb, stride_mh, stride_mq,
-    n_heads, n_queries, n_keys, d_head, group, n_regions, scaling, softcap, query_offset, window, top_k,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D_PAD: tl.constexpr, R_PAD: tl.constexpr, TOPK_PAD: tl.constexpr,
-    HAS_LSE: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PADDING: tl.constexpr,
-    HAS_DENSE: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_MAPS: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    LSE,
+    REGIONS,
+    PAD,
+    DENSE,
+    ENTROPY,
+    REGION_MASS,
+    TOP_W,
+    TOP_I,
+    MAPS,
+    MAP_SLOT,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_pad_b,
+    stride_dense_b,
+    stride_dense_q,
+    stride_mb,
+    stride_mh,
+    stride_mq,
+    n_heads,
+    n_queries,
+    n_keys,
+    d_head,
+    group,
+    n_regions,
+    scaling,
+    softcap,
+    query_offset,
+    window,
+    top_k,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    D_PAD: tl.constexpr,
+    R_PAD: tl.constexpr,
+    TOPK_PAD: tl.constexpr,
+    HAS_LSE: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DENSE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_MAPS: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -72,8 +132,11 @@ def row_kernel(
     offs_q = q_start + tl.arange(0, BLOCK_Q)
     offs_d = tl.arange(0, D_PAD)
     row_ok = offs_q < n_queries
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < d_head), other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qn + offs_d[None, :],
+        mask=row_ok[:, None] & (offs_d[None, :] < d_head),
+        other=0.0,
+    )
     k_base = K + b * stride_kb + (h // group) * stride_kh
     row_base = pid_bh * n_queries
 
@@ -99,10 +162,33 @@ def row_kernel(
         acc = tl.zeros([BLOCK_Q], tl.float32)
         for k_start in range(lo, hi, BLOCK_K):
             offs_k = k_start + tl.arange(0, BLOCK_K)
-            s = _scores(q, k_base + offs_k[None, :] * stride_kn + offs_d[:, None],
-                        (offs_k[None, :] < n_keys) & (offs_d[:, None] < d_head), scaling, softcap, HAS_SOFTCAP, PRECISION)
-            vis = _visible(offs_q, offs_k, b, n_queries, n_keys, query_offset, window, PAD, stride_pad_b,
-                           DENSE, stride_dense_b, stride_dense_q, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_DENSE)
+            s = _scores(
+                q,
+                k_base + offs_k[None, :] * stride_kn + offs_d[:, None],
+                (offs_k[None, :] < n_keys) & (offs_d[:, None] < d_head),
+                scaling,
+                softcap,
+                HAS_SOFTCAP,
+                PRECISION,
+            )
+            vis = _visible(
+                offs_q,
+                offs_k,
+                b,
+                n_queries,
+                n_keys,
+                query_offset,
+                window,
+                PAD,
+                stride_pad_b,
+                DENSE,
+                stride_dense_b,
+                stride_dense_q,
+                CAUSAL,
+                HAS_WINDOW,
+                HAS_PADDING,
+                HAS_DENSE,
+            )
             s = tl.where(vis, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -120,10 +206,33 @@ def row_kernel(
         slot = tl.load(MAP_SLOT + h)
     for k_start in range(lo, hi, BLOCK_K):
         offs_k = k_start + tl.arange(0, BLOCK_K)
-        s = _scores(q, k_base + offs_k[None, :] * stride_kn + offs_d[:, None],
-                    (offs_k[None, :] < n_keys) & (offs_d[:, None] < d_head), scaling, softcap, HAS_SOFTCAP, PRECISION)
-        vis = _visible(offs_q, offs_k, b, n_queries, n_keys, query_offset, window, PAD, stride_pad_b,
-                       DENSE, stride_dense_b, stride_dense_q, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_DENSE)
+        s = _scores(
+            q,
+            k_base + offs_k[None, :] * stride_kn + offs_d[:, None],
+            (offs_k[None, :] < n_keys) & (offs_d[:, None] < d_head),
+            scaling,
+            softcap,
+            HAS_SOFTCAP,
+            PRECISION,
+        )
+        vis = _visible(
+            offs_q,
+            offs_k,
+            b,
+            n_queries,
+            n_keys,
+            query_offset,
+            window,
+            PAD,
+            stride_pad_b,
+            DENSE,
+            stride_dense_b,
+            stride_dense_q,
+            CAUSAL,
+            HAS_WINDOW,
+            HAS_PADDING,
+            HAS_DENSE,
+        )
         log_p = s - lse[:, None]
         p = tl.where(vis, tl.exp(tl.where(vis, log_p, 0.0)), 0.0)
         plogp += tl.sum(p * log_p, axis=1)
@@ -131,7 +240,7 @@ def row_kernel(
         one_hot = (regions[:, None] == offs_r[None, :]).to(tl.float32)
         region_mass += tl.dot(p, one_hot, input_precision="ieee", out_dtype=tl.float32)
         if TOPK_PAD > 0:
-            # Pack (weight, key) into one sortable int64: p >= 0 orders like its bits; ties go to the lower key.
+            # Pack (weight, key) into one sortable int64: p >= 0 sorts like its bits; ties go to the lower key.
             bits = p.to(tl.int32, bitcast=True).to(tl.int64)
             packed = (bits << 32) | (2147483647 - offs_k[None, :]).to(tl.int64)
             packed = tl.where(offs_k[None, :] < n_keys, packed, -1)
@@ -139,12 +248,18 @@ def row_kernel(
             top = tl.topk(tl.reshape(tl.join(top, best), [BLOCK_Q, 2 * TOPK_PAD]), TOPK_PAD)
         if HAS_MAPS:
             if slot >= 0:
-                tl.store(MAPS + b * stride_mb + slot * stride_mh + offs_q[:, None] * stride_mq + offs_k[None, :], p,
-                         mask=row_ok[:, None] & (offs_k[None, :] < n_keys))
+                tl.store(
+                    MAPS + b * stride_mb + slot * stride_mh + offs_q[:, None] * stride_mq + offs_k[None, :],
+                    p,
+                    mask=row_ok[:, None] & (offs_k[None, :] < n_keys),
+                )
 
     tl.store(ENTROPY + row_base + offs_q, -plogp, mask=row_ok)
-    tl.store(REGION_MASS + (row_base + offs_q[:, None]) * n_regions + offs_r[None, :], region_mass,
-             mask=row_ok[:, None] & (offs_r[None, :] < n_regions))
+    tl.store(
+        REGION_MASS + (row_base + offs_q[:, None]) * n_regions + offs_r[None, :],
+        region_mass,
+        mask=row_ok[:, None] & (offs_r[None, :] < n_regions),
+    )
     if TOPK_PAD > 0:
         offs_t = tl.arange(0, TOPK_PAD)
         weight = (top >> 32).to(tl.int32).to(tl.float32, bitcast=True)
@@ -157,12 +272,39 @@ def row_kernel(
 
 @triton.jit
 def column_kernel(
-    Q, K, LSE, PAD, DENSE, KEY_MASS,
-    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pad_b, stride_dense_b, stride_dense_q,
-    n_heads, n_queries, n_keys, d_head, group, scaling, softcap, query_offset, window,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D_PAD: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_DENSE: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    LSE,
+    PAD,
+    DENSE,
+    KEY_MASS,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_pad_b,
+    stride_dense_b,
+    stride_dense_q,
+    n_heads,
+    n_queries,
+    n_keys,
+    d_head,
+    group,
+    scaling,
+    softcap,
+    query_offset,
+    window,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    D_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_PADDING: tl.constexpr,
+    HAS_DENSE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -173,8 +315,11 @@ def column_kernel(
     offs_d = tl.arange(0, D_PAD)
     key_ok = offs_k < n_keys
     # [BLOCK_K, D] keys; scores are computed transposed, s^T = k @ q^T, so the sum over queries is a row sum.
-    k = tl.load(K + b * stride_kb + (h // group) * stride_kh + offs_k[:, None] * stride_kn + offs_d[None, :],
-                mask=key_ok[:, None] & (offs_d[None, :] < d_head), other=0.0)
+    k = tl.load(
+        K + b * stride_kb + (h // group) * stride_kh + offs_k[:, None] * stride_kn + offs_d[None, :],
+        mask=key_ok[:, None] & (offs_d[None, :] < d_head),
+        other=0.0,
+    )
     q_base = Q + b * stride_qb + h * stride_qh
     row_base = pid_bh * n_queries
 
@@ -192,13 +337,34 @@ def column_kernel(
     col = tl.zeros([BLOCK_K], tl.float32)
     for q_start in range(lo, hi, BLOCK_Q):
         offs_q = q_start + tl.arange(0, BLOCK_Q)
-        q_t = tl.load(q_base + offs_q[None, :] * stride_qn + offs_d[:, None],
-                      mask=(offs_q[None, :] < n_queries) & (offs_d[:, None] < d_head), other=0.0)
+        q_t = tl.load(
+            q_base + offs_q[None, :] * stride_qn + offs_d[:, None],
+            mask=(offs_q[None, :] < n_queries) & (offs_d[:, None] < d_head),
+            other=0.0,
+        )
         s_t = tl.dot(k, q_t, input_precision=PRECISION, out_dtype=tl.float32) * scaling
         if HAS_SOFTCAP:
             s_t = softcap * _tanh(s_t / softcap)
-        vis = tl.trans(_visible(offs_q, offs_k, b, n_queries, n_keys, query_offset, window, PAD, stride_pad_b,
-                                DENSE, stride_dense_b, stride_dense_q, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_DENSE))
+        vis = tl.trans(
+            _visible(
+                offs_q,
+                offs_k,
+                b,
+                n_queries,
+                n_keys,
+                query_offset,
+                window,
+                PAD,
+                stride_pad_b,
+                DENSE,
+                stride_dense_b,
+                stride_dense_q,
+                CAUSAL,
+                HAS_WINDOW,
+                HAS_PADDING,
+                HAS_DENSE,
+            )
+        )
         lse = tl.load(LSE + row_base + offs_q, mask=offs_q < n_queries, other=0.0)
         log_p = s_t - lse[None, :]
         col += tl.sum(tl.where(vis, tl.exp(tl.where(vis, log_p, 0.0)), 0.0), axis=1)

@@ -56,10 +56,12 @@ def expand_kv_heads(key: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def resolve_implementation(implementation: str, query: torch.Tensor, *, top_k: int = 0) -> str:
-    """The implementation "auto" picks for these inputs: triton on CUDA tensors where importable, else torch."""
+    """What "auto" picks for these inputs: triton on CUDA tensors where importable, else torch."""
     if implementation != "auto":
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown or unavailable implementation {implementation!r}; choose one of {('auto',) + IMPLEMENTATIONS}")
+            raise ValueError(
+                f"unknown or unavailable implementation {implementation!r}; choose one of {('auto',) + IMPLEMENTATIONS}"
+            )
         return implementation
     if query.is_cuda and "triton" in IMPLEMENTATIONS:
         from workbench.kernels.triton_stats import MAX_TOP_K
@@ -69,12 +71,18 @@ def resolve_implementation(implementation: str, query: torch.Tensor, *, top_k: i
     return "torch"
 
 
-def _validate(query, key, *, mask: MaskSpec, key_regions, n_regions, top_k, map_heads, log_normaliser, softcap):
+def _validate(
+    query, key, *, mask: MaskSpec, key_regions, n_regions, top_k, map_heads, log_normaliser, softcap
+):
     if query.ndim != 4 or key.ndim != 4:
-        raise ValueError(f"query and key must be [batch, head, pos, d_head]; got {tuple(query.shape)}, {tuple(key.shape)}")
+        raise ValueError(
+            f"query and key must be [batch, head, pos, d_head]; got {tuple(query.shape)}, {tuple(key.shape)}"
+        )
     batch, n_heads, n_queries, d_head = query.shape
     if key.shape[0] != batch or key.shape[3] != d_head:
-        raise ValueError(f"key {tuple(key.shape)} does not match query {tuple(query.shape)} in batch or d_head")
+        raise ValueError(
+            f"key {tuple(key.shape)} does not match query {tuple(query.shape)} in batch or d_head"
+        )
     if n_heads % key.shape[1]:
         raise ValueError(f"{n_heads} query heads cannot share {key.shape[1]} key/value heads")
     n_keys = key.shape[2]
@@ -83,20 +91,32 @@ def _validate(query, key, *, mask: MaskSpec, key_regions, n_regions, top_k, map_
     if n_regions < 1:
         raise ValueError(f"n_regions must be >= 1; got {n_regions}")
     if n_keys and (int(key_regions.min()) < 0 or int(key_regions.max()) >= n_regions):
-        raise ValueError(f"key_regions must lie in [0, {n_regions}); got [{int(key_regions.min())}, {int(key_regions.max())}]")
+        raise ValueError(
+            f"key_regions must lie in [0, {n_regions}); got [{int(key_regions.min())}, {int(key_regions.max())}]"
+        )
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0; got {top_k}")
     if map_heads is not None and any(not 0 <= h < n_heads for h in map_heads):
         raise ValueError(f"map_heads must lie in [0, {n_heads}); got {list(map_heads)}")
     if log_normaliser is not None and tuple(log_normaliser.shape) != (batch, n_heads, n_queries):
-        raise ValueError(f"log_normaliser must be [batch, head, query_pos]={(batch, n_heads, n_queries)}; got {tuple(log_normaliser.shape)}")
+        raise ValueError(
+            f"log_normaliser must be [batch, head, query_pos]={(batch, n_heads, n_queries)}; got {tuple(log_normaliser.shape)}"
+        )
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be a positive float or None; got {softcap}")
-    if mask.dense is not None and (mask.dense.ndim != 4 or mask.dense.shape[1] != 1 or mask.dense.shape[2:] != (n_queries, n_keys)
-                                   or mask.dense.shape[0] not in (1, batch)):
-        raise ValueError(f"MaskSpec.dense must be [batch|1, 1, {n_queries}, {n_keys}]; got {tuple(mask.dense.shape)}")
+    if mask.dense is not None and (
+        mask.dense.ndim != 4
+        or mask.dense.shape[1] != 1
+        or mask.dense.shape[2:] != (n_queries, n_keys)
+        or mask.dense.shape[0] not in (1, batch)
+    ):
+        raise ValueError(
+            f"MaskSpec.dense must be [batch|1, 1, {n_queries}, {n_keys}]; got {tuple(mask.dense.shape)}"
+        )
     if mask.key_padding is not None and tuple(mask.key_padding.shape) != (batch, n_keys):
-        raise ValueError(f"MaskSpec.key_padding must be [batch, key_pos]={(batch, n_keys)}; got {tuple(mask.key_padding.shape)}")
+        raise ValueError(
+            f"MaskSpec.key_padding must be [batch, key_pos]={(batch, n_keys)}; got {tuple(mask.key_padding.shape)}"
+        )
     if mask.sliding_window is not None and mask.sliding_window < 1:
         raise ValueError(f"MaskSpec.sliding_window must be >= 1; got {mask.sliding_window}")
 
@@ -116,7 +136,7 @@ def attention_statistics(
     softcap: float | None = None,
     block_size: tuple[int, int] | None = None,
 ) -> AttentionStatistics:
-    """Statistics of softmax(softcap(scaling * query @ key^T) + mask) per query head, without returning the map.
+    """Statistics of softmax(softcap(scaling * query @ key^T) + mask) per query head, never the whole map.
 
     query: [batch, head, query_pos, d_head] (post-RoPE); key: [batch, kv_head, key_pos, d_head];
     key_regions: [key_pos] integer region id of every key, in [0, n_regions).
@@ -130,11 +150,27 @@ def attention_statistics(
     softcap: logit soft-capping s = softcap * tanh(s / softcap) (Gemma 2), or None.
     block_size: (block_q, block_k) of the bounded-memory implementations, or None for their default.
     """
-    _validate(query, key, mask=mask, key_regions=key_regions, n_regions=n_regions, top_k=top_k, map_heads=map_heads,
-              log_normaliser=log_normaliser, softcap=softcap)
+    _validate(
+        query,
+        key,
+        mask=mask,
+        key_regions=key_regions,
+        n_regions=n_regions,
+        top_k=top_k,
+        map_heads=map_heads,
+        log_normaliser=log_normaliser,
+        softcap=softcap,
+    )
     chosen = resolve_implementation(implementation, query, top_k=top_k)
-    common = dict(scaling=scaling, mask=mask, key_regions=key_regions, n_regions=n_regions, top_k=top_k,
-                  map_heads=map_heads, softcap=softcap)
+    common = dict(
+        scaling=scaling,
+        mask=mask,
+        key_regions=key_regions,
+        n_regions=n_regions,
+        top_k=top_k,
+        map_heads=map_heads,
+        softcap=softcap,
+    )
     if chosen == "dense":
         from workbench.kernels.dense import dense_attention_statistics
 
@@ -142,7 +178,11 @@ def attention_statistics(
     if chosen == "torch":
         from workbench.kernels.blockwise import blockwise_attention_statistics
 
-        return blockwise_attention_statistics(query, key, log_normaliser=log_normaliser, block_size=block_size, **common)
+        return blockwise_attention_statistics(
+            query, key, log_normaliser=log_normaliser, block_size=block_size, **common
+        )
     from workbench.kernels.triton_stats import triton_attention_statistics
 
-    return triton_attention_statistics(query, key, log_normaliser=log_normaliser, block_size=block_size, **common)
+    return triton_attention_statistics(
+        query, key, log_normaliser=log_normaliser, block_size=block_size, **common
+    )

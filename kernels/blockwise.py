@@ -6,10 +6,11 @@ p_ij = exp(s_ij - lse_i) is reduced in fp32 into column sums, region masses, Z a
 H_i = -sum_j p_ij (s_ij - lse_i). Blocks no query row can see (causal, sliding window) are skipped.
 
 Memory bound (beyond the inputs): a working set of about 3 * batch * head * block_q * block_k fp32
-values (scores, probabilities, mask), plus the outputs O(batch * head * (query_pos * (region + 2) +
-key_pos)) and an fp32 copy of the keys when they are not fp32 already; maps (if requested) and top-k add
-their own output size. GQA: queries are grouped by kv head ([batch, kv_head, group * block_q, d_head]), so
-keys are never expanded to all heads.
+values (scores, probabilities, mask block), plus the outputs O(batch * head * (query_pos * (region + 2) +
+key_pos)) and O(key_pos * region) for the counts; fp32 copies of query / key only when they are not fp32
+already; without a given lse, one SDPA output [batch, head, query_pos, d_head] for plain causal masks.
+Maps (if requested) and top-k add their own output size. GQA: queries are grouped by kv head
+([batch, kv_head, group * block_q, d_head]), so keys are never expanded to all heads.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def region_runs(key_regions: torch.Tensor) -> list[tuple[int, int, int]]:
     starts = [0] + (torch.nonzero(regions[1:] != regions[:-1]).flatten() + 1).tolist()
     ends = starts[1:] + [regions.numel()]
     values = regions[starts].tolist()
-    return list(zip(starts, ends, values))
+    return list(zip(starts, ends, values, strict=True))
 
 
 def _runs_in(runs: list[tuple[int, int, int]], run_starts: list[int], k0: int, k1: int):
@@ -61,9 +62,21 @@ def _runs_in(runs: list[tuple[int, int, int]], run_starts: list[int], k0: int, k
     return out
 
 
-def _block_is_full(mask: MaskSpec, q0: int, q1: int, k0: int, k1: int) -> bool:
-    """True when every (query, key) pair of the block is visible under the structural mask (no padding)."""
-    if mask.dense is not None or mask.key_padding is not None:
+def _padding_prefix(mask: MaskSpec) -> list[int] | None:
+    """Prefix counts of keys that padding hides in any batch row (None without padding)."""
+    if mask.key_padding is None:
+        return None
+    hidden = (~mask.key_padding.to(torch.bool)).any(dim=0).long().cpu()
+    return [0] + torch.cumsum(hidden, 0).tolist()
+
+
+def _block_is_full(
+    mask: MaskSpec, q0: int, q1: int, k0: int, k1: int, padding_prefix: list[int] | None
+) -> bool:
+    """True when every (query, key) pair of the block is visible, so no mask needs applying."""
+    if mask.dense is not None:
+        return False
+    if padding_prefix is not None and padding_prefix[k1] != padding_prefix[k0]:
         return False
     if mask.causal and k1 - 1 > q0 + mask.query_offset:
         return False
@@ -73,7 +86,7 @@ def _block_is_full(mask: MaskSpec, q0: int, q1: int, k0: int, k1: int) -> bool:
 
 
 def _key_blocks(mask: MaskSpec, q0: int, q1: int, n_keys: int, block_k: int, min_keys: int):
-    """Key blocks [k0, k1) to visit for query rows [q0, q1); at least min_keys keys (top-k needs that many)."""
+    """Key blocks [k0, k1) to visit for query rows [q0, q1); at least min_keys keys (for top-k)."""
     lo, hi = visible_key_range(mask, q0, q1, n_keys)
     if hi - lo < min_keys:
         hi = min(n_keys, lo + min_keys)
@@ -82,7 +95,9 @@ def _key_blocks(mask: MaskSpec, q0: int, q1: int, n_keys: int, block_k: int, min
         yield k0, min(hi, k0 + block_k)
 
 
-def _scores(query_block: torch.Tensor, key32: torch.Tensor, k0: int, k1: int, softcap: float | None) -> torch.Tensor:
+def _scores(
+    query_block: torch.Tensor, key32: torch.Tensor, k0: int, k1: int, softcap: float | None
+) -> torch.Tensor:
     """[batch, kv_head, group * bq, bk] scores of pre-scaled queries against keys [k0, k1)."""
     scores = torch.matmul(query_block, key32[:, :, k0:k1].transpose(-1, -2))
     if softcap is not None:
@@ -103,15 +118,21 @@ def _visibility(mask: MaskSpec, q0: int, q1: int, k0: int, k1: int, device) -> t
 
 
 def log_normaliser_blockwise(
-    query: torch.Tensor, key: torch.Tensor, *, scaling: float, mask: MaskSpec, softcap: float | None = None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scaling: float,
+    mask: MaskSpec,
+    softcap: float | None = None,
     block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Row log-sum-exp [batch, head, query_pos] fp32 by an online (streaming max) pass; 0 for rows that see no key."""
+    """Row log-sum-exp [batch, head, query_pos] fp32 by an online (running max) pass; 0 where no key is seen."""
     batch, n_heads, n_queries, _ = query.shape
     n_kv_heads, n_keys = key.shape[1], key.shape[2]
     group = n_heads // n_kv_heads
     block_q, block_k = block_size or default_block_size()
     key32 = key.float()
+    padding_prefix = _padding_prefix(mask)
     out = torch.zeros(batch, n_heads, n_queries, dtype=torch.float32, device=query.device)
     for q0 in range(0, n_queries, block_q):
         q1 = min(n_queries, q0 + block_q)
@@ -120,30 +141,46 @@ def log_normaliser_blockwise(
         running_sum = torch.zeros_like(running_max)
         for k0, k1 in _key_blocks(mask, q0, q1, n_keys, block_k, 0):
             scores = _scores(qb, key32, k0, k1, softcap).view(batch, n_kv_heads, group, q1 - q0, k1 - k0)
-            if not _block_is_full(mask, q0, q1, k0, k1):
+            if not _block_is_full(mask, q0, q1, k0, k1, padding_prefix):
                 scores = scores.masked_fill(~_visibility(mask, q0, q1, k0, k1, query.device), float("-inf"))
             new_max = torch.maximum(running_max, scores.amax(dim=-1))
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            running_sum = running_sum * torch.exp(running_max - safe_max) + torch.exp(scores - safe_max[..., None]).sum(-1)
+            running_sum = running_sum * torch.exp(running_max - safe_max) + torch.exp(
+                scores - safe_max[..., None]
+            ).sum(-1)
             running_max = new_max
-        lse = torch.where(running_sum > 0, running_max + torch.log(running_sum), torch.zeros_like(running_sum))
+        lse = torch.where(
+            running_sum > 0, running_max + torch.log(running_sum), torch.zeros_like(running_sum)
+        )
         out[:, :, q0:q1] = lse.reshape(batch, n_heads, q1 - q0)
     return out
 
 
-def log_normaliser_sdpa(query: torch.Tensor, key: torch.Tensor, *, scaling: float, mask: MaskSpec) -> torch.Tensor | None:
+def log_normaliser_sdpa(
+    query: torch.Tensor, key: torch.Tensor, *, scaling: float, mask: MaskSpec
+) -> torch.Tensor | None:
     """Row log-sum-exp from the fused CPU SDPA kernel where the mask needs no dense tensor, else None.
 
-    Handles no mask at all and plain causal with query_offset 0 over a square map (top-left aligned is_causal).
+    Handles no mask and plain causal with query_offset 0 over a square map (top-left aligned is_causal).
     """
-    if query.device.type != "cpu" or mask.dense is not None or mask.key_padding is not None or mask.sliding_window is not None:
+    if (
+        query.device.type != "cpu"
+        or mask.dense is not None
+        or mask.key_padding is not None
+        or mask.sliding_window is not None
+    ):
         return None
     n_queries, n_keys = query.shape[2], key.shape[2]
     if mask.causal and not (mask.query_offset == 0 and n_queries == n_keys):
         return None
     q32, k32 = query.float(), key.float()
     _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q32, k32, k32, 0.0, bool(mask.causal), scale=scaling,
+        q32,
+        k32,
+        k32,
+        0.0,
+        bool(mask.causal),
+        scale=scaling,
     )
     return lse
 
@@ -171,12 +208,18 @@ def blockwise_attention_statistics(
         log_normaliser = log_normaliser_sdpa(query, key, scaling=scaling, mask=mask)
     if log_normaliser is None:
         log_normaliser = log_normaliser_blockwise(
-            query, key, scaling=scaling, mask=mask, softcap=softcap, block_size=(block_q, block_k),
+            query,
+            key,
+            scaling=scaling,
+            mask=mask,
+            softcap=softcap,
+            block_size=(block_q, block_k),
         )
     lse = log_normaliser.float()
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # rows that see nothing: p = 0 anyway
 
     key32 = key.float()
+    padding_prefix = _padding_prefix(mask)
     one_hot = region_one_hot(key_regions, n_regions, device)
     runs = region_runs(key_regions)
     run_starts = [start for start, _, _ in runs]
@@ -184,10 +227,18 @@ def blockwise_attention_statistics(
     region_mass = torch.zeros(batch, n_heads, n_queries, n_regions, dtype=torch.float32, device=device)
     entropy = torch.zeros(batch, n_heads, n_queries, dtype=torch.float32, device=device)
     k_top = min(top_k, n_keys)
-    top_index = torch.zeros(batch, n_heads, n_queries, k_top, dtype=torch.long, device=device) if k_top else None
-    top_weight = torch.zeros(batch, n_heads, n_queries, k_top, dtype=torch.float32, device=device) if k_top else None
+    top_index = (
+        torch.zeros(batch, n_heads, n_queries, k_top, dtype=torch.long, device=device) if k_top else None
+    )
+    top_weight = (
+        torch.zeros(batch, n_heads, n_queries, k_top, dtype=torch.float32, device=device) if k_top else None
+    )
     heads = list(map_heads) if map_heads else []
-    maps = torch.zeros(batch, len(heads), n_queries, n_keys, dtype=torch.float32, device=device) if heads else None
+    maps = (
+        torch.zeros(batch, len(heads), n_queries, n_keys, dtype=torch.float32, device=device)
+        if heads
+        else None
+    )
 
     for q0 in range(0, n_queries, block_q):
         q1 = min(n_queries, q0 + block_q)
@@ -202,12 +253,12 @@ def blockwise_attention_statistics(
             log_p = _scores(qb, key32, k0, k1, softcap).sub_(lse_b)
             p = torch.exp(log_p)
             p5 = p.view(batch, n_kv_heads, group, bq, bk)
-            if not _block_is_full(mask, q0, q1, k0, k1):
+            if not _block_is_full(mask, q0, q1, k0, k1, padding_prefix):
                 p5.masked_fill_(~_visibility(mask, q0, q1, k0, k1, device), 0.0)
             block_runs = _runs_in(runs, run_starts, k0, k1)
             if block_runs is None:
                 rows_mass += p @ one_hot[k0:k1]
-            else:  # a few contiguous runs: plain sums, much cheaper than a matmul with region + 1 columns
+            else:  # a few contiguous runs: plain row sums, cheaper than a thin matmul
                 for a, b, region in block_runs:
                     rows_mass[..., region] += p[..., a:b].sum(dim=-1)
             key_mass[..., k0:k1] += p5.sum(dim=3)
@@ -229,7 +280,13 @@ def blockwise_attention_statistics(
             top_weight[:, :, q0:q1], top_index[:, :, q0:q1] = run_w, run_i
 
     key_count, region_count = visibility_counts(
-        mask, batch=batch, n_queries=n_queries, n_keys=n_keys, key_regions=key_regions, n_regions=n_regions, device=device,
+        mask,
+        batch=batch,
+        n_queries=n_queries,
+        n_keys=n_keys,
+        key_regions=key_regions,
+        n_regions=n_regions,
+        device=device,
     )
     return AttentionStatistics(
         key_mass=key_mass.view(batch, n_heads, n_keys),

@@ -52,7 +52,9 @@ def triton_attention_statistics(
     block_size: tuple[int, int] | None = None,
 ) -> AttentionStatistics:
     if not query.is_cuda and not _interpreting():
-        raise ValueError("implementation='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests); use 'torch'")
+        raise ValueError(
+            "implementation='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests); use 'torch'"
+        )
     if top_k > MAX_TOP_K:
         raise ValueError(f"implementation='triton' supports top_k <= {MAX_TOP_K}; got {top_k}: use 'torch'")
     from workbench.kernels import _triton_kernels as kernels
@@ -68,6 +70,9 @@ def triton_attention_statistics(
     key = key if key.stride(-1) == 1 else key.contiguous()
     if key.dtype != query.dtype:
         key = key.to(query.dtype)
+    if _interpreting() and query.dtype != torch.float32:
+        # The interpreter computes on numpy arrays, which have no bf16; fp32 gives the same exact products.
+        query, key = query.float(), key.float()
     precision = "ieee" if query.dtype == torch.float32 else "tf32"  # only fp32 dots use the precision mode
 
     if log_normaliser is not None:
@@ -90,26 +95,51 @@ def triton_attention_statistics(
     entropy = torch.empty(batch, n_heads, n_queries, dtype=torch.float32, device=device)
     region_mass = torch.empty(batch, n_heads, n_queries, n_regions, dtype=torch.float32, device=device)
     key_mass = torch.empty(batch, n_heads, n_keys, dtype=torch.float32, device=device)
-    top_weight = torch.empty(batch, n_heads, n_queries, k_top, dtype=torch.float32, device=device) if k_top else None
-    top_index = torch.empty(batch, n_heads, n_queries, k_top, dtype=torch.int64, device=device) if k_top else None
+    top_weight = (
+        torch.empty(batch, n_heads, n_queries, k_top, dtype=torch.float32, device=device) if k_top else None
+    )
+    top_index = (
+        torch.empty(batch, n_heads, n_queries, k_top, dtype=torch.int64, device=device) if k_top else None
+    )
     heads = list(map_heads) if map_heads else []
-    maps = torch.zeros(batch, len(heads), n_queries, n_keys, dtype=torch.float32, device=device) if heads else None
+    maps = (
+        torch.zeros(batch, len(heads), n_queries, n_keys, dtype=torch.float32, device=device)
+        if heads
+        else None
+    )
     map_slot = torch.full((n_heads,), -1, dtype=torch.int32)
     for slot, h in enumerate(heads):
         map_slot[h] = slot
     map_slot = map_slot.to(device)
 
     flags = dict(
-        CAUSAL=bool(mask.causal), HAS_WINDOW=mask.sliding_window is not None, HAS_PADDING=mask.key_padding is not None,
-        HAS_DENSE=mask.dense is not None, HAS_SOFTCAP=softcap is not None, PRECISION=precision,
+        CAUSAL=bool(mask.causal),
+        HAS_WINDOW=mask.sliding_window is not None,
+        HAS_PADDING=mask.key_padding is not None,
+        HAS_DENSE=mask.dense is not None,
+        HAS_SOFTCAP=softcap is not None,
+        PRECISION=precision,
     )
     common = (
-        query.stride(0), query.stride(1), query.stride(2), key.stride(0), key.stride(1), key.stride(2),
-        pad_stride, dense_strides[0], dense_strides[1],
+        query.stride(0),
+        query.stride(1),
+        query.stride(2),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        pad_stride,
+        dense_strides[0],
+        dense_strides[1],
     )
     scalars = dict(
-        n_heads=n_heads, n_queries=n_queries, n_keys=n_keys, d_head=d_head, group=n_heads // n_kv_heads,
-        scaling=float(scaling), softcap=float(softcap or 1.0), query_offset=int(mask.query_offset),
+        n_heads=n_heads,
+        n_queries=n_queries,
+        n_keys=n_keys,
+        d_head=d_head,
+        group=n_heads // n_kv_heads,
+        scaling=float(scaling),
+        softcap=float(softcap or 1.0),
+        query_offset=int(mask.query_offset),
         window=int(mask.sliding_window or 1),
     )
     d_pad = _next_pow2(d_head)
@@ -117,19 +147,55 @@ def triton_attention_statistics(
     map_strides = (maps.stride(0), maps.stride(1), maps.stride(2)) if maps is not None else (0, 0, 0)
     grid = (-(-n_queries // block_q), batch * n_heads)
     kernels.row_kernel[grid](
-        query, key, lse, regions, pad, dense, entropy, region_mass,
-        top_weight if k_top else entropy, top_index if k_top else entropy, map_arg, map_slot,
-        *common, *map_strides, n_regions=n_regions, top_k=k_top, **scalars,
-        BLOCK_Q=block_q, BLOCK_K=block_k_row, D_PAD=d_pad, R_PAD=_next_pow2(n_regions), TOPK_PAD=topk_pad,
-        HAS_LSE=log_normaliser is not None, HAS_MAPS=maps is not None, **flags,
+        query,
+        key,
+        lse,
+        regions,
+        pad,
+        dense,
+        entropy,
+        region_mass,
+        top_weight if k_top else entropy,
+        top_index if k_top else entropy,
+        map_arg,
+        map_slot,
+        *common,
+        *map_strides,
+        n_regions=n_regions,
+        top_k=k_top,
+        **scalars,
+        BLOCK_Q=block_q,
+        BLOCK_K=block_k_row,
+        D_PAD=d_pad,
+        R_PAD=_next_pow2(n_regions),
+        TOPK_PAD=topk_pad,
+        HAS_LSE=log_normaliser is not None,
+        HAS_MAPS=maps is not None,
+        **flags,
     )
     grid = (-(-n_keys // block_k), batch * n_heads)
     kernels.column_kernel[grid](
-        query, key, lse, pad, dense, key_mass, *common, **scalars,
-        BLOCK_Q=block_q, BLOCK_K=block_k, D_PAD=d_pad, **flags,
+        query,
+        key,
+        lse,
+        pad,
+        dense,
+        key_mass,
+        *common,
+        **scalars,
+        BLOCK_Q=block_q,
+        BLOCK_K=block_k,
+        D_PAD=d_pad,
+        **flags,
     )
     key_count, region_count = visibility_counts(
-        mask, batch=batch, n_queries=n_queries, n_keys=n_keys, key_regions=key_regions, n_regions=n_regions, device=device,
+        mask,
+        batch=batch,
+        n_queries=n_queries,
+        n_keys=n_keys,
+        key_regions=key_regions,
+        n_regions=n_regions,
+        device=device,
     )
     return AttentionStatistics(
         key_mass=key_mass,

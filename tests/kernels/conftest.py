@@ -34,34 +34,47 @@ class Case:
     map_heads: tuple[int, ...] | None = None
     softcap: float | None = None
     dtype: torch.dtype = torch.float32
-    padding: str | None = None  # left | right: key padding (left padding makes fully masked rows under causal)
+    padding: str | None = (
+        None  # left | right: key padding (left padding makes fully masked rows under causal)
+    )
     dense_mask: bool = False
 
     def build(self, seed: int = 0, device="cpu"):
         gen = torch.Generator().manual_seed(seed)
-        query = (torch.randn(self.batch, self.heads, self.n_queries, self.d_head, generator=gen) * 1.5).to(self.dtype)
-        key = (torch.randn(self.batch, self.kv_heads, self.n_keys, self.d_head, generator=gen) * 1.5).to(self.dtype)
+        query = (torch.randn(self.batch, self.heads, self.n_queries, self.d_head, generator=gen) * 1.5).to(
+            self.dtype
+        )
+        key = (torch.randn(self.batch, self.kv_heads, self.n_keys, self.d_head, generator=gen) * 1.5).to(
+            self.dtype
+        )
         if self.regions == "random":
             regions = torch.randint(0, self.n_regions, (self.n_keys,), generator=gen)
         elif self.regions == "alternating":
             regions = torch.arange(self.n_keys) % self.n_regions
         else:  # a few contiguous runs, e.g. [system | image | user]
-            regions = (torch.arange(self.n_keys) * self.n_regions // max(1, self.n_keys)).clamp_max(self.n_regions - 1)
+            regions = (torch.arange(self.n_keys) * self.n_regions // max(1, self.n_keys)).clamp_max(
+                self.n_regions - 1
+            )
         mask_kw = dict(self.mask)
         if self.padding:
             pad = torch.ones(self.batch, self.n_keys, dtype=torch.bool)
             if self.padding == "left":
                 pad[0, : self.n_keys // 4] = False
             else:
-                pad[-1, self.n_keys - self.n_keys // 3:] = False
+                pad[-1, self.n_keys - self.n_keys // 3 :] = False
             mask_kw["key_padding"] = pad.to(device)
         if self.dense_mask:
             dense = torch.rand(self.batch, 1, self.n_queries, self.n_keys, generator=gen) > 0.4
             dense[0, 0, min(2, self.n_queries - 1)] = False  # a row that sees nothing
             mask_kw["dense"] = dense.to(device)
         kwargs = dict(
-            scaling=self.d_head ** -0.5, mask=MaskSpec(**mask_kw), key_regions=regions.to(device),
-            n_regions=self.n_regions, top_k=self.top_k, map_heads=self.map_heads, softcap=self.softcap,
+            scaling=self.d_head**-0.5,
+            mask=MaskSpec(**mask_kw),
+            key_regions=regions.to(device),
+            n_regions=self.n_regions,
+            top_k=self.top_k,
+            map_heads=self.map_heads,
+            softcap=self.softcap,
         )
         return query.to(device), key.to(device), kwargs
 
@@ -72,9 +85,13 @@ CASES: dict[str, Case] = {
     "decode_one_row": Case(1, 9, 3, 1, 70, mask=dict(query_offset=69), top_k=3, map_heads=(8,)),
     "chunked_prefill": Case(2, 4, 2, 5, 70, mask=dict(query_offset=65), regions="runs"),
     "sliding_window": Case(2, 4, 4, 50, 50, mask=dict(sliding_window=7), top_k=4, map_heads=(1,)),
-    "sliding_window_decode": Case(1, 6, 2, 3, 61, mask=dict(query_offset=58, sliding_window=16), regions="alternating"),
+    "sliding_window_decode": Case(
+        1, 6, 2, 3, 61, mask=dict(query_offset=58, sliding_window=16), regions="alternating"
+    ),
     "left_padding_causal": Case(2, 4, 2, 45, 45, padding="left", top_k=4),
-    "right_padding_bidirectional": Case(2, 4, 1, 45, 45, mask=dict(causal=False), padding="right", regions="runs"),
+    "right_padding_bidirectional": Case(
+        2, 4, 1, 45, 45, mask=dict(causal=False), padding="right", regions="runs"
+    ),
     "dense_mask": Case(2, 4, 2, 33, 45, dense_mask=True, top_k=4, map_heads=(3,)),
     "one_region": Case(1, 2, 1, 40, 40, n_regions=1, regions="runs"),
     "softcap": Case(1, 4, 2, 33, 33, softcap=5.0, top_k=2, mask=dict(sliding_window=20)),
@@ -102,8 +119,10 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor):
         torch.testing.assert_close(got.cpu(), want.cpu(), rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
 
 
-def compare_stats(got: AttentionStatistics, want: AttentionStatistics, dense_probs: torch.Tensor | None = None):
-    """Field-by-field equality; top-k by weights and by the dense probabilities at the returned keys (ties)."""
+def compare_stats(
+    got: AttentionStatistics, want: AttentionStatistics, dense_probs: torch.Tensor | None = None
+):
+    """Field-by-field equality; top-k by weights and by the dense probabilities at the returned keys."""
     for name in ("key_mass", "key_count", "region_mass", "region_count", "entropy", "normaliser", "maps"):
         g, w = getattr(got, name), getattr(want, name)
         assert (g is None) == (w is None), f"{name}: presence differs"
@@ -136,11 +155,20 @@ def compare_to_dense():
         from workbench.kernels.dense import dense_probabilities
 
         query, key, kwargs = case.build(device=device)
-        want = attention_statistics(query.cpu(), key.cpu(), implementation="dense",
-                                    **{**kwargs, "mask": _to_cpu(kwargs["mask"]), "key_regions": kwargs["key_regions"].cpu()})
+        want = attention_statistics(
+            query.cpu(),
+            key.cpu(),
+            implementation="dense",
+            **{**kwargs, "mask": _to_cpu(kwargs["mask"]), "key_regions": kwargs["key_regions"].cpu()},
+        )
         got = attention_statistics(query, key, implementation=implementation, **kwargs, **extra)
-        _, probs, _ = dense_probabilities(query.cpu(), key.cpu(), scaling=kwargs["scaling"], mask=_to_cpu(kwargs["mask"]),
-                                          softcap=kwargs["softcap"])
+        _, probs, _ = dense_probabilities(
+            query.cpu(),
+            key.cpu(),
+            scaling=kwargs["scaling"],
+            mask=_to_cpu(kwargs["mask"]),
+            softcap=kwargs["softcap"],
+        )
         compare_stats(got, want, probs)
         return got, want
 
@@ -149,7 +177,9 @@ def compare_to_dense():
 
 def _to_cpu(mask: MaskSpec) -> MaskSpec:
     return MaskSpec(
-        causal=mask.causal, query_offset=mask.query_offset, sliding_window=mask.sliding_window,
+        causal=mask.causal,
+        query_offset=mask.query_offset,
+        sliding_window=mask.sliding_window,
         key_padding=None if mask.key_padding is None else mask.key_padding.cpu(),
         dense=None if mask.dense is None else mask.dense.cpu(),
     )

@@ -21,7 +21,9 @@ def _inputs(n=12, heads=4, kv_heads=2):
 
 
 def _kw(n=12, **over):
-    kw = dict(scaling=0.3, mask=MaskSpec(causal=True), key_regions=torch.zeros(n, dtype=torch.long), n_regions=1)
+    kw = dict(
+        scaling=0.3, mask=MaskSpec(causal=True), key_regions=torch.zeros(n, dtype=torch.long), n_regions=1
+    )
     kw.update(over)
     return kw
 
@@ -81,15 +83,24 @@ def test_heads_must_share_kv_heads():
         attention_statistics(query, key, implementation="torch", **_kw())
 
 
-@pytest.mark.parametrize("mask", [
-    MaskSpec(causal=True, query_offset=5, sliding_window=4),
-    MaskSpec(causal=False, sliding_window=3),
-    MaskSpec(causal=True, key_padding=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], [1] * 12], dtype=torch.bool)),
-])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        MaskSpec(causal=True, query_offset=5, sliding_window=4),
+        MaskSpec(causal=False, sliding_window=3),
+        MaskSpec(
+            causal=True,
+            key_padding=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], [1] * 12], dtype=torch.bool),
+        ),
+    ],
+)
 def test_counts_match_the_mask(mask):
     n_queries, n_keys, regions = 7, 12, torch.tensor([0, 0, 1, 2, 2, 2, 1, 0, 0, 2, 1, 1])
-    key_count, region_count = visibility_counts(mask, batch=2, n_queries=n_queries, n_keys=n_keys, key_regions=regions,
-                                                n_regions=3, device="cpu")
+    key_count, region_count = visibility_counts(
+        mask, batch=2, n_queries=n_queries, n_keys=n_keys, key_regions=regions, n_regions=3, device="cpu"
+    )
     visible = mask.block(0, n_queries, 0, n_keys).expand(2, 1, n_queries, n_keys)[:, 0]
     assert torch.equal(key_count, visible.sum(1))
-    assert torch.equal(region_count, (visible.long()[..., None] * torch.nn.functional.one_hot(regions, 3)).sum(2))
+    assert torch.equal(
+        region_count, (visible.long()[..., None] * torch.nn.functional.one_hot(regions, 3)).sum(2)
+    )

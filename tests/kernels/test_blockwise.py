@@ -29,10 +29,14 @@ def test_online_log_normaliser_matches_logsumexp(case):
     from workbench.kernels.dense import dense_probabilities
 
     query, key, kw = case.build()
-    scores, _, visible = dense_probabilities(query, key, scaling=kw["scaling"], mask=kw["mask"], softcap=kw["softcap"])
+    scores, _, visible = dense_probabilities(
+        query, key, scaling=kw["scaling"], mask=kw["mask"], softcap=kw["softcap"]
+    )
     want = scores.masked_fill(~visible, float("-inf")).logsumexp(-1)
     want = torch.where(torch.isfinite(want), want, torch.zeros_like(want))
-    got = log_normaliser_blockwise(query, key, scaling=kw["scaling"], mask=kw["mask"], softcap=kw["softcap"], block_size=(8, 16))
+    got = log_normaliser_blockwise(
+        query, key, scaling=kw["scaling"], mask=kw["mask"], softcap=kw["softcap"], block_size=(8, 16)
+    )
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
@@ -50,9 +54,15 @@ def test_sdpa_log_normaliser_is_used_for_plain_causal():
 def test_forward_log_normaliser_and_self_check():
     """lse from the CPU flash SDPA kernel (as the capture passes it) gives Z = 1; a wrong lse shows in Z."""
     query, key, value = torch.randn(1, 6, 50, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
-    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True, scale=0.25)
-    kw = dict(scaling=0.25, mask=MaskSpec(causal=True), key_regions=torch.zeros(50, dtype=torch.long), n_regions=1)
-    stats = attention_statistics(query, key, implementation="torch", log_normaliser=lse, block_size=(16, 16), **kw)
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, True, scale=0.25
+    )
+    kw = dict(
+        scaling=0.25, mask=MaskSpec(causal=True), key_regions=torch.zeros(50, dtype=torch.long), n_regions=1
+    )
+    stats = attention_statistics(
+        query, key, implementation="torch", log_normaliser=lse, block_size=(16, 16), **kw
+    )
     torch.testing.assert_close(stats.normaliser, torch.ones(1, 6, 50), rtol=0, atol=2e-6)
     want = attention_statistics(query, key, implementation="dense", **kw)
     torch.testing.assert_close(stats.entropy, want.entropy, rtol=1e-5, atol=1e-6)
@@ -60,17 +70,30 @@ def test_forward_log_normaliser_and_self_check():
     torch.testing.assert_close(off.normaliser, torch.full((1, 6, 50), torch.exp(torch.tensor(-0.1)).item()))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_equals_dense_on_gpu(case, compare_to_dense):
+    compare_to_dense(case, "torch", device="cuda", block_size=(16, 32))
+
+
 def test_fully_masked_rows_give_zero_and_no_nan():
     pad = torch.ones(1, 30, dtype=torch.bool)
     pad[0, :10] = False  # left padding: causal rows 0..9 see no key at all
-    kw = dict(scaling=0.3, mask=MaskSpec(causal=True, key_padding=pad), key_regions=torch.zeros(30, dtype=torch.long),
-              n_regions=2, top_k=3)
+    kw = dict(
+        scaling=0.3,
+        mask=MaskSpec(causal=True, key_padding=pad),
+        key_regions=torch.zeros(30, dtype=torch.long),
+        n_regions=2,
+        top_k=3,
+    )
     query, key = torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8)
     visible = MaskSpec(causal=True, key_padding=pad).block(0, 30, 0, 30)
     forward_lse = (0.3 * query @ key.transpose(-1, -2)).masked_fill(~visible, float("-inf")).logsumexp(-1)
     assert torch.isinf(forward_lse[..., :10]).all()
     for lse in (None, forward_lse):  # -inf for empty rows, as some kernels return it
-        stats = attention_statistics(query, key, implementation="torch", log_normaliser=lse, block_size=(8, 8), **kw)
+        stats = attention_statistics(
+            query, key, implementation="torch", log_normaliser=lse, block_size=(8, 8), **kw
+        )
         for name in ("key_mass", "region_mass", "entropy", "normaliser", "top_weight"):
             assert torch.isfinite(getattr(stats, name)).all(), name
         assert (stats.normaliser[..., :10] == 0).all() and (stats.entropy[..., :10] == 0).all()
@@ -110,12 +133,27 @@ class _PeakTensorBytes(TorchDispatchMode):
 
 def _peak_bytes(implementation: str, n: int, heads: int = 4, **extra) -> tuple[int, int]:
     torch.manual_seed(0)
-    query, key, value = torch.randn(1, heads, n, 32), torch.randn(1, heads // 2, n, 32), torch.randn(1, heads // 2, n, 32)
-    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True, scale=0.2)
+    query, key, value = (
+        torch.randn(1, heads, n, 32),
+        torch.randn(1, heads // 2, n, 32),
+        torch.randn(1, heads // 2, n, 32),
+    )
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, True, scale=0.2
+    )
     regions = (torch.arange(n) >= n // 2).long()
     with _PeakTensorBytes() as probe:
-        attention_statistics(query, key, scaling=0.2, mask=MaskSpec(causal=True), key_regions=regions, n_regions=2,
-                             implementation=implementation, log_normaliser=lse, **extra)
+        attention_statistics(
+            query,
+            key,
+            scaling=0.2,
+            mask=MaskSpec(causal=True),
+            key_regions=regions,
+            n_regions=2,
+            implementation=implementation,
+            log_normaliser=lse,
+            **extra,
+        )
     return probe.peak, probe.largest
 
 
@@ -141,7 +179,9 @@ def test_peak_resident_memory_is_far_below_the_map():
     def peak_extra(implementation):
         torch.manual_seed(0)
         query, key = torch.randn(1, heads, n, 32), torch.randn(1, heads // 2, n, 32)
-        kw = dict(scaling=0.2, mask=MaskSpec(causal=True), key_regions=torch.zeros(n, dtype=torch.long), n_regions=1)
+        kw = dict(
+            scaling=0.2, mask=MaskSpec(causal=True), key_regions=torch.zeros(n, dtype=torch.long), n_regions=1
+        )
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets the peak RSS to the current RSS

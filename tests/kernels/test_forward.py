@@ -20,10 +20,15 @@ def test_output_is_bit_identical_to_sdpa_and_lse_is_exact(dtype, masking):
     query, key, value = _qkv(dtype)
     visible = torch.rand(2, 1, 37, 37, generator=torch.Generator().manual_seed(1)) > 0.3
     visible[..., 0] = True
-    mask = {"bool": visible, "additive": torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, float("-inf"))}.get(masking)
+    mask = {
+        "bool": visible,
+        "additive": torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, float("-inf")),
+    }.get(masking)
     causal = masking == "causal"
     out, lse = sdpa_with_log_normaliser(query, key, value, scaling=0.25, attn_mask=mask, is_causal=causal)
-    want = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal, scale=0.25, enable_gqa=True)
+    want = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=causal, scale=0.25, enable_gqa=True
+    )
     assert torch.equal(out, want)
     scores = 0.25 * query.float() @ key.float().repeat_interleave(3, 1).transpose(-1, -2)
     if causal:
@@ -38,7 +43,9 @@ def test_output_is_bit_identical_to_sdpa_and_lse_is_exact(dtype, masking):
 def test_bf16_forward_lse_keeps_the_self_check_within_tolerance():
     query, key, value = _qkv(torch.bfloat16, n=200, d=64)
     _, lse = sdpa_with_log_normaliser(query, key, value, scaling=0.125, is_causal=True)
-    kw = dict(scaling=0.125, mask=MaskSpec(causal=True), key_regions=torch.zeros(200, dtype=torch.long), n_regions=1)
+    kw = dict(
+        scaling=0.125, mask=MaskSpec(causal=True), key_regions=torch.zeros(200, dtype=torch.long), n_regions=1
+    )
     got = attention_statistics(query, key, implementation="torch", log_normaliser=lse, **kw)
     want = attention_statistics(query, key, implementation="dense", **kw)
     torch.testing.assert_close(got.normaliser, torch.ones_like(got.normaliser), rtol=0, atol=3e-4)
@@ -63,4 +70,6 @@ def test_no_fused_kernel_falls_back_without_lse():
     value = torch.randn(2, 2, 37, 8)  # value head size differs from d_head: the fused CPU kernel refuses it
     out, lse = sdpa_with_log_normaliser(query, key, value, scaling=0.25, is_causal=True)
     assert lse is None
-    assert torch.equal(out, F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=0.25, enable_gqa=True))
+    assert torch.equal(
+        out, F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=0.25, enable_gqa=True)
+    )

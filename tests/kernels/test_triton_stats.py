@@ -1,4 +1,4 @@
-"""The Triton implementation equals the dense reference: under TRITON_INTERPRET=1 on CPU (CI), on CUDA if present.
+"""The Triton implementation equals the dense reference: under TRITON_INTERPRET=1 on CPU (CI), or on CUDA.
 
 The interpreter is selected before triton is first imported (it is read when kernels are decorated), so
 this module sets TRITON_INTERPRET=1 at import time unless CUDA is available. Interpreted kernels are
@@ -39,11 +39,23 @@ SMALL = {
     "bf16_inputs": dict(heads=3, kv_heads=1, n_queries=20, n_keys=20),
 }
 # The bitonic top-k is the slowest part to interpret: one tiny case with ties (masked zeros) and GQA.
-SMALL["top_k_gqa_9_3"] = dict(base="causal_gqa_6_2", batch=1, heads=9, kv_heads=3, n_queries=18, n_keys=18, top_k=5,
-                              map_heads=None)
-ALL_CASES = ["causal_gqa_6_2", "bidirectional_gqa_9_3", "decode_one_row", "chunked_prefill", "sliding_window",
-             "sliding_window_decode", "left_padding_causal", "right_padding_bidirectional", "dense_mask", "one_region",
-             "softcap", "bf16_inputs"]
+SMALL["top_k_gqa_9_3"] = dict(
+    base="causal_gqa_6_2", batch=1, heads=9, kv_heads=3, n_queries=18, n_keys=18, top_k=5, map_heads=None
+)
+ALL_CASES = [
+    "causal_gqa_6_2",
+    "bidirectional_gqa_9_3",
+    "decode_one_row",
+    "chunked_prefill",
+    "sliding_window",
+    "sliding_window_decode",
+    "left_padding_causal",
+    "right_padding_bidirectional",
+    "dense_mask",
+    "one_region",
+    "softcap",
+    "bf16_inputs",
+]
 
 
 @pytest.fixture
@@ -76,18 +88,32 @@ def test_given_log_normaliser_and_self_check(tiny_cases, stats_equal):
 
     scores, _, visible = dense_probabilities(query, key, scaling=kw["scaling"], mask=kw["mask"])
     lse = scores.masked_fill(~visible, float("-inf")).logsumexp(-1)  # -inf on the rows that see nothing
-    got = attention_statistics(query, key, implementation="triton", log_normaliser=lse, block_size=(16, 16), **kw)
+    got = attention_statistics(
+        query, key, implementation="triton", log_normaliser=lse, block_size=(16, 16), **kw
+    )
     stats_equal(got, want)
-    off = attention_statistics(query, key, implementation="triton", log_normaliser=lse + 0.1, block_size=(16, 16), **kw)
+    off = attention_statistics(
+        query, key, implementation="triton", log_normaliser=lse + 0.1, block_size=(16, 16), **kw
+    )
     seen = want.normaliser > 0
-    torch.testing.assert_close(off.normaliser[seen], torch.full_like(off.normaliser[seen], torch.tensor(-0.1).exp().item()))
+    torch.testing.assert_close(
+        off.normaliser[seen], torch.full_like(off.normaliser[seen], torch.tensor(-0.1).exp().item())
+    )
 
 
 def test_top_k_limit_is_refused():
     query, key = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16)
     with pytest.raises(ValueError, match="top_k"):
-        attention_statistics(query, key, scaling=0.25, mask=MaskSpec(), key_regions=torch.zeros(16, dtype=torch.long),
-                             n_regions=1, top_k=65, implementation="triton")
+        attention_statistics(
+            query,
+            key,
+            scaling=0.25,
+            mask=MaskSpec(),
+            key_regions=torch.zeros(16, dtype=torch.long),
+            n_regions=1,
+            top_k=65,
+            implementation="triton",
+        )
 
 
 def test_deterministic(tiny_cases):
@@ -114,9 +140,14 @@ def test_auto_picks_triton_on_gpu(stats_equal):
 
     query, key = torch.randn(1, 9, 1000, 64, device="cuda"), torch.randn(1, 3, 1000, 64, device="cuda")
     assert resolve_implementation("auto", query) == "triton"
-    kw = dict(scaling=0.125, mask=MaskSpec(causal=True), key_regions=torch.zeros(1000, dtype=torch.long, device="cuda"),
-              n_regions=1)
+    kw = dict(
+        scaling=0.125,
+        mask=MaskSpec(causal=True),
+        key_regions=torch.zeros(1000, dtype=torch.long, device="cuda"),
+        n_regions=1,
+    )
     got = attention_statistics(query, key, **kw)
-    want = attention_statistics(query.cpu(), key.cpu(), implementation="dense",
-                                **{**kw, "key_regions": kw["key_regions"].cpu()})
+    want = attention_statistics(
+        query.cpu(), key.cpu(), implementation="dense", **{**kw, "key_regions": kw["key_regions"].cpu()}
+    )
     stats_equal(got, want)
