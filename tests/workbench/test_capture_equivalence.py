@@ -102,13 +102,21 @@ def test_logits_unchanged_by_capture(models, scene_image, name):
     with torch.no_grad():
         plain = model(**inputs)
         layout = discover_layout(model)
-        recorder = Recorder(layout, CapturePlan(maps={}), text_capacity=inputs["input_ids"].shape[1],
+        recorder = Recorder(layout, CapturePlan(maps={}), text_capacity=inputs["input_ids"].shape[1] + 1,
                             prompt_length=inputs["input_ids"].shape[1])
         recorder.begin_step(0, inputs["input_ids"].shape[1])
         with capturing(model, recorder):
             captured = model(**inputs)
     key = "logits" if loaded.kind != "encoder" else "last_hidden_state"
     assert torch.equal(plain[key], captured[key])
+    if loaded.kind != "encoder":  # one KV-cache decode step too (single query row, GQA packing in HF)
+        step = torch.tensor([[42]])
+        with torch.no_grad():
+            plain_step = model(input_ids=step, cache=plain["cache"])
+            recorder.begin_step(inputs["input_ids"].shape[1], 1)
+            with capturing(model, recorder):
+                captured_step = model(input_ids=step, cache=captured["cache"])
+        assert torch.equal(plain_step["logits"], captured_step["logits"])
     assert recorder.tensors(), "the recorder saw no attention call"
     assert model.config._attn_implementation != "workbench"
 

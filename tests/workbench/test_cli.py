@@ -105,6 +105,7 @@ def test_user_errors(tmp_path, image_file):
         (("--model", "tiny-gpt2", "--prompt", "x", "--maps", "zero:1"), "--maps"),
         (("--model", "tiny-bert", "--prompt", "x", "--max-new-tokens", "3"), "encoder"),
         (("--model", "tiny-gpt2"), "exactly one of"),
+        (("--model", "tiny-gpt2", "--prompt-file", tmp_path / "missing.txt"), "does not exist"),
     ]
     for args, fragment in cases:
         assert_user_error(run("trace", *args), fragment)
@@ -116,6 +117,23 @@ def test_long_prompt_allowed_with_max_length(tmp_path):
     result = run("trace", "--model", "tiny-llama", "--prompt", "word " * 120, "--max-length", "1024",
                  "--max-new-tokens", "1", "--out", tmp_path / "long.wbtrace")
     assert result.returncode == 0, result.stderr
+
+
+def test_rope_scaling_extends_context_with_a_warning(tmp_path, models):
+    fixture = models("tiny-llama")
+    fixture.model.save_pretrained(tmp_path / "llama")
+    fixture.tokenizer.save_pretrained(tmp_path / "llama")
+    prompt_file = tmp_path / "long.txt"
+    prompt_file.write_text("word " * 120)
+    result = run("trace", "--model", tmp_path / "llama", "--prompt-file", prompt_file, "--max-length", "1024",
+                 "--rope-scaling", "dynamic", "--max-new-tokens", "1", "--json", tmp_path / "long.json")
+    assert result.returncode == 0, result.stderr
+    assert "warning: " in result.stderr and "trained on 512 positions" in result.stderr
+    exported = json.loads((tmp_path / "long.json").read_text())
+    assert exported["model"]["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
+    assert exported["dims"]["tokens"] > 512
+    assert_user_error(run("trace", "--model", tmp_path / "llama", "--prompt", "x", "--rope-scaling", "yarn"),
+                      "--max-length")
 
 
 def test_info_rejects_damaged_bundles(tmp_path):

@@ -22,22 +22,45 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _active_recorder.get()
-    if recorder is not None:
-        if kwargs.get("softcap") is not None:
-            raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
-        if kwargs.get("position_bias") is not None:
-            raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
-    output, weights = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    if recorder is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
+    if kwargs.get("position_bias") is not None:
+        raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
+    if output is None:  # a case the fused kernel does not cover: transformers' own path, lse left to the stats
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, is_causal=is_causal, **kwargs)
+    recorder.on_attention(
+        module, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
+        attn_output=output, log_normaliser=log_normaliser, value=value,
     )
-    if recorder is not None:
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        recorder.on_attention(
-            module, query=query, key=key, attention_mask=attention_mask,
-            scaling=scaling if scaling is not None else query.shape[-1] ** -0.5, causal=bool(causal),
-            attn_output=output,
-        )
-    return output, weights
+    return output, None
+
+
+def _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout):
+    """The layer output exactly as SDPA computes it, plus the row log-sum-exp the statistics reuse.
+
+    Mirrors transformers' SDPA call: is_causal only with several queries and no mask. On CPU the fused
+    flash kernel behind F.scaled_dot_product_attention returns the lse as well (bit-identical output;
+    the tests compare logits with capture on and off). Returns (None, None) where that does not apply.
+    """
+    from workbench.kernels import sdpa_with_log_normaliser
+
+    if dropout or query.device.type != "cpu" or key.shape[-1] != value.shape[-1]:
+        return None, None
+    n_queries = query.shape[2]
+    mask = attention_mask[..., : key.shape[2]] if attention_mask is not None else None
+    output, log_normaliser = sdpa_with_log_normaliser(
+        query, key, value, scaling=scaling, attn_mask=mask, is_causal=causal and n_queries > 1 and mask is None,
+    )
+    if log_normaliser is None:
+        return None, None
+    return output.transpose(1, 2).contiguous(), log_normaliser
 
 
 def register() -> str:

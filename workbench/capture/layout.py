@@ -51,13 +51,17 @@ class ModelLayout:
 
     def output_projection(self, stack: str, layer: int) -> torch.Tensor:
         """W_O of a layer as [d_model, head * d_head] (Conv1D weights transposed)."""
+        projection = self.output_projection_module(stack, layer)
+        weight = projection.weight
+        return weight.T if type(projection).__name__ == "Conv1D" else weight
+
+    def output_projection_module(self, stack: str, layer: int) -> torch.nn.Module:
+        """The attention output projection module of a layer (its output is the attention block's output)."""
         layer_module = self.stacks[stack].layers[layer]
         modules = dict(layer_module.named_modules())
         for name in OUTPUT_PROJECTION_NAMES:
-            projection = modules.get(name)
-            if projection is not None:
-                weight = projection.weight
-                return weight.T if type(projection).__name__ == "Conv1D" else weight
+            if modules.get(name) is not None:
+                return modules[name]
         raise LookupError(f"no attention output projection found in {type(layer_module).__name__}")
 
 

@@ -60,6 +60,9 @@ class CapturePlan:
     head_outputs: positions at which each head's contribution through its slice of W_O is kept:
         "all", "generated", "last", an explicit tuple of positions, or None.
     top_k: also keep the k most attended keys of every query row (0 = off).
+    decomposition: keep what splits the residual stream into parts (information-flow routes, circuit
+        tracing): per text layer the post-RoPE query (times the softmax scaling), key and value, the
+        residual after attention, W_O and its bias; the residual after the last layer; implies hidden_states.
     map_dtype: storage dtype of maps ("float16" default, "float32" for exact comparisons).
     implementation: kernels implementation for the statistics ("auto", "dense", ...).
     """
@@ -68,6 +71,7 @@ class CapturePlan:
     hidden_states: bool = False
     head_outputs: HeadOutputPositions | tuple[int, ...] | None = None
     top_k: int = 0
+    decomposition: bool = False
     map_dtype: str = "float16"
     implementation: str = "auto"
 
@@ -77,6 +81,7 @@ class CapturePlan:
             "hidden_states": self.hidden_states,
             "head_outputs": self.head_outputs,
             "top_k": self.top_k,
+            "decomposition": self.decomposition,
             "map_dtype": self.map_dtype,
             "implementation": self.implementation,
         }

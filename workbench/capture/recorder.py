@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.capture.decomposition import DecompositionStore
 from workbench.capture.layout import ModelLayout
 from workbench.capture.plan import CapturePlan
 from workbench.kernels import MaskSpec, attention_statistics
@@ -61,6 +62,7 @@ class Recorder:
         self._buffers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self._head_out: dict[int, dict[int, torch.Tensor]] = {}  # layer -> position -> [head, d_model]
         self.max_normaliser_error = 0.0
+        self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
         self.non_finite = 0
 
     # -- driven by the tracer -------------------------------------------------------------------------
@@ -75,9 +77,9 @@ class Recorder:
         self.length["text"] = max(self.length["text"], start + length)
 
     def install_hooks(self) -> list:
+        handles = self.decomposition.install_hooks(self) if self.decomposition is not None else []
         if not self.plan.hidden_states:
-            return []
-        handles = []
+            return handles
         for index, layer_module in enumerate(self.layout.stacks["text"].layers):
             def hook(module, args, kwargs, index=index):
                 hidden = args[0] if args else kwargs["hidden_states"]
@@ -88,7 +90,8 @@ class Recorder:
         return handles
 
     # -- driven by the attention implementation --------------------------------------------------------
-    def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output) -> None:
+    def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output,
+                     log_normaliser=None, value=None) -> None:
         stack, layer = self.layout.locate(module)
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
@@ -104,6 +107,7 @@ class Recorder:
             mask=mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys),
             key_regions=self.key_regions[stack][:n_keys].to(query.device), n_regions=len(REGIONS),
             top_k=self.plan.top_k, map_heads=map_heads, implementation=self.plan.implementation,
+            log_normaliser=log_normaliser,
         )
         buffer["key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
         buffer["key_count"][:n_keys] += stats.key_count[0].cpu()
@@ -119,6 +123,8 @@ class Recorder:
             buffer["maps"][:, rows, :n_keys] = stats.maps[0].cpu().to(buffer["maps"].dtype)
         if stack == "text" and self.plan.head_outputs is not None:
             self._record_head_outputs(layer, start, attn_output)
+        if stack == "text" and self.decomposition is not None:
+            self.decomposition.on_attention(layer, start, query, key, value, scaling)
 
     # -- internals -------------------------------------------------------------------------------------
     def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
@@ -197,4 +203,7 @@ class Recorder:
             out[tensor_name("text", layer, "head_out")] = (vectors, STAT_AXES["head_out"])
             out[tensor_name("text", layer, "head_out_positions")] = (
                 torch.tensor(positions, dtype=torch.long), STAT_AXES["head_out_positions"])
+        if self.decomposition is not None:
+            named = lambda layer, stat: tensor_name("text", layer, stat)  # noqa: E731
+            out.update(self.decomposition.tensors(self.length["text"], named))
         return out

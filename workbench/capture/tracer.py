@@ -45,6 +45,7 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
 def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
           maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None, top_k: int = 0,
           map_dtype: str = "float16", max_length: int | None = None, implementation: str = "auto",
+          decomposition: bool = False,
           device: str = "cpu", dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Trace:
     """Trace `prompt` (and `image`) through `model` and greedily generate up to `max_new_tokens` tokens.
 
@@ -54,6 +55,8 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     hidden_states: keep the residual stream entering each layer. head_outputs: keep per-head contributions
         (through W_O) at "all", "generated", "last" or explicit positions. top_k: keep top-k keys per row.
     max_length: allow sequences up to this length even past the model's trained context.
+    decomposition: keep per-layer queries, keys, values, attention outputs and W_O (see
+        workbench/capture/decomposition.py) for routes and circuit tracing; implies hidden_states.
     progress: called as progress(done_forwards, total_forwards).
 
     >>> import workbench
@@ -66,24 +69,36 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     if max_new_tokens < 0:
         raise InputError("--max-new-tokens must be 0 or more")
+    if decomposition and loaded.kind == "encoder":
+        raise InputError(f"{loaded.name} is a post-norm encoder; the residual decomposition (routes, circuits) "
+                         "supports pre-norm decoders (GPT-2, Llama, Mistral, Qwen2, LLaVA): drop --decomposition")
     if max_new_tokens and loaded.kind == "encoder":
         raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
     prompt_length = prepared.input_ids.shape[1]
-    trained = loaded.max_positions
+    trained = loaded.extra.get("trained_positions") or loaded.max_positions
     if max_length and trained and max_length > trained and _learned_positions(loaded):
         raise InputError(f"{loaded.name} has learned absolute position embeddings for {trained} positions and "
                          "cannot run past them; shorten the input")
-    limit = max_length or trained
+    limit = max(max_length or 0, loaded.max_positions or 0) or None
     if limit is not None and prompt_length + max_new_tokens > limit:
         raise InputError(
             f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
             f"of {limit}; shorten the prompt, lower --max-new-tokens, or pass --max-length N to go past it on purpose"
         )
+    if trained and prompt_length + max_new_tokens > trained:
+        import warnings
+
+        scaling = loaded.extra.get("rope_scaling")
+        how = f"with {scaling['type']} RoPE scaling x{scaling['factor']:g}" if scaling else "without RoPE scaling"
+        warnings.warn(f"{loaded.name} was trained on {trained} positions; this input has "
+                      f"{prompt_length + max_new_tokens}, run {how}: attention past the trained length is "
+                      "not what the model learned", UserWarning, stacklevel=2)
     plan = CapturePlan(
         maps={stack: sel for stack, sel in (("text", _as_selection(maps)), ("vision", _as_selection(vision_maps)))
               if sel is not None},
-        hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
+        hidden_states=hidden_states or decomposition, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
+        decomposition=decomposition,
         implementation=implementation,
     )
     layout = discover_layout(loaded.model)
@@ -168,6 +183,7 @@ def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan,
         "workbench_version": workbench.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": loaded.name, "source": loaded.source, "revision": loaded.revision, "kind": loaded.kind,
+                  "rope_scaling": loaded.extra.get("rope_scaling"), "trained_positions": loaded.extra.get("trained_positions") or loaded.max_positions,
                   "architecture": type(loaded.model).__name__, "dtype": loaded.dtype, "device": loaded.device,
                   "attention_backend": IMPLEMENTATION_NAME, "transformers_version": transformers.__version__},
         "inputs": {k: v for k, v in prepared.meta.items()},

@@ -23,8 +23,11 @@ app.command("info")(info)
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    import warnings
+
     from workbench.errors import WorkbenchError
 
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app(standalone_mode=False)
     except WorkbenchError as error:

@@ -42,6 +42,7 @@ def read_prompts(path: Path) -> list[dict]:
 def trace(
     model: str = typer.Option(..., "--model", "-m", help="Registry name (see `workbench models`), local dir or hub id."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a text file."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL file of prompts (one bundle each)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image for a vision-language model."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
@@ -57,14 +58,23 @@ def trace(
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
+    rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling",
+                                               help="Scale RoPE to --max-length: linear, dynamic or yarn."),
     kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
 ) -> None:
     """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
-    if (prompt is None) == (prompts is None):
-        raise InputError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    if sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
+        raise InputError("give exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE.jsonl")
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise InputError(f"prompt file {prompt_file} does not exist")
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{prompt_file} is not UTF-8 text") from None
     parsed_head_outputs = _parse_head_outputs(head_outputs)
     items = read_prompts(prompts) if prompts else [
         {"prompt": prompt, "image": str(image) if image else None, "name": None}]
@@ -77,7 +87,7 @@ def trace(
 
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
     with Console(stderr=True).status(f"loading {model}"):
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=device, dtype=dtype, rope_scaling=rope_scaling, max_length=max_length)
     from workbench.capture import trace as run_trace
     from workbench.cli.progress import progress_bars
 

@@ -13,8 +13,21 @@ DTYPES = ("float32", "bfloat16", "float16")
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta", "deberta-v2"}
 
 
-def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load `name` for tracing: a registry name (`workbench models`), a local HF directory, or a hub id."""
+ROPE_SCALINGS = ("linear", "dynamic", "yarn")
+
+
+def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_scaling: str | None = None,
+               max_length: int | None = None) -> LoadedModel:
+    """Load `name` for tracing: a registry name (`workbench models`), a local HF directory, or a hub id.
+
+    rope_scaling: run a RoPE model up to `max_length` positions, past its trained context, through
+    transformers' RoPE scaling ("linear", "dynamic" or "yarn"; factor = max_length / trained length).
+    """
+    if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
+        raise ModelNotFoundError(f"unknown RoPE scaling {rope_scaling!r}; use one of {', '.join(ROPE_SCALINGS)}")
+    if rope_scaling is not None and not max_length:
+        raise ModelNotFoundError("--rope-scaling needs --max-length N, the length to scale the context to")
+    overrides = {"rope_scaling": rope_scaling, "rope_length": max_length} if rope_scaling else {}
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the workbench shows its own progress
@@ -25,26 +38,28 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> Loa
         from workbench.models.tiny import BUILDERS
 
         loaded = BUILDERS[name]()
+        if overrides:
+            raise ModelNotFoundError("RoPE scaling applies to models loaded from weights, not the tiny fixtures")
     elif spec is not None and spec.source == "package":
         from workbench.models.packaged import minilm_dir, smollm2_dir
 
         directory = smollm2_dir() if name == "smollm2" else minilm_dir()
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
     elif spec is not None and spec.source == "data":
         directory = data_root() / spec.data_dir
         if not (directory / "config.json").exists():
             raise WeightsMissingError(f"{name!r} should ship in {directory} but it is not there; run from a full "
                                       "checkout or set WORKBENCH_DATA to the repository's data/ folder")
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
     elif spec is not None:
-        loaded = _load_directory(_resolve_hub(spec.hub_id, name), name=name, dtype=dtype, local_only=True)
+        loaded = _load_directory(_resolve_hub(spec.hub_id, name), name=name, dtype=dtype, local_only=True, **overrides)
     elif Path(name).expanduser().is_dir():
         directory = Path(name).expanduser()
         if not (directory / "config.json").exists():
             raise WeightsMissingError(f"{directory} has no config.json; pass a directory saved by save_pretrained")
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True)
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
     elif "/" in name and not name.startswith((".", "/", "~")):
-        loaded = _load_directory(_resolve_hub(name, name), name=name, dtype=dtype, local_only=True)
+        loaded = _load_directory(_resolve_hub(name, name), name=name, dtype=dtype, local_only=True, **overrides)
     else:
         hint = closest_names(name)
         suggestion = f" (did you mean {', '.join(hint)}?)" if hint else ""
@@ -95,7 +110,22 @@ def _model_kind(config) -> str:
     return "causal"
 
 
-def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool) -> LoadedModel:
+def _apply_rope_scaling(config, rope_scaling: str, rope_length: int) -> float:
+    text_config = getattr(config, "text_config", None) or config
+    rope_factor = max(1.0, rope_length / text_config.max_position_embeddings)
+    parameters = dict(getattr(text_config, "rope_parameters", None) or {})
+    if not parameters:
+        raise ModelNotFoundError(f"{type(config).__name__} does not use RoPE, so --rope-scaling cannot extend it")
+    parameters.update(rope_type=rope_scaling, factor=float(rope_factor))
+    if rope_scaling == "yarn":
+        parameters["original_max_position_embeddings"] = text_config.max_position_embeddings
+    text_config.rope_parameters = parameters
+    text_config.max_position_embeddings = int(text_config.max_position_embeddings * rope_factor)
+    return rope_factor
+
+
+def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool, rope_scaling: str | None = None,
+                    rope_length: int = 0) -> LoadedModel:
     import torch
     import transformers
 
@@ -103,6 +133,8 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool) 
         config = transformers.AutoConfig.from_pretrained(directory, local_files_only=local_only)
     except (OSError, ValueError) as error:
         raise WeightsMissingError(f"cannot read a model config in {directory}: {error}".splitlines()[0]) from error
+    trained_positions = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
+    rope_factor = _apply_rope_scaling(config, rope_scaling, rope_length) if rope_scaling else 1.0
     kind = _model_kind(config)
     auto_class = {
         "vlm": transformers.AutoModelForImageTextToText,
@@ -110,7 +142,8 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool) 
         "encoder": transformers.AutoModel,
     }[kind]
     try:
-        model = auto_class.from_pretrained(directory, dtype=getattr(torch, dtype), local_files_only=local_only)
+        model = auto_class.from_pretrained(directory, config=config, dtype=getattr(torch, dtype),
+                                           local_files_only=local_only)
         processor = transformers.AutoProcessor.from_pretrained(directory, local_files_only=local_only) \
             if kind == "vlm" else None
         tokenizer = processor.tokenizer if processor is not None else \
@@ -120,5 +153,8 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool) 
             f"cannot load {name!r} from {directory}: {str(error).splitlines()[0]}; check that the directory "
             "holds the weights and tokenizer files"
         ) from error
+    extra = {"trained_positions": trained_positions}
+    if rope_scaling:
+        extra["rope_scaling"] = {"type": rope_scaling, "factor": float(rope_factor)}
     return LoadedModel(name, model.eval(), tokenizer, kind, directory, processor=processor,
-                       revision=getattr(config, "_commit_hash", None))
+                       revision=getattr(config, "_commit_hash", None), extra=extra)

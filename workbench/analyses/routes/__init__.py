@@ -1,0 +1,153 @@
+"""Information-flow routes (Ferrando & Voita 2024, "Information Flow Routes: Automatically Interpreting
+Language Models at Scale"; reference: facebookresearch/llm-transparency-tool, routes/contributions.py, graph.py).
+
+For a prediction at query row p, the attribution graph has a node per token representation (X0_t
+embedding, A{l}_t after attention, M{l}_t the FFN, I{l}_t after layer l). The attention block's output at
+row i splits into parts x_ijh = A_ij^h * v_j^h W_O^h (one per key j and head h, plus b_O / H when the bias
+is shared) beside the residual; the FFN node splits into FFN output and residual. A part contributes
+max(||y||_1 - ||y - x||_1, 1e-5), normalised over the parts of its whole y. The route is the subgraph reached
+backwards from I{L-1}_p through edges above the threshold (with `renormalise`, the reference app's default:
+parts at or below the threshold are zeroed, the rest renormalised, and every edge left is kept).
+
+Conventions (named, as METHODS.md asks): attention edges sum the per-head parts of a key, and the
+self-attention edge of a token is merged with its residual edge, as the reference graph does. Parts are the
+keys a row can see; the reference also floors every masked (key, head) slot at 1e-5 in the normaliser
+(`reference_padding=True` reproduces it). `bias="share"` (default) puts b_O into the parts so they sum exactly
+to the block output; `bias="exclude"` leaves it out like the reference code (no difference for Llama-family
+models, which have no b_O).
+
+Memory: the [n, n, H, d_model] tensor is never built. Contributions are computed lazily, only for nodes the
+walk reaches, in chunks of `chunk` query rows; the working set per layer is the value-output table
+[H, n, d_model] plus O(H * chunk * n) for attention rows and contributions, plus [H, n, 64] and a
+[4096, d_model] block for the exact distances of heavy parts (see _contributions.py for the exact pruning).
+Needs a trace captured with `decomposition=True`; reads the model's weights from the bundle only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import networkx as nx
+
+from workbench.analyses.routes._graph import Explorer, route_of
+from workbench.analyses.routes._layers import Bias, check_trace
+from workbench.analyses.routes.heads import HeadPatterns, head_patterns, head_usage
+from workbench.errors import InputError
+
+__all__ = ["analyse", "RoutesResult", "Route", "HeadPatterns", "head_patterns", "resolve_positions"]
+
+METHOD = "Ferrando & Voita 2024, information-flow routes (L1 proximity contributions)"
+
+
+@dataclass(frozen=True)
+class Route:
+    """The route explaining the prediction made at query row `position` (of the token at position + 1)."""
+
+    position: int
+    output: str  # the route's root node, I{L-1}_position
+    graph: nx.DiGraph = field(compare=False)
+    predicted: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"position": self.position, "output": self.output, "predicted": self.predicted,
+                "graph": nx.node_link_data(self.graph, edges="edges")}
+
+
+@dataclass(frozen=True)
+class RoutesResult:
+    """Routes for one or more predictions, head usage across them, typed heads and work statistics."""
+
+    model: str
+    options: dict
+    routes: tuple[Route, ...]
+    head_usage: dict
+    head_patterns: HeadPatterns | None
+    stats: dict
+
+    def route(self, position: int) -> Route:
+        for route in self.routes:
+            if route.position == position:
+                return route
+        raise KeyError(f"no route for position {position}; have {[r.position for r in self.routes]}")
+
+    def to_json(self) -> dict:
+        return {"analysis": "routes", "method": METHOD, "model": self.model, "options": self.options,
+                "routes": [route.to_json() for route in self.routes], "heads": {
+                    "usage": self.head_usage,
+                    "patterns": self.head_patterns.to_json() if self.head_patterns is not None else None},
+                "stats": self.stats}
+
+
+def resolve_positions(trace, position) -> list[int]:
+    """int (negative counts from the end), a sequence of ints, "generated" (rows that predicted generated
+    tokens) or "all" -> sorted absolute query rows."""
+    n = len(trace.tokens)
+    if position == "all":
+        return list(range(n))
+    if position == "generated":
+        start, end = trace.generation["start"], trace.generation["end"]
+        if end <= start:
+            raise InputError("this trace generated no tokens; pass --position -1 or explicit positions")
+        return list(range(start - 1, end - 1))
+    items = [position] if isinstance(position, int) else list(position)
+    resolved = []
+    for item in items:
+        if not isinstance(item, int) or not -n <= item < n:
+            raise InputError(f"position {item!r} is outside the trace's {n} tokens (use 0..{n - 1} or -1 for the last)")
+        resolved.append(item % n)
+    return sorted(set(resolved))
+
+
+def _predicted(trace, position: int) -> dict | None:
+    if position + 1 >= len(trace.tokens):
+        return None
+    token = trace.tokens[position + 1]
+    entry = {"position": position + 1, "id": token.id, "text": token.text}
+    if trace.has("outputs.next_token_logprob"):
+        value = float(trace.tensor("outputs.next_token_logprob")[position])
+        entry["logprob"] = round(value, 6) if value == value else None
+    return entry
+
+
+def _label(graph: nx.DiGraph, tokens) -> None:
+    for _, data in graph.nodes(data=True):
+        token = tokens[data["position"]]
+        data["token"], data["region"] = token.text, token.region
+
+
+def analyse(trace, *, position: int | Sequence[int] | Literal["generated", "all"] = -1, threshold: float = 0.04,
+            renormalise: bool = True, bias: Bias = "share", reference_padding: bool = False,
+            head_types: bool = True, type_threshold: float = 0.4, chunk: int = 32) -> RoutesResult:
+    """Information-flow routes of the predictions at `position` (see the module docstring).
+
+    threshold: the contribution threshold tau (reference app default 0.04). renormalise: zero parts <= tau
+    and renormalise (the reference app's default) instead of cutting raw edges at tau. head_types: also score
+    previous-token / induction / subword-merging patterns of every head (one extra pass over all rows).
+    chunk: query rows per block (bounds the working set).
+    """
+    check_trace(trace)
+    if not 0 <= threshold < 1:
+        raise InputError(f"--threshold must be in [0, 1), got {threshold}")
+    if bias not in ("share", "exclude"):
+        raise InputError(f"bias must be 'share' or 'exclude', got {bias!r}")
+    if chunk < 1:
+        raise InputError("chunk must be at least 1")
+    positions = resolve_positions(trace, position)
+    explorer = Explorer(trace, threshold=threshold, renormalise=renormalise, bias=bias,
+                        reference_padding=reference_padding, chunk=chunk)
+    explored = explorer.run(positions)
+    _label(explored, trace.tokens)
+    last = trace.n_layers() - 1
+    routes = tuple(Route(p, f"I{last}_{p}", route_of(explored, f"I{last}_{p}"), _predicted(trace, p))
+                   for p in positions)
+    n_heads = trace.n_heads()
+    usage = head_usage([route.graph for route in routes], trace.n_layers(), n_heads, threshold)
+    patterns = head_patterns(trace, type_threshold=type_threshold) if head_types else None
+    options = {"position": positions, "threshold": threshold, "renormalise": renormalise, "bias": bias,
+               "reference_padding": reference_padding, "chunk": chunk, "type_threshold": type_threshold}
+    stats = {"attention_rows_computed": explorer.attention_rows, "max_rebuild_error": explorer.max_rebuild_error,
+             **explorer.work.to_json(), "explored_nodes": explored.number_of_nodes(),
+             "explored_edges": explored.number_of_edges()}
+    return RoutesResult(model=trace.model.get("name", "?"), options=options, routes=routes, head_usage=usage,
+                        head_patterns=patterns, stats=stats)

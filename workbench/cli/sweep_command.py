@@ -1,0 +1,73 @@
+"""`workbench sweep`: trace every input of a JSONL file into Parquet features, locally or on Ray, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _progress_bar():
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Throughput(ProgressColumn):
+        """Inputs per second traced by this run (resumed inputs do not count)."""
+
+        def render(self, task) -> Text:
+            traced, elapsed = task.fields.get("traced", 0), task.elapsed or 0.0
+            return Text(f"{traced / elapsed:.2f} inputs/s" if traced and elapsed else "-- inputs/s", style="cyan")
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    Throughput(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+
+
+def sweep(
+    model: str = typer.Option(..., "--model", "-m", help="Registry name (see `workbench models`), local dir or hub id."),
+    data: Path = typer.Option(..., "--data", help='JSONL inputs: {"prompt": ..., "id"?, "image"?, "system"?}.'),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (Parquet features; re-run to resume)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder that relative image paths refer to."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (else start one)."),
+    workers: int = typer.Option(0, "--workers", help="Ray model replicas [default: fill the cluster]."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", help="GPUs per replica (>1: device_map)."),
+    cpus_per_worker: float = typer.Option(1, "--cpus-per-worker", help="CPUs per Ray replica."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Inputs per worker call and per committed part."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers capture), nnsight or lens (TransformerLens)."),
+    max_new_tokens: int = typer.Option(0, "--max-new-tokens", "-n", help="Tokens to generate per input."),
+    bundles: int = typer.Option(0, "--bundles", help="Also save full bundles of this many evenly spread inputs."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="Torch threads per replica [default: --cpus-per-worker on Ray]."),
+    force: bool = typer.Option(False, "--force", help="Delete a previous sweep in --out and start over."),
+) -> None:
+    """Trace every input in statistics mode into per-head and per-input Parquet tables plus aggregates."""
+    from rich.console import Console
+
+    from workbench.scale import run_sweep
+
+    console = Console(stderr=True)
+    with _progress_bar() as bars:
+        task = bars.add_task(f"sweep {model} ({executor})", total=None, traced=0)
+
+        def progress(done: int, total: int, traced: int) -> None:
+            if traced == 0 and done:
+                console.print(f"resuming: {done} of {total} inputs already done in {out}")
+            bars.update(task, completed=done, total=total, traced=traced)
+
+        result = run_sweep(model, data, out, images=images, executor=executor, backend=backend,
+                           batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, ray_address=ray_address, max_new_tokens=max_new_tokens,
+                           system=system, raw=raw, kernel=kernel, device=device, dtype=dtype, threads=threads,
+                           bundles=bundles, force=force, progress=progress)
+    rate = f", {result.inputs_per_second:.2f} inputs/s" if result.n_traced else ""
+    errors = f", [red]{result.n_errors} inputs failed[/] (see the error column of inputs/)" if result.n_errors else ""
+    console.print(f"[bold]{result.n_inputs}[/] inputs ({result.n_traced} traced now, {result.n_resumed} resumed"
+                  f"{rate}){errors} -> {result.out}/heads, inputs, aggregates")

@@ -1,0 +1,135 @@
+"""`run_sweep`: trace every input of a JSONL file in statistics mode, locally or on Ray, resumably.
+
+    >>> from workbench.scale import run_sweep
+    >>> result = run_sweep("tiny-gpt2", "inputs.jsonl", "features/", executor="local")
+    >>> result.heads().to_pandas().groupby("layer").sink_score.mean()
+
+The output folder layout and the commit protocol are described in `workbench.scale.store`; the features in
+`workbench.scale.features`; the aggregates in `workbench.scale.aggregate`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from workbench.errors import InputError
+from workbench.scale.executors import ExecutorOptions, execute
+from workbench.scale.inputs import read_inputs
+from workbench.scale.store import SweepStore
+from workbench.scale.worker import WorkerConfig
+
+BACKENDS = ("hf", "nnsight", "lens")
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    n_inputs: int
+    n_resumed: int  # already committed when this run started
+    n_traced: int  # traced by this run
+    n_errors: int
+    seconds: float  # wall time of this run's tracing (model loading included)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def inputs_per_second(self) -> float:
+        return self.n_traced / self.seconds if self.seconds > 0 else 0.0
+
+    def heads(self):
+        return SweepStore(self.out).read_heads()
+
+    def inputs(self):
+        return SweepStore(self.out).read_inputs()
+
+
+def _sample(n: int, k: int) -> frozenset:
+    """k evenly spread input indices (deterministic, so a resumed sweep samples the same inputs)."""
+    if k <= 0:
+        return frozenset()
+    k = min(k, n)
+    return frozenset(int(i * n / k) for i in range(k))
+
+
+def run_sweep(model: str, data, out, *, images=None, executor: str = "local", backend: str = "hf",
+              batch_size: int = 8, workers: int = 0, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+              ray_address: str | None = None, max_new_tokens: int = 0, system: str | None = None,
+              raw: bool = False, kernel: str = "auto", device: str = "auto", dtype: str = "float32",
+              threads: int | None = None, bundles: int = 0, force: bool = False,
+              progress: Callable[[int, int, int], None] | None = None) -> SweepResult:
+    """Trace every input of `data` (JSONL) with `model` into Parquet features under `out` (resumable).
+
+    executor: "local" (this process) or "ray" (Ray Data actors; `ray_address` joins a cluster, else one starts
+        locally). batch_size: inputs per worker call and per committed part. workers: Ray replicas (0 = fill the
+        cluster). gpus_per_worker > 1 spreads each replica over several GPUs. threads: torch threads per replica
+        (default: cpus_per_worker on Ray, torch's default locally); equal threads give bit-identical numbers.
+    bundles: also save full bundles of this many evenly spread inputs. force: delete a previous sweep in `out`.
+    progress: called as progress(done, total, traced_this_run) after every committed part.
+    """
+    if executor not in ("local", "ray"):
+        raise InputError(f"unknown executor {executor!r}; use --executor local or ray")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    for name, value in (("--batch-size", batch_size), ("--cpus-per-worker", cpus_per_worker)):
+        if value <= 0:
+            raise InputError(f"{name} must be positive")
+    if workers < 0 or gpus_per_worker < 0 or max_new_tokens < 0 or bundles < 0:
+        raise InputError("--workers, --gpus-per-worker, --max-new-tokens and --bundles must be 0 or more")
+    if ray_address and executor != "ray":
+        raise InputError("--ray-address needs --executor ray")
+    inputs = read_inputs(Path(data), images=Path(images) if images is not None else None)
+    store = SweepStore(Path(out))
+    identity = {"model": model, "backend": backend, "dtype": dtype, "kernel": kernel, "max_new_tokens": max_new_tokens,
+                "system": system, "raw": raw, "inputs": inputs.fingerprint}
+    store.open(identity, force=force)
+    done = store.recover()
+    pending = [item for item in inputs.items if item.index not in done]
+    if threads is None:
+        threads = max(1, int(cpus_per_worker)) if executor == "ray" else 0
+    config = WorkerConfig(model=model, backend=backend, device=device, dtype=dtype, gpus=gpus_per_worker,
+                          threads=threads, kernel=kernel, max_new_tokens=max_new_tokens, system=system, raw=raw,
+                          out=str(store.out), bundle_indices=_sample(len(inputs), bundles))
+    options = ExecutorOptions(executor=executor, batch_size=batch_size, workers=workers,
+                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                              ray_address=ray_address)
+    total, completed, traced = len(inputs), len(done), 0
+    if progress:
+        progress(completed, total, traced)
+    started = time.perf_counter()
+    if pending:
+        for table in execute(pending, config.to_dict(), options):
+            count = store.commit(table)
+            completed += count
+            traced += count
+            if progress:
+                progress(completed, total, traced)
+    seconds = time.perf_counter() - started
+    summary = finalize(store, total=total, run={
+        "executor": executor, "workers": workers, "batch_size": batch_size, "traced": traced,
+        "resumed": len(done), "seconds": round(seconds, 3),
+        "inputs_per_second": round(traced / seconds, 4) if traced and seconds > 0 else None,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    return SweepResult(store.out, total, len(done), traced, summary["errors"], seconds, summary)
+
+
+def finalize(store: SweepStore, *, total: int, run: dict) -> dict:
+    """Check every input is committed exactly once, write the aggregate tables and summary.json."""
+    from workbench.scale.aggregate import aggregate_heads, aggregate_layers
+
+    inputs = store.read_inputs()
+    indices = inputs.column("index").to_pylist()
+    if len(indices) != len(set(indices)) or len(indices) != total:
+        raise RuntimeError(f"{store.out}: {len(indices)} input rows for {total} inputs "
+                           f"({len(indices) - len(set(indices))} duplicated); rerun the sweep to repair it")
+    heads = store.read_heads()
+    if heads is not None:
+        store.write_table("aggregates/heads.parquet", aggregate_heads(heads))
+        store.write_table("aggregates/layers.parquet", aggregate_layers(heads))
+    errors = [value for value in inputs.column("error").to_pylist() if value]
+    summary = {"inputs": total, "errors": len(errors), "first_errors": errors[:5],
+               "head_rows": heads.num_rows if heads is not None else 0, "last_run": run}
+    store.write_summary(summary)
+    return summary

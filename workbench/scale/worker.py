@@ -1,0 +1,121 @@
+"""One model replica of a sweep: loads the model once, traces a batch of inputs, returns one Arrow row per input.
+
+The same class runs in-process (local executor) and as the stateful Ray Data actor of `map_batches` (ray
+executor), so both executors compute with one code path. Each output row carries the input's summary plus its
+per-head features as a `heads` list column: a row is a complete input, so however Ray re-chunks blocks, the
+driver commits whole inputs only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a replica needs, picklable (it travels to Ray actors)."""
+
+    model: str
+    backend: str = "hf"  # hf | nnsight | lens
+    device: str = "auto"  # auto (cuda when the replica has a GPU), cpu, cuda, cuda:N
+    dtype: str = "float32"
+    gpus: float = 0  # GPUs of this replica; > 1 spreads the model over them (device_map)
+    threads: int = 0  # torch intra-op threads (0 = torch's default); equal threads give bit-equal numbers
+    kernel: str = "auto"
+    max_new_tokens: int = 0
+    system: str | None = None
+    raw: bool = False
+    out: str = ""  # sweep folder (bundles are written to out/bundles)
+    bundle_indices: frozenset = field(default_factory=frozenset)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["bundle_indices"] = sorted(self.bundle_indices)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WorkerConfig":
+        return cls(**{**data, "bundle_indices": frozenset(data.get("bundle_indices", ()))})
+
+
+def result_schema():
+    """One row per input: the input summary plus `heads`, a list of head-feature structs."""
+    import pyarrow as pa
+
+    from workbench.scale.features import head_schema, input_schema
+
+    return pa.schema([*input_schema(), ("heads", pa.list_(pa.struct(list(head_schema()))))])
+
+
+def _place(loaded, config: WorkerConfig):
+    """Move the model to this replica's device(s): one GPU, several (accelerate device_map), or the CPU."""
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if config.gpus and torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and config.gpus > 1 and torch.cuda.device_count() > 1:
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        # Ray gives the actor its GPUs as CUDA_VISIBLE_DEVICES: spread the layers over all of them.
+        no_split = getattr(loaded.model, "_no_split_modules", None) or []
+        device_map = infer_auto_device_map(loaded.model, no_split_module_classes=no_split)
+        loaded.model = dispatch_model(loaded.model, device_map=device_map)
+    elif device != "cpu":
+        loaded.model.to(device)
+    return loaded
+
+
+class SweepWorker:
+    """Callable on a pyarrow Table of `SweepInput` rows; returns a Table of `result_schema()`."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        from workbench.frontends import make_tracer
+        from workbench.models import load_model
+
+        self.config = WorkerConfig.from_dict(config)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        # Load in the target dtype on the CPU, then place (device_map for models larger than one GPU).
+        loaded = load_model(self.config.model, dtype=self.config.dtype)
+        self.loaded = _place(loaded, self.config)
+        self.tracer = make_tracer(self.config.backend, self.loaded)
+
+    def trace_one(self, item) -> dict:
+        import torch
+
+        from workbench.errors import WorkbenchError
+        from workbench.scale.features import error_row, head_rows, input_row
+
+        config = self.config
+        started = time.perf_counter()
+        new_tokens = item.max_new_tokens if item.max_new_tokens is not None else config.max_new_tokens
+        if self.loaded.kind == "encoder":
+            new_tokens = 0
+        try:
+            trace = self.tracer(item.prompt, item.image, max_new_tokens=new_tokens,
+                                system=item.system if item.system is not None else config.system, raw=config.raw,
+                                implementation=config.kernel)
+        except (WorkbenchError, torch.OutOfMemoryError) as error:  # this input's fault: record it, go on
+            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            return {**error_row(item, message, seconds=time.perf_counter() - started), "heads": []}
+        bundle = None
+        if item.index in config.bundle_indices:
+            path = os.path.join(config.out, "bundles", f"{item.id}.wbtrace")
+            trace.save(path, force=True)  # atomic; a re-run after a crash replaces it
+            bundle = os.path.join("bundles", f"{item.id}.wbtrace")
+        row = input_row(item, trace, seconds=time.perf_counter() - started, bundle=bundle)
+        row["heads"] = head_rows(trace)
+        return row
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from workbench.scale.inputs import SweepInput
+
+        items = [SweepInput(**row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist([self.trace_one(item) for item in items], schema=result_schema())
