@@ -9,6 +9,7 @@ import torch
 
 from workbench.capture.backend import IMPLEMENTATION_NAME, capturing
 from workbench.capture.inputs import prepare_input
+from workbench.capture.interventions import intervening
 from workbench.capture.layout import discover_layout
 from workbench.capture.plan import CapturePlan, MapSelection
 from workbench.capture.recorder import Recorder
@@ -45,7 +46,7 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
 def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
           maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None, top_k: int = 0,
           map_dtype: str = "float16", max_length: int | None = None, implementation: str = "auto",
-          decomposition: bool = False,
+          decomposition: bool = False, intervention=None,
           device: str = "cpu", dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Trace:
     """Trace `prompt` (and `image`) through `model` and greedily generate up to `max_new_tokens` tokens.
 
@@ -57,6 +58,8 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     max_length: allow sequences up to this length even past the model's trained context.
     decomposition: keep per-layer queries, keys, values, attention outputs and W_O (see
         workbench/capture/decomposition.py) for routes and circuit tracing; implies hidden_states.
+    intervention: an attention intervention applied while tracing (`workbench.capture.interventions`: ACT, VAR);
+        its spec and what it moved go to meta["capture"]["intervention"]. Off by default.
     progress: called as progress(done_forwards, total_forwards).
 
     >>> import workbench
@@ -109,7 +112,9 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     entropy = torch.full_like(logprob, float("nan"))
     device_ = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
     eos = _eos_ids(loaded)
-    with torch.inference_mode(), capturing(loaded.model, recorder):
+    runtime = intervention.start(layout, image_positions=[t.i for t in prepared.tokens if t.region == "image"]) \
+        if intervention is not None else None
+    with torch.inference_mode(), capturing(loaded.model, recorder), intervening(loaded.model, runtime):
         recorder.begin_step(0, prompt_length)
         forward = {"input_ids": prepared.input_ids.to(device_),
                    **{k: (v.to(device_) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}}
@@ -141,9 +146,15 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
         progress(max_new_tokens + 1, max_new_tokens + 1)
     n = len(tokens)
     tensors = recorder.tensors()
+    if not any(name.endswith(".key_mass") for name in tensors):
+        raise InputError(f"no attention call of {loaded.name} went through the workbench implementation (was the "
+                         "model rewired, e.g. by a TransformerLens bridge, or is its attention not pluggable?); "
+                         "load a fresh copy of the model")
     tensors["outputs.next_token_logprob"] = (logprob[:n].clone(), ("query_pos",))
     tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
     meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
+    if runtime is not None:
+        meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
 
 
@@ -161,11 +172,14 @@ def _record_predictions(logits, input_ids, prompt_length, logprob, entropy) -> N
     """Per prompt row: log p of the next prompt token, and the entropy of the predicted distribution."""
     rows = logits.shape[0]
     first = prompt_length - rows
-    logp = torch.log_softmax(logits.float(), -1)
-    entropy[first:prompt_length] = -(logp.exp() * logp).sum(-1)
-    targets = input_ids[first + 1:prompt_length]
-    if len(targets):
-        logprob[first:prompt_length - 1] = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
+    for start in range(0, rows, 128):  # row chunks: log-softmax temporaries stay small beside the logits
+        end = min(rows, start + 128)
+        logp = torch.log_softmax(logits[start:end].float(), -1)
+        entropy[first + start:first + end] = -(logp.exp() * logp).sum(-1).cpu()
+        targets = input_ids[first + start + 1:min(prompt_length, first + end + 1)]
+        if len(targets):
+            picked = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
+            logprob[first + start:first + start + len(targets)] = picked
 
 
 def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder) -> dict:

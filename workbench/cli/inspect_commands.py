@@ -13,6 +13,10 @@ def _availability(spec) -> str:
 
     if spec.source == "tiny":
         return "built in"
+    if spec.source == "data":
+        from workbench.models.registry import data_root
+
+        return "shipped" if (data_root() / spec.data_dir / "config.json").exists() else "missing from data/"
     if spec.source == "package":
         from workbench.models.packaged import cache_dir
 

@@ -10,8 +10,16 @@ import typer
 
 def _progress_bar():
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Throughput(ProgressColumn):
@@ -22,21 +30,22 @@ def _progress_bar():
             return Text(f"{traced / elapsed:.2f} inputs/s" if traced and elapsed else "-- inputs/s", style="cyan")
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    Throughput(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+                    Throughput(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                    transient=True)
 
 
 def sweep(
-    model: str = typer.Option(..., "--model", "-m", help="Registry name (see `workbench models`), local dir or hub id."),
+    model: str = typer.Option(..., "--model", "-m", help="Registry name, local dir or hub id."),
     data: Path = typer.Option(..., "--data", help='JSONL inputs: {"prompt": ..., "id"?, "image"?, "system"?}.'),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (Parquet features; re-run to resume)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder that relative image paths refer to."),
     executor: str = typer.Option("local", "--executor", help="local (this process) or ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (else start one)."),
-    workers: int = typer.Option(0, "--workers", help="Ray model replicas [default: fill the cluster]."),
+    workers: int = typer.Option(0, "--workers", help="Ray model replicas (0: as many as the cluster fits)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", help="GPUs per replica (>1: device_map)."),
     cpus_per_worker: float = typer.Option(1, "--cpus-per-worker", help="CPUs per Ray replica."),
     batch_size: int = typer.Option(8, "--batch-size", help="Inputs per worker call and per committed part."),
-    backend: str = typer.Option("hf", "--backend", help="hf (transformers capture), nnsight or lens (TransformerLens)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers), nnsight or lens (TransformerLens)."),
     max_new_tokens: int = typer.Option(0, "--max-new-tokens", "-n", help="Tokens to generate per input."),
     bundles: int = typer.Option(0, "--bundles", help="Also save full bundles of this many evenly spread inputs."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
@@ -45,7 +54,8 @@ def sweep(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="Torch threads per replica [default: --cpus-per-worker on Ray]."),
+                                          help="Torch threads per replica (default: --cpus-per-worker on Ray)."),
+    remote: bool = typer.Option(False, "--remote", help="Run the model on NDIF (--backend nnsight, NDIF_API_KEY)."),
     force: bool = typer.Option(False, "--force", help="Delete a previous sweep in --out and start over."),
 ) -> None:
     """Trace every input in statistics mode into per-head and per-input Parquet tables plus aggregates."""
@@ -66,7 +76,7 @@ def sweep(
                            batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker,
                            cpus_per_worker=cpus_per_worker, ray_address=ray_address, max_new_tokens=max_new_tokens,
                            system=system, raw=raw, kernel=kernel, device=device, dtype=dtype, threads=threads,
-                           bundles=bundles, force=force, progress=progress)
+                           bundles=bundles, remote=remote, force=force, progress=progress)
     rate = f", {result.inputs_per_second:.2f} inputs/s" if result.n_traced else ""
     errors = f", [red]{result.n_errors} inputs failed[/] (see the error column of inputs/)" if result.n_errors else ""
     console.print(f"[bold]{result.n_inputs}[/] inputs ({result.n_traced} traced now, {result.n_resumed} resumed"

@@ -33,28 +33,44 @@ def trace_with(backend: str, model, prompt: str, image=None, *, remote: bool | s
     return trace(model, prompt, image, **options)
 
 
-def make_tracer(backend: str, loaded, *, remote: bool | str = False):
-    """A reusable `tracer(prompt, image, **options) -> Trace` for many inputs on one model (sweeps).
+def open_tracer(backend: str, model, *, remote: bool | str = False, device: str = "cpu", dtype: str = "float32",
+                copy_model: bool = True):
+    """Load/wrap `model` once for many inputs: returns (loaded, tracer) with tracer(prompt, image=None, **options).
 
-    Wraps the model once (booting a TransformerBridge is not free) and returns a closure.
+    model: a registry name / local dir / hub id (loaded here), or a LoadedModel. With remote (nnsight only) a
+    name is not loaded locally: NDIF is checked first (key, network), then only the config and tokenizer are read.
+    copy_model=False lets the TransformerLens bridge rewire a LoadedModel in place (the caller gives it up).
     """
     from workbench.errors import InputError
+    from workbench.models.loaded import LoadedModel
 
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if remote and backend != "nnsight":
+        raise InputError("--remote runs through NDIF and needs --backend nnsight")
+    if backend == "nnsight" and remote:
+        from workbench.frontends.nnsight import NNsightFrontend, trace_nnsight
+
+        frontend = NNsightFrontend(model, remote=remote)
+        return frontend.loaded, lambda prompt, image=None, **options: trace_nnsight(frontend, prompt, image, **options)
+    owned = not isinstance(model, LoadedModel)
+    if owned:
+        from workbench.models import load_model
+
+        model = load_model(model, device=device, dtype=dtype)
     if backend == "hf":
         from workbench.capture import trace
 
-        return lambda prompt, image=None, **options: trace(loaded, prompt, image, **options)
+        return model, lambda prompt, image=None, **options: trace(model, prompt, image, **options)
     if backend == "nnsight":
         from workbench.frontends.nnsight import NNsightFrontend, trace_nnsight
 
-        frontend = NNsightFrontend(loaded, remote=remote)
-        return lambda prompt, image=None, **options: trace_nnsight(frontend, prompt, image, **options)
-    if backend == "lens":
-        from workbench.frontends.transformer_lens import LensFrontend, trace_lens
+        frontend = NNsightFrontend(model)
+        return model, lambda prompt, image=None, **options: trace_nnsight(frontend, prompt, image, **options)
+    from workbench.frontends.transformer_lens import LensFrontend, trace_lens
 
-        frontend = LensFrontend(loaded)
-        return lambda prompt, image=None, **options: trace_lens(frontend, prompt, image, **options)
-    raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    frontend = LensFrontend(model, copy_model=copy_model and not owned)
+    return frontend.loaded, lambda prompt, image=None, **options: trace_lens(frontend, prompt, image, **options)
 
 
-__all__ = ["BACKENDS", "trace_with", "make_tracer"]
+__all__ = ["BACKENDS", "open_tracer", "trace_with"]

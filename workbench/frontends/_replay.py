@@ -12,8 +12,9 @@ incremental statistics (the Recorder's KV-cache accumulation yields the same row
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -91,33 +92,46 @@ def _selection(maps):
 
 
 def check_lengths(loaded: LoadedModel, prompt_length: int, max_new_tokens: int, max_length: int | None) -> None:
-    """The same input checks as `workbench.trace`, so a front-end refuses exactly what HF capture refuses."""
+    """The input checks of `workbench.trace` (mirrored: a front-end refuses exactly what HF capture refuses)."""
+    import warnings
+
     from workbench.capture.tracer import _learned_positions
 
     if max_new_tokens < 0:
         raise InputError("--max-new-tokens must be 0 or more")
     if max_new_tokens and loaded.kind == "encoder":
         raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
-    trained = loaded.max_positions
+    trained = loaded.extra.get("trained_positions") or loaded.max_positions
     if max_length and trained and max_length > trained and _learned_positions(loaded):
         raise InputError(f"{loaded.name} has learned absolute position embeddings for {trained} positions and "
                          "cannot run past them; shorten the input")
-    limit = max_length or trained
+    limit = max(max_length or 0, loaded.max_positions or 0) or None
     if limit is not None and prompt_length + max_new_tokens > limit:
         raise InputError(
             f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
             f"of {limit}; shorten the prompt, lower --max-new-tokens, or pass --max-length N to go past it on purpose")
+    if trained and prompt_length + max_new_tokens > trained:
+        warnings.warn(f"{loaded.name} was trained on {trained} positions; this input has "
+                      f"{prompt_length + max_new_tokens}: attention past the trained length is not what the model "
+                      "learned", UserWarning, stacklevel=3)
 
 
 def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None,
                    raw: bool = False, maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None,
                    top_k: int = 0, map_dtype: str = "float16", max_length: int | None = None,
-                   implementation: str = "auto", progress: Callable[[int, int], None] | None = None) -> Trace:
-    """Trace `prompt` (and `image`) through a front-end into the same `Trace` that `workbench.trace` returns."""
+                   implementation: str = "auto", decomposition: bool = False, intervention=None,
+                   progress: Callable[[int, int], None] | None = None) -> Trace:
+    """Trace `prompt` (and `image`) through a front-end into the same `Trace` that `workbench.trace` returns.
+
+    decomposition and interventions need the HF capture path (they hook the attention computation itself).
+    """
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout
     from workbench.capture.tracer import _eos_ids, _meta, _record_predictions
 
+    if decomposition or intervention is not None:
+        raise InputError(f"--decomposition and interventions need HF capture; the {frontend.name} front-end "
+                         "records statistics, maps, hidden states and head outputs: use --backend hf")
     loaded = frontend.loaded
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
     prompt_length = prepared.input_ids.shape[1]

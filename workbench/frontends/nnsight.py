@@ -16,59 +16,16 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import socket
-import threading
-import urllib.parse
 import warnings
 
 import torch
 
-from workbench.errors import InputError, WorkbenchError
+from workbench.errors import InputError
 from workbench.frontends._replay import AttentionCall, Capture, hf_view
-
-NETWORK_TIMEOUT_S = 3.0
-
-
-class RemoteUnavailableError(WorkbenchError):
-    """--remote was asked for, but NDIF cannot be used from here (no API key, no network, not a hub model)."""
+from workbench.frontends.ndif import RemoteUnavailableError, ndif_preflight
 
 
-def ndif_preflight(timeout: float = NETWORK_TIMEOUT_S) -> str:
-    """Check an NDIF API key is set and the NDIF host answers a TCP connection; return the host URL.
-
-    Runs in at most about `timeout` seconds (DNS included) so `--remote` fails at once instead of hanging.
-    """
-    from nnsight import CONFIG
-
-    key = os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY
-    if not key:
-        raise RemoteUnavailableError(
-            "--remote runs on NDIF and needs an API key: set NDIF_API_KEY (sign up at https://login.ndif.us), "
-            "or drop --remote to run locally")
-    host = os.environ.get("NDIF_HOST") or CONFIG.API.HOST
-    parsed = urllib.parse.urlparse(host)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    outcome: dict = {}
-
-    def connect():
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-            outcome["ok"] = True
-        except OSError as error:
-            outcome["error"] = error
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if not outcome.get("ok"):
-        reason = outcome.get("error") or f"no answer within {timeout:.0f} s"
-        raise RemoteUnavailableError(
-            f"--remote cannot reach NDIF at {host} ({reason}); check the network (or NDIF_HOST), "
-            "or drop --remote to run locally")
-    return host
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _calls_attention_interface(cls) -> bool:
     try:
         return "attention_interface(" in inspect.getsource(cls.forward)
@@ -113,7 +70,9 @@ class NNsightFrontend:
             model = _load_for_nnsight(model, remote=remote)
         if isinstance(model, LoadedModel):
             self.loaded = model
-            self.envoy = NNsight(model.model)
+            with warnings.catch_warnings():  # e.g. BERT's `output` submodules, served as `E_output`
+                warnings.simplefilter("ignore")
+                self.envoy = NNsight(model.model)
         else:
             self.envoy = model
             if not remote and hasattr(model, "dispatched") and not model.dispatched:
@@ -168,6 +127,7 @@ class NNsightFrontend:
             raise InputError("--head-outputs needs W_O, which stays on NDIF with --remote; drop one of the two")
         envoy, targets = self.envoy, self.targets
         want_logits = self.loaded.kind != "encoder"
+        logits = None  # only saved values come back out of the block
         with self._trace(self._forward_kwargs(input_ids, model_inputs)):
             saved = nnsight.save([])
             for stack, index, layer_envoy, attn_envoy, call_name, module_causal in targets:
@@ -177,7 +137,8 @@ class NNsightFrontend:
                 output = call.output[0] if head_outputs and stack == "text" else None
                 saved.append([hidden, args[1], args[2], args[4], kwargs.get("scaling"), kwargs.get("is_causal"),
                               output])
-            logits = envoy.output.logits[0].save() if want_logits else None
+            if want_logits:
+                logits = envoy.output.logits[0].save()
         calls = []
         for (stack, index, _, _, _, module_causal), values in zip(targets, saved):
             hidden, query, key, mask, scaling, is_causal, output = values
@@ -189,7 +150,8 @@ class NNsightFrontend:
                 attn_output=output.detach().cpu() if torch.is_tensor(output) else None,
                 hidden_in=hidden.detach().cpu() if torch.is_tensor(hidden) else None,
             ))
-        extra = {"remote": bool(self.remote), "wrapper": type(envoy).__name__}
+        extra = {"remote": self.remote if isinstance(self.remote, str) else bool(self.remote),
+                 "wrapper": type(envoy).__name__}
         return Capture(calls, logits.detach().cpu() if torch.is_tensor(logits) else None, extra)
 
 

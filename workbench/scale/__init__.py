@@ -8,4 +8,4 @@ from workbench.scale.inputs import InputSet, SweepInput, read_inputs
 from workbench.scale.store import SweepStore
 from workbench.scale.sweep import SweepResult, run_sweep
 
-__all__ = ["run_sweep", "SweepResult", "SweepStore", "SweepInput", "InputSet", "read_inputs"]
+__all__ = ["InputSet", "SweepInput", "SweepResult", "SweepStore", "read_inputs", "run_sweep"]

@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from workbench.errors import WorkbenchError
 
@@ -38,13 +38,18 @@ class ExecutorOptions:
 def run_local(items: list, worker_config: dict, options: ExecutorOptions) -> Iterator:
     """Trace `items` (SweepInput) in this process; yields one result Table per batch."""
     import pyarrow as pa
+    import torch
 
     from workbench.scale.worker import SweepWorker
 
-    worker = SweepWorker(worker_config)
-    for start in range(0, len(items), options.batch_size):
-        batch = pa.Table.from_pylist([item.to_row() for item in items[start:start + options.batch_size]])
-        yield worker(batch)
+    threads = torch.get_num_threads()  # the worker may pin its own: give the caller's process back its setting
+    try:
+        worker = SweepWorker(worker_config)
+        for start in range(0, len(items), options.batch_size):
+            batch = pa.Table.from_pylist([item.to_row() for item in items[start:start + options.batch_size]])
+            yield worker(batch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -72,15 +77,16 @@ def _init_ray(options: ExecutorOptions) -> bool:
     try:
         if options.ray_address:
             _check_reachable(options.ray_address)
-            ray.init(address=options.ray_address, runtime_env=env, logging_level=logging.WARNING,
+            ray.init(address=options.ray_address, runtime_env=env, logging_level=logging.ERROR,
                      log_to_driver=False)
         else:
             ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=env,
-                     logging_level=logging.WARNING, log_to_driver=False)
+                     logging_level=logging.ERROR, log_to_driver=False)
     except ClusterError:
         raise
     except Exception as error:  # ConnectionError, RuntimeError, ... from ray.init
-        raise ClusterError(f"cannot start or join Ray ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ClusterError(f"cannot start or join Ray ({type(error).__name__}: {first_line})") from None
     return True
 
 
@@ -106,12 +112,15 @@ def run_ray(items: list, worker_config: dict, options: ExecutorOptions) -> Itera
 
     from workbench.scale.worker import SweepWorker
 
+    # Ray's Python loggers repeat every failure with internal tracebacks; the sweep reports errors itself.
+    quiet = {name: logging.getLogger(name).level for name in ("ray", "ray.data")}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     started_here = _init_ray(options)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI shows its own, with throughput
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         size = _pool_size(options)
         rows = [item.to_row() for item in items]
         blocks = max(1, math.ceil(len(rows) / options.batch_size))
@@ -120,10 +129,45 @@ def run_ray(items: list, worker_config: dict, options: ExecutorOptions) -> Itera
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size),
             num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker,
         )
-        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        try:
+            yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        except Exception as error:
+            user_error = _user_error(error)
+            if user_error is None:
+                raise
+            raise user_error from None  # e.g. a bad model name, raised in every actor's constructor
     finally:
         if started_here:
             ray.shutdown()
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _user_error(error: BaseException) -> WorkbenchError | None:
+    """The WorkbenchError behind a Ray failure, as one line.
+
+    Ray re-raises an error from an actor's constructor (e.g. a bad model name) as ActorDiedError whose message
+    embeds the remote traceback and ends with "workbench.errors.<Class>: <message>"; rebuild that error.
+    """
+    import re
+
+    import workbench.errors as errors
+
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for item in chain:
+        if isinstance(item, WorkbenchError) and "Traceback" not in str(item):
+            return item
+    for item in chain:
+        found = re.findall(r"workbench\.errors\.(\w+): ([^\n]+)", str(item))
+        if found:
+            name, message = found[-1]
+            cls = getattr(errors, name, WorkbenchError)
+            return cls(message) if isinstance(cls, type) and issubclass(cls, WorkbenchError) else None
+    return None
 
 
 def execute(items: list, worker_config: dict, options: ExecutorOptions) -> Iterator:

@@ -62,7 +62,8 @@ def read_inputs(path: Path, *, images: Path | None = None) -> InputSet:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not valid JSON ({error.msg}); write one JSON object per line") from None
+                raise InputError(f"{path}:{number}: not valid JSON ({error.msg}); write one JSON object per "
+                                 "line") from None
             items.append(_parse(data, path, number, len(items), image_root, seen))
             digest.update(json.dumps(data, sort_keys=True, ensure_ascii=False).encode() + b"\n")
     if not items:

@@ -29,7 +29,7 @@ from workbench.errors import InputError, OutputExistsError
 FORMAT = "workbench-sweep"
 VERSION = 1
 # Options whose change alters the numbers: a resume must match them.
-IDENTITY = ("model", "backend", "dtype", "kernel", "max_new_tokens", "system", "raw", "inputs")
+IDENTITY = ("model", "backend", "remote", "dtype", "kernel", "max_new_tokens", "system", "raw", "inputs")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from workbench.errors import InputError
 from workbench.scale.executors import ExecutorOptions, execute
@@ -46,6 +46,21 @@ class SweepResult:
         return SweepStore(self.out).read_inputs()
 
 
+def _check_model_name(model: str) -> None:
+    """Refuse a name `load_model` cannot resolve before any worker starts (a Ray actor would fail much later)."""
+    from workbench.errors import ModelNotFoundError
+    from workbench.models.registry import REGISTRY, closest_names
+
+    if model in REGISTRY or Path(model).expanduser().is_dir():
+        return
+    if "/" in model and not model.startswith((".", "/", "~")):
+        return  # a hub id: resolved (cache or download) by each worker
+    hint = closest_names(model)
+    suggestion = f" (did you mean {', '.join(hint)}?)" if hint else ""
+    raise ModelNotFoundError(f"unknown model {model!r}{suggestion}; run `workbench models` for the names, or pass "
+                             "a local directory or a Hugging Face hub id")
+
+
 def _sample(n: int, k: int) -> frozenset:
     """k evenly spread input indices (deterministic, so a resumed sweep samples the same inputs)."""
     if k <= 0:
@@ -58,7 +73,7 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
               batch_size: int = 8, workers: int = 0, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
               ray_address: str | None = None, max_new_tokens: int = 0, system: str | None = None,
               raw: bool = False, kernel: str = "auto", device: str = "auto", dtype: str = "float32",
-              threads: int | None = None, bundles: int = 0, force: bool = False,
+              threads: int | None = None, bundles: int = 0, remote: bool = False, force: bool = False,
               progress: Callable[[int, int, int], None] | None = None) -> SweepResult:
     """Trace every input of `data` (JSONL) with `model` into Parquet features under `out` (resumable).
 
@@ -67,6 +82,8 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
         cluster). gpus_per_worker > 1 spreads each replica over several GPUs. threads: torch threads per replica
         (default: cpus_per_worker on Ray, torch's default locally); equal threads give bit-identical numbers.
     bundles: also save full bundles of this many evenly spread inputs. force: delete a previous sweep in `out`.
+    remote: run the model on NDIF through nnsight (needs backend "nnsight", NDIF_API_KEY and network; checked
+        first, failing at once).
     progress: called as progress(done, total, traced_this_run) after every committed part.
     """
     if executor not in ("local", "ray"):
@@ -80,18 +97,27 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
         raise InputError("--workers, --gpus-per-worker, --max-new-tokens and --bundles must be 0 or more")
     if ray_address and executor != "ray":
         raise InputError("--ray-address needs --executor ray")
+    if remote:
+        if backend != "nnsight":
+            raise InputError("--remote runs through NDIF and needs --backend nnsight")
+        from workbench.frontends.ndif import ndif_preflight
+
+        ndif_preflight()
+    if not remote:
+        _check_model_name(model)
     inputs = read_inputs(Path(data), images=Path(images) if images is not None else None)
     store = SweepStore(Path(out))
-    identity = {"model": model, "backend": backend, "dtype": dtype, "kernel": kernel, "max_new_tokens": max_new_tokens,
-                "system": system, "raw": raw, "inputs": inputs.fingerprint}
+    identity = {"model": model, "backend": backend, "dtype": dtype, "kernel": kernel,
+                "max_new_tokens": max_new_tokens, "system": system, "raw": raw, "remote": bool(remote),
+                "inputs": inputs.fingerprint}
     store.open(identity, force=force)
     done = store.recover()
     pending = [item for item in inputs.items if item.index not in done]
     if threads is None:
         threads = max(1, int(cpus_per_worker)) if executor == "ray" else 0
-    config = WorkerConfig(model=model, backend=backend, device=device, dtype=dtype, gpus=gpus_per_worker,
-                          threads=threads, kernel=kernel, max_new_tokens=max_new_tokens, system=system, raw=raw,
-                          out=str(store.out), bundle_indices=_sample(len(inputs), bundles))
+    config = WorkerConfig(model=model, backend=backend, remote=bool(remote), device=device, dtype=dtype,
+                          gpus=gpus_per_worker, threads=threads, kernel=kernel, max_new_tokens=max_new_tokens,
+                          system=system, raw=raw, out=str(store.out), bundle_indices=_sample(len(inputs), bundles))
     options = ExecutorOptions(executor=executor, batch_size=batch_size, workers=workers,
                               gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                               ray_address=ray_address)

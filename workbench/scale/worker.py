@@ -19,6 +19,7 @@ class WorkerConfig:
 
     model: str
     backend: str = "hf"  # hf | nnsight | lens
+    remote: bool = False  # nnsight on NDIF: no local weights
     device: str = "auto"  # auto (cuda when the replica has a GPU), cpu, cuda, cuda:N
     dtype: str = "float32"
     gpus: float = 0  # GPUs of this replica; > 1 spreads the model over them (device_map)
@@ -36,7 +37,7 @@ class WorkerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WorkerConfig":
+    def from_dict(cls, data: dict) -> WorkerConfig:
         return cls(**{**data, "bundle_indices": frozenset(data.get("bundle_indices", ()))})
 
 
@@ -74,16 +75,18 @@ class SweepWorker:
     def __init__(self, config: dict):
         import torch
 
-        from workbench.frontends import make_tracer
+        from workbench.frontends import open_tracer
         from workbench.models import load_model
 
         self.config = WorkerConfig.from_dict(config)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
+        if self.config.remote:  # the model runs on NDIF; only its config and tokenizer are read here
+            self.loaded, self.tracer = open_tracer("nnsight", self.config.model, remote=True)
+            return
         # Load in the target dtype on the CPU, then place (device_map for models larger than one GPU).
-        loaded = load_model(self.config.model, dtype=self.config.dtype)
-        self.loaded = _place(loaded, self.config)
-        self.tracer = make_tracer(self.config.backend, self.loaded)
+        loaded = _place(load_model(self.config.model, dtype=self.config.dtype), self.config)
+        self.loaded, self.tracer = open_tracer(self.config.backend, loaded, copy_model=False)
 
     def trace_one(self, item) -> dict:
         import torch
