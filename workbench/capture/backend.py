@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+from workbench.capture.interventions import active as active_intervention
 from workbench.errors import InputError
 
 IMPLEMENTATION_NAME = "workbench"
@@ -22,9 +23,14 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _active_recorder.get()
-    if recorder is None:
+    intervention = active_intervention()
+    if recorder is None and intervention is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    if recorder is None:  # an intervention without capture: SDPA's output, then the intervention (interventions.py)
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, is_causal=is_causal, **kwargs)
+        return _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output), None
     if kwargs.get("softcap") is not None:
         raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
     if kwargs.get("position_bias") is not None:
@@ -35,11 +41,20 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     if output is None:  # a case the fused kernel does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling, is_causal=is_causal, **kwargs)
+    if intervention is not None:
+        output = _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output)
     recorder.on_attention(
         module, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
         attn_output=output, log_normaliser=log_normaliser, value=value,
     )
     return output, None
+
+
+def _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output):
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return intervention.apply(module, query=query, key=key, value=value, attention_mask=attention_mask,
+                              scaling=scaling, causal=causal, output=output)
 
 
 def _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout):

@@ -13,7 +13,8 @@ import torch
 from workbench.capture.decomposition import DecompositionStore
 from workbench.capture.layout import ModelLayout
 from workbench.capture.plan import CapturePlan
-from workbench.kernels import MaskSpec, attention_statistics
+from workbench.capture.statistics import layer_statistics
+from workbench.kernels import MaskSpec
 from workbench.traces.tokens import REGIONS
 
 
@@ -102,7 +103,7 @@ class Recorder:
         buffer = self._layer_buffers(stack, layer)
         selection = self.plan.maps.get(stack)
         map_heads = selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None
-        stats = attention_statistics(
+        stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling,
             mask=mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys),
             key_regions=self.key_regions[stack][:n_keys].to(query.device), n_regions=len(REGIONS),

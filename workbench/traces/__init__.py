@@ -13,7 +13,10 @@ Per layer, the bundle stores (names `layer_XX.<stat>`, vision tower `vision.laye
     region_mass [head, query_pos, region], region_count [query_pos, region]
     entropy [head, query_pos], normaliser [head, query_pos] (1 = healthy; the self-check)
     optional: maps [head, query_pos, key_pos] + map_heads [head], hidden_in [query_pos, d_model],
-              head_out [head, query_pos, d_model] + head_out_positions [query_pos], top_index/top_weight
+              head_out [head, query_pos, d_model] + head_out_positions [query_pos], top_index/top_weight;
+              decomposition (routes, circuits): query [head, query_pos, d_head] (scaled), key/value
+              [kv_head, key_pos, d_head], attn_out [query_pos, d_model], o_weight [d_model, head, d_head],
+              o_bias [d_model], and on the last layer hidden_out [query_pos, d_model]
 Trace-level: outputs.next_token_logprob [query_pos], outputs.prediction_entropy [query_pos].
 """
 

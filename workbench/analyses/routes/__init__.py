@@ -25,17 +25,20 @@ Needs a trace captured with `decomposition=True`; reads the model's weights from
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import networkx as nx
 
+from workbench.analyses._decomposed import check_trace
 from workbench.analyses.routes._graph import Explorer, route_of
-from workbench.analyses.routes._layers import Bias, check_trace
+from workbench.analyses.routes._layers import Bias
 from workbench.analyses.routes.heads import HeadPatterns, head_patterns, head_usage
 from workbench.errors import InputError
 
-__all__ = ["analyse", "RoutesResult", "Route", "HeadPatterns", "head_patterns", "resolve_positions"]
+__all__ = ["HeadPatterns", "Route", "RoutesResult", "analyse", "head_patterns", "resolve_positions"]
 
 METHOD = "Ferrando & Voita 2024, information-flow routes (L1 proximity contributions)"
 
@@ -106,7 +109,7 @@ def _predicted(trace, position: int) -> dict | None:
     entry = {"position": position + 1, "id": token.id, "text": token.text}
     if trace.has("outputs.next_token_logprob"):
         value = float(trace.tensor("outputs.next_token_logprob")[position])
-        entry["logprob"] = round(value, 6) if value == value else None
+        entry["logprob"] = None if math.isnan(value) else round(value, 6)
     return entry
 
 
@@ -126,7 +129,7 @@ def analyse(trace, *, position: int | Sequence[int] | Literal["generated", "all"
     previous-token / induction / subword-merging patterns of every head (one extra pass over all rows).
     chunk: query rows per block (bounds the working set).
     """
-    check_trace(trace)
+    check_trace(trace, "routes")
     if not 0 <= threshold < 1:
         raise InputError(f"--threshold must be in [0, 1), got {threshold}")
     if bias not in ("share", "exclude"):

@@ -11,35 +11,16 @@ from typing import Literal
 
 import torch
 
-from workbench.errors import InputError, WorkbenchError
+from workbench.analyses._decomposed import attention_rows
+from workbench.errors import WorkbenchError
 
-REQUIRED = ("query", "key", "value", "hidden_in", "attn_out", "o_weight", "o_bias")
 MAX_REBUILD_ERROR = 1e-3  # relative to the largest |attn_out| of the rows checked
 
 Bias = Literal["share", "exclude"]
 
 
-def check_trace(trace) -> None:
-    """Raise a user-facing error when the trace lacks the decomposition tensors."""
-    missing = [stat for stat in REQUIRED if not trace.has(f"layer_00.{stat}")]
-    if missing:
-        raise InputError("this trace has no residual decomposition (missing " + ", ".join(missing) + "); trace again "
-                         "with `workbench trace --decomposition` (or workbench.trace(..., decomposition=True))")
-
-
 def _name(layer: int, stat: str) -> str:
     return f"layer_{layer:02d}.{stat}"
-
-
-def attention_rows(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Causal attention [head, len(rows), key_pos] of the given query rows from query [head, q, d_head] (scaled)
-    and key [kv_head, key_pos, d_head]; query head h reads kv head h // (head / kv_head), as in transformers."""
-    heads, kv_heads = query.shape[0], key.shape[0]
-    group = heads // kv_heads
-    q = query[:, rows].reshape(kv_heads, group * len(rows), -1)
-    scores = torch.matmul(q, key.transpose(1, 2)).reshape(heads, len(rows), -1)
-    hidden = torch.arange(key.shape[1])[None, :] > rows[:, None]
-    return scores.masked_fill_(hidden[None], float("-inf")).softmax(-1)
 
 
 class LayerInputs:

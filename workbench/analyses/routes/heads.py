@@ -7,8 +7,10 @@ rows (chunked over queries, O(head * chunk * n) memory):
 - previous-token: mean over query rows i >= 1 of A[i, i - 1];
 - induction: over text rows i whose token occurred before, the attention mass on the keys j that follow an
   earlier occurrence (token[j - 1] == token[i], 1 <= j < i);
-- subword-merging: over text rows that continue a word (no leading space, both neighbours alphanumeric),
-  the mass on the earlier tokens of the same word.
+- subword-merging: over text rows that continue a word (nothing between it and an alphanumeric
+  predecessor), the mass on the earlier tokens of the same word, minus the head's mean mass on the previous
+  token over word-initial text rows (so a plain previous-token head, which also puts its mass on the
+  previous subword, scores near 0; with no word-initial rows nothing is subtracted).
 A head gets a type when its score reaches `type_threshold`; a head may have several types.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.analyses.routes._layers import attention_rows
+from workbench.analyses._decomposed import attention_rows
 from workbench.traces.tokens import REGIONS
 
 TYPES = ("previous_token", "induction", "subword_merging")
@@ -52,13 +54,27 @@ class HeadPatterns:
                           for (layer, head), kinds in self.types().items()]}
 
 
-def _word_starts(tokens, text: torch.Tensor) -> torch.Tensor:
-    """For each position, the first position of the word it belongs to (itself unless it continues a word)."""
+def _word_starts(trace, text: torch.Tensor) -> torch.Tensor:
+    """For each position, the first position of the word it belongs to (itself unless it continues a word).
+
+    Token pieces may have lost their leading space (tokenizers trim offsets), so they are aligned to the
+    rendered input text and a token continues a word when nothing separates it from an alphanumeric
+    predecessor; tokens not found there (generated ones) fall back to their own text.
+    """
+    tokens = trace.tokens
+    rendered = trace.meta.get("inputs", {}).get("text") or ""
     starts = torch.arange(len(tokens))
-    for i in range(1, len(tokens)):
-        current, previous = tokens[i].text, tokens[i - 1].text
-        continues = (bool(text[i]) and bool(text[i - 1]) and current[:1].isalnum() and previous[-1:].isalnum())
-        if continues:
+    cursor = 0
+    for i, token in enumerate(tokens):
+        piece = token.text
+        found = rendered.find(piece, cursor) if piece else -1
+        adjacent = found == cursor if found >= 0 else None
+        if found >= 0:
+            cursor = found + len(piece)
+        if i == 0 or not (bool(text[i]) and bool(text[i - 1])):
+            continue
+        joined = adjacent if adjacent is not None else True
+        if joined and piece[:1].isalnum() and tokens[i - 1].text[-1:].isalnum():
             starts[i] = starts[i - 1]
     return starts
 
@@ -69,7 +85,7 @@ def head_patterns(trace, *, type_threshold: float = 0.4) -> HeadPatterns:
     n = len(tokens)
     ids = torch.tensor([token.id for token in tokens])
     text = torch.isin(trace.regions, torch.tensor(_TEXT_REGIONS))
-    starts = _word_starts(tokens, text)
+    starts = _word_starts(trace, text)
     keys = torch.arange(n)
     previous_ids = torch.cat([torch.tensor([-1]), ids[:-1]])
     key_ok = text & torch.cat([torch.tensor([False]), text[:-1]])  # key j and token j - 1 are text
@@ -83,26 +99,32 @@ def head_patterns(trace, *, type_threshold: float = 0.4) -> HeadPatterns:
     chunk_masks = [masks(positions) for positions in chunks] if n <= 4 * _ROW_CHUNK else None
     wanted = {"previous_token": keys >= 1, "induction": torch.zeros(n, dtype=torch.bool),
               "subword_merging": torch.zeros(n, dtype=torch.bool)}
+    word_initial = (starts == keys) & text & torch.cat([torch.tensor([False]), text[:-1]])  # [query_pos]
     for index, positions in enumerate(chunks):
         for kind, mask in (chunk_masks[index] if chunk_masks else masks(positions)).items():
             wanted[kind][positions] = mask.any(-1)
     rows = {kind: int(selected.sum()) for kind, selected in wanted.items()}
+    initial_rows = int(word_initial.sum())
     tables: dict[str, list[list[float]]] = {kind: [] for kind in TYPES}
     for layer in range(trace.n_layers()):
         query = trace.tensor(f"layer_{layer:02d}.query").float()
         key = trace.tensor(f"layer_{layer:02d}.key").float()
-        sums = {kind: torch.zeros(query.shape[0], dtype=torch.float64) for kind in TYPES}
+        sums = {kind: torch.zeros(query.shape[0], dtype=torch.float64) for kind in (*TYPES, "initial_previous")}
         for index, positions in enumerate(chunks):
             attention = attention_rows(query, key, positions)  # [head, row, key_pos]
             chosen = wanted["previous_token"][positions]
             if chosen.any():
                 rows_here = positions[chosen]
-                sums["previous_token"] += attention[:, chosen.nonzero().flatten(), rows_here - 1].sum(-1).double()
+                previous = attention[:, chosen.nonzero().flatten(), rows_here - 1]  # [head, chosen rows]
+                sums["previous_token"] += previous.sum(-1).double()
+                sums["initial_previous"] += previous[:, word_initial[rows_here]].sum(-1).double()
             for kind, mask in (chunk_masks[index] if chunk_masks else masks(positions)).items():
                 chosen = wanted[kind][positions]
                 if chosen.any():
                     block = mask[chosen].to(attention.dtype)  # [row, key_pos]
                     sums[kind] += (attention[:, chosen] * block).sum((1, 2)).double()
+        if initial_rows:
+            sums["subword_merging"] -= sums["initial_previous"] * (rows["subword_merging"] / initial_rows)
         for kind in TYPES:
             tables[kind].append([round(float(value / rows[kind]), 6) if rows[kind] else float("nan")
                                  for value in sums[kind]])

@@ -1,0 +1,212 @@
+"""Per head, the augmented bilinear form Omega of Franco & Crovella 2024 and its SVD, cached per model.
+
+Omega acts on x~ = [x, 1] with x the layer-normed residual (the norm's output, gain and bias included: the
+actual input of W_Q and W_K): score(i, j) = x~_i Omega x~_j^T, with the softmax scaling folded in so scores
+are the model's pre-softmax logits. With Wq~ = [W_Q; b_Q] and Wk~ = [W_K; b_K] ([d_model + 1, d_head]):
+
+    absolute positions (GPT-2):  Omega = c * Wq~ Wk~^T
+    RoPE (Llama family):         Omega(delta) = c * Wq~ R(delta) Wk~^T,  delta = j - i (key minus query)
+
+where R(delta) rotates each frequency pair (f, f + d_head / 2) by delta * theta_f (transformers' rotate_half
+layout) and c = softmax scaling * rope attention_scaling^2. With QR factors Wq~ = Qq Rq, Wk~ = Qk Rk, the SVD
+of Omega(delta) is that of the d_head x d_head core c * Rq R(delta) Rk^T, lifted by Qq and Qk: one small SVD
+per (head, offset), cached. Supported: GPT-2 (fused c_attn), and q_proj/k_proj models (Llama, Mistral,
+Qwen2, LLaVA's language model) with full-width rotate_half RoPE; anything else raises an InputError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from workbench.errors import InputError
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SUPPORTED = "GPT-2 and q_proj/k_proj decoders (Llama, Mistral, Qwen2, LLaVA) with full-width rotate_half RoPE"
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Small LAPACK calls (QR of [d_model + 1, d_head], SVD of d_head x d_head) gain nothing from threads and,
+    on a busy machine, lose up to 100x to thread contention: run them on one thread, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Norm:
+    """The layer's pre-attention norm: x = gain * (r - mean) / scale + bias (mean = 0 for RMSNorm)."""
+
+    kind: str  # "layer" | "rms"
+    gain: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    def scale(self, residual: torch.Tensor) -> torch.Tensor:
+        """[..., 1] the per-position divisor (std or rms, eps included)."""
+        if self.kind == "rms":
+            return (residual.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return (residual.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt()
+
+    def __call__(self, residual: torch.Tensor) -> torch.Tensor:
+        centred = residual - residual.mean(-1, keepdim=True) if self.kind == "layer" else residual
+        return self.gain * centred / self.scale(residual) + self.bias
+
+    def linear_part(self, vector: torch.Tensor) -> torch.Tensor:
+        """The covector w' with N(c) . w = c . w' for any component c (for a fixed scale), as gain * w,
+        centred for LayerNorm; divide by the position's scale separately."""
+        weighted = self.gain * vector
+        return weighted - weighted.mean(-1, keepdim=True) if self.kind == "layer" else weighted
+
+
+@dataclass
+class HeadForm:
+    q_basis: torch.Tensor  # Qq [d_model + 1, d_head] (float64)
+    q_core: torch.Tensor  # Rq [d_head, d_head]
+    k_basis: torch.Tensor
+    k_core: torch.Tensor
+    scale: float
+    inv_freq: torch.Tensor | None  # [d_head / 2] for RoPE, None for absolute positions
+    _svds: dict = field(default_factory=dict)
+
+    def rotation(self, offset: int) -> torch.Tensor:
+        d_head = self.q_core.shape[0]
+        if self.inv_freq is None:
+            return torch.eye(d_head, dtype=torch.float64)
+        half = d_head // 2
+        angle = offset * self.inv_freq.double()
+        cos, sin = angle.cos(), angle.sin()
+        rotation = torch.zeros(d_head, d_head, dtype=torch.float64)
+        index = torch.arange(half)
+        rotation[index, index] = cos
+        rotation[index + half, index + half] = cos
+        rotation[index, index + half] = -sin
+        rotation[index + half, index] = sin
+        return rotation
+
+    def core(self, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SVD (Uc, S, Vc) of the d_head x d_head core of Omega(offset): U = q_basis Uc, V = k_basis Vc."""
+        key = offset if self.inv_freq is not None else 0
+        if key not in self._svds:
+            core = self.scale * self.q_core @ self.rotation(key) @ self.k_core.T
+            with single_threaded():
+                u, s, vt = torch.linalg.svd(core)
+            self._svds[key] = (u, s, vt.T)
+        return self._svds[key]
+
+    def svd(self, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U [d_model + 1, d_head], S [d_head], V [d_model + 1, d_head]) of Omega(offset); offset ignored
+        without RoPE."""
+        u, s, v = self.core(offset)
+        return self.q_basis @ u, s, self.k_basis @ v
+
+    def omega(self, offset: int = 0) -> torch.Tensor:
+        u, s, v = self.svd(offset)
+        return (u * s) @ v.T
+
+
+def _factor(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """QR of the augmented maps x~ -> x W + b of several heads: weight [head, d_model, d_head], bias [head, d_head]
+    -> Q [head, d_model + 1, d_head], R [head, d_head, d_head]."""
+    with single_threaded():
+        return torch.linalg.qr(torch.cat([weight, bias[:, None]], 1).double())
+
+
+def _projections(layer_module, n_heads: int, n_kv_heads: int, d_model: int):
+    """Per query head W_q [d_model, d_head], b_q; per kv head W_k, b_k (as x @ W + b)."""
+    modules = dict(layer_module.named_modules())
+    fused = modules.get("attn.c_attn")
+    if fused is not None and type(fused).__name__ == "Conv1D":  # GPT-2: x @ weight + bias, [q | k | v]
+        weight, bias = fused.weight.detach(), fused.bias.detach()
+        w_q, w_k = weight[:, :d_model], weight[:, d_model:2 * d_model]
+        b_q, b_k = bias[:d_model], bias[d_model:2 * d_model]
+    else:
+        attention = next((modules[name] for name in ("self_attn", "attn", "attention") if name in modules), None)
+        if attention is None or not hasattr(attention, "q_proj") or not hasattr(attention, "k_proj"):
+            raise InputError(f"circuit tracing does not know the attention of {type(layer_module).__name__}; "
+                             f"supported: {SUPPORTED}")
+        w_q, w_k = attention.q_proj.weight.detach().T, attention.k_proj.weight.detach().T
+        b_q = attention.q_proj.bias.detach() if attention.q_proj.bias is not None else torch.zeros(w_q.shape[1])
+        b_k = attention.k_proj.bias.detach() if attention.k_proj.bias is not None else torch.zeros(w_k.shape[1])
+    d_head = w_q.shape[1] // n_heads
+    split = lambda w: w.reshape(w.shape[0], -1, d_head).transpose(0, 1) if w.dim() == 2 else w.reshape(-1, d_head)
+    return split(w_q.float()), split(b_q.float()), split(w_k.float()), split(b_k.float())
+
+
+def _norm(layer_module) -> Norm:
+    modules = dict(layer_module.named_modules())
+    module = next((modules[name] for name in ("input_layernorm", "ln_1") if name in modules), None)
+    if module is None:
+        raise InputError(f"circuit tracing finds no pre-attention norm in {type(layer_module).__name__}; "
+                         f"supported: {SUPPORTED}")
+    gain = module.weight.detach().float()
+    if isinstance(module, torch.nn.LayerNorm):
+        bias = module.bias.detach().float() if module.bias is not None else torch.zeros_like(gain)
+        return Norm("layer", gain, bias, float(module.eps))
+    eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None)
+    if eps is None or type(module).__name__.lower().find("rms") < 0:
+        raise InputError(f"circuit tracing does not know the norm {type(module).__name__}; supported: {SUPPORTED}")
+    if "Gemma" in type(module).__name__:
+        raise InputError(f"circuit tracing does not support {type(module).__name__} (1 + gain); supported: {SUPPORTED}")
+    return Norm("rms", gain, torch.zeros_like(gain), float(eps))
+
+
+def _rotary(model, d_head: int):
+    """(inv_freq, attention_scaling) of the language model's rotary embedding, or None without RoPE."""
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and "vision" not in name and "visual" not in name:
+            inv_freq = module.inv_freq.detach().float().cpu()
+            if 2 * len(inv_freq) != d_head:
+                raise InputError(f"this model rotates {2 * len(inv_freq)} of {d_head} head dimensions (partial "
+                                 f"RoPE), which circuit tracing does not support; supported: {SUPPORTED}")
+            return inv_freq, float(getattr(module, "attention_scaling", 1.0))
+    return None
+
+
+class OmegaForms:
+    """Lazily built HeadForms of one model (see omega_forms)."""
+
+    def __init__(self, model, layout):
+        self.model, self.layout = model, layout
+        stack = layout.stacks["text"]
+        self.stack = stack
+        self._forms: dict[tuple[int, int], HeadForm] = {}
+        self._norms: dict[int, Norm] = {}
+
+    def norm(self, layer: int) -> Norm:
+        if layer not in self._norms:
+            self._norms[layer] = _norm(self.stack.layers[layer])
+        return self._norms[layer]
+
+    def head(self, layer: int, head: int) -> HeadForm:
+        if (layer, head) not in self._forms:
+            stack = self.stack
+            w_q, b_q, w_k, b_k = _projections(stack.layers[layer], stack.n_heads, stack.n_kv_heads, stack.d_model)
+            d_head = w_q.shape[-1]
+            rotary = _rotary(self.model, d_head)
+            attention = next(m for m in stack.layers[layer].modules() if hasattr(m, "scaling"))
+            scale = float(attention.scaling) * (rotary[1] ** 2 if rotary else 1.0)
+            group = stack.n_heads // stack.n_kv_heads
+            q_basis, q_core = _factor(w_q, b_q)
+            k_basis, k_core = _factor(w_k, b_k)  # per kv head, shared by its GQA group
+            for h in range(stack.n_heads):
+                self._forms[(layer, h)] = HeadForm(q_basis[h], q_core[h], k_basis[h // group], k_core[h // group],
+                                                   scale, rotary[0] if rotary else None)
+        return self._forms[(layer, head)]
+
+
+def omega_forms(loaded) -> OmegaForms:
+    """The (cached) Omega factorisations of a LoadedModel or transformers model."""
+    from workbench.capture.layout import discover_layout
+
+    model = getattr(loaded, "model", loaded)
+    if model not in _CACHE:
+        _CACHE[model] = OmegaForms(model, discover_layout(model))
+    return _CACHE[model]

@@ -1,0 +1,78 @@
+"""`workbench circuits`: SVD circuit tracing (Franco & Crovella 2024) over a traced bundle's firings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def circuits(
+    bundle: Path = typer.Argument(..., help="A NAME.wbtrace folder traced with --decomposition."),
+    firing_threshold: float = typer.Option(0.5, "--firing-threshold", help="Minimum attention A_ij of a firing."),
+    coverage: float = typer.Option(0.7, "--coverage", help="Share of the upstream-head contribution kept per side."),
+    component_threshold: float = typer.Option(1.0, "--component-threshold",
+                                              help="Share of a firing's score its kept singular components reach."),
+    min_share: float = typer.Option(0.02, "--min-share", help="Smallest share of a side an upstream edge may carry."),
+    attribution: str = typer.Option("score", "--attribution",
+                                    help="'score' (additive share of the kept score) or 'projection' (reference)."),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                        help="The traced model's weights [default: the model named in the bundle]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Write results/circuits.json into the bundle."),
+) -> None:
+    """Circuits: which upstream heads feed each head's firings through its query (Q) or key (K) side."""
+    import workbench
+    from workbench.analyses import circuits as analysis
+    from workbench.cli.routes_command import _store
+
+    trace = workbench.load(bundle)
+    loaded = _load_model(model, trace)
+    result = analysis.analyse(trace, model=loaded, firing_threshold=firing_threshold, coverage=coverage,
+                              component_threshold=component_threshold, min_share=min_share, attribution=attribution)
+    data = result.to_json()
+    if store:
+        _store(trace, "circuits", data)
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+        return
+    _summary(result, trace)
+
+
+def _load_model(name: str | None, trace):
+    from rich.console import Console
+
+    from workbench.errors import WorkbenchError
+    from workbench.models import load_model
+
+    candidates = [name] if name else [trace.model.get("name"), trace.model.get("source")]
+    error = None
+    with Console(stderr=True).status("loading the traced model's weights"):
+        for candidate in [c for c in candidates if c]:
+            try:
+                return load_model(candidate, dtype=trace.model.get("dtype", "float32"))
+            except WorkbenchError as failure:
+                error = failure
+    raise type(error)(f"{error}; pass the traced model with --model") if error else WorkbenchError(
+        "the bundle names no model; pass the traced model with --model")
+
+
+def _summary(result, trace) -> None:
+    from rich.console import Console
+
+    console = Console()
+    stats = result.stats
+    console.print(f"[bold]circuits[/] {result.model}: {stats['firings']} firings, "
+                  f"{stats['components_kept_mean']} singular components kept on average "
+                  f"(max {stats['components_kept_max']}), RoPE {'offset-dependent Omega' if stats['rope'] else 'no'}, "
+                  f"score reconstruction error {stats['max_reconstruction_error']:.1e}")
+    graph = result.graph
+    downstream = sorted((data["firings"], node) for node, data in graph.nodes(data=True) if data["firings"])
+    for firings, node in sorted(downstream, reverse=True)[:12]:
+        layer, head = (int(part) for part in node[1:].split("H"))
+        edges = result.edges_into(layer, head)[:4]
+        text = ", ".join(f"{source} {data['sides'].upper()} {data['weight']:.2f}" for source, data in edges)
+        console.print(f"  {node} ({firings} firings) <- {text or 'no upstream head'}")
+    if trace.path is not None:
+        console.print(f"stored in {trace.path / 'results' / 'circuits.json'}")

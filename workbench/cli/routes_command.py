@@ -1,0 +1,94 @@
+"""`workbench routes`: information-flow routes (Ferrando & Voita 2024) of a traced bundle's predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from workbench.errors import InputError
+
+
+def parse_position(text: str):
+    """'-1', '3,7,9', 'generated' or 'all' -> what routes.analyse takes."""
+    if text in ("generated", "all"):
+        return text
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"--position takes an integer (-1 = last), a list like '3,7,9', 'generated' or 'all'; "
+                         f"got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def routes(
+    bundle: Path = typer.Argument(..., help="A NAME.wbtrace folder traced with --decomposition."),
+    position: str = typer.Option("-1", "--position", "-p",
+                                 help="Query row(s) whose prediction to explain: -1 (last), '3,7,9', "
+                                      "'generated' or 'all'."),
+    threshold: float = typer.Option(0.04, "--threshold", "-t", help="Contribution threshold tau."),
+    renormalise: bool = typer.Option(True, "--renormalise/--no-renormalise",
+                                     help="Zero parts <= tau and renormalise (reference app default), or cut "
+                                          "raw edges at tau."),
+    bias: str = typer.Option("share", "--bias", help="'share' b_O among the parts or 'exclude' it (reference)."),
+    head_types: bool = typer.Option(True, "--head-types/--no-head-types",
+                                    help="Also score previous-token / induction / subword-merging patterns."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Write results/routes.json into the bundle."),
+) -> None:
+    """Routes: the subgraph of token representations a prediction draws on, with head usage and typed heads."""
+    import workbench
+    from workbench.analyses import routes as analysis
+
+    trace = workbench.load(bundle)
+    result = analysis.analyse(trace, position=parse_position(position), threshold=threshold,
+                              renormalise=renormalise, bias=bias, head_types=head_types)
+    data = result.to_json()
+    if store:
+        _store(trace, "routes", data)
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False))
+        return
+    _summary(result, trace)
+
+
+def _store(trace, name: str, data: dict) -> None:
+    from workbench.errors import OutputExistsError
+
+    try:
+        trace.add_result(name, data)
+    except OSError as error:
+        raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
+                                "pass --no-store or make the bundle writable") from None
+
+
+def _summary(result, trace) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"[bold]routes[/] {result.model}: tau={result.options['threshold']} "
+                  f"renormalise={result.options['renormalise']}; {result.stats['attention_rows_computed']} "
+                  f"attention rows computed, {result.stats['pruned_fraction']:.1%} of parts pruned by the bound")
+    for route in result.routes:
+        predicted = route.predicted["text"] if route.predicted else "(end of trace)"
+        graph = route.graph
+        tokens = sorted({data["position"] for _, data in graph.nodes(data=True)})
+        console.print(f"position {route.position} -> {predicted!r}: {graph.number_of_nodes()} nodes, "
+                      f"{graph.number_of_edges()} edges, draws on tokens {tokens[:20]}"
+                      f"{' ...' if len(tokens) > 20 else ''}")
+        attention = [(data["weight"], source, target) for source, target, data in graph.edges(data=True)
+                     if data.get("kind", "").startswith("attention") and source[1:].split("_")[1] != target[1:].split("_")[1]]
+        for weight, source, target in sorted(attention, reverse=True)[:5]:
+            console.print(f"  {source} -> {target}  {weight:.3f}")
+    usage = result.head_usage["routes"]
+    ranked = sorted(((count, layer, head) for layer, row in enumerate(usage) for head, count in enumerate(row)
+                     if count), reverse=True)[:10]
+    if ranked:
+        console.print("heads carrying route edges (routes): " + ", ".join(f"L{l}H{h} ({c})" for c, l, h in ranked))
+    if result.head_patterns is not None:
+        typed = result.head_patterns.types()
+        if typed:
+            console.print("typed heads: " + ", ".join(f"L{l}H{h} {'/'.join(k)}" for (l, h), k in typed.items()))
+    if trace.path is not None:
+        console.print(f"stored in {trace.path / 'results' / 'routes.json'}")
