@@ -40,6 +40,8 @@ demo: setup
 	$(VENV)/bin/workbench trace --model smollm2 --prompts data/prompts/demo.jsonl --max-new-tokens 12 \
 	  --out out/demo --json out/demo-json --force
 	$(PY) -m workbench.cli.demo_summary out/demo
+	@echo "Starting the explorer on out/demo (Ctrl+C stops it; WORKBENCH_PORT=8051 make demo picks another port)"
+	$(VENV)/bin/workbench app --traces out/demo --port $${WORKBENCH_PORT:-8050}
 
 clean:
 	rm -rf out traces .pytest_cache

@@ -1,0 +1,176 @@
+"""`AppData`: everything the pages read, sliced and cached on the server (the browser only holds ids).
+
+One instance per app. Derived values are cached under the bundle's key (id + manifest mtime), so a
+bundle replaced on disk is never served stale, and a layer opened by one user is instant for the next.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from workbench.app.data import results as results_mod
+from workbench.app.data.cache import LRUCache
+from workbench.app.data.catalog import Catalog
+from workbench.app.data.images import ImageFinder, data_uri, model_view
+from workbench.app.data.jobs import TraceJobs
+from workbench.app.data.metrics import Metric, statistics_metrics
+from workbench.app.data.recompute import ModelPool, layer_maps, token_rows
+from workbench.app.data.tensors import read_first_axis, stored_map_heads, tensor_name
+
+from workbench.errors import InputError
+
+RECOMPUTE_LAYER_BYTES = 512 * 1024 * 1024  # fp16 budget for keeping every head of a recomputed layer
+MISMATCH_WARNING = 1e-2
+
+
+@dataclass(frozen=True)
+class HeadMap:
+    values: torch.Tensor  # [query_pos, key_pos] float32
+    source: str  # "stored" | "recomputed"
+    note: str
+    warning: str | None = None
+
+
+class AppData:
+    def __init__(self, root, *, image_dirs=(), cache_bytes: int = 1536 * 1024 * 1024, allow_recompute: bool = True,
+                 pool: ModelPool | None = None):
+        from workbench.models.registry import data_root
+
+        self.root = Path(root).expanduser().resolve()
+        self.catalog = Catalog(self.root)
+        self.images = ImageFinder([self.root, *image_dirs, data_root() / "images"])
+        self.pool = pool or ModelPool()
+        self.cache = LRUCache(max_items=1024, max_bytes=cache_bytes)
+        self.jobs = TraceJobs(self.root, self.pool, catalog=self.catalog)
+        self.allow_recompute = allow_recompute
+
+    # -- bundles ------------------------------------------------------------------------------------
+    def info(self, bundle_id):
+        return self.catalog.info(bundle_id)
+
+    def trace(self, bundle_id):
+        return self.catalog.open(bundle_id)
+
+    def resolve(self, bundle_id) -> str | None:
+        """A valid bundle id: the given one if it exists, else the default (None when there is none)."""
+        if isinstance(bundle_id, str) and bundle_id in self.catalog.ids():
+            return bundle_id
+        return self.catalog.default_id()
+
+    # -- model view ---------------------------------------------------------------------------------
+    def metrics(self, bundle_id, stack: str = "text") -> tuple[dict[str, Metric], list[str]]:
+        """Statistics metrics, result metrics, and placeholders for analyses the bundle lacks."""
+        info = self.info(bundle_id)
+        trace = self.trace(bundle_id)
+        if stack not in trace.stacks:
+            raise InputError(f"this bundle has no {stack} stack (it has {', '.join(trace.stacks)})")
+
+        def compute():
+            metrics = statistics_metrics(trace, stack)
+            extra, warnings = results_mod.head_metrics(trace.results, stack, trace.n_layers(stack), trace.n_heads(stack))
+            metrics.update(extra)
+            present = set(trace.results)
+            for key, label in (("vhd", "VHD (vision-aware head divergence)"), ("routes", "route frequency"),
+                               ("sinks", "sink analysis (hidden sinks, image-centric heads)"),
+                               ("circuits", "circuit firings")):
+                if key == "vhd" and info.kind != "vlm":
+                    continue
+                if not present & set(results_mod.ANALYSES[key].names):
+                    metrics[f"missing:{key}"] = Metric(f"missing:{key}", label, "", None, source=key,
+                                                       hint=results_mod.hint(key, info.path))
+            return metrics, warnings
+
+        return self.cache.get_or_compute((info.key, "metrics", stack), compute)
+
+    # -- head view ----------------------------------------------------------------------------------
+    def head_map(self, bundle_id, stack: str, layer: int, head: int) -> HeadMap:
+        info = self.info(bundle_id)
+        trace = self.trace(bundle_id)
+        if stack not in trace.stacks or not 0 <= layer < trace.n_layers(stack) or not 0 <= head < trace.n_heads(stack):
+            raise InputError(f"no {stack} layer {layer} head {head} in this bundle")
+
+        def compute() -> HeadMap:
+            stored = stored_map_heads(trace, stack, layer)
+            if head in stored:
+                name = tensor_name(stack, layer, "maps")
+                values = read_first_axis(trace, name, stored.index(head)).float()
+                dtype = str(values.dtype).removeprefix("torch.")
+                return HeadMap(values, "stored", f"stored map ({trace.meta.get('capture', {}).get('map_dtype', dtype)})")
+            if not self.allow_recompute:
+                raise InputError("this bundle stores statistics only and the app runs with --no-recompute; trace "
+                                 f"again with --maps {layer}:all to store this layer's maps")
+            return self._recomputed_head(info, trace, stack, layer, head)
+
+        return self.cache.get_or_compute((info.key, "map", stack, layer, head), compute)
+
+    def _recomputed_head(self, info, trace, stack, layer, head) -> HeadMap:
+        n = trace.dims["stacks"][stack]["positions"]
+        all_heads = n * n * trace.n_heads(stack) * 2 <= RECOMPUTE_LAYER_BYTES
+        key = (info.key, "recomputed", stack, layer) if all_heads else (info.key, "recomputed", stack, layer, head)
+        started = time.perf_counter()
+
+        def compute():
+            image = self.image(info.id) if trace.meta["inputs"].get("image") else None
+            return layer_maps(trace, layer, stack=stack, heads=None if all_heads else [head], image=image,
+                              map_dtype=torch.float16, pool=self.pool)
+
+        layer_result = self.cache.get_or_compute(key, compute)
+        elapsed = time.perf_counter() - started
+        values = layer_result.maps[layer_result.heads.index(head)].float()
+        mismatch = layer_result.mismatch
+        note = (f"recomputed on the server with {trace.model.get('name')} (one forward, stopped after layer {layer}; "
+                f"{elapsed:.2f} s); the bundle stores statistics only")
+        warning = None
+        if not math.isnan(mismatch) and mismatch > MISMATCH_WARNING:
+            warning = (f"the recomputed map does NOT match the bundle's statistics (max relative key-mass "
+                       f"difference {mismatch:.2g}): the weights or the input differ from what was traced")
+        elif not math.isnan(mismatch):
+            note += f"; matches the stored statistics (max relative key-mass difference {mismatch:.1e})"
+        return HeadMap(values, "recomputed", note, warning)
+
+    # -- token view ---------------------------------------------------------------------------------
+    def token_rows(self, bundle_id, position: int, stack: str = "text"):
+        """TokenRows of one query position (stored maps when every layer has them, else recomputed)."""
+        info = self.info(bundle_id)
+        trace = self.trace(bundle_id)
+
+        def compute():
+            n_layers, n_heads = trace.n_layers(stack), trace.n_heads(stack)
+            n = trace.dims["stacks"][stack]["positions"]
+            stored = all(stored_map_heads(trace, stack, layer) == list(range(n_heads)) for layer in range(n_layers))
+            if stored and (n <= 2048 or not self.allow_recompute):
+                from workbench.app.data.recompute import TokenRows
+
+                rows = torch.stack([trace.tensor(tensor_name(stack, layer, "maps"))[:, position].float()
+                                    for layer in range(n_layers)])
+                return TokenRows(rows, position, 0.0), "stored maps"
+            if not self.allow_recompute:
+                raise InputError("this bundle stores statistics only and the app runs with --no-recompute")
+            image = self.image(info.id) if trace.meta["inputs"].get("image") else None
+            return token_rows(trace, position, stack=stack, image=image, pool=self.pool), "a forward recomputed on the server"
+
+        return self.cache.get_or_compute((info.key, "rows", stack, position), compute)
+
+    # -- images -------------------------------------------------------------------------------------
+    def image(self, bundle_id):
+        """The bundle's input image (PIL RGB) when found under an allowed folder, else None."""
+        info = self.info(bundle_id)
+        if not info.image_sha256:
+            return None
+        trace = self.trace(bundle_id)
+        return self.cache.get_or_compute((info.key, "image"), lambda: self.images.load(trace))
+
+    def thumbnail(self, bundle_id, side: int = 56) -> str | None:
+        info = self.info(bundle_id)
+        if not info.ok or not info.image_sha256:
+            return None
+
+        def compute():
+            image = self.image(bundle_id)
+            return None if image is None else data_uri(model_view(image), max_side=side)
+
+        return self.cache.get_or_compute((info.key, "thumbnail", side), compute)

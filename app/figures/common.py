@@ -1,0 +1,82 @@
+"""Shared pieces of the figure builders: region colours, safe token labels, message figures, region bands.
+
+Token text never becomes a categorical axis (duplicates would collapse): axes are integer positions and
+text appears only as tick labels of small windows and in hover text, escaped (plotly renders a subset of
+HTML in labels, and token text is untrusted input).
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+REGION_COLORS = {
+    "special": "#9e9e9e",
+    "system": "#8e6bbf",
+    "image": "#e69f00",
+    "prompt": "#0072b2",
+    "generated": "#009e73",
+}
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=12)
+
+
+def token_text(text: str, limit: int = 14) -> str:
+    """A short, whitespace-visible label for a token, NOT escaped (for Dash components and cytoscape labels)."""
+    shown = text.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍")
+    if shown.startswith(" "):
+        shown = "␣" + shown[1:]
+    if not shown.strip():
+        shown = shown.replace(" ", "␣") or "∅"
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return shown
+
+
+def token_label(text: str, limit: int = 14) -> str:
+    """token_text, HTML-escaped: for plotly ticks and hover (plotly renders a subset of HTML there)."""
+    return html.escape(token_text(text, limit), quote=False)
+
+
+def message_figure(text: str, *, height: int = 320, title: str | None = None) -> go.Figure:
+    """An empty figure carrying a message (missing data, nothing selected)."""
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(text).replace("\n", "<br>"), x=0.5, y=0.5, xref="paper", yref="paper",
+                       showarrow=False, font=dict(size=14, color="#555"))
+    fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False), template="plotly_white",
+                      margin=dict(l=20, r=20, t=40 if title else 20, b=20), title=title, font=FONT)
+    return fig
+
+
+def region_runs(regions: list[str], start: int, end: int) -> list[tuple[str, int, int]]:
+    """Contiguous runs [(region, first, last)] of positions start..end-1."""
+    runs: list[tuple[str, int, int]] = []
+    for position in range(start, end):
+        region = regions[position]
+        if runs and runs[-1][0] == region and runs[-1][2] == position - 1:
+            runs[-1] = (region, runs[-1][1], position)
+        else:
+            runs.append((region, position, position))
+    return runs
+
+
+def region_band_shapes(regions: list[str], start: int, end: int, *, axis: str, max_runs: int = 400) -> list[dict]:
+    """Coloured strips outside the plot area marking each token's region along the x (keys) or y (queries) axis."""
+    shapes = []
+    for region, first, last in region_runs(regions, start, end)[:max_runs]:
+        color = REGION_COLORS.get(region, "#ccc")
+        if axis == "x":
+            shapes.append(dict(type="rect", xref="x", yref="y domain", x0=first - 0.5, x1=last + 0.5, y0=1.005,
+                               y1=1.035, fillcolor=color, line=dict(width=0), layer="above"))
+        else:
+            shapes.append(dict(type="rect", xref="x domain", yref="y", x0=-0.03, x1=-0.005, y0=first - 0.5,
+                               y1=last + 0.5, fillcolor=color, line=dict(width=0), layer="above"))
+    return shapes
+
+
+def position_ticks(texts: list[str], start: int, end: int, *, max_labels: int = 32) -> dict:
+    """Axis ticks for positions start..end-1: token text when few enough, otherwise plain numbers."""
+    if end - start <= max_labels:
+        return dict(tickmode="array", tickvals=list(range(start, end)),
+                    ticktext=[f"{token_label(texts[p], 10)} {p}" for p in range(start, end)])
+    return dict(tickmode="auto")

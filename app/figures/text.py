@@ -1,0 +1,70 @@
+"""Hallucination view builders: generated text coloured by a per-token score, and per-token curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+from workbench.app.figures.common import FONT, token_label
+
+
+def score_colors(tokens: list[tuple[int, str]], scores: dict[int, float], *, vmin: float, vmax: float,
+                 colorscale: str = "RdYlGn", reverse: bool = False) -> list[dict]:
+    """[{pos, text, color, title}] for a coloured-text rendering (color None where a token has no score)."""
+    scale = plotly.colors.get_colorscale(colorscale)
+    span = (vmax - vmin) or 1.0
+    out = []
+    for position, text in tokens:
+        value = scores.get(position)
+        if value is None or not math.isfinite(value):
+            out.append({"pos": position, "text": text, "color": None, "title": f"position {position}: no score"})
+            continue
+        fraction = min(1.0, max(0.0, (value - vmin) / span))
+        color = plotly.colors.sample_colorscale(scale, 1.0 - fraction if reverse else fraction)[0]
+        out.append({"pos": position, "text": text, "color": color, "title": f"position {position}: {value:.3f}"})
+    return out
+
+
+def token_series(series: dict[str, dict[int, float]], *, texts: list[str], positions: list[int],
+                 title: str | None = None, height: int = 320, secondary: tuple[str, ...] = ()) -> go.Figure:
+    """Lines over generated token positions, one per named series {position: value}; names in `secondary`
+    use a right-hand axis (e.g. log-probabilities beside ratios in [0, 1])."""
+    fig = go.Figure()
+    labels = [token_label(texts[p], 12) for p in positions]
+    for name, values in series.items():
+        ys = [values.get(p, float("nan")) for p in positions]
+        fig.add_trace(go.Scatter(
+            x=positions, y=ys, mode="lines+markers", name=name, customdata=labels,
+            yaxis="y2" if name in secondary else "y",
+            hovertemplate="position %{x} <b>%{customdata}</b><br>" + name + ": %{y:.3f}<extra></extra>"))
+    ticks = dict(tickmode="array", tickvals=positions, ticktext=[f"{label}" for label in labels]) \
+        if len(positions) <= 40 else {}
+    fig.update_layout(
+        title=title, template="plotly_white", font=FONT, height=height, margin=dict(l=60, r=60, t=50, b=80),
+        xaxis=dict(title="generated token (position)", **ticks, tickangle=-60 if ticks else 0),
+        yaxis=dict(title="ratio / score"), legend=dict(orientation="h", y=-0.45),
+        yaxis2=dict(title=", ".join(secondary), overlaying="y", side="right", showgrid=False,
+                    tickmode="auto") if secondary else None,
+    )
+    return fig
+
+
+def lookback_heatmap(values: np.ndarray, *, positions: list[int], texts: list[str], title: str | None = None,
+                     height: int | None = None) -> go.Figure:
+    """Heatmap layer x generated token of the lookback ratio (mean over heads); values [layer, token]."""
+    values = np.asarray(values, dtype=np.float64)
+    labels = np.array([token_label(texts[p], 12) for p in positions], dtype=object)
+    fig = go.Figure(go.Heatmap(
+        z=values, x=positions, y=np.arange(values.shape[0]), colorscale="RdBu", zmin=0, zmax=1,
+        customdata=np.broadcast_to(labels[None, :], values.shape),
+        hovertemplate="layer %{y}, token %{x} <b>%{customdata}</b><br>lookback ratio %{z:.3f}<extra></extra>",
+        colorbar=dict(title=dict(text="lookback", side="right"), thickness=12)))
+    ticks = dict(tickmode="array", tickvals=positions, ticktext=list(labels)) if len(positions) <= 40 else {}
+    fig.update_layout(title=title, template="plotly_white", font=FONT,
+                      height=height or int(min(800, max(300, 16 * values.shape[0] + 150))),
+                      margin=dict(l=60, r=20, t=50, b=80),
+                      xaxis=dict(title="generated token (position)", **ticks, tickangle=-60 if ticks else 0),
+                      yaxis=dict(title="layer", autorange="reversed"))
+    return fig

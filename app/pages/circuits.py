@@ -1,0 +1,72 @@
+"""Circuits: the SVD head-to-head communication graph (Franco & Crovella 2024), from results/circuits.json."""
+
+from __future__ import annotations
+
+import dash_cytoscape as cyto  # component libraries must load before the first request
+from dash import Input, Output, State, html, no_update
+from workbench.app.data import results as results_mod
+from workbench.app.figures.graphs import STYLESHEET, circuit_elements
+from workbench.app.pages.common import (
+    Page,
+    bundle_picker,
+    data,
+    first,
+    guarded,
+    guarded_layout,
+    hint_panel,
+    link,
+    no_bundle,
+    note,
+    sel,
+)
+
+
+@guarded_layout
+def layout(bundle=None, **_):
+    store = data()
+    bundle = store.resolve(first(bundle))
+    if bundle is None:
+        return no_bundle()
+    return html.Div([
+        html.H2("Circuits"),
+        html.Div([bundle_picker(bundle)], className="wb-controls"),
+        html.Div(id="circuits-body"),
+    ])
+
+
+def register(app) -> None:
+    @app.callback(Output("circuits-body", "children"), Input(sel("bundle"), "value"))
+    @guarded("panel")
+    def render(bundle):
+        store = data()
+        trace = store.trace(bundle)
+        found = results_mod.find(trace.results, "circuits")
+        if found is None:
+            return hint_panel(results_mod.hint("circuits", store.info(bundle).path))
+        name, payload = found
+        parsed = results_mod.graph(payload.get("graph", payload) if isinstance(payload, dict) else payload)
+        warnings = [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+        if parsed.value is None:
+            return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
+                                                   f"`{results_mod.ANALYSES['circuits'].command}`")])
+        elements = circuit_elements(parsed.value)
+        n_nodes = len(parsed.value.nodes)
+        return html.Div(warnings + [
+            html.P(f"{n_nodes} heads, {len(parsed.value.edges)} edges. Node = (layer, head), placed at x = head, "
+                   "y = layer; edges from upstream heads, orange through the query side, green through the key side, "
+                   "purple both; width = share of the contribution. Click a head to open it.", className="wb-muted"),
+            cyto.Cytoscape(id="circuits-graph", elements=elements, layout={"name": "preset"}, stylesheet=STYLESHEET,
+                           style={"width": "100%", "height": "640px"}, minZoom=0.1, maxZoom=4),
+        ])
+
+    @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("circuits-graph", "tapNodeData"),
+                  State(sel("bundle"), "value"), prevent_initial_call=True)
+    @guarded("skip")
+    def open_head(node, bundle):
+        if not node or node.get("layer") is None or node.get("head") is None:
+            return no_update
+        return link("/head", bundle=bundle, stack="text", layer=node["layer"], head=node["head"])
+
+
+PAGE = Page(module="workbench.app.pages.circuits", path="/circuits", name="Circuits", order=5, layout=layout,
+            register=register, params=("bundle",), description="SVD head-to-head graph", needs=("circuits",))

@@ -1,0 +1,162 @@
+"""Image (VLM bundles): the input image with a patch-level attention overlay, sink patches marked."""
+
+from __future__ import annotations
+
+import numpy as np
+from dash import Input, Output, dcc, html
+from workbench.app.data import results as results_mod
+from workbench.app.data.images import data_uri, model_view
+from workbench.app.data.metrics import key_alpha
+from workbench.app.figures.common import message_figure
+from workbench.app.figures.image import patch_overlay
+from workbench.app.pages.common import (
+    Page,
+    as_int,
+    bundle_picker,
+    data,
+    first,
+    graph,
+    guarded,
+    guarded_layout,
+    hint_panel,
+    no_bundle,
+    note,
+    sel,
+    stack_picker,
+)
+
+HEAVY_PATCH_FACTOR = 5.0  # "alpha / n" rule of ACT with alpha ~ 5: marked when above 5x the mean
+
+
+def patch_layout(trace, stack: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [rows, cols] of the patch tokens, -1 where none; grid shape) for a stack."""
+    if stack == "text":
+        patches = [(t.i, t.patch) for t in trace.tokens if t.region == "image" and t.patch]
+        if not patches:
+            return np.zeros((0, 0), dtype=int), np.zeros(0, dtype=int)
+        rows = max(p[0] for _, p in patches) + 1
+        cols = max(p[1] for _, p in patches) + 1
+        grid = np.full((rows, cols), -1, dtype=int)
+        for position, (row, col) in patches:
+            grid[row, col] = position
+        return grid, np.array([position for position, _ in patches])
+    n = trace.dims["stacks"][stack]["positions"] - 1
+    side = round(n ** 0.5)
+    if side * side != n:
+        return np.zeros((0, 0), dtype=int), np.zeros(0, dtype=int)
+    return np.arange(1, n + 1).reshape(side, side), np.arange(1, n + 1)
+
+
+def _select(values: np.ndarray, index, count: int) -> np.ndarray:
+    """Mean over an axis-0 block (index "mean") or one entry."""
+    return values.mean(0) if index in (None, "mean") else values[min(int(index), count - 1)]
+
+
+@guarded_layout
+def layout(bundle=None, stack=None, layer=None, head=None, pos=None, **_):
+    store = data()
+    bundle = store.resolve(first(bundle))
+    if bundle is None:
+        return no_bundle()
+    trace = store.trace(bundle)
+    has_image = any(t.region == "image" for t in trace.tokens) or "vision" in trace.stacks
+    header = [html.H2("Image view"), html.Div([bundle_picker(bundle)], className="wb-controls")]
+    if not has_image:
+        return html.Div(header + [hint_panel("This bundle has no image. The Image view needs a vision-language "
+                                             "bundle: `workbench trace --model llava --image IMG --prompt '...'` "
+                                             "(or tiny-llava for a quick look).")])
+    stack = first(stack) if first(stack) in trace.stacks else "text"
+    n_layers, n_heads, n = trace.n_layers(stack), trace.n_heads(stack), len(trace.tokens)
+    layers = [{"label": "all layers (mean)", "value": "mean"}] + [{"label": f"layer {i}", "value": str(i)}
+                                                                   for i in range(n_layers)]
+    heads = [{"label": "mean over heads", "value": "mean"}] + [{"label": f"head {i}", "value": str(i)}
+                                                               for i in range(n_heads)]
+    layer, head = first(layer), first(head)
+    return html.Div(header[:1] + [
+        html.Div([bundle_picker(bundle, stack), stack_picker(trace, stack),
+                  dcc.RadioItems(id="image-mode", inline=True, value="received", options=[
+                      {"label": "attention received (statistics)", "value": "received"},
+                      {"label": "from one query token", "value": "from"}]),
+                  dcc.Dropdown(id="image-layer", options=layers, value=layer if layer in [o["value"] for o in layers]
+                               else "mean", clearable=False, className="wb-small"),
+                  dcc.Dropdown(id="image-head", options=heads, value=head if head in [o["value"] for o in heads]
+                               else "mean", clearable=False, className="wb-small"),
+                  html.Label(["query ", dcc.Input(id=sel("pos"), type="number", min=0, max=n - 1, step=1, debounce=True,
+                                                  value=as_int(pos, n - 1, 0, n - 1), className="wb-num")])],
+                 className="wb-controls"),
+        html.Div(id="image-notes"),
+        graph("image-overlay", message_figure("loading…"), loading=True),
+    ])
+
+
+def register(app) -> None:
+    @app.callback(Output("image-overlay", "figure"), Output("image-notes", "children"),
+                  Input(sel("bundle"), "value"), Input(sel("stack"), "value"), Input("image-mode", "value"),
+                  Input("image-layer", "value"), Input("image-head", "value"), Input(sel("pos"), "value"))
+    @guarded("figure", "panel")
+    def render(bundle, stack, mode, layer, head, pos):
+        store, stack = data(), stack or "text"
+        trace = store.trace(bundle)
+        grid_positions, patch_positions = patch_layout(trace, stack)
+        if not patch_positions.size:
+            return message_figure("no patch grid in this stack"), hint_panel("the image tokens carry no patch grid")
+        n_layers, n_heads = trace.n_layers(stack), trace.n_heads(stack)
+        notes = []
+        received = np.stack([key_alpha(trace, stack, l)[:, patch_positions] for l in range(n_layers)])  # [L, H, P]
+        if mode == "from":
+            count = trace.dims["stacks"][stack]["positions"]
+            query = as_int(pos, 0 if stack == "vision" else count - 1, 0, count - 1)
+            rows, source = store.token_rows(bundle, query, stack=stack)
+            values = rows.rows.numpy()[:, :, patch_positions]  # [L, H, P]
+            label = f"attention from position {query}"
+            notes.append(note(f"rows from {source}"))
+        else:
+            values, label = received, "alpha (mean attention received)"
+        layer_pick = None if layer in (None, "mean") else as_int(layer, 0, 0, n_layers - 1)
+        head_pick = None if head in (None, "mean") else as_int(head, 0, 0, n_heads - 1)
+        chosen = _select(values, layer_pick, n_layers)  # [H, P]
+        chosen = _select(chosen, head_pick, n_heads)  # [P]
+        grid = np.full(grid_positions.shape, np.nan)
+        lookup = {int(p): i for i, p in enumerate(patch_positions)}
+        for (row, col), position in np.ndenumerate(grid_positions):
+            if position >= 0:
+                grid[row, col] = chosen[lookup[int(position)]]
+        marked, marked_note = _marked(trace, stack, received, patch_positions, grid_positions)
+        notes.append(note(marked_note))
+        image = store.image(bundle)
+        uri = None
+        if image is not None:
+            uri = data_uri(model_view(image), max_side=336)
+        else:
+            notes.append(note("The input image was not found under the traces folder (looked for images/<sha256>.*); "
+                              "showing the patch grid alone. Copy the image there or pass `workbench app --images DIR`.",
+                              warning=True))
+        where = "all layers" if layer_pick is None else f"layer {layer_pick}"
+        who = "mean over heads" if head_pick is None else f"head {head_pick}"
+        fig = patch_overlay(grid, image_uri=uri, marked=marked, label=label, positions=grid_positions,
+                            title=f"{label} — {stack} stack, {where}, {who}")
+        return fig, notes
+
+
+def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[list[tuple[int, int]], str]:
+    """Visual sink patches: from results/sinks.json when present, else a statistics heuristic."""
+    where = {int(p): tuple(int(v) for v in np.argwhere(grid_positions == p)[0]) for p in patch_positions}
+    found = results_mod.find(trace.results, "sinks") if stack == "text" else None
+    raw = found[1].get("visual_sinks") if found is not None else None
+    if isinstance(raw, dict):  # workbench sinks: {"visual": [{"position": ...}], "text": [...], "tau": ...}
+        raw = raw.get("visual")
+    if isinstance(raw, list):
+        listed = results_mod.positions(raw, len(trace.tokens))
+        marked = [where[p] for p in listed if p in where]
+        return marked, f"outlined: {len(marked)} visual sink patches from results/{found[0]}.json (VAR)"
+    mean_alpha = received.mean((0, 1))
+    heavy = np.nonzero(mean_alpha > HEAVY_PATCH_FACTOR * mean_alpha.mean())[0]
+    marked = [where[int(patch_positions[i])] for i in heavy]
+    return marked, (f"outlined: {len(marked)} patches receiving over {HEAVY_PATCH_FACTOR:g}x the mean image attention "
+                    "(averaged over layers and heads; a statistics heuristic). " + (
+                        results_mod.hint("sinks", trace.path) if stack == "text" else ""))
+
+
+PAGE = Page(module="workbench.app.pages.image", path="/image", name="Image", order=4, layout=layout,
+            register=register, params=("bundle", "stack", "pos"), description="patch-level attention on the image",
+            needs=("sinks",))

@@ -1,0 +1,193 @@
+"""Token: where one token looks in every layer, its region shares and entropy by depth, and its route graph."""
+
+from __future__ import annotations
+
+import math
+
+import dash_cytoscape as cyto  # component libraries must load before the first request
+import numpy as np
+from dash import ALL, Input, Output, State, dcc, html, no_update
+from workbench.app.clientside import OPEN_HEAD_FROM_TOKEN, PICK_TOKEN
+from workbench.app.data import results as results_mod
+from workbench.app.data.maps import pool_columns
+from workbench.app.data.metrics import token_entropy, token_region_shares
+from workbench.app.figures.common import message_figure, token_text
+from workbench.app.figures.graphs import STYLESHEET, route_elements, strongest_head
+from workbench.app.figures.model import layer_curves
+from workbench.app.figures.token import token_layers, token_regions, token_strip_items
+from workbench.app.pages.common import (
+    Page,
+    as_int,
+    bundle_picker,
+    data,
+    first,
+    graph,
+    guarded,
+    guarded_layout,
+    hint_panel,
+    link,
+    no_bundle,
+    note,
+    region_key,
+    sel,
+)
+
+from workbench.traces.tokens import REGIONS
+
+STRIP_SPAN = 300
+
+
+@guarded_layout
+def layout(bundle=None, pos=None, **_):
+    store = data()
+    bundle = store.resolve(first(bundle))
+    if bundle is None:
+        return no_bundle()
+    trace = store.trace(bundle)
+    n = len(trace.tokens)
+    head_options = [{"label": "mean over heads", "value": "mean"}, {"label": "max over heads", "value": "max"}] + [
+        {"label": f"head {h}", "value": str(h)} for h in range(trace.n_heads("text"))]
+    return html.Div([
+        html.H2("Token view"),
+        html.Div([bundle_picker(bundle),
+                  html.Label(["token ", dcc.Input(id=sel("pos"), type="number", min=0, max=n - 1, step=1, debounce=True,
+                                                  value=as_int(pos, n - 1, 0, n - 1), className="wb-num")]),
+                  dcc.Dropdown(id="token-heads", options=head_options, value="mean", clearable=False,
+                               className="wb-small")], className="wb-controls"),
+        region_key(),
+        html.Div(id="token-strip", className="wb-strip"),
+        html.Div(id="token-info", className="wb-summary"),
+        html.Div(id="token-source"),
+        graph("token-layers", message_figure("loading…"), loading=True),
+        html.Div([
+            html.Div(graph("token-regions", message_figure("loading…")), className="wb-col-half"),
+            html.Div(graph("token-entropy", message_figure("loading…")), className="wb-col-half"),
+        ], className="wb-columns"),
+        html.H3("Information-flow route"),
+        html.Div(id="token-route"),
+    ])
+
+
+def _strip(trace, pos: int) -> list:
+    texts = [t.text for t in trace.tokens]
+    regions = [t.region for t in trace.tokens]
+    start = max(0, min(pos - STRIP_SPAN // 2, len(texts) - STRIP_SPAN))
+    items = token_strip_items(texts, regions, pos)[start:start + STRIP_SPAN]
+    chips = [html.Button(item["label"], id={"type": "token-chip", "pos": item["pos"]}, n_clicks=0,
+                         className="wb-chip" + (" wb-chip-on" if item["selected"] else ""),
+                         style={"borderBottom": f"3px solid {item['color']}"}, title=f"position {item['pos']}")
+             for item in items]
+    more = [html.Span(f"… showing positions {start}-{start + len(items) - 1} of {len(texts)}", className="wb-muted")] \
+        if len(texts) > STRIP_SPAN else []
+    return chips + more
+
+
+def _info(trace, pos: int) -> list:
+    token = trace.tokens[pos]
+    parts = [html.B(token_text(token.text, 40)), f" · position {pos} · region {token.region}"]
+    if token.patch:
+        parts.append(f" · patch {tuple(token.patch)}")
+    if trace.has("outputs.next_token_logprob") and pos >= 1:
+        logprob = float(trace.tensor("outputs.next_token_logprob")[pos - 1])
+        if math.isfinite(logprob):
+            parts.append(f" · p(this token | before) = {math.exp(logprob):.3f}")
+    if trace.has("outputs.prediction_entropy"):
+        entropy = float(trace.tensor("outputs.prediction_entropy")[pos])
+        if math.isfinite(entropy):
+            parts.append(f" · entropy of the next-token prediction {entropy:.2f} nats")
+    return parts
+
+
+def _combine(rows: np.ndarray, heads: str) -> np.ndarray:
+    if heads == "max":
+        return rows.max(1)
+    if heads not in (None, "mean") and heads.isdigit() and int(heads) < rows.shape[1]:
+        return rows[:, int(heads)]
+    return rows.mean(1)
+
+
+def register(app) -> None:
+    @app.callback(Output("token-strip", "children"), Output("token-info", "children"),
+                  Input(sel("bundle"), "value"), Input(sel("pos"), "value"))
+    @guarded("children", "panel")
+    def strip(bundle, pos):
+        trace = data().trace(bundle)
+        pos = as_int(pos, len(trace.tokens) - 1, 0, len(trace.tokens) - 1)
+        return _strip(trace, pos), _info(trace, pos)
+
+    app.clientside_callback(PICK_TOKEN, Output(sel("pos"), "value", allow_duplicate=True),
+                            Input({"type": "token-chip", "pos": ALL}, "n_clicks"), prevent_initial_call=True)
+
+    @app.callback(Output("token-layers", "figure"), Output("token-regions", "figure"), Output("token-entropy", "figure"),
+                  Output("token-source", "children"),
+                  Input(sel("bundle"), "value"), Input(sel("pos"), "value"), Input("token-heads", "value"))
+    @guarded("figure", "figure", "figure", "panel")
+    def render(bundle, pos, heads):
+        store = data()
+        trace = store.trace(bundle)
+        texts, regions = [t.text for t in trace.tokens], [t.region for t in trace.tokens]
+        pos = as_int(pos, len(texts) - 1, 0, len(texts) - 1)
+        shares = token_region_shares(trace, pos).mean(1)
+        regions_fig = token_regions(shares, region_names=list(REGIONS), title=f"token {pos}: attention by region")
+        entropy_fig = layer_curves({"entropy": token_entropy(trace, pos)}, title=f"token {pos}: entropy by layer")
+        try:
+            rows, source = store.token_rows(bundle, pos)
+        except Exception as error:  # statistics still answer by region; say why keys are missing
+            from workbench.app.pages.common import describe_error
+
+            message = describe_error(error)
+            return (message_figure(f"key-level attention unavailable: {message}"), regions_fig, entropy_fig,
+                    note(f"Key-level rows need maps: {message}", warning=True))
+        combined, step = pool_columns(_combine(rows.rows.numpy(), heads), max_cells=1024)
+        label = {"mean": "mean over heads", "max": "max over heads"}.get(heads, f"head {heads}")
+        fig = token_layers(combined, position=pos, texts=texts, regions=regions, step=step,
+                           title=f"where token {pos} '{token_text(texts[pos], 20)}' looks, per layer ({label})")
+        notes = [note(f"rows from {source}")]
+        if rows.mismatch > 1e-2:
+            notes.append(note(f"recomputed rows differ from the stored statistics (max entropy difference "
+                              f"{rows.mismatch:.2g} nats): the model or input differ from what was traced", warning=True))
+        return fig, regions_fig, entropy_fig, notes
+
+    app.clientside_callback(OPEN_HEAD_FROM_TOKEN, Output("wb-nav", "href", allow_duplicate=True),
+                            Input("token-layers", "clickData"), State(sel("bundle"), "value"),
+                            State(sel("pos"), "value"), State("token-heads", "value"), prevent_initial_call=True)
+
+    @app.callback(Output("token-route", "children"), Input(sel("bundle"), "value"), Input(sel("pos"), "value"))
+    @guarded("panel")
+    def route(bundle, pos):
+        store = data()
+        trace = store.trace(bundle)
+        found = results_mod.find(trace.results, "routes")
+        if found is None:
+            return hint_panel(results_mod.hint("routes", store.info(bundle).path))
+        name, payload = found
+        parsed = results_mod.routes(payload, len(trace.tokens))
+        warnings = [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+        pos = as_int(pos, len(trace.tokens) - 1)
+        if pos not in parsed.value:
+            available = sorted(parsed.value)
+            links = [dcc.Link(str(p), href=link("/token", bundle=bundle, pos=p), className="wb-chip") for p in available]
+            return html.Div(warnings + [hint_panel(f"results/{name}.json has no route for position {pos}; routes exist "
+                                                   f"for: "), html.Div(links)])
+        elements = route_elements(parsed.value[pos], texts=[t.text for t in trace.tokens], target=pos)
+        return html.Div(warnings + [
+            html.P("Nodes: embedding (grey), after attention (blue), after FFN (green) of each layer; edge width = "
+                   "contribution. Click a node to open its strongest head.", className="wb-muted"),
+            cyto.Cytoscape(id="token-route-graph", elements=elements, layout={"name": "preset"}, stylesheet=STYLESHEET,
+                           style={"width": "100%", "height": "520px"}, minZoom=0.1, maxZoom=4),
+        ])
+
+    @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("token-route-graph", "tapNodeData"),
+                  State("token-route-graph", "elements"), State(sel("bundle"), "value"), prevent_initial_call=True)
+    @guarded("skip")
+    def open_route_head(node, elements, bundle):
+        if not node or node.get("layer") is None:
+            return no_update
+        head = strongest_head(elements or [], node["id"])
+        return link("/head", bundle=bundle, stack="text", layer=node["layer"], head=head if head is not None else 0,
+                    pos=node.get("pos"))
+
+
+PAGE = Page(module="workbench.app.pages.token", path="/token", name="Token", order=3, layout=layout,
+            register=register, params=("bundle", "pos"), description="one token across layers; its route",
+            needs=("routes",))

@@ -1,0 +1,245 @@
+"""Speed of the app's views against the issue's targets, measured side by side in one run.
+
+    .venv/bin/python benchmarks/app_speed.py                 # server side: data slice + figure + JSON
+    .venv/bin/python benchmarks/app_speed.py --browser       # also real Chromium, click to drawn plot
+    .venv/bin/python benchmarks/app_speed.py --real-long     # also a real 4k-token SmolLM2 statistics-only bundle
+
+Bundles: SmolLM2 (30 layers x 9 heads; out/demo/capital.wbtrace or traced now), a LLaVA-7B-shaped synthetic
+bundle (32 x 32, 576 image tokens, statistics only) and a 4,096-token synthetic bundle (30 x 9) storing the
+maps of layer 5, heads 0-3. Each row is the time of one interaction (median of --repeat runs unless marked
+cold), its ratio to the 1 s target, and for the head view the ratio to the naive alternative of shipping
+the full-resolution map (what inline-data tools do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 1.0
+
+
+def timed(function, repeat: int = 1):
+    times = []
+    result = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def build_bundles(folder: Path, real_long: bool) -> dict[str, str]:
+    import shutil
+
+    from workbench.app.data.synthetic import synthetic_trace
+
+    import workbench
+
+    demo = ROOT / "out" / "demo" / "capital.wbtrace"
+    if demo.is_dir():
+        shutil.copytree(demo, folder / "smollm2.wbtrace")
+    else:
+        workbench.trace("smollm2", "The capital of France is", max_new_tokens=12).save(folder / "smollm2.wbtrace")
+    synthetic_trace(layers=32, heads=32, tokens=640, n_image=576, n_generated=32, seed=1,
+                    model="synthetic-llava-7b").save(folder / "llava7b.wbtrace")
+    synthetic_trace(layers=30, heads=9, tokens=4096, n_generated=64, map_layers=(5,), map_heads=(0, 1, 2, 3), seed=2,
+                    model="synthetic-4k").save(folder / "long4k.wbtrace")
+    names = {"smollm2": "smollm2", "llava7b": "llava7b", "long": "long4k"}
+    if real_long:
+        words = (ROOT / "README.md").read_text().split()
+        prompt = " ".join((words * 20)[:2050])  # about 4,100 SmolLM2 tokens
+        trace = workbench.trace("smollm2", prompt, max_new_tokens=4, raw=True)
+        print(f"real long bundle: {len(trace.tokens)} tokens", file=sys.stderr)
+        trace.save(folder / "smollm2-long.wbtrace")
+        names["real_long"] = "smollm2-long"
+    return names
+
+
+def server_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    import plotly.io as pio
+    from workbench.app.data.maps import window
+    from workbench.app.data.metrics import key_alpha
+    from workbench.app.data.service import AppData
+    from workbench.app.data.tensors import stat
+    from workbench.app.figures import attention_map, head_grid, layer_curves, line_view
+    from workbench.app.figures.head import head_statistics
+
+    rows = []
+
+    def model_view(store, bundle):
+        metrics, _ = store.metrics(bundle)
+        metric = metrics["sink"]
+        figures = [head_grid(metric.values, label=metric.label), layer_curves({"sink": metric.values,
+                                                                               "entropy": metrics["entropy"].values})]
+        return sum(len(pio.to_json(f)) for f in figures)
+
+    for key, label in (("smollm2", "30 x 9 (SmolLM2)"), ("llava7b", "32 x 32 (LLaVA-7B shape)")):
+        store = AppData(folder)
+        cold, size = timed(lambda store=store, key=key: model_view(store, names[key]))
+        warm, _ = timed(lambda store=store, key=key: model_view(store, names[key]), repeat)
+        rows.append((f"Model view {label}, first open", cold, None, size))
+        rows.append((f"Model view {label}, again", warm, None, size))
+
+    store = AppData(folder)
+    bundle = names["long"]
+    trace = store.trace(bundle)
+    texts, regions = [t.text for t in trace.tokens], [t.region for t in trace.tokens]
+
+    def head_view(head, q=None, k=None, scale="linear"):
+        values = store.head_map(bundle, "text", 5, head).values
+        sinks = [int(i) for i in (key_alpha(trace, "text", 5)[head] > 0.3).nonzero()[0]]
+        fig = attention_map(window(values, q, k), texts=texts, regions=regions, sink_keys=sinks, scale=scale)
+        return len(pio.to_json(fig))
+
+    def side_panels(head, pos):
+        values = store.head_map(bundle, "text", 5, head).values
+        start = max(0, pos - 20)
+        lines = line_view(values[start:start + 40, start:start + 40].numpy(), start=start, texts=texts,
+                          regions=regions, selected_query=pos)
+        stats = head_statistics(key_alpha(trace, "text", 5)[head], stat(trace, "text", 5, "entropy")[head].numpy(),
+                                texts=texts, regions=regions)
+        return len(pio.to_json(lines)) + len(pio.to_json(stats))
+
+    naive_time, naive_size = timed(lambda: len(pio.to_json(attention_map(
+        window(store.head_map(bundle, "text", 5, 0).values, max_cells=5000), texts=texts, regions=regions))))
+    interactions = [
+        ("open head 0 (overview, cold read)", lambda: head_view(0), 1),
+        ("switch to head 1 (cold read)", lambda: head_view(1), 1),
+        ("back to head 0 (cached)", lambda: head_view(0), repeat),
+        ("log colour scale", lambda: head_view(0, scale="log"), repeat),
+        ("zoom to 400 x 400 (full resolution)", lambda: head_view(0, (1000, 1399), (1000, 1399)), repeat),
+        ("zoom to 64 x 64 (token text in hover)", lambda: head_view(0, (2000, 2063), (2000, 2063)), repeat),
+        ("click: line view + head statistics", lambda: side_panels(0, 3000), repeat),
+    ]
+    for label, action, count in interactions:
+        seconds, size = timed(action, count)
+        rows.append((f"Head view 4,096 tokens: {label}" + (" [cold]" if count == 1 else ""), seconds,
+                     naive_time, size))
+    rows.append(("Head view 4,096 tokens: naive full-resolution map (baseline)", naive_time, naive_time, naive_size))
+
+    if "real_long" in names:
+        store = AppData(folder)
+        real = names["real_long"]
+        n = len(store.trace(real).tokens)
+        seconds, _ = timed(lambda: store.head_map(real, "text", 12, 0))
+        rows.append((f"Head view real SmolLM2 {n} tokens, stats only: recompute layer 12 [cold, one-off]", seconds,
+                     None, 0))
+        real_trace = store.trace(real)
+        real_texts, real_regions = [t.text for t in real_trace.tokens], [t.region for t in real_trace.tokens]
+        for head in (1, 2):
+            seconds, size = timed(lambda head=head: len(pio.to_json(attention_map(
+                window(store.head_map(real, "text", 12, head).values), texts=real_texts, regions=real_regions))))
+            rows.append((f"Head view real SmolLM2 {n} tokens: switch to head {head} (layer recomputed)", seconds,
+                         None, size))
+    return rows
+
+
+def browser_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    import logging
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+    from workbench.app import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server("127.0.0.1", 0, create_app(folder).server, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = []
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+    figure = "document.querySelector('#{0} .js-plotly-plot')"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+
+            def drawn(graph_id: str, predicate: str) -> None:
+                page.wait_for_function(f"() => {{ const gd = {figure.format(graph_id)}; return gd && gd._fullData && "
+                                       f"gd._fullData.length && ({predicate}); }}")
+
+            link = "[id='{{\"page\":\"{0}\",\"type\":\"wb-link\"}}']"
+            for key, label, z in (("smollm2", "30 x 9", 30), ("llava7b", "32 x 32", 32)):
+                page.goto(f"{url}/model?bundle={names[key]}")  # warms the server caches
+                drawn("model-grid", f"gd._fullData[0].z.length === {z}")
+                loads, switches = [], []
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    page.goto(f"{url}/model?bundle={names[key]}")
+                    drawn("model-grid", f"gd._fullData[0].z.length === {z}")
+                    loads.append(time.perf_counter() - start)
+                    page.click(link.format("Circuits"))
+                    page.wait_for_selector("#circuits-body .wb-hint")
+                    start = time.perf_counter()
+                    page.click(link.format("Model"))
+                    drawn("model-grid", f"gd._fullData[0].z.length === {z}")
+                    switches.append(time.perf_counter() - start)
+                rows.append((f"Browser: Model view {label}, full page load (JS boot) to drawn heatmap",
+                             statistics.median(loads), None, 0))
+                rows.append((f"Browser: Model view {label}, nav-bar click to drawn heatmap", statistics.median(switches),
+                             None, 0))
+            page.goto(f"{url}/head?bundle={names['long']}&layer=5&head=0&pos=3000")
+            drawn("head-map", "gd.layout.title.text.startsWith('layer 5, head 0')")
+            drawn("head-lines", "gd.layout.title.text.includes('query 3000')")
+            drawn("head-stats", "true")
+
+            def act(script: str, predicate: str) -> float:
+                start = time.perf_counter()
+                page.evaluate(script)
+                drawn("head-map", predicate)
+                return time.perf_counter() - start
+
+            gd = figure.format("head-map")
+            tests = [
+                ("log colour scale", "() => document.querySelector('#head-scale label[data-option-index=\"1\"]').click()",
+                 "gd._fullData[0].zmin === -6"),
+                ("linear colour scale", "() => document.querySelector('#head-scale label[data-option-index=\"0\"]').click()",
+                 "gd._fullData[0].zmin === 0"),
+                ("zoom to 400 x 400", (f"() => Plotly.relayout({gd}, {{'xaxis.range': [999.5, 1399.5], "
+                                       "'yaxis.range': [1399.5, 999.5]})"),
+                 "!gd.layout.title.text.includes('max-pooled') && gd._fullData[0].z.length === 400"),
+                ("zoom back out (reset)", (f"() => Plotly.relayout({gd}, {{'xaxis.autorange': true, "
+                                           "'yaxis.autorange': true})"), "gd.layout.title.text.includes('max-pooled')"),
+            ]
+            for label, script, predicate in tests:
+                seconds = act(script, predicate)
+                rows.append((f"Browser: Head view 4,096 tokens, {label}", seconds, None, 0))
+            browser.close()
+    finally:
+        server.shutdown()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--browser", action="store_true", help="also time real Chromium (needs /usr/bin/chromium)")
+    parser.add_argument("--real-long", action="store_true", help="also trace and recompute a 4k-token SmolLM2 bundle")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="app-bench-") as temporary:
+        folder = options.keep or Path(temporary)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        names = build_bundles(folder, options.real_long)
+        print(f"bundles built in {time.perf_counter() - start:.1f} s under {folder}", file=sys.stderr)
+        rows = server_side(folder, names, options.repeat)
+        if options.browser:
+            rows += browser_side(folder, names, options.repeat)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'interaction':<{width}}  {'seconds':>8}  {'/ 1 s target':>12}  {'/ naive':>8}  {'JSON kB':>8}")
+    for label, seconds, naive, size in rows:
+        versus = f"{seconds / naive:8.3f}" if naive else f"{'':>8}"
+        print(f"{label:<{width}}  {seconds:8.3f}  {seconds / TARGET:12.3f}  {versus}  "
+              f"{(size / 1024 if size else 0):8.0f}")
+
+
+if __name__ == "__main__":
+    main()
