@@ -13,15 +13,11 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("apple river stone cloud paper tiger window garden silver music yellow winter bottle candle forest "
-         "pencil rocket orange castle dragon mirror planet butter jacket monkey pocket rabbit saddle violin "
-         "wallet anchor basket cactus donkey engine falcon ginger helmet island jungle kettle ladder magnet "
-         "napkin oyster parrot quartz ribbon sponge tunnel").split()
+WORDS = ["apple", "river", "stone", "cloud", "paper", "tiger", "window", "garden", "silver", "music", "yellow", "winter", "bottle", "candle", "forest", "pencil", "rocket", "orange", "castle", "dragon", "mirror", "planet", "butter", "jacket", "monkey", "pocket", "rabbit", "saddle", "violin", "wallet", "anchor", "basket", "cactus", "donkey", "engine", "falcon", "ginger", "helmet", "island", "jungle", "kettle", "ladder", "magnet", "napkin", "oyster", "parrot", "quartz", "ribbon", "sponge", "tunnel"]
 
-NAMES = ("Mary John Tom James Dan Sid Martin Amy Lisa Kate Paul Anna Mark Sarah David Emma Jack Laura Peter "
-         "Rose").split()
-PLACES = "store garden restaurant school hospital office station park library market".split()
-OBJECTS = "drink ring kiss bone basketball computer necklace apple snack book".split()
+NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Lisa", "Kate", "Paul", "Anna", "Mark", "Sarah", "David", "Emma", "Jack", "Laura", "Peter", "Rose"]
+PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "station", "park", "library", "market"]
+OBJECTS = ["drink", "ring", "kiss", "bone", "basketball", "computer", "necklace", "apple", "snack", "book"]
 IOI_TEMPLATES = (
     "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
     "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
@@ -34,8 +30,7 @@ IOI_TEMPLATES = (
 )
 
 KEY_TYPES = ("locker code", "room number", "phone extension", "ticket number", "badge number")
-KV_NAMES = ("Anna Ben Carl Dora Eric Fiona George Hannah Ivan Julia Kevin Lena Omar Priya Quinn Rita Sam Tara "
-            "Umar Vera Will Xena Yusuf Zoe").split()
+KV_NAMES = ["Anna", "Ben", "Carl", "Dora", "Eric", "Fiona", "George", "Hannah", "Ivan", "Julia", "Kevin", "Lena", "Omar", "Priya", "Quinn", "Rita", "Sam", "Tara", "Umar", "Vera", "Will", "Xena", "Yusuf", "Zoe"]
 
 
 def induction_prompts(n: int = 50, seed: int = 0) -> list[dict]:

@@ -86,10 +86,11 @@ class Scene:
     def to_json(self) -> dict:
         data = asdict(self)
         data["objects"] = [dict(asdict(o), box=list(o.box), patches=o.patches()) for o in self.objects]
+        data["patch_objects"] = patch_labels(self)
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Scene":
+    def from_json(cls, data: dict) -> Scene:
         objects = tuple(Obj(o["shape"], o["colour"], o["cx"], o["cy"], o["size"]) for o in data["objects"])
         return cls(objects, data["background"], data["noise"], data["seed"])
 
@@ -136,7 +137,7 @@ def sample_scene(rng: random.Random, prior: Prior = TRAIN_PRIOR) -> Scene:
                 kinds.append(kind)
         if TRIGGER in kinds and PARTNER not in kinds and rng.random() < prior.cooccur:
             if len(kinds) == prior.max_objects:
-                kinds[[k for k in range(len(kinds)) if kinds[k] != TRIGGER][0]] = PARTNER
+                kinds[next(k for k in range(len(kinds)) if kinds[k] != TRIGGER)] = PARTNER
             else:
                 kinds.append(PARTNER)
         rng.shuffle(kinds)
@@ -173,6 +174,36 @@ def render(scene: Scene):
         data = bytes(max(0, min(255, v + noise_rng.randint(-scene.noise, scene.noise))) for v in image.tobytes())
         image = Image.frombytes("RGB", image.size, data)
     return image
+
+
+def patch_labels(scene: Scene, min_pixels: int = 8) -> list[int]:
+    """Per 8 px patch (row-major, 36 of them) the index of the object covering most of it, -1 for background.
+
+    Computed from the filled shapes (not the bounding boxes); an object must cover >= min_pixels of 64.
+    """
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    draw = ImageDraw.Draw(mask)
+    for index, obj in enumerate(scene.objects):
+        x0, y0, x1, y1 = obj.box
+        value = index + 1
+        if obj.shape == "circle":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=value)
+        elif obj.shape == "square":
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=value)
+        elif obj.shape == "triangle":
+            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=value)
+        else:
+            cx, cy = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2
+            draw.polygon([(cx, y0), (x1 - 1, cy), (cx, y1 - 1), (x0, cy)], fill=value)
+    import numpy as np
+
+    grid = IMAGE_SIZE // PATCH_SIZE
+    patches = np.asarray(mask).reshape(grid, PATCH_SIZE, grid, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    counts = np.stack([(patches == index + 1).sum(1) for index in range(len(scene.objects))], 1)
+    best = counts.argmax(1)
+    return [int(b) if counts[k, b] >= min_pixels else -1 for k, b in enumerate(best)]
 
 
 # -- questions -----------------------------------------------------------------------------------------
@@ -277,7 +308,7 @@ def _unique(scene: Scene, attribute: str) -> list[Obj]:
     return [o for o in scene.objects if values.count(getattr(o, attribute)) == 1]
 
 
-TRAIN_MIX = {"presence": 0.4, "colour": 0.12, "shape": 0.1, "count": 0.1, "position": 0.14, "caption": 0.14}
+TRAIN_MIX = {"presence": 0.46, "colour": 0.12, "shape": 0.1, "count": 0.08, "position": 0.12, "caption": 0.12}
 
 
 def sample_question(scene: Scene, rng: random.Random, mix: dict[str, float] = TRAIN_MIX) -> QA:

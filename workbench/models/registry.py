@@ -27,6 +27,14 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny-llama", "tiny", "causal", "random 3-layer Llama with GQA and a chat template (test fixture)"),
         ModelSpec("tiny-bert", "tiny", "encoder", "random 3-layer BERT encoder (test fixture)"),
         ModelSpec("tiny-llava", "tiny", "vlm", "random LLaVA: tiny CLIP tower + tiny Llama, offline processor"),
+        ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
+                  "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
+        ModelSpec("planted-sink", "data", "causal", "3-layer Llama with a planted BOS sink head and a hidden sink "
+                  "on '.' (ground_truth.json)", data_dir="models/planted/sink"),
+        ModelSpec("planted-induction", "data", "causal", "2-layer GPT-2 with a planted previous-token -> induction "
+                  "K-composition (ground_truth.json)", data_dir="models/planted/induction"),
+        ModelSpec("planted-llava", "data", "vlm", "tiny LLaVA with planted vision-aware, text-only and visual-sink "
+                  "heads (ground_truth.json)", data_dir="models/planted/llava"),
         ModelSpec("llava", "hub", "vlm", "LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf"),
         ModelSpec("llava-13b", "hub", "vlm", "LLaVA-1.5-13B", "llava-hf/llava-1.5-13b-hf"),
         ModelSpec("bakllava", "hub", "vlm", "BakLLaVA-1 (Mistral-7B language model)", "llava-hf/bakLlava-v1-hf"),
@@ -38,7 +46,7 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def data_root() -> "Path":
+def data_root():
     """The shipped data folder: $WORKBENCH_DATA, else data/ beside the installed (editable) sources."""
     import os
     from pathlib import Path
