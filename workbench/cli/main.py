@@ -6,8 +6,15 @@ import sys
 
 import typer
 
+from workbench.cli.app_command import app_command
+from workbench.cli.circuits_command import circuits
 from workbench.cli.inspect_commands import info, models
+from workbench.cli.probe_command import probe_app
+from workbench.cli.routes_command import routes
+from workbench.cli.sinks_command import sinks
+from workbench.cli.sweep_command import sweep
 from workbench.cli.trace_command import trace
+from workbench.cli.vhd_command import vhd_command
 
 app = typer.Typer(
     name="workbench",
@@ -16,9 +23,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# Capture and inspection
 app.command("trace")(trace)
 app.command("models")(models)
 app.command("info")(info)
+app.command("sweep")(sweep)
+# Analyses
+app.command("sinks")(sinks)
+app.command("vhd")(vhd_command)
+app.command("routes")(routes)
+app.command("circuits")(circuits)
+# Probes and the app
+app.add_typer(probe_app, name="probe")
+app.command("app")(app_command)
 
 
 def main() -> None:

@@ -55,6 +55,13 @@ def trace(
     head_outputs: Optional[str] = typer.Option(None, "--head-outputs",
                                                help="Keep per-head outputs at 'all', 'generated', 'last' or '3,7,9'."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most attended keys of every query."),
+    decomposition: bool = typer.Option(False, "--decomposition",
+                                       help="Keep queries, keys, values, attention outputs and W_O per layer "
+                                            "(needed by `workbench routes` and `workbench circuits`)."),
+    intervene: Optional[str] = typer.Option(None, "--intervene",
+                                            help="Intervene on attention while tracing: 'act:beta=0.4' (ACT) or "
+                                                 "'var:rho=0.5,p=0.6' (VAR); its effect goes to "
+                                                 "results/intervention.json. See docs/analyses/sinks.md."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
@@ -64,6 +71,8 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    probe: Optional[Path] = typer.Option(None, "--probe", help="Lookback Lens probe: store per-token hallucination "
+                                                               "scores as results/lookback.json."),
 ) -> None:
     """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
     if sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
@@ -76,11 +85,14 @@ def trace(
         except UnicodeDecodeError:
             raise InputError(f"{prompt_file} is not UTF-8 text") from None
     parsed_head_outputs = _parse_head_outputs(head_outputs)
+    if intervene:  # a typo fails before the model loads
+        __import__("workbench.capture.interventions", fromlist=["parse"]).parse(intervene)
     items = read_prompts(prompts) if prompts else [
         {"prompt": prompt, "image": str(image) if image else None, "name": None}]
     if prompts and image:
         raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
     jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
+    lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
     from rich.console import Console
 
     from workbench.models import load_model
@@ -90,6 +102,7 @@ def trace(
         loaded = load_model(model, device=device, dtype=dtype, rope_scaling=rope_scaling, max_length=max_length)
     from workbench.capture import trace as run_trace
     from workbench.cli.progress import progress_bars
+    from workbench.cli.sinks_command import attach_effect, resolve_intervention
 
     with progress_bars() as bars:
         overall = bars.add_task("inputs", total=len(jobs)) if len(jobs) > 1 else None
@@ -98,13 +111,19 @@ def trace(
             new_tokens = item.get("max_new_tokens", max_new_tokens)
             if new_tokens is None:
                 new_tokens = 0 if loaded.kind == "encoder" else 16
+            spec = resolve_intervention(intervene, loaded, item, system=item.get("system", system), raw=raw)
             result = run_trace(
-                loaded, item["prompt"], item.get("image"), max_new_tokens=new_tokens,
+                loaded, item["prompt"], item.get("image"), max_new_tokens=new_tokens, intervention=spec,
                 system=item.get("system", system), raw=raw, maps=maps, vision_maps=vision_maps, hidden_states=hidden,
                 head_outputs=parsed_head_outputs, top_k=top_k, max_length=max_length, implementation=kernel,
+                decomposition=decomposition,
                 progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
             )
             bars.remove_task(step_task)
+            attach_effect(result, loaded, item, spec, max_new_tokens=new_tokens, system=item.get("system", system),
+                          raw=raw)
+            if lens is not None:
+                result.add_result("lookback", lens.score_trace(result))
             if bundle_path is not None:
                 result.save(bundle_path, force=force)
             if json_path is not None:

@@ -1,0 +1,250 @@
+"""Vision-aware Head Divergence (He et al. 2025, "Cracking the Code of Hallucination in LVLMs with Vision-aware
+Head Divergence"; reference code jinghan1he/VHR, not available here).
+
+VHD_{l,h}(t) = d(o_{l,h}(y_t | y_<t, image, text), o_{l,h}(y_t | y_<t, text)): for the query row that predicts
+generated token y_t, the contribution of head h of layer l to the residual stream (its attention output through
+its slice of W_O, bias excluded) with the image and without it. The text-only run is the same token sequence
+with the image tokens REMOVED (not blanked: no placeholder, no black image; the text after them shifts to
+earlier positions). d is the cosine distance 1 - cos by default (scale-free, so heads of very different norms
+compare), or the L2 distance. T-VHD(t) = the mean of the top-k VHD values over all heads at step t (k = 10% of
+the heads by default). Both runs keep their own KV cache, so each generated token costs one forward of each:
+about twice a plain greedy generation (see docs/analyses/vhd.md for the measured ratio).
+
+VHR (vision-aware head reinforcement, optional): layer by layer in the with-image forward of each step, heads
+whose VHD exceeds mean + std of the layer are dropped as outliers, heads above the layer median are kept, and
+their outputs at the predicting row are multiplied by alpha before W_O; the next layer then sees the changed
+residual (the text-only run, which only serves as the reference, is not modified).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from workbench.capture.interventions import Runtime, intervening
+from workbench.errors import InputError
+
+__all__ = ["VHR", "VHDResult", "analyse", "head_distance", "rank_heads", "t_vhd", "vhd"]
+
+METHOD = "He et al. 2025, Vision-aware Head Divergence (head output through W_O, with vs without the image)"
+Distance = Literal["cosine", "l2"]
+
+
+@dataclass(frozen=True)
+class VHR:
+    """Vision-aware head reinforcement: scale the selected heads' outputs by alpha (our default, the paper's
+    value is not available here); outliers are heads above mean + outlier_std * std of their layer."""
+
+    alpha: float = 1.5
+    outlier_std: float = 1.0
+
+    def to_json(self) -> dict:
+        return {"alpha": self.alpha, "outlier_std": self.outlier_std}
+
+
+def head_distance(with_image: torch.Tensor, without: torch.Tensor, distance: Distance = "cosine") -> torch.Tensor:
+    """d over the last axis (d_model) of per-head contributions [..., d_model] -> [...]."""
+    a, b = with_image.double(), without.double()
+    if distance == "l2":
+        return (a - b).norm(dim=-1)
+    if distance != "cosine":
+        raise InputError(f"distance must be 'cosine' or 'l2', not {distance!r}")
+    norms = a.norm(dim=-1) * b.norm(dim=-1)
+    cosine = (a * b).sum(-1) / norms.clamp_min(1e-30)
+    return torch.where(norms > 0, 1 - cosine, (a.norm(dim=-1) != b.norm(dim=-1)).double())
+
+
+def t_vhd(values: torch.Tensor, top_k: int) -> torch.Tensor:
+    """T-VHD: mean of the top-k VHD over all (layer, head), for values [step, layer, head] -> [step]."""
+    flat = values.flatten(1)
+    return flat.topk(min(top_k, flat.shape[1]), dim=1).values.mean(1)
+
+
+def default_top_k(n_layers: int, n_heads: int) -> int:
+    return max(1, math.ceil(0.1 * n_layers * n_heads))
+
+
+@dataclass(frozen=True)
+class VHDResult:
+    """VHD of one generation. vhd [step, layer, head]; step t scores the row that predicts tokens[t]."""
+
+    model: str
+    options: dict
+    prompt: str
+    tokens: tuple
+    vhd: torch.Tensor = field(compare=False, repr=False)
+    t_vhd: torch.Tensor = field(compare=False, repr=False)
+    cost: dict = field(default_factory=dict)
+    vhr: dict | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(token["text"] for token in self.tokens)
+
+    def head_mean(self) -> torch.Tensor:
+        """[layer, head] VHD averaged over the steps."""
+        return self.vhd.mean(0) if len(self.vhd) else self.vhd.new_zeros(self.vhd.shape[1:])
+
+    def ranking(self, top: int | None = None) -> list[dict]:
+        return _ranking(self.head_mean(), top)
+
+    def to_json(self) -> dict:
+        return {"analysis": "vhd", "method": METHOD, "model": self.model, "options": self.options,
+                "prompt": self.prompt, "text": self.text, "tokens": list(self.tokens),
+                "vhd": [[[round(float(v), 6) for v in row] for row in step] for step in self.vhd],
+                "t_vhd": [round(float(v), 6) for v in self.t_vhd], "ranking": self.ranking(20),
+                "cost": self.cost, "vhr": self.vhr}
+
+
+def _ranking(scores: torch.Tensor, top: int | None) -> list[dict]:
+    order = scores.flatten().argsort(descending=True).tolist()[:top]
+    n_heads = scores.shape[1]
+    return [{"rank": r + 1, "layer": i // n_heads, "head": i % n_heads, "vhd": round(float(scores.flatten()[i]), 6)}
+            for r, i in enumerate(order)]
+
+
+def rank_heads(results: Sequence[VHDResult], top: int | None = None) -> dict:
+    """Vision-aware heads over a prompt set: VHD averaged over every scored step of every result."""
+    steps = [r.vhd for r in results if len(r.vhd)]
+    if not steps:
+        raise InputError("no generated step to rank heads on")
+    scores = torch.cat(steps).mean(0)
+    return {"analysis": "vhd_ranking", "method": METHOD, "results": len(results),
+            "steps": sum(len(s) for s in steps), "ranking": _ranking(scores, top), "scores": scores.tolist()}
+
+
+class _PairedHeads(Runtime):
+    """Observer (and, with VHR, modifier) of the per-head contribution at the predicting row of every text layer."""
+
+    def __init__(self, layout, vhr: VHR | None, distance: Distance):
+        super().__init__(layout)
+        stack = layout.stacks["text"]
+        self.n_heads = stack.n_heads
+        self.w_out = [layout.output_projection("text", l).detach().float() for l in range(stack.n_layers)]
+        self.vhr, self.distance = vhr, distance
+        self.mode = "text"
+        self.current: dict[int, torch.Tensor] = {}
+        self.reference: dict[int, torch.Tensor] = {}
+        self.selected: dict[int, list[int]] = {}
+
+    def contribution(self, layer: int, row: torch.Tensor) -> torch.Tensor:
+        """row [head, d_head] -> [head, d_model] through W_O [d_model, head * d_head]."""
+        w = self.w_out[layer].to(row.device)
+        return torch.einsum("hd,mhd->hm", row.float(), w.reshape(w.shape[0], self.n_heads, -1))
+
+    def apply(self, module, *, query, key, value, attention_mask, scaling, causal, output):
+        stack, layer = self.layout.locate(module)
+        if stack != "text":
+            return output
+        self.current[layer] = self.contribution(layer, output[0, -1]).cpu()
+        if self.mode != "image" or self.vhr is None:
+            return output
+        scores = head_distance(self.current[layer], self.reference[layer], self.distance)
+        inliers = scores <= scores.mean() + self.vhr.outlier_std * scores.std(unbiased=False)
+        chosen = ((scores > scores.median()) & inliers).nonzero().flatten().tolist()
+        self.selected[layer] = chosen
+        if chosen:
+            output = output.clone()
+            output[:, -1, chosen] = output[:, -1, chosen] * self.vhr.alpha
+        return output
+
+    def take(self) -> torch.Tensor:
+        stacked = torch.stack([self.current[l] for l in sorted(self.current)])
+        self.current = {}
+        return stacked  # [layer, head, d_model]
+
+
+def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | None = None,
+        distance: Distance = "cosine", system: str | None = None, raw: bool = False,
+        continuation: Sequence[int] | None = None, vhr: VHR | None = None) -> VHDResult:
+    """Generate greedily with the image (or follow `continuation`, token ids) and score every step's heads.
+
+    model: a LoadedModel or a name for `workbench.load_model` (a vision-language model). With `vhr`, the
+    with-image run is reinforced while generating and the result records which heads were scaled per step.
+    """
+    from workbench.capture.inputs import prepare_input
+    from workbench.capture.layout import discover_layout
+    from workbench.capture.tracer import _eos_ids
+    from workbench.models import load_model
+    from workbench.models.loaded import LoadedModel
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if loaded.kind != "vlm":
+        raise InputError(f"VHD compares runs with and without an image; {loaded.name} takes no image")
+    if image is None:
+        raise InputError("VHD needs an image: pass --image")
+    prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
+    layout = discover_layout(loaded.model)
+    stack = layout.stacks["text"]
+    top_k = top_k or default_top_k(stack.n_layers, stack.n_heads)
+    device = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
+    ids = prepared.input_ids.to(device)
+    image_id = loaded.model.config.image_token_id
+    text_ids = ids[:, ids[0] != image_id]
+    forward = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}
+    if "pixel_values" in forward:
+        forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
+    steps = len(continuation) if continuation is not None else max_new_tokens
+    eos = _eos_ids(loaded)
+    paired = _PairedHeads(layout, vhr, distance)
+    values, tokens, selections, forwards = [], [], [], 0
+    start = time.perf_counter()
+    with torch.inference_mode(), intervening(loaded.model, paired):
+        text_cache = image_cache = None
+        text_input, image_input = {"input_ids": text_ids}, {"input_ids": ids, **forward}
+        for step in range(steps):
+            paired.mode = "text"
+            out_text = loaded.model(**text_input, cache=text_cache, use_cache=True, logits_to_keep=1)
+            paired.reference = dict(paired.current)
+            without = paired.take()
+            paired.mode = "image"
+            out_image = loaded.model(**image_input, cache=image_cache, use_cache=True, logits_to_keep=1)
+            with_image = paired.take()
+            forwards += 2
+            values.append(head_distance(with_image, without, distance).float())
+            selections.append({layer: heads for layer, heads in sorted(paired.selected.items())})
+            next_id = int(continuation[step]) if continuation is not None else int(out_image.logits[0, -1].argmax())
+            tokens.append({"step": step, "position": ids.shape[1] - 1 + step, "id": next_id,
+                           "text": loaded.tokenizer.decode([next_id])})
+            if (continuation is None and next_id in eos) or step == steps - 1:
+                break
+            text_cache, image_cache = out_text.cache, out_image.cache
+            text_input = image_input = {"input_ids": torch.tensor([[next_id]], device=device)}
+    seconds = time.perf_counter() - start
+    stacked = torch.stack(values) if values else torch.zeros(0, stack.n_layers, stack.n_heads)
+    options = {"distance": distance, "top_k": top_k, "max_new_tokens": max_new_tokens,
+               "teacher_forced": continuation is not None, "text_only_run": "image tokens removed",
+               "head_output": "after W_O (bias excluded)"}
+    vhr_report = None if vhr is None else {
+        **vhr.to_json(), "selected": [{str(layer): heads for layer, heads in s.items()} for s in selections]}
+    return VHDResult(model=loaded.name, options=options, prompt=prompt, tokens=tuple(tokens), vhd=stacked,
+                     t_vhd=t_vhd(stacked, top_k) if len(stacked) else torch.zeros(0),
+                     cost={"forwards": forwards, "seconds": round(seconds, 4),
+                           "text_only_tokens": int(text_ids.shape[1]), "with_image_tokens": int(ids.shape[1])},
+                     vhr=vhr_report)
+
+
+def analyse(trace, *, tracer, image=None, top_k: int | None = None, distance: Distance = "cosine") -> VHDResult:
+    """VHD of a traced generation, teacher-forced on its generated tokens (needs the model: `tracer`, a
+    LoadedModel or registry name, and the image the trace was made with; its path is read from the trace)."""
+    from workbench.capture.inputs import load_image
+
+    inputs = trace.meta["inputs"]
+    recorded = inputs.get("image")
+    if recorded is None:
+        raise InputError("this trace has no image, so there is nothing to diverge from")
+    image = image if image is not None else recorded.get("source")
+    if image is None or image == "in-memory image":
+        raise InputError("the trace was made from an in-memory image; pass image=... to analyse it")
+    if load_image(image)[1]["sha256"] != recorded["sha256"]:
+        raise InputError(f"{image} is not the image this trace was made with (sha256 differs)")
+    generated = [t.id for t in trace.tokens[trace.generation["start"]:trace.generation["end"]]]
+    if not generated:
+        raise InputError("the trace generated no tokens; trace with --max-new-tokens N")
+    return vhd(tracer, inputs["prompt"], image, top_k=top_k, distance=distance, system=inputs.get("system"),
+               raw=inputs.get("raw", False), continuation=generated)

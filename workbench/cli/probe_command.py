@@ -1,0 +1,298 @@
+"""`workbench probe build|train|eval`: hallucination datasets from traces, detectors trained and measured on them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.errors import InputError
+
+probe_app = typer.Typer(help="Hallucination probes: build a dataset from traces, train Lookback Lens / graph "
+                             "detectors, measure held-out AUROC (docs/probes.md).", no_args_is_help=True)
+
+TASKS = ("kv", "facts")
+
+
+def _throughput_bars():
+    """Rich progress with inputs/s, tokens/s and the time left (throughput-aware), on stderr."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Throughput(ProgressColumn):
+        def render(self, task) -> Text:
+            elapsed = task.elapsed or 0.0
+            if not task.completed or elapsed <= 0:
+                return Text("-- /s", style="progress.data.speed")
+            text = f"{task.completed / elapsed:.2f} {task.fields.get('unit', 'it')}/s"
+            tokens = task.fields.get("tokens", 0)
+            if tokens:
+                text += f" · {tokens / elapsed:,.0f} tok/s"
+            return Text(text, style="progress.data.speed")
+
+    console = Console(stderr=True, soft_wrap=True)
+    if not console.is_terminal:
+        return _LineProgress(console)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    Throughput(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+class _LineProgress:
+    """Progress for logs (stderr is not a terminal): one line per 5% or 30 s with the same throughput numbers."""
+
+    def __init__(self, console):
+        self.console, self.tasks = console, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, description: str, *, total: int, unit: str = "it", tokens: int = 0):
+        import time
+
+        handle = len(self.tasks)
+        self.tasks[handle] = {"description": description, "total": total, "unit": unit, "start": time.monotonic(),
+                              "last": 0.0, "shown": -1}
+        return handle
+
+    def update(self, handle, *, completed: int, tokens: int = 0) -> None:
+        import time
+
+        task = self.tasks[handle]
+        now = time.monotonic()
+        elapsed = max(now - task["start"], 1e-9)
+        step = max(1, task["total"] // 20)
+        if completed < task["total"] and completed // step == task["shown"] and now - task["last"] < 30:
+            return
+        task["shown"], task["last"] = completed // step, now
+        rate = completed / elapsed
+        left = (task["total"] - completed) / rate if rate > 0 else float("nan")
+        speed = f" · {tokens / elapsed:,.0f} tok/s" if tokens else ""
+        self.console.print(f"{task['description']}: {completed}/{task['total']} ({rate:.2f} {task['unit']}/s{speed}, "
+                           f"{elapsed:.0f} s elapsed, about {left:.0f} s left)", highlight=False)
+
+
+def _command() -> str:
+    return "workbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _write_json(target: Optional[Path], data: dict) -> None:
+    if target is None:
+        return
+    text = json.dumps(data, indent=1, default=float)
+    if str(target) == "-":
+        print(text)
+    else:
+        from workbench.cli.paths import write_text_atomic
+
+        write_text_atomic(target, text + "\n")
+
+
+@probe_app.command("build")
+def build(
+    model: str = typer.Option(..., "--model", "-m", help="Model to trace (smollm2, llava-scenes, a directory...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The dataset table to write (NAME.parquet)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Text task generated or shipped: kv or facts."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of key-value prompts with ground truth "
+                                                                   "(prompt, answer, answerable)."),
+    scenes: Optional[Path] = typer.Option(None, "--scenes", help="Held-out scene folder (scenes.jsonl + "
+                                                                 "questions.jsonl + images/), e.g. data/scenes."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Trace a seeded sample of about this many inputs "
+                                                              "(whole scenes)."),
+    n: int = typer.Option(200, "--n", help="How many prompts to generate for --task kv/facts when none are shipped."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample and of generated prompts."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
+                                                 help="Tokens to generate [default: 20 for scenes, 16 for text]."),
+    top_k: int = typer.Option(4, "--top-k", help="Top-k keys per query kept for the attention graph."),
+    edges_per_node: int = typer.Option(8, "--edges-per-node", help="Attention-graph edges kept per token."),
+    embed: bool = typer.Option(True, "--embed/--no-embed", help="Add MiniLM embeddings of question + answer."),
+    vhd: bool = typer.Option(False, "--vhd", help="Also VHD / T-VHD per token (VLMs; two extra forwards per token)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing table."),
+) -> None:
+    """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
+    from workbench.probes import dataset, tasks
+
+    if sum(x is not None for x in (task, prompts, scenes)) > 1:
+        raise InputError("give one of --task kv|facts, --prompts FILE.jsonl or --scenes FOLDER")
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown --task {task!r}; use kv or facts (or --scenes FOLDER for images)")
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    if top_k < 1:
+        raise InputError("--top-k must be at least 1: the attention graph is built from the top-k lists")
+    dataset.check_output(out, force)
+    if scenes is not None:
+        items = tasks.scene_items(scenes)
+    elif prompts is not None:
+        items = tasks.kv_items(prompts)
+    elif task == "facts":
+        items = tasks.facts_items(n=n, seed=seed)
+    else:
+        from workbench.models.registry import data_root
+
+        shipped = data_root() / "prompts" / "kv_retrieval.jsonl"
+        items = tasks.kv_items(shipped) if shipped.is_file() and n == 200 and seed == 0 else \
+            tasks.kv_items(None, n=n, seed=seed)
+    items = tasks.sample(items, limit, seed)
+    new_tokens = max_new_tokens if max_new_tokens is not None else (20 if scenes is not None else 16)
+    from rich.console import Console
+
+    from workbench.models import load_model
+
+    console = Console(stderr=True, soft_wrap=True)
+    with console.status(f"loading {model}"):
+        loaded = load_model(model)
+    if scenes is not None and loaded.kind != "vlm":
+        raise InputError(f"{loaded.name} is a text-only model and cannot answer questions about scenes; use a "
+                         "vision-language model (--model llava-scenes)")
+    with _throughput_bars() as bars:
+        handles = {}
+
+        def on_start(stage: str, total: int) -> None:
+            label = {"trace": f"tracing {len(items)} inputs", "embed": "MiniLM embeddings"}[stage]
+            handles[stage] = bars.add_task(label, total=total, unit="inputs" if stage == "trace" else "texts",
+                                           tokens=0)
+
+        def on_advance(stage: str, done: int, tokens: int) -> None:
+            bars.update(handles[stage], completed=done, tokens=tokens)
+
+        meta = dataset.build(loaded, items, out, max_new_tokens=new_tokens, top_k=top_k, edges_per_node=edges_per_node,
+                             embed=embed, vhd=vhd, force=force, command=_command(), on_start=on_start,
+                             on_advance=on_advance)
+    data = dataset.load(out)
+    labels = data.labels
+    by_task: dict[str, list[int]] = {}
+    for name, label in zip(data.tasks, labels):
+        by_task.setdefault(name, []).append(int(label))
+    console.print(f"[bold]{out}[/]: {len(data)} generations by {meta['model']} ({meta['layers']} layers x "
+                  f"{meta['heads']} heads), {int(labels.sum())} hallucinated")
+    for name, values in sorted(by_task.items()):
+        console.print(f"  {name}: {len(values)} ({sum(values)} hallucinated)")
+
+
+@probe_app.command("train")
+def train(
+    data_path: Path = typer.Option(..., "--data", "-d", help="Dataset table from `workbench probe build`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to save the probe (NAME.probe; safetensors + JSON)."),
+    detector: str = typer.Option("lookback", "--detector", help="lookback, nonkes or attention-graph."),
+    features: str = typer.Option("span", "--features", help="Lookback Lens: span (span-mean) or window."),
+    window: int = typer.Option(8, "--window", help="Lookback Lens sliding-window length."),
+    span: str = typer.Option("answer", "--span", help="Span-mean over the whole answer or over each claim run."),
+    variant: str = typer.Option("context", "--variant", help="Lookback context: context, image_prompt, image, prompt; "
+                                                            "or share_image / vhd features (not Lookback Lens)."),
+    c: str = typer.Option("auto", "--C", help="Logistic-regression C, or auto (grouped CV on the training split)."),
+    embedding: str = typer.Option("hidden", "--embedding", help="Nonkes node embedding: hidden or minilm."),
+    hidden_layer: Optional[int] = typer.Option(None, "--hidden-layer", help="Layer of the hidden embedding [L // 2]."),
+    edges: str = typer.Option("threshold", "--edges", help="Nonkes edges: threshold (cosine) or knn."),
+    threshold: float = typer.Option(0.85, "--threshold", help="Cosine threshold of a Nonkes edge."),
+    k: int = typer.Option(10, "--k", help="Neighbours per node for --edges knn."),
+    contrastive: bool = typer.Option(True, "--contrastive/--no-contrastive", help="Nonkes InfoNCE pre-training."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="GNN epochs [nonkes 300, attention-graph 40]."),
+    tasks: Optional[str] = typer.Option(None, "--tasks",
+                                        help="Train on these task prefixes only, e.g. scenes/presence."),
+    seed: int = typer.Option(0, "--seed", help="Split and training seed."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of groups held out."),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Leakage check: permute labels first."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here ('-': stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing probe file."),
+) -> None:
+    """Train a detector on the training groups of a dataset and report its held-out AUROC."""
+    from workbench.probes import dataset
+    from workbench.probes.probe import train as run_train
+
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if not 0 < test_fraction < 1:
+        raise InputError("--test-fraction must be between 0 and 1")
+    data = dataset.load(data_path)
+    if detector == "lookback":
+        try:
+            chosen_c = c if c == "auto" else float(c)
+        except ValueError:
+            raise InputError("--C takes a positive number or auto") from None
+        options = dict(features=features, variant=variant, window=window, span=span, C=chosen_c)
+    elif detector == "nonkes":
+        options = dict(embedding=embedding, hidden_layer=hidden_layer, edges=edges, threshold=threshold, k=k,
+                       contrastive=contrastive, **({"epochs": epochs} if epochs else {}))
+    elif detector == "attention-graph":
+        options = {"epochs": epochs} if epochs else {}
+    else:
+        raise InputError(f"unknown --detector {detector!r}; use lookback, nonkes or attention-graph")
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    with console.status(f"training {detector} on {data_path}"):
+        probe, report = run_train(data, detector, seed=seed, test_fraction=test_fraction, tasks=tasks,
+                                  shuffle_labels=shuffle_labels, **options)
+    probe.config["command"] = _command()
+    probe.save(out, force=force)
+    _print_report(console, f"{detector} -> {out}", report)
+    _write_json(json_out, {"probe": str(out), "config": {k: v for k, v in probe.config.items() if k != "metrics"},
+                           "report": report})
+
+
+@probe_app.command("eval")
+def evaluate(
+    probe_paths: list[Path] = typer.Option(..., "--probe", "-p",
+                                           help="Probe file(s); repeat for a side-by-side table."),
+    data_path: Path = typer.Option(..., "--data", "-d", help="Dataset table (the training one: held-out split; "
+                                                              "another: every row, i.e. transfer)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Evaluate on these task prefixes [the probe's own]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here ('-': stdout)."),
+) -> None:
+    """Held-out (or transfer) AUROC of trained probes, with the probability baselines beside Lookback Lens."""
+    from rich.console import Console
+
+    from workbench.probes import dataset
+    from workbench.probes.probe import Probe
+
+    probes = [(path, Probe.load(path)) for path in probe_paths]
+    data = dataset.load(data_path)
+    console = Console(stderr=True, soft_wrap=True)
+    results = {}
+    for path, probe in probes:
+        result = probe.evaluate(data, tasks=tasks)
+        results[str(path)] = {"detector": probe.detector, **result}
+        _print_report(console, f"{path} ({probe.detector}) on {data_path}", {"eval": result})
+    _write_json(json_out, {"data": str(data_path), "tasks": tasks, "results": results})
+
+
+def _fmt(value) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
+
+
+def _print_report(console, title: str, report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("split", "examples", "hallucinated", "AUROC", "baselines (AUROC)"):
+        table.add_column(column)
+    for split_name, values in report.items():
+        if not isinstance(values, dict) or "auroc" not in values:
+            continue
+        baselines = ", ".join(f"{k} {_fmt(v)}" for k, v in values.get("baselines", {}).items())
+        label = split_name + (f" ({values['rows']})" if "rows" in values else "")
+        table.add_row(label, str(values.get("n")), str(values.get("hallucinated")), _fmt(values["auroc"]), baselines)
+        generation = values.get("generation")
+        if generation:
+            baselines = ", ".join(f"{k} {_fmt(v)}" for k, v in generation.get("baselines", {}).items())
+            table.add_row("  per generation (max window)", str(generation["n"]), str(generation["hallucinated"]),
+                          _fmt(generation["auroc"]), baselines)
+    console.print(table)

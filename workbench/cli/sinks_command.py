@@ -1,0 +1,131 @@
+"""`workbench sinks`: attention sinks of a traced bundle; plus the `trace --intervene` helpers (ACT, VAR)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.errors import InputError
+
+
+def _dims(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace("+", ",").split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"--dims takes dimensions like '1415,2533', not {text!r}") from None
+
+
+def sinks(
+    bundle: Path = typer.Argument(..., help="A NAME.wbtrace folder (trace with --hidden for sink dimensions and "
+                                            "visual sinks, --top-k 8 for image-centric heads)."),
+    eps: float = typer.Option(0.3, "--eps", help="Gu et al.'s threshold on alpha_k."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    stack: str = typer.Option("text", "--stack", help="'text' (language model / encoder) or 'vision' (tower)."),
+    hidden_rule: str = typer.Option("absolute", "--hidden-rule",
+                                    help="Hidden sinks (ACT): 'absolute' (alpha > --threshold, released code) or "
+                                         "'relative' (alpha > --factor / n, paper)."),
+    threshold: float = typer.Option(0.1, "--threshold", help="Absolute hidden-sink threshold."),
+    factor: float = typer.Option(5.0, "--factor", help="Relative hidden-sink factor (alpha / n rule)."),
+    min_queries: int = typer.Option(16, "--min-queries", help="Keys seen by fewer query rows are not listed."),
+    tau: float = typer.Option(20.0, "--tau", help="VAR's threshold on phi for visual sink tokens."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Sink dimensions to use instead of finding them."),
+    rho: float = typer.Option(0.5, "--rho", help="Image-centric heads: non-sink share of image attention >= rho "
+                                                 "(paper convention; the released code's rho is 1 - rho)."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Write results/sinks.json into the bundle."),
+) -> None:
+    """Attention sinks: Sink^eps per token (Gu), hidden sinks (ACT), sink dims, visual sinks, image-centric heads (VAR), kind."""
+    import workbench
+    from workbench.analyses import sinks as analysis
+
+    if hidden_rule not in ("absolute", "relative"):
+        raise InputError("--hidden-rule takes 'absolute' or 'relative'")
+    trace = workbench.load(bundle)
+    result = analysis.analyse(trace, eps=eps, stack=stack, hidden_rule=hidden_rule, hidden_threshold=threshold,
+                              hidden_factor=factor, min_queries=min_queries, tau=tau, dims=_dims(dims), rho=rho)
+    data = result.to_json()
+    name = "sinks" if stack == "text" else f"sinks_{stack}"
+    if store:
+        store_result(trace, name, data)
+    if json_out is not None:
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        if str(json_out) == "-":
+            print(text)
+            return
+        from workbench.cli.paths import write_text_atomic
+
+        write_text_atomic(json_out, text)
+    _summary(result)
+
+
+def store_result(trace, name: str, data: dict) -> None:
+    """trace.add_result with a one-line error when the bundle is read-only."""
+    from workbench.errors import OutputExistsError
+
+    try:
+        trace.add_result(name, data)
+    except OSError as error:
+        raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
+                                "pass --no-store or make the bundle writable") from None
+
+
+def _summary(result) -> None:
+    from rich.console import Console
+
+    console = Console()
+    o = result.options
+    console.print(f"[bold]sinks[/] {result.model} ({result.stack}): kind [bold]{result.kind['kind']}[/] "
+                  f"({result.kind['reason']}); eps={o['eps']}")
+    for token in result.sink_tokens[:8]:
+        console.print(f"  position {token['position']:>4} {token['text']!r:<14} Sink^eps {token['sink_percent']:6.2f}% "
+                      f"({token['heads']} heads, mean alpha {token['mean_alpha']:.3f})")
+    hidden = result.hidden_sinks
+    console.print(f"hidden sinks ({hidden['rule']}, > {hidden['thresholds'][hidden['rule']]:.4g}): keys "
+                  f"{hidden['keys'][:12]} in {len(hidden['heads'])} heads")
+    if result.sink_dims is not None:
+        console.print(f"sink dimensions {result.sink_dims['dims']}")
+    if result.visual_sinks is not None:
+        found = [(v["position"], v["patch"], v["max_phi"]) for v in result.visual_sinks["visual"]]
+        console.print(f"visual sinks (phi > {result.visual_sinks['tau']:g}): {found or 'none'}")
+    if result.image_centric is not None:
+        centric = result.image_centric
+        console.print(f"image-centric heads: {centric.get('image_centric') if centric['available'] else centric['reason']}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}")
+
+
+# -- `workbench trace --intervene` ---------------------------------------------------------------------------------
+def resolve_intervention(text: str | None, loaded, item: dict, *, system, raw):
+    """The intervention spec for one traced input (VAR without dims gets them from a probe forward)."""
+    if not text:
+        return None
+    from workbench.capture.interventions import VAR, parse
+
+    spec = parse(text)
+    if isinstance(spec, VAR) and not spec.dims:
+        from workbench.analyses.sinks import calibrate_var
+
+        spec = calibrate_var(loaded, item["prompt"], item.get("image"), spec, system=system, raw=raw)
+    return spec
+
+
+def attach_effect(result, loaded, item: dict, spec, *, max_new_tokens: int, system, raw) -> None:
+    """Store what the intervention changed (next-token distribution, answer) as results/intervention.json."""
+    if spec is None:
+        return
+    from workbench.capture.intervention_effect import effect
+
+    data = effect(loaded, item["prompt"], item.get("image"), intervention=spec, max_new_tokens=max_new_tokens,
+                  system=system, raw=raw)
+    result.add_result("intervention", data)
+    if data.get("available"):
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"intervention {spec.name}: KL(plain || intervened) at the next token "
+            f"{data['next_token']['kl_plain_to_intervened']:.3g}; answer {data['answer']['plain']!r} -> "
+            f"{data['answer']['intervened']!r}")

@@ -1,0 +1,120 @@
+"""`workbench vhd`: vision-aware head divergence of a generation, a traced bundle, a prompt set or a scene QA set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench.errors import InputError
+
+
+def vhd_command(
+    model: str = typer.Option(..., "--model", "-m", help="A vision-language model (registry name or directory)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt (with --image)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="The image the prompt is about."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Score a traced bundle's generation (teacher-"
+                                                                 "forced) and store results/vhd.json in it."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of {prompt, image}: rank the vision-aware "
+                                                                   "heads over the set."),
+    scenes: Optional[Path] = typer.Option(None, "--scenes", help="A scene QA folder (data/scenes): T-VHD AUROC for "
+                                                                 "hallucinated answers, rates with and without VHR."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --scenes: a seeded sample of this many questions."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate greedily."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Heads averaged in T-VHD [default: 10% of heads]."),
+    distance: str = typer.Option("cosine", "--distance", help="'cosine' (1 - cos) or 'l2'."),
+    vhr: bool = typer.Option(False, "--vhr", help="Reinforce vision-aware heads while generating (VHR)."),
+    alpha: float = typer.Option(1.5, "--alpha", help="VHR's scale for the selected heads."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+) -> None:
+    """Vision-aware head divergence: per generated token, how much each head's output changes without the image; VHR."""
+    if sum(x is not None for x in (prompt, bundle, prompts, scenes)) != 1:
+        raise InputError("give exactly one of --prompt (with --image), --bundle, --prompts or --scenes")
+    if distance not in ("cosine", "l2"):
+        raise InputError("--distance takes 'cosine' or 'l2'")
+    if prompt is not None and image is None:
+        raise InputError("--prompt needs --image: VHD compares the run with the image to the run without it")
+    from rich.console import Console
+
+    from workbench.analyses import divergence
+    from workbench.models import load_model
+
+    with Console(stderr=True).status(f"loading {model}"):
+        loaded = load_model(model)
+    reinforce = divergence.VHR(alpha=alpha) if vhr else None
+    options = {"top_k": top_k, "distance": distance}
+    if scenes is not None:
+        data = _scenes(loaded, scenes, limit, reinforce, max_new_tokens, options)
+    elif prompts is not None:
+        from workbench.cli.trace_command import read_prompts
+
+        results = [divergence.vhd(loaded, item["prompt"], item.get("image"), max_new_tokens=max_new_tokens,
+                                  system=system, raw=raw, vhr=reinforce, **options) for item in read_prompts(prompts)]
+        data = {**divergence.rank_heads(results), "items": [r.to_json() for r in results]}
+        _print_ranking(data["ranking"][:10])
+    else:
+        if bundle is not None:
+            import workbench
+
+            trace = workbench.load(bundle)
+            result = divergence.analyse(trace, tracer=loaded, image=image, **options)
+        else:
+            result = divergence.vhd(loaded, prompt, image, max_new_tokens=max_new_tokens, system=system, raw=raw,
+                                    vhr=reinforce, **options)
+        data = result.to_json()
+        if bundle is not None:
+            from workbench.cli.sinks_command import store_result
+
+            store_result(trace, "vhd", data)
+        _print_result(result)
+    if json_out is not None:
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        if str(json_out) == "-":
+            print(text)
+        else:
+            from workbench.cli.paths import write_text_atomic
+
+            write_text_atomic(json_out, text)
+
+
+def _scenes(loaded, folder, limit, reinforce, max_new_tokens, options) -> dict:
+    from workbench.analyses import _vhd_scenes
+    from workbench.cli.progress import progress_bars
+
+    questions = _vhd_scenes.load_questions(folder, limit)
+    with progress_bars() as bars:
+        task = bars.add_task("questions", total=len(questions))
+        data = _vhd_scenes.evaluate(loaded, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
+                                    progress=lambda done, total: bars.update(task, completed=done), **options)
+    from rich.console import Console
+
+    console = Console()
+    for key, score in data["scores"].items():
+        console.print(f"{key}: AUROC incorrect vs correct {score['auroc_incorrect_vs_correct']} "
+                      f"({score['n_incorrect']} vs {score['n_correct']}); prior-answer hallucinations vs correct on "
+                      f"conflicting {score['auroc_prior_vs_correct_on_conflicting']}; absent object yes vs no "
+                      f"{score['auroc_absent_yes_vs_no']}")
+    for name, rates in data["rates"].items():
+        console.print(f"{name}: {rates}")
+    _print_ranking(data["ranking"])
+    return data
+
+
+def _print_ranking(ranking) -> None:
+    from rich.console import Console
+
+    Console().print("vision-aware heads: " + ", ".join(f"L{r['layer']}H{r['head']} {r['vhd']:.3f}" for r in ranking))
+
+
+def _print_result(result) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"[bold]vhd[/] {result.model}: generated {result.text!r}; {result.cost['forwards']} forwards in "
+                  f"{result.cost['seconds']:.2f} s; T-VHD (top {result.options['top_k']}) per token:")
+    console.print("  " + " ".join(f"{t['text']!r}:{float(v):.3f}" for t, v in zip(result.tokens, result.t_vhd)))
+    _print_ranking(result.ranking(10))
