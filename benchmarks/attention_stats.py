@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("smollm2", "gpt2-small")
 CONFIGS = ("floor", "capture", "eager", "lens")
 SIZES = (512, 2048, 8192, 32768)
-SHAPES = {"smollm2": dict(layers=30, heads=9, vocab=49152), "gpt2-small": dict(layers=12, heads=12, vocab=50257)}
+SHAPES = {"smollm2": {"layers": 30, "heads": 9, "vocab": 49152},
+          "gpt2-small": {"layers": 12, "heads": 12, "vocab": 50257}}
 LABELS = {"floor": "SDPA forward (floor)", "capture": "workbench statistics capture",
           "eager": "HF eager, output_attentions", "lens": "TransformerLens bridge, hook_pattern cache"}
 
@@ -84,9 +85,7 @@ def text_of_length(tokenizer, n: int) -> str:
 
 
 def _runner(config: str, loaded, n: int):
-    """A zero-argument callable running `config` on an n-token input, and the prompt it uses."""
-    import torch
-
+    """A zero-argument callable running `config` on an n-token input."""
     import workbench
     from workbench.capture.tracer import MAX_PROMPT_LOGITS
 
@@ -181,7 +180,7 @@ def machine() -> str:
 def measure(model: str, config: str, n: int, threads: int) -> dict:
     command = [sys.executable, __file__, "--worker", model, config, str(n), "--threads", str(threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -231,8 +230,9 @@ def main() -> None:
 
 
 def table(rows, configs) -> str:
-    lines = ["| model | n | configuration | wall s | time / floor | peak RSS GiB | peak RSS / floor | CPU s "
-             "| load avg |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | n | configuration | wall s | time / floor | peak RSS GiB | peak RSS / floor | CPU s "
+              "| load avg |")
+    lines = [header, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for model, n, best in rows:
         floor = best.get("floor", {})
         for config in ["floor"] + [c for c in configs if c != "floor"]:

@@ -10,13 +10,13 @@ import warnings
 
 import pytest
 import torch
-from tests.helpers import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from workbench.kernels import MaskSpec, attention_statistics
 
 import workbench
+from tests.helpers import assert_close
 from workbench.capture.statistics import layer_statistics
-from workbench.kernels import MaskSpec, attention_statistics
 from workbench.traces.tokens import REGIONS
 
 STATS = ("key_mass", "key_count", "region_mass", "region_count", "entropy", "normaliser")
@@ -112,7 +112,7 @@ def test_row_parallel_statistics_equal_one_call(case):
     mask = {"causal": MaskSpec(causal=True), "offset": MaskSpec(causal=True, query_offset=n_keys - n_queries),
             "dense": MaskSpec(dense=torch.rand(1, 1, n_queries, n_keys) > 0.3),
             "top_k_and_maps": MaskSpec(causal=True), "bidirectional": MaskSpec(causal=False)}[case]
-    options = dict(scaling=0.25, mask=mask, key_regions=regions, n_regions=3, implementation="torch")
+    options = {"scaling": 0.25, "mask": mask, "key_regions": regions, "n_regions": 3, "implementation": "torch"}
     if case == "top_k_and_maps":
         options.update(top_k=5, map_heads=[0, 4])
     dense = attention_statistics(query, key, **{**options, "implementation": "dense"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from itertools import pairwise
 
 import torch
 
@@ -77,7 +78,7 @@ def _row_chunks(mask: MaskSpec, n_queries: int, n_keys: int, chunks: int) -> lis
     targets = cumulative[-1] * torch.arange(1, chunks, dtype=torch.float64) / chunks
     cuts = torch.searchsorted(cumulative, targets).tolist()
     edges = sorted({0, n_queries, *(min(n_queries, round(c / ROW_ALIGN) * ROW_ALIGN) for c in cuts)})
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(a, b) for a, b in pairwise(edges) if b > a]
 
 
 def _combine(parts: list[AttentionStatistics]) -> AttentionStatistics:
