@@ -124,6 +124,8 @@ def build(
     edges_per_node: int = typer.Option(8, "--edges-per-node", help="Attention-graph edges kept per token."),
     embed: bool = typer.Option(True, "--embed/--no-embed", help="Add MiniLM embeddings of question + answer."),
     vhd: bool = typer.Option(False, "--vhd", help="Also VHD / T-VHD per token (VLMs; two extra forwards per token)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest for small models "
+                                                                  "on a busy machine) [default: torch's]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
 ) -> None:
     """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
@@ -156,6 +158,10 @@ def build(
 
     from workbench.models import load_model
 
+    if threads is not None:
+        if threads < 1:
+            raise InputError("--threads must be at least 1")
+        __import__("torch").set_num_threads(threads)
     console = Console(stderr=True, soft_wrap=True)
     with console.status(f"loading {model}"):
         loaded = load_model(model)
