@@ -12,8 +12,9 @@ Models: SmolLM2-135M-Instruct (real weights; dynamic RoPE scaling past its 8,192
 GPT-2-small-shaped model (12 layers, 12 heads, d_model 768, random weights, positions up to the largest n).
 Inputs: the repository's Markdown docs, repeated and cut to exactly n tokens (SmolLM2 tokenizer; GPT-2 uses
 the same ids). A configuration whose estimated peak memory exceeds --memory-limit-gb is not run; its estimate
-is printed instead. Times are single forwards (best of --repeat, runs interleaved); peak RSS is VmHWM during
-the measured call, reset after loading and a short warm-up.
+is printed instead. Times are single forwards (best of --repeat, runs interleaved), wall and process CPU
+seconds (steadier when other jobs share the cores); peak RSS is VmHWM during the measured call, reset after
+loading and a short warm-up.
 
     python benchmarks/attention_stats.py                                  # everything (hours on 2 cores)
     python benchmarks/attention_stats.py --sizes 512 2048 --models gpt2-small --threads 1
@@ -231,22 +232,23 @@ def main() -> None:
 
 def table(rows, configs) -> str:
     header = ("| model | n | configuration | wall s | time / floor | peak RSS GiB | peak RSS / floor | CPU s "
-              "| load avg |")
-    lines = [header, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "| CPU / floor | load avg |")
+    lines = [header, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, n, best in rows:
         floor = best.get("floor", {})
         for config in ["floor"] + [c for c in configs if c != "floor"]:
             r = best.get(config, {})
             if "estimate_gib" in r:
                 ratio = f"~{r['estimate_gib'] / floor['peak_rss_gib']:.1f} (est.)"
-                cells = ["not run", "-", f"~{r['estimate_gib']:,.1f} (est.)", ratio, "-", "-"]
+                cells = ["not run", "-", f"~{r['estimate_gib']:,.1f} (est.)", ratio, "-", "-", "-"]
             elif "error" in r or "wall_s" not in r:
-                cells = [r.get("error", "missing")[:80], "-", "-", "-", "-", "-"]
+                cells = [r.get("error", "missing")[:80], "-", "-", "-", "-", "-", "-"]
             else:
                 cells = [f"{r['wall_s']:.1f}", f"{r['wall_s'] / floor['wall_s']:.2f}" if "wall_s" in floor else "-",
                          f"{r['peak_rss_gib']:.2f}",
                          f"{r['peak_rss_gib'] / floor['peak_rss_gib']:.2f}" if "peak_rss_gib" in floor else "-",
-                         f"{r['cpu_s']:.1f}", f"{r['load']:.1f}"]
+                         f"{r['cpu_s']:.1f}", f"{r['cpu_s'] / floor['cpu_s']:.2f}" if "cpu_s" in floor else "-",
+                         f"{r['load']:.1f}"]
             lines.append(f"| {model} | {n} | {LABELS[config]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
