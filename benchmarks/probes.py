@@ -32,17 +32,49 @@ def _mean_sd(values: list) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def lookback_rows(data, seeds, tasks) -> list[dict]:
-    from workbench import probes
+def subset_rows(data, seed, tasks, subset) -> np.ndarray:
+    """Held-out rows of the split seed whose subtype contains `subset` (e.g. answers that state a number)."""
+    from workbench.probes.dataset import split
+    from workbench.probes.evaluate import task_mask
 
+    wanted = np.array([subset in str(s) for s in data.column("subtype")])
+    return np.nonzero(split(data.groups, seed=seed) & task_mask(data.tasks, tasks) & wanted)[0]
+
+
+def lookback_subset(probe, data, rows, features, variant) -> tuple[float | None, dict]:
+    """Generation-level AUROC of a Lookback probe and of the baselines on the given rows."""
+    from workbench.probes.evaluate import auroc, generation_level
+    from workbench.probes.lookback import examples
+
+    if not len(rows):
+        return None, {}
+    ex = examples(data, features=features, variant=variant, rows=rows)
+    scores = {"probe": probe.lookback().score(ex.X), **ex.baselines}
+    out = {}
+    for name, values in scores.items():
+        if features == "window":
+            values, y = generation_level(ex, values, data.labels)
+        else:
+            y = ex.y
+        out[name] = auroc(y, values)
+    return out.pop("probe"), out
+
+
+def lookback_rows(data, seeds, tasks, subset=None) -> list[dict]:
     from workbench.probes.lookback import OTHER_FEATURES
+
+    from workbench import probes
 
     rows = []
     for variant in [*data.meta["variants"], *(name for name in OTHER_FEATURES if data.has(name))]:
-        for features in ("span", "window"):
-            results, baselines, started = [], {}, time.perf_counter()
+        for mode in ("span", "claims", "window"):
+            features, span = ("span", mode) if mode == "claims" else (mode, "answer")
+            if mode == "claims" and variant not in ("context", "image"):
+                continue
+            results, baselines, started, sub, sub_base = [], {}, time.perf_counter(), [], {}
             for seed in seeds:
-                _, report = probes.train(data, "lookback", features=features, variant=variant, seed=seed, tasks=tasks)
+                probe, report = probes.train(data, "lookback", features=features, variant=variant, seed=seed,
+                                             tasks=tasks, span=span)
                 test = report["test"]
                 generation = test.get("generation", test)
                 results.append((test["auroc"], generation["auroc"], test["n"], generation["n"],
@@ -50,21 +82,33 @@ def lookback_rows(data, seeds, tasks) -> list[dict]:
                 if features == "span" and variant == "context":
                     for name, value in test["baselines"].items():
                         baselines.setdefault(name, []).append(value)
+                if subset and mode != "claims":
+                    value, base = lookback_subset(probe, data, subset_rows(data, seed, tasks, subset), features,
+                                                  variant)
+                    sub.append(value)
+                    for name, b in base.items():
+                        sub_base.setdefault(name, []).append(b)
             seconds = (time.perf_counter() - started) / len(seeds)
-            how = "span-mean" if features == "span" else "sliding window 8"
+            how = {"span": "span-mean", "claims": "span-mean over claims", "window": "sliding window 8"}[mode]
             label = (f"Lookback Lens {how} ({variant})" if variant not in OTHER_FEATURES
                      else f"logistic regression on {variant}, {how} (not Lookback Lens)")
             rows.append({"detector": label, "example_auroc": [r[0] for r in results],
-                         "generation_auroc": [r[1] for r in results], "examples": results[0][2],
-                         "generations": results[0][3], "hallucinated": results[0][4], "seconds": seconds})
+                         "generation_auroc": [r[1] for r in results] if mode != "claims" else [],
+                         "examples": results[0][2],
+                         "generations": results[0][3], "hallucinated": results[0][4], "seconds": seconds,
+                         "subset_auroc": sub})
+            where = "claims" if mode == "claims" else "answer span"
             for name, values in baselines.items():
-                rows.append({"detector": f"baseline: {name} (answer span)", "example_auroc": values,
-                             "generation_auroc": values, "examples": results[0][3], "generations": results[0][3],
-                             "hallucinated": results[0][4], "seconds": 0.0})
+                rows.append({"detector": f"baseline: {name} ({where})", "example_auroc": values,
+                             "generation_auroc": values if mode != "claims" else [], "examples": results[0][2],
+                             "generations": results[0][3],
+                             "hallucinated": results[0][4], "seconds": 0.0, "subset_auroc": sub_base.get(name, [])})
     return rows
 
 
-def graph_rows(data, seeds, tasks, *, skip_minilm: bool) -> list[dict]:
+def graph_rows(data, seeds, tasks, *, skip_minilm: bool, subset=None) -> list[dict]:
+    from workbench.probes.evaluate import auroc
+
     from workbench import probes
 
     variants = [("Nonkes GATv2 (mean hidden state)", "nonkes", {"embedding": "hidden"})]
@@ -73,14 +117,20 @@ def graph_rows(data, seeds, tasks, *, skip_minilm: bool) -> list[dict]:
     variants.append(("attention-graph GATv2 + pooling", "attention-graph", {}))
     rows = []
     for label, detector, options in variants:
-        values, started, report = [], time.perf_counter(), None
+        values, seconds, first, sub = [], 0.0, None, []
         for seed in seeds:
-            _, report = probes.train(data, detector, seed=seed, tasks=tasks, **options)
+            started = time.perf_counter()
+            probe, report = probes.train(data, detector, seed=seed, tasks=tasks, **options)
+            seconds += time.perf_counter() - started
             values.append(report["test"]["auroc"])
+            first = first or report["test"]
+            if subset:
+                chosen = subset_rows(data, seed, tasks, subset)
+                sub.append(auroc(data.labels[chosen], probe.score_rows(data, chosen)) if len(chosen) else None)
         rows.append({"detector": label, "example_auroc": values, "generation_auroc": values,
-                     "examples": report["test"]["n"], "generations": report["test"]["n"],
-                     "hallucinated": report["test"]["hallucinated"],
-                     "seconds": (time.perf_counter() - started) / len(seeds)})
+                     "examples": first["n"], "generations": first["n"],
+                     "hallucinated": first["hallucinated"], "seconds": seconds / len(seeds),
+                     "subset_auroc": sub})
     return rows
 
 
@@ -113,6 +163,9 @@ def main(argv=None) -> int:
     parser.add_argument("--transfer", default=None, help="another dataset of the same model: transfer target")
     parser.add_argument("--transfer-tasks", default=None,
                         help="TRAIN:EVAL task prefixes for a within-dataset transfer (held-out groups of EVAL)")
+    parser.add_argument("--subset", default=None,
+                        help="also report AUROC on held-out rows whose subtype contains this (e.g. 'number': the "
+                             "answers that state a number, where format alone cannot separate the classes)")
     parser.add_argument("--no-gnn", action="store_true", help="skip the graph detectors")
     parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM Nonkes variant")
     parser.add_argument("--threads", type=int, default=2)
@@ -129,14 +182,17 @@ def main(argv=None) -> int:
           f"{data.meta['heads']} heads), {int(labels.sum())} hallucinated ({labels.mean():.1%}); "
           f"split by group, 20% of groups held out; seeds {args.seeds} (GNN {args.gnn_seeds}); "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}")
-    rows = lookback_rows(data, args.seeds, args.tasks)
+    rows = lookback_rows(data, args.seeds, args.tasks, args.subset)
     if not args.no_gnn:
-        rows += graph_rows(data, args.gnn_seeds, args.tasks, skip_minilm=args.no_minilm)
-    print("\n| detector | held-out examples | example AUROC | generation AUROC | train s / seed |")
-    print("|---|---|---|---|---|")
+        rows += graph_rows(data, args.gnn_seeds, args.tasks, skip_minilm=args.no_minilm, subset=args.subset)
+    extra = f" | generation AUROC, subtype ~ {args.subset!r}" if args.subset else ""
+    print(f"\n| detector | held-out examples, first seed | example AUROC | generation AUROC{extra} | train s / seed |")
+    print("|---|---|---|---|" + ("---|" if args.subset else "") + "---|")
     for row in rows:
-        print(f"| {row['detector']} | {row['examples']} ({row['hallucinated']} halluc. gens) | "
-              f"{_mean_sd(row['example_auroc'])} | {_mean_sd(row['generation_auroc'])} | {row['seconds']:.1f} |")
+        cell = f" | {_mean_sd(row['subset_auroc'])}" if args.subset else ""
+        print(f"| {row['detector']} | {row['examples']} ({row['hallucinated']} halluc.) | "
+              f"{_mean_sd(row['example_auroc'])} | {_mean_sd(row['generation_auroc'])}{cell} | "
+              f"{row['seconds']:.1f} |")
     transfers = []
     if args.transfer:
         target = probes.load_dataset(args.transfer)

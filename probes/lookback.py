@@ -2,8 +2,12 @@
 
 Examples, from a dataset built by `workbench.probes.dataset` (ratios per generated token, layer, head):
 - span-mean ("span"): the L*H ratios averaged over a span. span="answer": the whole generated span, label =
-  the generation's label. span="claims": the reference's predefined-span mode, each maximal run of tokens
-  with the same token label is one example (hallucinated claims versus the grounded text around them).
+  the generation's label. span="claims": every claim the task defines (a stated number, an object mention in
+  a caption, a short answer's word) is one example, hallucinated or grounded. The reference's predefined-span
+  mode instead sets hallucinated spans against the text around them, which a classifier can separate by
+  span composition alone (colour + shape words versus "a ... and"), so the workbench compares claims with
+  claims. Generations without a claim (a refusal) give no example. A one-token claim is read from the row
+  that predicted it, whose ratio is 1 when it is the first generated token: use span="answer" there.
 - sliding window ("window", 8 tokens): for every generated token j the ratios averaged over tokens
   j-7..j, label = 1 if any token in the window is hallucinated (the reference's min-pool over its
   inverted labels). Deviation: windows at the start of a generation are shorter than 8 (the reference
@@ -53,19 +57,24 @@ def window_means(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[end] - cumulative[begin]) / counts
 
 
-def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
-    """(start, end, label) of maximal runs of equal labels."""
-    out, start = [], 0
-    for index in range(1, len(labels) + 1):
-        if index == len(labels) or labels[index] != labels[start]:
-            out.append((start, index, int(labels[start])))
+def claim_runs(claim: np.ndarray, token_labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, label) of each maximal run of claim tokens; label 1 when any of its tokens is hallucinated."""
+    out, start = [], None
+    for index in range(len(claim) + 1):
+        inside = index < len(claim) and claim[index]
+        if inside and start is None:
             start = index
+        elif not inside and start is not None:
+            out.append((start, index, int(token_labels[start:index].max())))
+            start = None
     return out
 
 
 def examples(data, *, features: str = "span", variant: str = "context", window: int = 8, span: str = "answer",
              rows: np.ndarray | None = None) -> Examples:
     """Lookback examples (and baseline scores on the same spans or windows) of the dataset rows `rows`."""
+    if span not in ("answer", "claims"):
+        raise InputError(f"unknown --span {span!r}; use answer or claims")
     if features not in FEATURES:
         raise InputError(f"unknown --features {features!r}; use span (span-mean) or window (sliding window)")
     column = feature_column(variant)
@@ -79,6 +88,7 @@ def examples(data, *, features: str = "span", variant: str = "context", window: 
     ratios, logprob = data.per_token(column), data.per_token("logprob")
     entropy, token_labels = data.per_token("pred_entropy"), data.per_token("token_labels")
     tvhd = data.per_token("t_vhd") if data.has("t_vhd") else None
+    claims = data.per_token("claim") if span == "claims" else None
     labels = data.labels
     X, y, owner = [], [], []
     base = {"logprob": [], "max_neg_logprob": [], "entropy": [], "lookback_mean": [], "t_vhd": []}
@@ -98,7 +108,7 @@ def examples(data, *, features: str = "span", variant: str = "context", window: 
             if low_vhd is not None:
                 base["t_vhd"].append(window_means(low_vhd, window))
             continue
-        segments = _runs(token_labels[row]) if span == "claims" else [(0, len(r), int(labels[row]))]
+        segments = claim_runs(claims[row], token_labels[row]) if span == "claims" else [(0, len(r), int(labels[row]))]
         for start, end, label in segments:
             X.append(r[start:end].mean(0, keepdims=True))
             y.append(np.array([label]))

@@ -23,7 +23,7 @@ def workspace(tmp_path_factory):
     prompts.write_text("".join(json.dumps({"name": item.id, "prompt": item.prompt, **item.truth}) + "\n"
                                for item in short_kv_items(40, seed=1)))
     built = run("probe", "build", "--model", "tiny-llama", "--prompts", prompts, "--out", root / "built.parquet",
-                "--max-new-tokens", "4", "--no-embed")
+                "--max-new-tokens", "4", "--no-embed", "--threads", "1")
     assert built.returncode == 0, built.stderr
     assert "40 generations by tiny-llama" in built.stderr and "inputs/s" in built.stderr
     data = dataset.load(root / "built.parquet")

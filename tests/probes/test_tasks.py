@@ -28,6 +28,8 @@ def test_scene_captions_flag_only_hallucinated_objects():
     labelled = tasks.label_scene(truth, texts)
     assert labelled.label == 1 and not labelled.correct
     assert [t for t, flag in zip(texts, labelled.token_labels) if flag] == [" green", " triangle"]
+    assert [t for t, flag in zip(texts, labelled.claim) if flag] == [" red", " circle", " green", " triangle",
+                                                                      " blue", " square"]
     omitted = tasks.label_scene(truth, ["a", " red", " circle", ".", "<|im_end|>"])
     assert omitted.label == 0 and not omitted.correct  # leaving an object out is not a hallucination
 
@@ -55,3 +57,11 @@ def test_shipped_scenes_group_by_scene():
         by_group.setdefault(item.group, set()).add(bool(flag))
     assert all(len(sides) == 1 for sides in by_group.values())
     assert 0.1 < test.mean() < 0.3
+
+
+def test_claim_runs_are_the_examples_of_claims_mode():
+    from workbench.probes.lookback import claim_runs
+
+    claim = np.array([0, 1, 1, 0, 0, 1, 1, 0, 1])
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0])
+    assert claim_runs(claim, labels) == [(1, 3, 0), (5, 7, 1), (8, 9, 0)]
