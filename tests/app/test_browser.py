@@ -102,15 +102,15 @@ def test_model_cell_click_opens_the_head_then_a_token(server, page):
     assert "recomputed on the server" in page.inner_text("#head-source")
     wait_figure(page, "head-lines")
     click_cell(page, "head-map", 3, 10)  # query 10 -> key 3
-    page.wait_for_function("() => document.querySelector('#head-clicked').innerText.includes('query 10')")
+    page.wait_for_function("() => (document.querySelector('#head-clicked')?.innerText || '').includes('query 10')")
     assert page.locator(sel("pos")).input_value() == "10"
     shot(page, "head")
     page.click("#head-to-token")
     page.wait_for_url("**/token?**pos=10**")
     wait_figure(page, "token-layers", "gd.layout.title.text.includes('token 10')")
-    page.wait_for_function("() => document.querySelector('#token-info').innerText.includes('position 10')")
+    page.wait_for_function("() => (document.querySelector('#token-info')?.innerText || '').includes('position 10')")
     page.click("[id='{\"pos\":4,\"type\":\"token-chip\"}']")
-    page.wait_for_function("() => document.querySelector('#token-info').innerText.includes('position 4')")
+    page.wait_for_function("() => (document.querySelector('#token-info')?.innerText || '').includes('position 4')")
     wait_figure(page, "token-layers", "gd.layout.title.text.includes('token 4')")
     assert "no route for position 4" in page.inner_text("#token-route")
     shot(page, "token")
@@ -164,7 +164,7 @@ def test_trace_form_runs_in_the_background_and_adds_a_bundle(server, page):
     page.click("#runs-submit")
     page.locator("#runs-new-link").wait_for(timeout=120_000)
     assert page.locator("#runs-new-link").inner_text() == "from-browser"
-    page.wait_for_function("() => document.querySelector('#runs-bundles').innerText.includes('from-browser')")
+    page.wait_for_function("() => (document.querySelector('#runs-bundles')?.innerText || '').includes('from-browser')")
     page.fill("#runs-prompt", "")
     page.click("#runs-submit")
     assert "prompt is empty" in page.locator("#runs-form-message .wb-error").inner_text()
@@ -177,10 +177,10 @@ def test_two_users_keep_their_own_selection(server, browser):
         a.goto(server.url + "/head?bundle=llama-maps&layer=2&head=1")
         b.goto(server.url + "/model?bundle=vlm/llava")
         link = "[id='{\"page\":\"Token\",\"type\":\"wb-link\"}']"
-        a.wait_for_function(f"() => (document.querySelector(`{link}`).getAttribute('href') || '').includes('llama-maps')")
-        b.wait_for_function(f"() => (document.querySelector(`{link}`).getAttribute('href') || '').includes('llava')")
+        a.wait_for_function(f"() => (document.querySelector(`{link}`)?.getAttribute('href') || '').includes('llama-maps')")
+        b.wait_for_function(f"() => (document.querySelector(`{link}`)?.getAttribute('href') || '').includes('llava')")
         a.reload()
-        a.wait_for_function(f"() => (document.querySelector(`{link}`).getAttribute('href') || '').includes('llama-maps')")
+        a.wait_for_function(f"() => (document.querySelector(`{link}`)?.getAttribute('href') || '').includes('llama-maps')")
     finally:
         first.close()
         second.close()
