@@ -22,6 +22,7 @@ _LAZY = {
     "build_dataset": ("workbench.probes.dataset", "build"),
     "token_features": ("workbench.probes.features", "token_features"),
     "attention_graph": ("workbench.probes.graphs", "attention_graph"),
+    "roc_curve": ("workbench.probes.roc", "roc_curve"),
 }
 
 __all__ = list(_LAZY)
