@@ -208,3 +208,20 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+
+def test_extremely_sharp_attention_equals_dense():
+    """Log-probabilities far below fp32's normal range (clamped before exp for speed) change nothing visible."""
+    from tests.kernels.conftest import Case, compare_stats
+    from workbench.kernels.dense import dense_probabilities
+
+    case = Case(batch=1, heads=4, kv_heads=2, n_queries=40, n_keys=40, mask={"causal": True}, top_k=3,
+                map_heads=(0, 3))
+    query, key, kwargs = case.build(seed=3)
+    query = query * 40.0  # scores spread over thousands: most p underflow
+    _, probs, _ = dense_probabilities(query, key, scaling=kwargs["scaling"], mask=kwargs["mask"], softcap=None)
+    log_probs = torch.log(probs[probs > 0])
+    assert (log_probs < -87.4).float().mean() > 0.2  # the case really reaches the subnormal range
+    dense = attention_statistics(query, key, implementation="dense", **kwargs)
+    compare_stats(attention_statistics(query, key, implementation="torch", block_size=(8, 16), **kwargs), dense, probs)
