@@ -1,7 +1,7 @@
 """Train `llava-scenes`: a real LlavaForConditionalGeneration (tiny CLIP tower + projector + Llama with GQA)
 on synthetic Pillow scenes (workbench.datasets.scenes) whose training distribution carries a language prior.
 
-    python data/models/llava_scenes/train.py                 # the full run (28 min measured, see MODEL_CARD.md)
+    python data/models/llava_scenes/train.py                 # the full run (6-14 min measured, see MODEL_CARD.md)
     python data/models/llava_scenes/train.py --smoke         # a few steps into a fresh temp dir (CI)
     python data/models/llava_scenes/train.py --out DIR       # a full run elsewhere
 
@@ -37,7 +37,7 @@ from workbench.models.byte_tokenizer import CHATML_TEMPLATE, SPECIAL_TOKENS
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
-FULL = {"steps": 300, "batch": 24, "lr": 2e-3, "warmup": 30, "seed": 0, "aux": 0.5}
+FULL = {"steps": 2400, "batch": 24, "lr": 2e-3, "warmup": 100, "seed": 0, "aux": 0.5}
 SMOKE = {"steps": 3, "batch": 4, "lr": 2e-3, "warmup": 1, "seed": 0, "aux": 0.5}
 MODEL = {"vision_hidden": 64, "vision_layers": 3, "vision_heads": 4, "vision_mlp": 128, "text_hidden": 128,
          "text_layers": 3, "text_heads": 4, "text_kv_heads": 2, "text_mlp": 256, "max_positions": 256}
