@@ -68,6 +68,8 @@ def trace(
     rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling",
                                                help="Scale RoPE to --max-length: linear, dynamic or yarn."),
     kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers capture), nnsight or lens (TransformerLens)."),
+    remote: bool = typer.Option(False, "--remote", help="Run the model on NDIF (--backend nnsight, NDIF_API_KEY)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
@@ -97,10 +99,21 @@ def trace(
 
     from workbench.models import load_model
 
+    from workbench.frontends import BACKENDS, open_tracer
+
+    if backend not in BACKENDS:
+        raise InputError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
     with Console(stderr=True).status(f"loading {model}"):
-        loaded = load_model(model, device=device, dtype=dtype, rope_scaling=rope_scaling, max_length=max_length)
-    from workbench.capture import trace as run_trace
+        if remote:  # NDIF runs the model: only its config and tokenizer are read here
+            loaded, tracer = open_tracer(backend, model, remote=True, device=device, dtype=dtype)
+        else:
+            loaded = load_model(model, device=device, dtype=dtype, rope_scaling=rope_scaling, max_length=max_length)
+            loaded, tracer = open_tracer(backend, loaded, device=device, dtype=dtype, copy_model=False)
+
+    def run_trace(loaded, prompt, image, **options):
+        return tracer(prompt, image, **options)
+
     from workbench.cli.progress import progress_bars
     from workbench.cli.sinks_command import attach_effect, resolve_intervention
 
