@@ -149,6 +149,16 @@ def attention_statistics(
         to these scores, normaliser Z departs from 1: that is the self-check. Ignored by "dense".
     softcap: logit soft-capping s = softcap * tanh(s / softcap) (Gemma 2), or None.
     block_size: (block_q, block_k) of the bounded-memory implementations, or None for their default.
+
+    >>> import torch
+    >>> from workbench.kernels import MaskSpec, attention_statistics
+    >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)    # GQA: 4 query heads share 2 kv heads
+    >>> s = attention_statistics(q, k, scaling=8 ** -0.5, mask=MaskSpec(causal=True),
+    ...                          key_regions=torch.zeros(6, dtype=torch.long), n_regions=1, map_heads=[0])
+    >>> tuple(s.key_mass.shape), tuple(s.maps.shape)
+    ((1, 4, 6), (1, 1, 6, 6))
+    >>> bool(torch.allclose(s.key_mass[0, 0], s.maps[0, 0].sum(0), atol=1e-5)), s.key_count[0].tolist()
+    (True, [6, 5, 4, 3, 2, 1])
     """
     _validate(
         query,

@@ -36,6 +36,13 @@ def sdpa_with_log_normaliser(
     query heads share a kv head); attn_mask: bool (True = visible) or additive, broadcastable to
     [batch, head, query_pos, key_pos]; is_causal: top-left aligned, as in F.scaled_dot_product_attention.
     Rows that see no key get an arbitrary lse (0 on CPU): the statistics ignore it for such rows.
+
+    >>> import torch
+    >>> q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    >>> out, lse = sdpa_with_log_normaliser(q, k, v, scaling=8 ** -0.5, is_causal=True)
+    >>> scores = q @ k.transpose(-1, -2) * 8 ** -0.5 + torch.full((5, 5), float("-inf")).triu(1)
+    >>> bool(torch.allclose(lse, scores.logsumexp(-1), atol=1e-5))
+    True
     """
     if attn_mask is not None and is_causal:
         raise ValueError("pass either attn_mask or is_causal, as for F.scaled_dot_product_attention")

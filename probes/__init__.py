@@ -1,9 +1,18 @@
 """Hallucination detectors trained on traces (import name `workbench.probes`; docs/probes.md).
 
-    from workbench import probes
-    data = probes.load_dataset("kv.parquet")              # built by `workbench probe build`
-    probe, report = probes.train(data, "lookback", features="window")
-    probe.save("lookback.probe")
+    >>> import tempfile
+    >>> from workbench import probes
+    >>> from workbench.probes import tasks
+    >>> items = tasks.sample([i for i in tasks.scene_items("data/scenes") if i.task == "scenes/presence"], 300)
+    >>> path = f"{tempfile.mkdtemp()}/scenes.parquet"     # `workbench probe build` writes the same table
+    >>> meta = probes.build_dataset("llava-scenes", items, path, max_new_tokens=3, embed=False)
+    >>> data = probes.load_dataset(path)
+    >>> probe, report = probes.train(data, "lookback", features="span")
+    >>> sorted(report), 0.0 <= probes.roc_curve(probe, data)["auroc"] <= 1.0
+    (['test', 'train'], True)
+    >>> saved = probe.save(f"{tempfile.mkdtemp()}/lookback.probe")
+    >>> probes.load_probe(saved).detector
+    'lookback'
 
 Modules: tasks (inputs with labels known by construction), features (lookback ratios and friends from a
 trace's statistics), graphs (attention graph of one generation), dataset (Parquet build / load / split by

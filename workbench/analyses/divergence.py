@@ -166,6 +166,14 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
 
     model: a LoadedModel or a name for `workbench.load_model` (a vision-language model). With `vhr`, the
     with-image run is reinforced while generating and the result records which heads were scaled per step.
+
+    >>> r = vhd("planted-llava", "What is in the picture?", "data/scenes/images/scene_0000.png", max_new_tokens=2)
+    >>> tuple(r.vhd.shape)                                   # [step, layer, head]
+    (2, 3, 4)
+    >>> [(h["layer"], h["head"]) for h in r.ranking(2)]      # planted vision-aware head, then the sink head
+    [(0, 0), (2, 2)]
+    >>> [(h["layer"], h["head"]) for h in rank_heads([r, r], top=1)["ranking"]]
+    [(0, 0)]
     """
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout

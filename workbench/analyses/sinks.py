@@ -99,7 +99,17 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
             hidden_factor: float = 5.0, min_queries: int = 16, central_share: float = 2 / 3,
             dims: tuple[int, ...] | None = None, contrast: float = 10.0, floor: float = 5.0, tau: float = 20.0,
             visual_first_layer: int = 2, rho: float = 0.5, summ: float = 0.2) -> SinksResult:
-    """Attention sinks of `trace` (see the module docstring for every rule and which statistics it needs)."""
+    """Attention sinks of `trace` (see the module docstring for every rule and which statistics it needs).
+
+    >>> import workbench
+    >>> probe = ("Attention sinks are easy to see in a planted model. "
+    ...          "The period in this prompt is a hidden sink and every later token looks at it")
+    >>> result = analyse(workbench.trace("planted-sink", probe, raw=True))
+    >>> [(s["text"], round(s["sink_percent"], 1)) for s in result.sink_tokens]   # Sink^0.3 in percent
+    [('<|bos|>', 16.7), ('.', 8.3)]
+    >>> result.kind["kind"], result.hidden_sinks["heads"]      # the planted hidden sink head (2, 2)
+    ('distributed', [(2, 2)])
+    """
     if stack not in trace.stacks:
         raise InputError(f"the trace has no {stack!r} stack; it has {', '.join(trace.stacks)}")
     alpha = gu_alpha(trace, stack)

@@ -22,6 +22,11 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
 
     rope_scaling: run a RoPE model up to `max_length` positions, past its trained context, through
     transformers' RoPE scaling ("linear", "dynamic" or "yarn"; factor = max_length / trained length).
+
+    >>> import workbench
+    >>> model = workbench.load_model("tiny-llama")
+    >>> model.kind, model.text_config.num_attention_heads, model.text_config.num_key_value_heads    # GQA
+    ('causal', 6, 2)
     """
     if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
         raise ModelNotFoundError(f"unknown RoPE scaling {rope_scaling!r}; use one of {', '.join(ROPE_SCALINGS)}")

@@ -223,7 +223,14 @@ def _check_index(root: Path, manifest: dict) -> dict[str, dict]:
 
 
 def load(path: str | Path, *, verify: bool = False) -> Trace:
-    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256."""
+    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256.
+
+    >>> import tempfile, workbench
+    >>> path = workbench.trace("tiny-gpt2", "The cat sat on the mat").save(f"{tempfile.mkdtemp()}/cat.wbtrace")
+    >>> again = workbench.load(path, verify=True)
+    >>> again.checks["healthy"], tuple(again.layer(0)["key_mass"].shape)     # [head, key_pos]
+    (True, (4, 23))
+    """
     root = Path(path).expanduser()
     manifest = read_manifest(root)
     index = _check_index(root, manifest)

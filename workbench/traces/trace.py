@@ -31,6 +31,20 @@ class Trace:
 
     meta holds the manifest fields: model, inputs, generation, dims, capture, checks (see docs/trace-format.md).
     Tensors load lazily, one layer file at a time, when read from a bundle.
+
+    >>> import workbench
+    >>> t = workbench.trace("tiny-gpt2", "The cat sat on the mat", max_new_tokens=2, maps="0:all")
+    >>> t.n_layers(), t.n_heads(), len(t.tokens), t.generation["end"] - t.generation["start"]
+    (3, 4, 25, 2)
+    >>> t.axes("layer_00.maps")
+    ('head', 'query_pos', 'key_pos')
+    >>> stats = t.layer(0)
+    >>> alpha = stats["key_mass"] / stats["key_count"]       # Gu et al.'s alpha [head, key_pos]
+    >>> bool(torch.allclose(alpha[:, 0], stats["maps"][:, :, 0].float().mean(1), atol=1e-3))
+    True
+    >>> t.add_result("note", {"checked": True})
+    >>> t.to_json()["results"]
+    {'note': {'checked': True}}
     """
 
     def __init__(self, *, meta: dict[str, Any], tokens: list[Token], tensors, results: dict | None = None,

@@ -137,6 +137,12 @@ def analyse(trace, *, model, firing_threshold: float = 0.5, component_threshold:
     min_share: drop kept upstream heads carrying less than this share of the side's whole (x~ . covector),
         so that rounding noise on a side no head writes to never becomes an edge.
     attribution: "score" (additive share of the kept score) or "projection" (the reference code's form).
+
+    >>> import workbench
+    >>> model = workbench.load_model("planted-induction")
+    >>> t = workbench.trace(model, "f x r c e l f x r c e l", raw=True, decomposition=True)
+    >>> [(upstream, edge["sides"]) for upstream, edge in analyse(t, model=model).edges_into(1, 2)]
+    [('L0H3', 'k')]
     """
     check_trace(trace, "circuits")
     if not 0 < firing_threshold <= 1 or not 0 < coverage <= 1 or not 0 < component_threshold <= 1:

@@ -128,6 +128,14 @@ def analyse(trace, *, position: int | Sequence[int] | Literal["generated", "all"
     and renormalise (the reference app's default) instead of cutting raw edges at tau. head_types: also score
     previous-token / induction / subword-merging patterns of every head (one extra pass over all rows).
     chunk: query rows per block (bounds the working set).
+
+    >>> import workbench
+    >>> t = workbench.trace("planted-induction", "f x r c e l f x r c e l", raw=True, decomposition=True)
+    >>> result = analyse(t, position=-1)
+    >>> result.head_patterns.types()          # the planted heads, typed from their attention rows
+    {(0, 3): ('previous_token',), (1, 2): ('induction',)}
+    >>> result.routes[0].output, result.routes[0].graph.has_node("X0_12")   # root, and the token's embedding
+    ('I1_12', True)
     """
     check_trace(trace, "routes")
     if not 0 <= threshold < 1:
