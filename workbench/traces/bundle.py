@@ -1,8 +1,10 @@
 """The `NAME.wbtrace/` bundle: manifest.json + per-layer safetensors shards + results/*.json.
 
-Writes go to a hidden staging folder beside the target and are renamed into place, so a crash never
-leaves a half bundle. Loading checks the schema version, every file name (no path may leave the bundle),
-declared sizes, dtypes and shapes, and fails with a `BundleError` that names the file. No pickle.
+Writes go to a hidden staging folder beside the target and are renamed into place (replacing a bundle is
+one atomic exchange on Linux), so a crash never leaves a half bundle. Loading checks the schema version, every
+file name (no path, symbolic link or special file may lead outside the bundle), declared sizes, dtypes and
+shapes, that each shard belongs to this bundle and sits under its own name, and fails with a `BundleError`
+that names the file. No pickle.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
+import uuid
 from pathlib import Path, PurePosixPath
 
 import torch
 
 from workbench.errors import BundleError, OutputExistsError
-from workbench.traces.tokens import Token
+from workbench.traces._manifest import check_metadata
+from workbench.traces._swap import exchange
 from workbench.traces.trace import Trace
 
 SCHEMA_VERSION = 1
@@ -28,6 +33,11 @@ MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32, "bool": torch.bool}
 _RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+MAX_RESULT_BYTES = 256 * 1024 * 1024
+# Shard metadata naming the bundle and the file it was written as: a shard copied from another bundle, or
+# two shards of equal size swapped, fails on open instead of serving the wrong layer.
+SHARD_BUNDLE, SHARD_FILE = "workbench_bundle", "workbench_file"
 
 
 def _file_of(name: str) -> tuple[str, str]:
@@ -59,6 +69,7 @@ def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
     try:
         os.chmod(staging, 0o755)
         (staging / "tensors").mkdir()
+        bundle_id = uuid.uuid4().hex
         groups: dict[str, dict[str, torch.Tensor]] = {}
         index: dict[str, dict] = {}
         for name in trace.tensor_names():
@@ -69,13 +80,13 @@ def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
                            "shape": list(tensor.shape), "axes": list(trace.axes(name))}
         files = {}
         for file, tensors in sorted(groups.items()):
-            save_file(tensors, str(staging / file))
+            save_file(tensors, str(staging / file), metadata={SHARD_BUNDLE: bundle_id, SHARD_FILE: file})
             files[file] = {"bytes": (staging / file).stat().st_size, "sha256": _sha256(staging / file)}
         if trace.results:
             (staging / "results").mkdir()
             for name, data in trace.results.items():
                 (staging / "results" / f"{name}.json").write_text(json.dumps(data))
-        manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **trace.meta,
+        manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **trace.meta, "bundle_id": bundle_id,
                     "tokens": [token.to_json() for token in trace.tokens], "tensors": index, "files": files}
         # No trailing newline: any truncation of the manifest makes it invalid JSON.
         (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False))
@@ -89,6 +100,9 @@ def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
 def _swap_into_place(staging: Path, path: Path) -> None:
     if not path.exists():
         os.replace(staging, path)
+        return
+    if exchange(staging, path):  # atomic: readers see the old bundle or the new one, never neither
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old bundle
         return
     retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
     os.rmdir(retired)
@@ -122,9 +136,10 @@ def write_result(bundle: Path, name: str, data: dict) -> Path:
 class BundleTensors:
     """Lazy tensors of a bundle: each shard is opened (memory-mapped) on first use and checked."""
 
-    def __init__(self, root: Path, index: dict[str, dict]):
+    def __init__(self, root: Path, index: dict[str, dict], bundle_id: str | None = None):
         self._root = root
         self._index = index
+        self._bundle_id = bundle_id
 
     def names(self) -> list[str]:
         return sorted(self._index)
@@ -139,8 +154,9 @@ class BundleTensors:
         file = self._root / entry["file"]
         try:
             with safe_open(str(file), framework="pt") as shard:
+                self._check_identity(file, entry["file"], shard.metadata() or {})
                 if entry["key"] not in shard.keys():
-                    raise BundleError(f"{file}: has no tensor {entry['key']!r}; the bundle is corrupt, trace again")
+                    raise BundleError(f"{file}: has no tensor {_shown(entry['key'])}; the bundle is corrupt, trace again")
                 tensor = shard.get_tensor(entry["key"])
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise BundleError(f"{file}: unreadable ({str(error).splitlines()[0]}); the bundle is corrupt, "
@@ -150,22 +166,51 @@ class BundleTensors:
                               f"says {entry['dtype']} {entry['shape']}; the bundle is corrupt, trace again")
         return tensor
 
+    def _check_identity(self, file: Path, relative: str, metadata: dict) -> None:
+        if self._bundle_id is None:  # written before shards named themselves
+            return
+        if metadata.get(SHARD_BUNDLE) != self._bundle_id:
+            raise BundleError(f"{file}: belongs to another bundle (copied or swapped in); the bundle is corrupt, "
+                              "trace again")
+        if metadata.get(SHARD_FILE) != relative:
+            raise BundleError(f"{file}: was written as {_shown(metadata.get(SHARD_FILE))} (shards swapped); the bundle is "
+                              "corrupt, trace again")
+
 
 def _fail(where: Path, what: str) -> BundleError:
     return BundleError(f"{where}: {what}")
 
 
+def _shown(value: object) -> str:
+    """A manifest value quoted for a message, cut short: a hostile name must not flood the one error line."""
+    if isinstance(value, int) and abs(value) >= 10**18:  # repr of a 5,000-digit int raises
+        return "an absurdly large number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + "...'"
+
+
 def _safe_relative(root: Path, relative: object) -> Path:
     """The file a manifest names, refusing anything that could point outside the bundle."""
     if not isinstance(relative, str) or not relative or "\\" in relative or "\x00" in relative:
-        raise _fail(root / MANIFEST, f"invalid file name {relative!r}")
+        raise _fail(root / MANIFEST, f"invalid file name {_shown(relative)}")
     pure = PurePosixPath(relative)
-    if pure.is_absolute() or ".." in pure.parts or pure.parts[0] != "tensors" or len(pure.parts) != 2:
-        raise _fail(root / MANIFEST, f"file name {relative!r} leaves the bundle's tensors/ folder")
+    if pure.is_absolute() or ".." in pure.parts or pure.parts[0] != "tensors" or len(pure.parts) != 2 \
+            or not pure.name.endswith(".safetensors"):
+        raise _fail(root / MANIFEST, f"file name {_shown(relative)} leaves the bundle's tensors/ folder")
     path = root / pure
-    if path.is_symlink():
-        raise _fail(path, "is a symbolic link; bundles hold plain files only")
+    for step in (root / "tensors", path):  # a linked folder leads outside as surely as a linked file
+        if step.is_symlink():
+            raise _fail(step, "is a symbolic link; bundles hold plain files only")
     return path
+
+
+def _plain_file(path: Path) -> os.stat_result | None:
+    """The stat of a regular file that is not a link (FIFOs and devices would block or never end), else None."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
 
 
 def read_manifest(root: Path) -> dict:
@@ -174,11 +219,14 @@ def read_manifest(root: Path) -> dict:
         raise BundleError(f"{root}: no such bundle; pass a NAME.wbtrace folder written by `workbench trace`")
     if not root.is_dir() or not manifest_path.is_file():
         raise BundleError(f"{root}: not a trace bundle (no {MANIFEST}); pass a folder written by `workbench trace`")
-    if manifest_path.stat().st_size > 512 * 1024 * 1024:
+    info = _plain_file(manifest_path)
+    if info is None:
+        raise _fail(manifest_path, "is a symbolic link or special file; bundles hold plain files only")
+    if info.st_size > MAX_MANIFEST_BYTES:
         raise _fail(manifest_path, "is larger than any manifest can be; the bundle is corrupt")
     try:
         manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSON, and 5,000-digit ints
         raise _fail(manifest_path, f"is not valid JSON ({type(error).__name__}); the bundle is truncated or "
                                    "corrupt, trace again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -187,10 +235,10 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(version, int):
         raise _fail(manifest_path, "has no schema_version; the bundle is corrupt")
     if version > SCHEMA_VERSION:
-        raise _fail(manifest_path, f"uses schema {version}, newer than this workbench reads ({SCHEMA_VERSION}); "
+        raise _fail(manifest_path, f"uses schema {_shown(version)}, newer than this workbench reads ({SCHEMA_VERSION}); "
                                    "upgrade the workbench (pip install -U attention-workbench)")
     if version < 1:
-        raise _fail(manifest_path, f"uses unknown schema {version}")
+        raise _fail(manifest_path, f"uses unknown schema {_shown(version)}")
     return manifest
 
 
@@ -201,24 +249,26 @@ def _check_index(root: Path, manifest: dict) -> dict[str, dict]:
         raise _fail(where, "lacks the files or tensors index; the bundle is corrupt")
     for relative, info in files.items():
         path = _safe_relative(root, relative)
-        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int):
-            raise _fail(where, f"has no byte size for {relative}")
-        if not path.is_file():
-            raise _fail(path, "is missing; the bundle is incomplete, trace again")
-        if path.stat().st_size != info["bytes"]:
-            raise _fail(path, f"has {path.stat().st_size} bytes but should have {info['bytes']}; the bundle is "
+        size = info.get("bytes") if isinstance(info, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _fail(where, f"has no byte size for {_shown(relative)}")
+        found = _plain_file(path)
+        if found is None:
+            raise _fail(path, "is missing or not a plain file; the bundle is incomplete, trace again")
+        if found.st_size != size:
+            raise _fail(path, f"has {found.st_size} bytes but should have {_shown(size)}; the bundle is "
                               "truncated or corrupt, trace again")
     for name, entry in index.items():
-        if not isinstance(entry, dict) or entry.get("file") not in files:
-            raise _fail(where, f"tensor {name!r} points to a file the bundle does not list")
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or entry["file"] not in files:
+            raise _fail(where, f"tensor {_shown(name)} points to a file the bundle does not list")
         shape, dtype, axes = entry.get("shape"), entry.get("dtype"), entry.get("axes")
         if dtype not in DTYPES or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise _fail(where, f"tensor {name!r} has an invalid dtype or shape")
+            raise _fail(where, f"tensor {_shown(name)} has an invalid dtype or shape")
         if not isinstance(axes, list) or len(axes) != len(shape) or not isinstance(entry.get("key"), str):
-            raise _fail(where, f"tensor {name!r} has axes that do not match its shape")
+            raise _fail(where, f"tensor {_shown(name)} has axes that do not match its shape")
         declared = math.prod(shape) * DTYPES[dtype].itemsize
         if declared > files[entry["file"]]["bytes"]:
-            raise _fail(root / entry["file"], f"cannot hold tensor {name!r} of {declared} bytes; the bundle is corrupt")
+            raise _fail(root / entry["file"], f"cannot hold tensor {_shown(name)} of {_shown(declared)} bytes; the bundle is corrupt")
     return index
 
 
@@ -238,24 +288,31 @@ def load(path: str | Path, *, verify: bool = False) -> Trace:
         for relative, info in manifest["files"].items():
             if info.get("sha256") != _sha256(root / relative):
                 raise _fail(root / relative, "does not match its checksum; the bundle is corrupt, trace again")
-    try:
-        tokens = [Token.from_json(token) for token in manifest["tokens"]]
-        meta = {key: manifest[key] for key in ("model", "inputs", "generation", "dims")}
-    except (KeyError, TypeError, ValueError) as error:
-        raise _fail(root / MANIFEST, f"has invalid metadata ({error}); the bundle is corrupt") from None
-    for key in ("capture", "checks", "created", "workbench_version"):
-        if key in manifest:
-            meta[key] = manifest[key]
-    return Trace(meta=meta, tokens=tokens, tensors=BundleTensors(root, index), results=_read_results(root), path=root)
+    tokens, meta = check_metadata(root / MANIFEST, manifest)
+    bundle_id = manifest.get("bundle_id")
+    if bundle_id is not None and not isinstance(bundle_id, str):
+        raise _fail(root / MANIFEST, "has an invalid bundle_id; the bundle is corrupt")
+    return Trace(meta=meta, tokens=tokens, tensors=BundleTensors(root, index, bundle_id), results=_read_results(root),
+                 path=root)
 
 
 def _read_results(root: Path) -> dict[str, dict]:
     results = {}
     folder = root / "results"
+    if folder.is_symlink():
+        raise _fail(folder, "is a symbolic link; bundles hold plain files only")
     if folder.is_dir():
         for file in sorted(folder.glob("*.json")):
+            if file.name.startswith("."):  # a writer's temporary
+                continue
+            info = _plain_file(file)
+            if info is None:
+                raise _fail(file, "is a symbolic link or special file; bundles hold plain files only")
+            if info.st_size > MAX_RESULT_BYTES:
+                raise _fail(file, "is larger than any analysis result can be; rerun that analysis")
             try:
-                results[file.stem] = json.loads(file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                results[file.stem] = json.loads(file.read_bytes().decode("utf-8"))
+                json.dumps(results[file.stem], ensure_ascii=False).encode("utf-8")  # no lone surrogates
+            except (UnicodeError, ValueError, RecursionError) as error:
                 raise _fail(file, f"is not valid JSON ({type(error).__name__}); rerun that analysis") from None
     return results
