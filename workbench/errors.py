@@ -29,3 +29,7 @@ class BundleError(WorkbenchError):
 
 class OutputExistsError(WorkbenchError):
     """Refusing to overwrite something the user already has."""
+
+
+class ResourceError(WorkbenchError):
+    """A request this machine cannot serve (e.g. full maps larger than the memory budget)."""

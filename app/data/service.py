@@ -55,6 +55,13 @@ class AppData:
     def trace(self, bundle_id):
         return self.catalog.open(bundle_id)
 
+    def health(self, bundle_id):
+        """The bundle's numerics Health: the manifest's verdict and the one recomputed from its statistics."""
+        from workbench.traces.health import health
+
+        info = self.info(bundle_id)
+        return self.cache.get_or_compute((info.key, "health"), lambda: health(self.trace(bundle_id)))
+
     def resolve(self, bundle_id) -> str | None:
         """A valid bundle id: the given one if it exists, else the default (None when there is none)."""
         if isinstance(bundle_id, str) and bundle_id in self.catalog.ids():

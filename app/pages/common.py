@@ -96,8 +96,23 @@ def bundle_picker(selected: str | None, stack: str | None = None) -> html.Div:
     options = [{"label": f"{info.id} · {info.model} · {info.tokens} tokens", "value": info.id} for info in infos]
     return html.Div([dcc.Dropdown(id=sel("bundle"), options=options, value=selected, clearable=False,
                                   placeholder="choose a bundle"),
-                      dcc.Store(id="wb-page", data={"bundle": selected, "stack": stack or "text"})],
+                      dcc.Store(id="wb-page", data={"bundle": selected, "stack": stack or "text"}),
+                      health_warning(selected)],
                      className="wb-bundle")
+
+
+def health_warning(bundle_id: str | None):
+    """A visible warning on every page of a bundle whose statistics hold NaN/Inf or a normaliser Z far from 1."""
+    if not bundle_id:
+        return None
+    try:
+        found = data().health(bundle_id)
+    except WorkbenchError:
+        return None  # the page itself reports an unreadable bundle
+    if found.healthy:
+        return None
+    return html.Div([html.Strong("Numerics check failed: "), found.describe()], id="wb-health",
+                    className="wb-warning", role="alert")
 
 
 def stack_picker(trace, selected: str | None) -> html.Div:

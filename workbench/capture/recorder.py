@@ -65,6 +65,7 @@ class Recorder:
         self.max_normaliser_error = 0.0
         self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
         self.non_finite = 0
+        self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -116,7 +117,7 @@ class Recorder:
         buffer["region_count"][rows] = stats.region_count[0].cpu()
         buffer["entropy"][:, rows] = stats.entropy[0].cpu()
         buffer["normaliser"][:, rows] = stats.normaliser[0].cpu()
-        self._check_numerics(stats)
+        self._check_numerics(stats, stack, layer)
         if self.plan.top_k:
             buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu()
             buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()
@@ -177,12 +178,17 @@ class Recorder:
                 head_vectors = attn_output[0, row].detach().float()  # [head, d_head]
                 store[position] = torch.einsum("hd,mhd->hm", head_vectors, w_out).cpu()
 
-    def _check_numerics(self, stats) -> None:
-        seen = stats.region_count[0].sum(-1) > 0  # [query_pos]
-        if seen.any():
-            error = (stats.normaliser[0][:, seen] - 1).abs().max().item()
-            self.max_normaliser_error = max(self.max_normaliser_error, error if error == error else float("inf"))
-        self.non_finite += int((~torch.isfinite(stats.entropy)).sum() + (~torch.isfinite(stats.key_mass)).sum())
+    def _check_numerics(self, stats, stack: str, layer: int) -> None:
+        """fp16 overflow or a bad mask shows as inf/NaN statistics or rows whose weights do not sum to 1."""
+        from workbench.traces.health import Z_TOLERANCE, layer_problems
+
+        count, error = layer_problems({name: getattr(stats, name)[0] for name in
+                                       ("key_mass", "region_mass", "entropy", "normaliser", "region_count")})
+        self.non_finite += count
+        self.max_normaliser_error = max(self.max_normaliser_error, error)
+        where = f"{stack} layer {layer}"
+        if (count or error >= Z_TOLERANCE) and where not in self.flagged:
+            self.flagged.append(where)
 
     def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Everything recorded, trimmed to the final length, as name -> (tensor, axes)."""

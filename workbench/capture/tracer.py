@@ -46,7 +46,7 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
 def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
           maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None, top_k: int = 0,
           map_dtype: str = "float16", max_length: int | None = None, implementation: str = "auto",
-          decomposition: bool = False, intervention=None,
+          decomposition: bool = False, intervention=None, max_map_memory=None,
           device: str = "cpu", dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Trace:
     """Trace `prompt` (and `image`) through `model` and greedily generate up to `max_new_tokens` tokens.
 
@@ -60,6 +60,8 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
         workbench/capture/decomposition.py) for routes and circuit tracing; implies hidden_states.
     intervention: an attention intervention applied while tracing (`workbench.capture.interventions`: ACT, VAR);
         its spec and what it moved go to meta["capture"]["intervention"]. Off by default.
+    max_map_memory: budget for full maps ("2GB", bytes, "unlimited"); default WORKBENCH_MAX_MAP_MEMORY or half the
+        available RAM. Maps estimated above it raise ResourceError before any forward (workbench/capture/memory.py).
     progress: called as progress(done_forwards, total_forwards).
 
     >>> import workbench
@@ -105,6 +107,7 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
         implementation=implementation,
     )
     layout = discover_layout(loaded.model)
+    _check_map_memory(loaded, layout, plan, prompt_length + max_new_tokens, max_map_memory)
     recorder = Recorder(layout, plan, text_capacity=prompt_length + max_new_tokens, prompt_length=prompt_length)
     recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in prepared.tokens]))
     tokens = list(prepared.tokens)
@@ -158,6 +161,36 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
 
 
+def _check_map_memory(loaded, layout, plan: CapturePlan, text_positions: int, max_map_memory) -> None:
+    """Refuse maps that would not fit in memory before any forward runs (see workbench/capture/memory.py)."""
+    from workbench.capture.memory import check_map_memory
+
+    requests = []
+    for stack, selection in plan.maps.items():
+        info = layout.stacks.get(stack)
+        if info is None:
+            continue
+        if stack == "text":
+            positions = text_positions
+        else:  # a CLIP-style tower sees (image_size / patch_size)^2 patches plus [CLS]
+            vision = getattr(loaded.model.config, "vision_config", None)
+            size, patch = getattr(vision, "image_size", 0), getattr(vision, "patch_size", 0)
+            positions = (size // patch) ** 2 + 1 if size and patch else 0
+        layers = sum(1 for layer in range(info.n_layers) if selection.wants(layer))
+        requests.append((stack, layers, len(selection.head_list(info.n_heads)), positions))
+    check_map_memory(requests, plan.map_dtype, max_map_memory)
+
+
+def _checks(recorder) -> dict:
+    """The manifest's numerics verdict (see workbench/traces/health.py): healthy, and what failed where."""
+    from workbench.traces.health import Z_TOLERANCE
+
+    error = recorder.max_normaliser_error
+    return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": recorder.non_finite,
+            "healthy": recorder.non_finite == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
+            "flagged": list(recorder.flagged)}
+
+
 def _learned_positions(loaded: LoadedModel) -> bool:
     config = loaded.text_config
     return not (getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None))
@@ -206,6 +239,5 @@ def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan,
                        "note": "the token at position p was predicted by query row p - 1"},
         "dims": {"tokens": len(tokens), "regions": list(REGIONS), "stacks": stacks},
         "capture": plan.to_json(),
-        "checks": {"max_normaliser_error": recorder.max_normaliser_error, "non_finite": recorder.non_finite,
-                   "healthy": recorder.non_finite == 0 and recorder.max_normaliser_error < 1e-3},
+        "checks": _checks(recorder),
     }

@@ -69,23 +69,37 @@ def info(
     counts: dict[str, int] = {}
     for token in trace.tokens:
         counts[token.region] = counts.get(token.region, 0) + 1
-    model = trace.model
+    model, inputs = trace.model, trace.meta["inputs"]
     console.print(f"[bold]{bundle}[/]  (created {trace.meta.get('created', '?')}, workbench "
-                  f"{trace.meta.get('workbench_version', '?')})")
-    console.print(f"model      {model['name']} ({model['architecture']}, {model['kind']}, {model['dtype']})")
+                  f"{trace.meta.get('workbench_version', '?')})", markup=True, highlight=False)
+    console.print(f"model      {model.get('name', '?')} ({model.get('architecture', '?')}, {model.get('kind', '?')}, "
+                  f"{model.get('dtype', '?')})", markup=False)
     console.print(f"tokens     {len(trace.tokens)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    console.print(f"prompt     {trace.meta['inputs']['prompt']!r}")
-    if trace.meta["inputs"].get("image"):
-        image = trace.meta["inputs"]["image"]
-        console.print(f"image      {image['source']} {image['width']}x{image['height']} sha256 {image['sha256'][:12]}")
-    console.print(f"generated  {trace.generation['text']!r}")
+    console.print(f"prompt     {inputs.get('prompt', '')!r}", markup=False)
+    image = inputs.get("image")
+    if isinstance(image, dict):
+        console.print(f"image      {image.get('source', '?')} {image.get('width', '?')}x{image.get('height', '?')} "
+                      f"sha256 {str(image.get('sha256', ''))[:12]}", markup=False)
+    console.print(f"generated  {trace.generation.get('text', '')!r}", markup=False)
     for stack, dims in trace.dims["stacks"].items():
-        console.print(f"{stack:<10} {dims['layers']} layers x {dims['heads']} heads ({dims['kv_heads']} kv heads), "
-                      f"{dims['positions']} positions")
+        console.print(f"{stack:<10} {dims['layers']} layers x {dims['heads']} heads ({dims.get('kv_heads', '?')} kv "
+                      f"heads), {dims['positions']} positions", markup=False)
     kinds = sorted({name.rsplit(".", 1)[-1] for name in trace.tensor_names()})
-    console.print(f"tensors    {len(trace.tensor_names())}: {', '.join(kinds)}")
-    checks = trace.checks
-    status = "[green]healthy[/]" if checks.get("healthy", True) else "[red]UNHEALTHY[/]"
-    console.print(f"checks     {status}: max |Z - 1| = {checks.get('max_normaliser_error', float('nan')):.2e}, "
-                  f"non-finite values {checks.get('non_finite', 0)}")
-    console.print(f"results    {', '.join(trace.results) or 'none'}")
+    console.print(f"tensors    {len(trace.tensor_names())}: {', '.join(kinds)}", markup=False)
+    _print_health(console, trace)
+    console.print(f"results    {', '.join(trace.results) or 'none'}", markup=False)
+
+
+def _print_health(console, trace) -> None:
+    """The manifest's numerics verdict and the one recomputed from the stored statistics; the worse one counts."""
+    import sys
+
+    from workbench.traces.health import health
+
+    found = health(trace)
+    if found.healthy:
+        console.print(f"checks     [green]healthy[/]: max |Z - 1| = {found.max_normaliser_error:.2e}, non-finite "
+                      "values 0 (stored statistics rechecked)")
+        return
+    console.print(f"checks     [red]UNHEALTHY[/]: {found.describe()}", highlight=False)
+    print(f"warning: {trace.path or 'this trace'}: numerics check failed: {found.describe()}", file=sys.stderr)

@@ -51,6 +51,9 @@ def trace(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON export here ('-': stdout)."),
     maps: Optional[str] = typer.Option(None, "--maps", help="Keep full maps: LAYERS:HEADS, e.g. 'all', '0-3:all', '5:0,2'."),
     vision_maps: Optional[str] = typer.Option(None, "--vision-maps", help="Same for the vision tower."),
+    max_map_memory: Optional[str] = typer.Option(None, "--max-map-memory",
+                                                 help="Refuse --maps estimated above this (e.g. 2GB, unlimited) "
+                                                      "[default: $WORKBENCH_MAX_MAP_MEMORY or half the free RAM]."),
     hidden: bool = typer.Option(False, "--hidden", help="Keep the residual stream entering every layer."),
     head_outputs: Optional[str] = typer.Option(None, "--head-outputs",
                                                help="Keep per-head outputs at 'all', 'generated', 'last' or '3,7,9'."),
@@ -87,6 +90,8 @@ def trace(
         except UnicodeDecodeError:
             raise InputError(f"{prompt_file} is not UTF-8 text") from None
     parsed_head_outputs = _parse_head_outputs(head_outputs)
+    if max_map_memory is not None:  # a typo fails before the model loads
+        __import__("workbench.capture.memory", fromlist=["parse_size"]).parse_size(max_map_memory)
     if intervene:  # a typo fails before the model loads
         __import__("workbench.capture.interventions", fromlist=["parse"]).parse(intervene)
     items = read_prompts(prompts) if prompts else [
@@ -129,7 +134,7 @@ def trace(
                 loaded, item["prompt"], item.get("image"), max_new_tokens=new_tokens, intervention=spec,
                 system=item.get("system", system), raw=raw, maps=maps, vision_maps=vision_maps, hidden_states=hidden,
                 head_outputs=parsed_head_outputs, top_k=top_k, max_length=max_length, implementation=kernel,
-                decomposition=decomposition,
+                decomposition=decomposition, max_map_memory=max_map_memory,
                 progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
             )
             bars.remove_task(step_task)

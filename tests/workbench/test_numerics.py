@@ -1,0 +1,112 @@
+"""Numerics health: NaN/Inf or a normaliser Z far from 1 is flagged in the manifest (at capture), found again
+from the stored statistics (an edited bundle), and shown by `workbench info` and on every page of the app."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+import workbench
+from tests.workbench.cli_inprocess import run_cli
+
+
+@pytest.fixture(scope="module")
+def planted(models, tmp_path_factory):
+    """tiny-llama with +inf written into the input of layer 1's attention at position 3 (an fp16 overflow
+    stand-in); a clean trace of the same prompt; and the clean one saved with layer 2's Z edited to 1.5."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("numerics")
+    loaded = models("tiny-llama")
+    prompt = "Numbers can overflow"
+
+    def overflow(module, args, output):
+        if output.shape[1] > 3:  # the prompt forward; generation steps see one new token each
+            output = output.clone()
+            output[:, 3] = float("inf")
+        return output
+
+    handle = loaded.model.model.layers[1].input_layernorm.register_forward_hook(overflow)
+    try:
+        broken = workbench.trace(loaded, prompt, max_new_tokens=2)
+    finally:
+        handle.remove()
+    broken.save(root / "overflow.wbtrace")
+    clean = workbench.trace(loaded, prompt, max_new_tokens=2)
+    clean.save(root / "clean.wbtrace")
+    clean.save(root / "edited.wbtrace")
+    _scale_normaliser(root / "edited.wbtrace", layer=2, factor=1.5)
+    return root, broken, clean
+
+
+def _scale_normaliser(bundle, *, layer: int, factor: float) -> None:
+    """Rewrite one shard with Z scaled (same shard metadata, manifest sizes and checksums updated)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    relative = f"tensors/layer_{layer:02d}.safetensors"
+    with safe_open(str(bundle / relative), framework="pt") as shard:
+        metadata, tensors = shard.metadata(), {key: shard.get_tensor(key) for key in shard.keys()}
+    tensors["normaliser"] = tensors["normaliser"] * factor
+    save_file(tensors, str(bundle / relative), metadata=metadata)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / relative).read_bytes()
+    manifest["files"][relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_capture_flags_non_finite_statistics_where_they_start(planted):
+    root, broken, clean = planted
+    assert clean.checks["healthy"] and clean.checks["flagged"] == [] and clean.checks["non_finite"] == 0
+    checks = json.loads((root / "overflow.wbtrace" / "manifest.json").read_text())["checks"]
+    assert checks["healthy"] is False and checks["non_finite"] > 0
+    # Ground truth: the inf enters at layer 1; layer 0 ran before it and stays clean.
+    assert "text layer 1" in checks["flagged"] and "text layer 0" not in checks["flagged"]
+    stored = workbench.load(root / "overflow.wbtrace").layer(1)
+    planted_count = sum(int((~torch.isfinite(stored[name])).sum())
+                        for name in ("key_mass", "region_mass", "entropy", "normaliser"))
+    assert planted_count > 0
+
+
+def test_stored_statistics_are_rechecked(planted):
+    from workbench.traces.health import health, stored_health
+
+    root, _, _ = planted
+    edited = workbench.load(root / "edited.wbtrace")
+    assert edited.checks["healthy"]  # the manifest still claims health ...
+    found = stored_health(edited)  # ... the data says otherwise, at the edited layer only
+    assert found.flagged == ["text layer 2"] and found.max_normaliser_error == pytest.approx(0.5, abs=1e-4)
+    assert not health(edited).healthy
+    assert health(workbench.load(root / "clean.wbtrace")).healthy
+
+
+@pytest.mark.parametrize("name, where", [("overflow", "text layer 1"), ("edited", "text layer 2")])
+def test_info_shows_the_failed_check(planted, name, where):
+    root, _, _ = planted
+    code, out, err = run_cli("info", root / f"{name}.wbtrace")
+    assert code == 0, err
+    assert "UNHEALTHY" in out and where in " ".join(out.split())  # rich wraps long lines
+    assert err.startswith("warning: ") and "numerics check failed" in err and where in err
+    code, out, err = run_cli("info", root / "clean.wbtrace")
+    assert code == 0 and "healthy" in out and "UNHEALTHY" not in out and not err
+
+
+def test_every_bundle_page_of_the_app_warns(planted):
+    from workbench.app import create_app
+    from workbench.app.pages import PAGES
+
+    root, _, _ = planted
+    app = create_app(root, allow_trace=False, allow_recompute=False)
+
+    def text(component) -> str:
+        return json.dumps(component.to_plotly_json(), default=lambda o: o.to_plotly_json()
+                          if hasattr(o, "to_plotly_json") else str(o))
+
+    with app.server.test_request_context():
+        for page in PAGES[1:]:  # every page that shows one bundle
+            for bundle in ("overflow", "edited"):
+                shown = text(page.layout(bundle=bundle))
+                assert "wb-health" in shown and "Numerics check failed" in shown, (page.name, bundle)
+            assert "wb-health" not in text(page.layout(bundle="clean")), page.name
