@@ -100,6 +100,8 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
                title="Attention workbench", update_title=None, index_string=INDEX)
     app.server.config["WORKBENCH_DATA"] = store
     app.server.config["MAX_CONTENT_LENGTH"] = (MAX_UPLOAD_BYTES * 4) // 3 + 1024 * 1024
+    # A made-up component-suite path (e.g. `../../x`) is a client error: 404, not a 500 listing every asset.
+    app.server.register_error_handler(dash.exceptions.DependencyException, lambda _error: ("not found", 404))
     for page in PAGES:
         dash.register_page(page.module, path=page.path, name=page.name, order=page.order, layout=page.layout,
                            title=f"{page.name} · Attention workbench", description=page.description)
