@@ -56,3 +56,11 @@ def test_remote_without_key_fails_at_once(tmp_path):
 def test_unknown_backend(tmp_path):
     assert_user_error(run("trace", "--model", "tiny-llama", "--prompt", "hi", "--backend", "jax",
                           "-o", tmp_path / "a"), "--backend")
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "lens"])
+def test_map_memory_guard_applies_to_frontends(tmp_path, backend):
+    result = run("trace", "--model", "tiny-llama", "--prompt", PROMPT, "--raw", "-n", "0", "--backend", backend,
+                 "--maps", "all", "--max-map-memory", "4KB", "-o", tmp_path / "a")
+    assert_user_error(result, "--max-map-memory")
+    assert not (tmp_path / "a").exists()

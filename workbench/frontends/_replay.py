@@ -120,14 +120,14 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
                    raw: bool = False, maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None,
                    top_k: int = 0, map_dtype: str = "float16", max_length: int | None = None,
                    implementation: str = "auto", decomposition: bool = False, intervention=None,
-                   progress: Callable[[int, int], None] | None = None) -> Trace:
+                   max_map_memory=None, progress: Callable[[int, int], None] | None = None) -> Trace:
     """Trace `prompt` (and `image`) through a front-end into the same `Trace` that `workbench.trace` returns.
 
     decomposition and interventions need the HF capture path (they hook the attention computation itself).
     """
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout
-    from workbench.capture.tracer import _eos_ids, _meta, _record_predictions
+    from workbench.capture.tracer import _check_map_memory, _eos_ids, _meta, _record_predictions
 
     if decomposition or intervention is not None:
         raise InputError(f"--decomposition and interventions need HF capture; the {frontend.name} front-end "
@@ -142,6 +142,7 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
         hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
         implementation=implementation,
     )
+    _check_map_memory(loaded, discover_layout(loaded.model), plan, prompt_length + max_new_tokens, max_map_memory)
     tokens = list(prepared.tokens)
     ids = prepared.input_ids
     eos = _eos_ids(loaded)
