@@ -105,8 +105,8 @@ def _png_url(data: bytes) -> str:
 
 
 def test_uploads_are_size_checked_content_addressed_and_never_named_by_the_client(hostile):
-    from workbench.app.data.images import MAX_UPLOAD_BYTES
     from PIL import Image
+    from workbench.app.data.images import MAX_UPLOAD_BYTES
 
     client, root = hostile
     images = root / "traces" / "images"

@@ -103,7 +103,7 @@ def unhealthy(bundle):
 
 
 def cli_cases(root: Path) -> list[tuple[str, list]]:
-    b = lambda name, damage: damaged(root, name, damage)  # noqa: E731
+    b = lambda name, damage: damaged(root, name, damage)
     return [
         ("unknown model name", ["trace", "-m", "lama", "-p", "x"]),
         ("empty prompt", ["trace", "-m", "tiny-gpt2", "-p", "   "]),

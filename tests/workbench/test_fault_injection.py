@@ -193,11 +193,11 @@ def test_killed_sweep_never_reads_partial_as_complete_and_resumes_exactly(tmp_pa
 def test_killed_probe_training_leaves_the_old_probe_or_the_complete_new_one(tmp_path, models):
     import numpy as np
     import pyarrow.parquet as pq
+    from workbench.probes import dataset
+    from workbench.probes.probe import Probe
 
     from tests.probes.conftest import short_kv_items
     from tests.probes.labels import with_labels
-    from workbench.probes import dataset
-    from workbench.probes.probe import Probe
 
     dataset.build(models("tiny-llama"), short_kv_items(40, seed=3), tmp_path / "built.parquet", max_new_tokens=4,
                   embed=False)

@@ -58,7 +58,7 @@ def _scale_normaliser(bundle, *, layer: int, factor: float) -> None:
 
 
 def test_capture_flags_non_finite_statistics_where_they_start(planted):
-    root, broken, clean = planted
+    root, _, clean = planted
     assert clean.checks["healthy"] and clean.checks["flagged"] == [] and clean.checks["non_finite"] == 0
     checks = json.loads((root / "overflow.wbtrace" / "manifest.json").read_text())["checks"]
     assert checks["healthy"] is False and checks["non_finite"] > 0

@@ -7,6 +7,7 @@ not by its own claim. fp16 overflow and bad masks show up as inf/NaN or as rows 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +41,7 @@ def layer_problems(stats: dict[str, torch.Tensor]) -> tuple[int, float]:
         seen = stats["region_count"].sum(-1) > 0 if "region_count" in stats else torch.ones(z.shape[-1], dtype=bool)
         if seen.any():
             deviation = (z[:, seen] - 1).abs().max().item()
-            error = deviation if deviation == deviation else float("inf")  # NaN counts as infinitely wrong
+            error = float("inf") if math.isnan(deviation) else deviation  # NaN counts as infinitely wrong
     return non_finite, error
 
 
