@@ -25,9 +25,11 @@ from workbench.kernels.api import AttentionStatistics
 from workbench.kernels.mask import MaskSpec
 
 DEFAULT_BLOCK_K = 256
-# log(smallest normal fp32) ~ -87.34. torch's CPU exp takes a slow path ~300x per element below it
-# (subnormal results); clamping there changes each such p by < 1.2e-38, far below fp32 resolution of Z.
+# log(smallest normal fp32) ~ -87.34. torch's CPU exp takes a slow path (~20-300x per element) for inputs
+# whose result is subnormal or zero, -inf included. So log p is clamped at LOG_P_FLOOR before exp and the
+# clamped entries are flushed to exactly 0 after it: each such p changes by < 1.7e-38.
 LOG_P_FLOOR = -87.0
+P_FLUSH = 1.7e-38  # just above exp(LOG_P_FLOOR) = 1.646e-38 in fp32
 
 
 def default_block_size() -> tuple[int, int]:
@@ -254,7 +256,7 @@ def blockwise_attention_statistics(
         for k0, k1 in _key_blocks(mask, q0, q1, n_keys, block_k, k_top):
             bk = k1 - k0
             log_p = _scores(qb, key32, k0, k1, softcap).sub_(lse_b).clamp_min_(LOG_P_FLOOR)
-            p = torch.exp(log_p)
+            p = torch.nn.functional.threshold_(torch.exp(log_p), P_FLUSH, 0.0)
             p5 = p.view(batch, n_kv_heads, group, bq, bk)
             if not _block_is_full(mask, q0, q1, k0, k1, padding_prefix):
                 p5.masked_fill_(~_visibility(mask, q0, q1, k0, k1, device), 0.0)
