@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from workbench.errors import BundleError
 
 
 def tensor_name(stack: str, layer: int, stat: str) -> str:
@@ -27,30 +26,8 @@ def stored_map_heads(trace, stack: str, layer: int) -> list[int]:
 
 
 def read_first_axis(trace, name: str, index: int) -> torch.Tensor:
-    """tensor[index] of a bundle tensor, reading only that slice from disk when the trace is a bundle.
-
-    Uses the bundle's checked tensor index (file and key); in-memory traces just index the tensor.
-    """
-    tensors = getattr(trace, "_tensors", None)
-    entry = getattr(tensors, "_index", {}).get(name) if tensors is not None else None
-    root = getattr(tensors, "_root", None)
-    if entry is None or root is None:
-        return trace.tensor(name)[index]
-    from safetensors import SafetensorError, safe_open
-
-    file = root / entry["file"]
-    shape = entry["shape"]
-    if not 0 <= index < shape[0]:
-        raise IndexError(f"{name}: index {index} outside [0, {shape[0]})")
-    try:
-        with safe_open(str(file), framework="pt") as shard:
-            piece = shard.get_slice(entry["key"])
-            if list(piece.get_shape()) != shape:
-                raise BundleError(f"{file}: {entry['key']} has shape {piece.get_shape()} but the manifest says {shape}; "
-                                  "the bundle is corrupt, trace again")
-            return piece[index]
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise BundleError(f"{file}: unreadable ({str(error).splitlines()[0]}); the bundle is corrupt, trace again") from None
+    """tensor[index] of a trace tensor, reading only that slice from disk when the trace is a bundle."""
+    return trace.tensor_slice(name, index)
 
 
 def key_regions(trace, stack: str = "text") -> torch.Tensor:

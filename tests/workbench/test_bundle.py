@@ -146,3 +146,19 @@ def test_symlinked_shard_is_refused(bundle, tmp_path):
     os.symlink(outside, shard)
     with pytest.raises(BundleError, match="symbolic link"):
         workbench.load(bundle)
+
+
+def test_tensor_slice_reads_one_head_with_the_same_checks(traced, bundle):
+    loaded = workbench.load(bundle)
+    for name in ("layer_00.maps", "layer_02.maps", "layer_01.entropy"):
+        for index in range(traced.tensor(name).shape[0]):
+            assert _same(loaded.tensor_slice(name, index), traced.tensor(name)[index]), (name, index)
+            assert _same(traced.tensor_slice(name, index), traced.tensor(name)[index])
+    with pytest.raises(IndexError):
+        loaded.tensor_slice("layer_00.maps", 2)  # two heads kept
+    with pytest.raises(KeyError):
+        loaded.tensor_slice("layer_01.maps", 0)
+    a, b = bundle / "tensors" / "layer_00.safetensors", bundle / "tensors" / "layer_02.safetensors"
+    a.write_bytes(b.read_bytes())  # a swapped-in shard is caught by a slice read too
+    with pytest.raises(BundleError, match="layer_00.safetensors"):
+        workbench.load(bundle).tensor_slice("layer_00.maps", 0)

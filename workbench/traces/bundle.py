@@ -147,22 +147,30 @@ class BundleTensors:
     def axes(self, name: str) -> tuple[str, ...]:
         return tuple(self._index[name]["axes"])
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, index: int | None = None) -> torch.Tensor:
+        """The tensor, or only tensor[index] (just that slice is read from disk) when index is given."""
         from safetensors import SafetensorError, safe_open
 
         entry = self._index[name]
         file = self._root / entry["file"]
+        if index is not None and not 0 <= index < (entry["shape"] or [0])[0]:
+            raise IndexError(f"{name}: index {index} outside the first axis of shape {entry['shape']}")
         try:
             with safe_open(str(file), framework="pt") as shard:
                 self._check_identity(file, entry["file"], shard.metadata() or {})
                 if entry["key"] not in shard.keys():
                     raise BundleError(f"{file}: has no tensor {_shown(entry['key'])}; the bundle is corrupt, trace again")
-                tensor = shard.get_tensor(entry["key"])
+                if index is None:
+                    tensor = shard.get_tensor(entry["key"])
+                    shape = list(tensor.shape)
+                else:
+                    piece = shard.get_slice(entry["key"])
+                    shape, tensor = list(piece.get_shape()), piece[index]
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise BundleError(f"{file}: unreadable ({str(error).splitlines()[0]}); the bundle is corrupt, "
                               "trace again") from None
-        if str(tensor.dtype).removeprefix("torch.") != entry["dtype"] or list(tensor.shape) != entry["shape"]:
-            raise BundleError(f"{file}: {entry['key']} is {tensor.dtype} {list(tensor.shape)} but the manifest "
+        if str(tensor.dtype).removeprefix("torch.") != entry["dtype"] or shape != entry["shape"]:
+            raise BundleError(f"{file}: {entry['key']} is {tensor.dtype} {shape} but the manifest "
                               f"says {entry['dtype']} {entry['shape']}; the bundle is corrupt, trace again")
         return tensor
 

@@ -22,8 +22,9 @@ class MemoryTensors:
     def axes(self, name: str) -> tuple[str, ...]:
         return tuple(self._tensors[name][1])
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name][0]
+    def get(self, name: str, index: int | None = None) -> torch.Tensor:
+        tensor = self._tensors[name][0]
+        return tensor if index is None else tensor[index]
 
 
 class Trace:
@@ -102,6 +103,19 @@ class Trace:
         if name not in self._tensors.names():
             raise KeyError(f"this trace has no tensor {name!r}; see trace.tensor_names()")
         return self._tensors.get(name)
+
+    def tensor_slice(self, name: str, index: int) -> torch.Tensor:
+        """tensor(name)[index], reading only that slice from a bundle (e.g. one head of a layer's maps).
+
+        >>> import workbench
+        >>> trace = workbench.trace("tiny-llama", "Hello there", maps="0:all")
+        >>> heads = trace.tensor("layer_00.maps").shape[0]
+        >>> bool((trace.tensor_slice("layer_00.maps", heads - 1) == trace.tensor("layer_00.maps")[-1]).all())
+        True
+        """
+        if name not in self._tensors.names():
+            raise KeyError(f"this trace has no tensor {name!r}; see trace.tensor_names()")
+        return self._tensors.get(name, index)
 
     def layer(self, layer: int, stack: str = "text") -> dict[str, torch.Tensor]:
         """All tensors of one layer, by statistic name (key_mass, entropy, maps, ...)."""
