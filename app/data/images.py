@@ -1,6 +1,7 @@
 """Input images of VLM bundles: finding them (only under allowed folders), uploads, and what the model saw.
 
-A bundle stores the image's sha256, not the image. The app looks for it, in order: the recorded source
+A bundle stores the image's pixels (`inputs.image`) and sha256; older bundles only the sha256. For those the
+app looks for the image, in order: the recorded source
 path if it lies under an allowed folder, then `<root>/images/<sha256>.<ext>` and `<root>/<sha256>.<ext>`
 for each allowed folder (the traces directory first; `workbench app --images DIR` adds more). A file
 is accepted only if its bytes (or, for in-memory images, its decoded RGB pixels) hash to the recorded
@@ -81,6 +82,9 @@ class ImageFinder:
         return None
 
     def load(self, trace):
+        embedded = trace.image()  # bundles written since the image is stored inside them
+        if embedded is not None:
+            return embedded
         path = self.find(trace)
         return None if path is None else _open_rgb(path.read_bytes())
 

@@ -162,3 +162,22 @@ def test_tensor_slice_reads_one_head_with_the_same_checks(traced, bundle):
     a.write_bytes(b.read_bytes())  # a swapped-in shard is caught by a slice read too
     with pytest.raises(BundleError, match="layer_00.safetensors"):
         workbench.load(bundle).tensor_slice("layer_00.maps", 0)
+
+
+def test_input_image_travels_inside_the_bundle(models, tmp_path):
+    """A VLM bundle holds the pixels the processor saw: the app shows and recomputes with no image file around."""
+    from PIL import Image
+
+    from workbench.app.data.images import ImageFinder
+
+    source = tmp_path / "scene.png"
+    pixels = torch.randint(0, 256, (30, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.numpy()).save(source)
+    saved = workbench.trace(models("tiny-llava"), "What is this?", image=source).save(tmp_path / "v.wbtrace")
+    source.unlink()
+    loaded = workbench.load(saved, verify=True)
+    assert loaded.axes("inputs.image") == ("height", "width", "channel")
+    assert torch.equal(torch.from_numpy(__import__("numpy").array(loaded.image())), pixels)
+    shown = ImageFinder([tmp_path / "nowhere"]).load(loaded)
+    assert shown is not None and shown.size == (40, 30)
+    assert workbench.trace(models("tiny-llama"), "no image").image() is None

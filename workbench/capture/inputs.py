@@ -30,6 +30,16 @@ class PreparedInput:
     model_inputs: dict  # extra forward kwargs (pixel_values, attention_mask)
     tokens: list[Token]
     meta: dict  # prompt, system, raw, chat_template, image {sha256, width, height, source}
+    image: object = None  # the RGB PIL image the processor saw (stored in the bundle as inputs.image)
+
+    def image_tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        """The input image as a bundle tensor ([height, width, channel] uint8), so a bundle is self-contained."""
+        if self.image is None:
+            return {}
+        import numpy as np
+
+        pixels = torch.from_numpy(np.array(self.image, dtype=np.uint8, copy=True))
+        return {"inputs.image": (pixels, ("height", "width", "channel"))}
 
 
 def load_image(image):
@@ -129,7 +139,7 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
         model_inputs["token_type_ids"] = encoded["token_type_ids"]
     meta = {"prompt": prompt, "system": system, "raw": raw, "chat_template": use_template, "text": text,
             "image": image_meta}
-    return PreparedInput(input_ids, model_inputs, tokens, meta)
+    return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image)
 
 
 def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system) -> list[Token]:

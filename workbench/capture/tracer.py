@@ -155,6 +155,7 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
                          "load a fresh copy of the model")
     tensors["outputs.next_token_logprob"] = (logprob[:n].clone(), ("query_pos",))
     tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
+    tensors.update(prepared.image_tensors())
     meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
     if runtime is not None:
         meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}

@@ -174,6 +174,7 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
         _record_predictions(captured.logits.float().cpu(), ids[0], n, logprob, entropy)
     tensors["outputs.next_token_logprob"] = (logprob, ("query_pos",))
     tensors["outputs.prediction_entropy"] = (entropy, ("query_pos",))
+    tensors.update(prepared.image_tensors())
     meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
     meta["model"]["attention_backend"] = frontend.name
     meta["model"]["frontend"] = {"name": frontend.name, "version": frontend.version, **captured.extra_meta}

@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 FORMAT = "workbench-trace"
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
-          "int32": torch.int32, "bool": torch.bool}
+          "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 _RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 MAX_RESULT_BYTES = 256 * 1024 * 1024

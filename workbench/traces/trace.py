@@ -117,6 +117,14 @@ class Trace:
             raise KeyError(f"this trace has no tensor {name!r}; see trace.tensor_names()")
         return self._tensors.get(name, index)
 
+    def image(self):
+        """The input image as the model saw it (a PIL RGB image), or None for text-only traces."""
+        if not self.has("inputs.image"):
+            return None
+        from PIL import Image
+
+        return Image.fromarray(self.tensor("inputs.image").numpy())
+
     def layer(self, layer: int, stack: str = "text") -> dict[str, torch.Tensor]:
         """All tensors of one layer, by statistic name (key_mass, entropy, maps, ...)."""
         prefix = f"{'' if stack == 'text' else stack + '.'}layer_{layer:02d}."
