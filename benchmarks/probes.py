@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -60,6 +61,11 @@ def lookback_subset(probe, data, rows, features, variant) -> tuple[float | None,
     return out.pop("probe"), out
 
 
+def _done(label: str, values: list, seconds: float) -> None:
+    """One stderr line per finished detector: the full run takes minutes (graph detectors: ~4 min a seed)."""
+    print(f"  done: {label}: AUROC {_mean_sd(values)} ({seconds:.1f} s per seed)", file=sys.stderr, flush=True)
+
+
 def lookback_rows(data, seeds, tasks, subset=None) -> list[dict]:
     from workbench.probes.lookback import OTHER_FEATURES
 
@@ -97,6 +103,7 @@ def lookback_rows(data, seeds, tasks, subset=None) -> list[dict]:
                          "examples": results[0][2],
                          "generations": results[0][3], "hallucinated": results[0][4], "seconds": seconds,
                          "subset_auroc": sub})
+            _done(label, [r[0] for r in results], seconds)
             where = "claims" if mode == "claims" else "answer span"
             for name, values in baselines.items():
                 rows.append({"detector": f"baseline: {name} ({where})", "example_auroc": values,
@@ -131,6 +138,7 @@ def graph_rows(data, seeds, tasks, *, skip_minilm: bool, subset=None) -> list[di
                      "examples": first["n"], "generations": first["n"],
                      "hallucinated": first["hallucinated"], "seconds": seconds / len(seeds),
                      "subset_auroc": sub})
+        _done(label, values, seconds / len(seeds))
     return rows
 
 
