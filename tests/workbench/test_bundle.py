@@ -181,3 +181,24 @@ def test_input_image_travels_inside_the_bundle(models, tmp_path):
     shown = ImageFinder([tmp_path / "nowhere"]).load(loaded)
     assert shown is not None and shown.size == (40, 30)
     assert workbench.trace(models("tiny-llama"), "no image").image() is None
+
+
+def test_staging_left_by_a_killed_writer_is_cleaned_on_the_next_save(traced, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from workbench.traces import bundle as bundle_mod
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".t.wbtrace.tmp-{host}-{int(dead.stdout)}-abc"
+    live = tmp_path / f".t.wbtrace.tmp-{host}-{os.getpid()}-def"  # a writer still running
+    remote = tmp_path / f".t.wbtrace.tmp-{host}x-{int(dead.stdout)}-ghi"  # another host on a shared disk
+    other = tmp_path / f".u.wbtrace.tmp-{host}-{int(dead.stdout)}-jkl"  # another bundle's writer
+    for folder in (stale, live, remote, other):
+        (folder / "tensors").mkdir(parents=True)
+    bundle_mod._cleaned_parents.clear()
+    traced.save(tmp_path / "t.wbtrace")
+    assert not stale.exists() and live.exists() and remote.exists() and other.exists()
+    assert workbench.load(tmp_path / "t.wbtrace", verify=True).tokens == traced.tokens

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import uuid
@@ -65,7 +66,8 @@ def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
         raise OutputExistsError(f"cannot write {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputExistsError(f"cannot write {path}: the folder {parent} is not writable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    _remove_stale_staging(parent, path.name)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(path.name)}{os.getpid()}-", dir=parent))
     try:
         os.chmod(staging, 0o755)
         (staging / "tensors").mkdir()
@@ -95,6 +97,46 @@ def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _staging_prefix(name: str) -> str:
+    """Staging folders are named .NAME.tmp-HOST-PID-XXXX: a later save can tell whose writer died."""
+    return f".{name}.tmp-{socket.gethostname()}-"
+
+
+_cleaned_parents: set[Path] = set()
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Delete staging folders of NAME left by killed writers on this host (once per folder and process).
+
+    A staging folder holds either a partial new bundle (the target still has the old one, or none) or, after
+    the swap, the old bundle being deleted: never the only copy of anything, so a dead writer's is safe to drop.
+    Folders of live processes or of other hosts (a shared filesystem) are left alone.
+    """
+    key = parent.resolve() / name
+    if key in _cleaned_parents:
+        return
+    _cleaned_parents.add(key)
+    prefix = _staging_prefix(name)
+    with os.scandir(parent) as entries:
+        stale = [entry.path for entry in entries if entry.name.startswith(prefix)
+                 and entry.is_dir(follow_symlinks=False) and not _process_alive(entry.name[len(prefix):])]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(rest: str) -> bool:
+    pid = rest.split("-", 1)[0]
+    if not pid.isdigit():
+        return True  # not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _swap_into_place(staging: Path, path: Path) -> None:
