@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import pytest
+
+from workbench.threads import torch_threads
 
 N_INPUTS = 120  # enough held-out generations for AUROC to be meaningful, still a few seconds of tracing
 
@@ -36,25 +37,12 @@ def kv_dataset(tmp_path_factory, models):
     from workbench.probes import dataset
 
     path = tmp_path_factory.mktemp("probes") / "kv.parquet"
-    with one_thread():
+    with torch_threads(1):
         dataset.build(models("tiny-llama"), short_kv_items(N_INPUTS), path, max_new_tokens=6, embed=False)
     return dataset.load(path)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny matrices: one torch thread is fastest; more only spin in OpenMP barriers on a busy machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _single_thread():
-    with one_thread():
+    with torch_threads(1):
         yield

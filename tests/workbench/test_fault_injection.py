@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import workbench
+from workbench.threads import torch_threads
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 SEED = 11
@@ -108,7 +109,8 @@ def same_tensors(a, b) -> bool:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    torch.set_num_threads(1)
+    with torch_threads(1):
+        yield
 
 
 # ------------------------------------------------------------------------------------------------------- trace

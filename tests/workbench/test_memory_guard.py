@@ -10,11 +10,13 @@ import workbench
 from tests.workbench.cli_inprocess import run_cli
 from workbench.capture.memory import map_budget, parse_size
 from workbench.errors import InputError, ResourceError
+from workbench.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    torch.set_num_threads(1)
+    with torch_threads(1):
+        yield
 
 
 def test_sizes_parse():

@@ -16,28 +16,16 @@ Qwen2, LLaVA's language model) with full-width rotate_half RoPE; anything else r
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from workbench.errors import InputError
+from workbench.threads import torch_threads
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 SUPPORTED = "GPT-2 and q_proj/k_proj decoders (Llama, Mistral, Qwen2, LLaVA) with full-width rotate_half RoPE"
-
-
-@contextlib.contextmanager
-def single_threaded():
-    """Small LAPACK calls (QR of [d_model + 1, d_head], SVD of d_head x d_head) gain nothing from threads and,
-    on a busy machine, lose up to 100x to thread contention: run them on one thread, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -96,7 +84,7 @@ class HeadForm:
         key = offset if self.inv_freq is not None else 0
         if key not in self._svds:
             core = self.scale * self.q_core @ self.rotation(key) @ self.k_core.T
-            with single_threaded():
+            with torch_threads(1):  # small LAPACK calls: see workbench.threads
                 u, s, vt = torch.linalg.svd(core)
             self._svds[key] = (u, s, vt.T)
         return self._svds[key]
@@ -115,7 +103,7 @@ class HeadForm:
 def _factor(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """QR of the augmented maps x~ -> x W + b of several heads: weight [head, d_model, d_head], bias [head, d_head]
     -> Q [head, d_model + 1, d_head], R [head, d_head, d_head]."""
-    with single_threaded():
+    with torch_threads(1):  # small LAPACK calls: see workbench.threads
         return torch.linalg.qr(torch.cat([weight, bias[:, None]], 1).double())
 
 
