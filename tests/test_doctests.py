@@ -18,7 +18,7 @@ MODULES = [
     "workbench.models.loading", "workbench.analyses.sinks", "workbench.analyses.routes",
     "workbench.analyses.circuits", "workbench.analyses.divergence", "workbench.kernels.api",
     "workbench.kernels.forward", "workbench.probes", "workbench.probes.roc", "workbench.app.notebook",
-    "workbench.app.figures.probes",
+    "workbench.app.figures.probes", "workbench.threads",
 ]
 
 
