@@ -10,83 +10,13 @@ from typing import Optional
 
 import typer
 
+from workbench.cli.progress import throughput_bars
 from workbench.errors import InputError
 
 probe_app = typer.Typer(help="Hallucination probes: build a dataset from traces, train Lookback Lens / graph "
                              "detectors, measure held-out AUROC (docs/probes.md).", no_args_is_help=True)
 
 TASKS = ("kv", "facts")
-
-
-def _throughput_bars():
-    """Rich progress with inputs/s, tokens/s and the time left (throughput-aware), on stderr."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Throughput(ProgressColumn):
-        def render(self, task) -> Text:
-            elapsed = task.elapsed or 0.0
-            if not task.completed or elapsed <= 0:
-                return Text("-- /s", style="progress.data.speed")
-            text = f"{task.completed / elapsed:.2f} {task.fields.get('unit', 'it')}/s"
-            tokens = task.fields.get("tokens", 0)
-            if tokens:
-                text += f" · {tokens / elapsed:,.0f} tok/s"
-            return Text(text, style="progress.data.speed")
-
-    console = Console(stderr=True, soft_wrap=True)
-    if not console.is_terminal:
-        return _LineProgress(console)
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    Throughput(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
-class _LineProgress:
-    """Progress for logs (stderr is not a terminal): one line per 5% or 30 s with the same throughput numbers."""
-
-    def __init__(self, console):
-        self.console, self.tasks = console, {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, description: str, *, total: int, unit: str = "it", tokens: int = 0):
-        import time
-
-        handle = len(self.tasks)
-        self.tasks[handle] = {"description": description, "total": total, "unit": unit, "start": time.monotonic(),
-                              "last": 0.0, "shown": -1}
-        return handle
-
-    def update(self, handle, *, completed: int, tokens: int = 0) -> None:
-        import time
-
-        task = self.tasks[handle]
-        now = time.monotonic()
-        elapsed = max(now - task["start"], 1e-9)
-        step = max(1, task["total"] // 20)
-        if completed < task["total"] and completed // step == task["shown"] and now - task["last"] < 30:
-            return
-        task["shown"], task["last"] = completed // step, now
-        rate = completed / elapsed
-        left = (task["total"] - completed) / rate if rate > 0 else float("nan")
-        speed = f" · {tokens / elapsed:,.0f} tok/s" if tokens else ""
-        self.console.print(f"{task['description']}: {completed}/{task['total']} ({rate:.2f} {task['unit']}/s{speed}, "
-                           f"{elapsed:.0f} s elapsed, about {left:.0f} s left)", highlight=False)
 
 
 def _command() -> str:
@@ -168,7 +98,7 @@ def build(
     if scenes is not None and loaded.kind != "vlm":
         raise InputError(f"{loaded.name} is a text-only model and cannot answer questions about scenes; use a "
                          "vision-language model (--model llava-scenes)")
-    with _throughput_bars() as bars:
+    with throughput_bars() as bars:
         handles = {}
 
         def on_start(stage: str, total: int) -> None:

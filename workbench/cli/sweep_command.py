@@ -7,31 +7,7 @@ from typing import Optional
 
 import typer
 
-
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Throughput(ProgressColumn):
-        """Inputs per second traced by this run (resumed inputs do not count)."""
-
-        def render(self, task) -> Text:
-            traced, elapsed = task.fields.get("traced", 0), task.elapsed or 0.0
-            return Text(f"{traced / elapsed:.2f} inputs/s" if traced and elapsed else "-- inputs/s", style="cyan")
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    Throughput(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    transient=True)
+from workbench.cli.progress import throughput_bars
 
 
 def sweep(
@@ -64,13 +40,13 @@ def sweep(
     from workbench.scale import run_sweep
 
     console = Console(stderr=True)
-    with _progress_bar() as bars:
-        task = bars.add_task(f"sweep {model} ({executor})", total=None, traced=0)
+    with throughput_bars() as bars:
+        task = bars.add_task(f"sweep {model} ({executor})", total=None, unit="inputs", counted=0)
 
         def progress(done: int, total: int, traced: int) -> None:
             if traced == 0 and done:
                 console.print(f"resuming: {done} of {total} inputs already done in {out}")
-            bars.update(task, completed=done, total=total, traced=traced)
+            bars.update(task, completed=done, total=total, counted=traced)
 
         result = run_sweep(model, data, out, images=images, executor=executor, backend=backend,
                            batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker,
