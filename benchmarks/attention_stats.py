@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from workbench.peak_rss import reset_peak, status_kib
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("smollm2", "gpt2-small")
 CONFIGS = ("floor", "capture", "eager", "lens")
@@ -42,12 +44,6 @@ LABELS = {"floor": "SDPA forward (floor)", "capture": "workbench statistics capt
 
 
 # ---------------------------------------------------------------------------------------------- worker side
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def _load(model: str, n: int):
@@ -135,16 +131,15 @@ def worker(model: str, config: str, n: int, threads: int) -> dict:
     with torch.inference_mode():
         _runner(config, loaded, 64)()  # warm-up: touches every weight page, initialises lazy state
         run = _runner(config, loaded, n)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-        before_rss = _status_kib("VmRSS")
+        reset_peak()
+        before_rss = status_kib("VmRSS")
         load_before = os.getloadavg()[0]
         cpu_before = time.process_time()
         start = time.perf_counter()
         result = run()
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_before
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
     del result
     return {"wall_s": wall, "cpu_s": cpu, "peak_rss_gib": peak / 2**20, "before_rss_gib": before_rss / 2**20,
             "load": (load_before + os.getloadavg()[0]) / 2, "threads": torch.get_num_threads()}

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from workbench.kernels import IMPLEMENTATIONS, MaskSpec, attention_statistics, sdpa_with_log_normaliser
+from workbench.peak_rss import reset_peak, status_kib
 
 HEADS, KV_HEADS, D_HEAD = 9, 3, 64
 
@@ -42,14 +43,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} with {torch.get_num_threads()} "
         f"thread(s){gpu}"
     )
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 class PeakTensorBytes(TorchDispatchMode):
@@ -94,11 +87,10 @@ def measure(fn, device: str, repeat: int) -> tuple[float, float, float]:
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # peak RSS := current RSS
-        base = _status_kib("VmRSS")
+        reset_peak()
+        base = status_kib("VmRSS")
         fn()
-        extra = (_status_kib("VmHWM") - base) * 1024
+        extra = (status_kib("VmHWM") - base) * 1024
     best = float("inf")
     for _ in range(repeat):
         if device == "cuda":

@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_leaves
 
 from workbench.kernels import MaskSpec, attention_statistics
 from workbench.kernels.blockwise import log_normaliser_blockwise, log_normaliser_sdpa
+from workbench.peak_rss import reset_peak, status_kib
 
 
 def test_equals_dense_small_blocks(case, compare_to_dense):
@@ -183,13 +184,12 @@ def test_peak_resident_memory_is_far_below_the_map():
             scaling=0.2, mask=MaskSpec(causal=True), key_regions=torch.zeros(n, dtype=torch.long), n_regions=1
         )
         try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak RSS to the current RSS
+            reset_peak()
         except OSError:
             pytest.skip("cannot reset peak RSS here")
-        before = _status_kib("VmRSS")
+        before = status_kib("VmRSS")
         attention_statistics(query, key, implementation=implementation, **kw)
-        return (_status_kib("VmHWM") - before) * 1024
+        return (status_kib("VmHWM") - before) * 1024
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -200,15 +200,6 @@ def test_peak_resident_memory_is_far_below_the_map():
         torch.set_num_threads(threads)
     assert dense >= map_bytes, dense  # control: the measurement sees a materialised map
     assert blockwise < map_bytes / 4, (blockwise, map_bytes)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
 
 
 def test_extremely_sharp_attention_equals_dense():
