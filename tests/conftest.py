@@ -23,3 +23,13 @@ def models():
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: on a shared 2-core machine two threads oversubscribe the cores and run
+    several times slower (see docs/scaling.md); numbers compared within a test use the same setting."""
+    from workbench.threads import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -33,12 +33,5 @@ def same_trace():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test process: on a shared 2-core machine two threads oversubscribe the cores and run
-    several times slower (see docs/scaling.md); numbers compared within a test use the same setting."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
