@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,6 +54,48 @@ def validation_split(groups: np.ndarray, train_rows: np.ndarray, seed: int, frac
     val = np.zeros(len(groups), bool)
     val[train_rows] = split(groups[train_rows], seed=seed + 1000, test_fraction=fraction)
     return val
+
+
+@dataclass
+class TrainingSplit:
+    """What a graph detector trains on: the task-selected dataset and its rows split by group (the split seed)."""
+
+    data: object  # the dataset restricted to the chosen tasks (labels shuffled when asked)
+    fingerprint: str  # of the whole dataset: evaluate() must recognise it to use the held-out split
+    labels: np.ndarray
+    test: np.ndarray  # bool per row: held out
+    train_rows: np.ndarray  # every row not held out
+    val_rows: np.ndarray  # part of train_rows, by group, for epoch selection
+    fit_rows: np.ndarray  # train_rows minus val_rows: what gradients see
+
+    def report(self, scores: np.ndarray) -> dict:
+        """Class counts and AUROC of the scores on the fit, validation and held-out rows."""
+        from workbench.probes.evaluate import _class_counts, auroc
+
+        y = self.labels
+        return {name: {**_class_counts(y[rows]), "auroc": auroc(y[rows], scores[rows])}
+                for name, rows in (("train", self.fit_rows), ("validation", self.val_rows), ("test", self.test))}
+
+
+def training_split(data, *, seed: int, test_fraction: float, tasks: str | None,
+                   shuffle_labels: bool) -> TrainingSplit:
+    """Seed everything, optionally shuffle labels (the leakage check), select tasks and split by group."""
+    from workbench.probes.dataset import split
+    from workbench.probes.evaluate import shuffled, task_mask
+
+    seed_everything(seed)
+    if shuffle_labels:
+        data = shuffled(data, seed)
+    fingerprint = data.fingerprint()
+    data = data.select(task_mask(data.tasks, tasks))
+    labels, groups = data.labels, data.groups
+    test = split(groups, seed=seed, test_fraction=test_fraction)
+    train_rows = np.nonzero(~test)[0]
+    val = validation_split(groups, train_rows, seed)
+    fit_rows = np.nonzero(~test & ~val)[0]
+    if len(set(labels[fit_rows].tolist())) < 2:
+        raise InputError("the training split holds only one class; use more inputs or another split seed")
+    return TrainingSplit(data, fingerprint, labels, test, train_rows, np.nonzero(val)[0], fit_rows)
 
 
 class BestEpoch:

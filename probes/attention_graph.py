@@ -15,9 +15,9 @@ from workbench.probes._gnn import (
     load_state,
     pos_weight,
     require_torch_geometric,
-    seed_everything,
+    standardiser,
     state_to_numpy,
-    validation_split,
+    training_split,
 )
 
 from workbench.errors import InputError
@@ -84,33 +84,21 @@ def train_attention_graph(data, *, hidden: int = 64, epochs: int = 40, batch_siz
     """Train on the training groups; returns (StoredProbe, report with held-out AUROC)."""
     import torch
     from torch_geometric.loader import DataLoader
-    from workbench.probes.dataset import split
-    from workbench.probes.evaluate import _class_counts, auroc, shuffled, task_mask
+    from workbench.probes.evaluate import auroc
     from workbench.probes.store import StoredProbe
 
     require_torch_geometric()
-    seed_everything(seed)
-    if shuffle_labels:
-        data = shuffled(data, seed)
-    fingerprint = data.fingerprint()  # of the whole dataset: evaluate() must recognise it to use the held-out split
-    data = data.select(task_mask(data.tasks, tasks))
-    graphs, y_all, groups = data.graphs(), data.labels, data.groups
-    test = split(groups, seed=seed, test_fraction=test_fraction)
-    train_rows = np.nonzero(~test)[0]
-    val = validation_split(groups, train_rows, seed)
-    fit_rows = np.nonzero(~test & ~val)[0]
-    if len(set(y_all[fit_rows].tolist())) < 2:
-        raise InputError("the training split holds only one class; use more inputs or another split seed")
+    rows = training_split(data, seed=seed, test_fraction=test_fraction, tasks=tasks, shuffle_labels=shuffle_labels)
+    data, y_all, fit_rows, val_rows = rows.data, rows.labels, rows.fit_rows, rows.val_rows
+    graphs = data.graphs()
     stacked = np.concatenate([graphs[i]["nodes"] for i in fit_rows])
-    mean = stacked.mean(0).astype(np.float32)
-    scale = np.where(stacked.std(0) > 1e-8, stacked.std(0), 1.0).astype(np.float32)
+    mean, scale = standardiser(stacked, slice(None))  # node features of the training graphs
     dataset = to_data(graphs, y_all, mean, scale)
     model = _model(stacked.shape[1], hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_all[fit_rows]))
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader([dataset[i] for i in fit_rows], batch_size=batch_size, shuffle=True, generator=generator)
-    val_rows = np.nonzero(val)[0]
     best = BestEpoch()
     for epoch in range(epochs):
         model.train()
@@ -130,12 +118,10 @@ def train_attention_graph(data, *, hidden: int = 64, epochs: int = 40, batch_siz
               "node_features": data.meta["node_features"], "top_k": data.meta.get("top_k"),
               "edges_per_node": data.meta.get("edges_per_node"), "model": data.meta["model"],
               "layers": data.meta["layers"], "heads": data.meta["heads"], "dataset": str(data.path),
-              "fingerprint": fingerprint, "tasks": tasks,
+              "fingerprint": rows.fingerprint, "tasks": tasks,
               "split": {"seed": seed, "test_fraction": test_fraction},
               "epochs": epochs, "best_epoch": best.epoch, "label": "1 = hallucinated"}
-    report = {"train": {**_class_counts(y_all[fit_rows]), "auroc": auroc(y_all[fit_rows], scores[fit_rows])},
-              "validation": {**_class_counts(y_all[val_rows]), "auroc": auroc(y_all[val_rows], scores[val_rows])},
-              "test": {**_class_counts(y_all[test]), "auroc": auroc(y_all[test], scores[test])}}
+    report = rows.report(scores)
     config["metrics"] = report
     tensors = {**state_to_numpy(model), "scaler_mean": mean, "scaler_scale": scale}
     return StoredProbe(config, tensors), report

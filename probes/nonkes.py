@@ -23,10 +23,9 @@ from workbench.probes._gnn import (
     load_state,
     pos_weight,
     require_torch_geometric,
-    seed_everything,
     standardiser,
     state_to_numpy,
-    validation_split,
+    training_split,
 )
 
 from workbench.errors import InputError
@@ -129,26 +128,15 @@ def train_nonkes(data, *, embedding: str = "hidden", hidden_layer: int | None = 
                  tasks: str | None = None, shuffle_labels: bool = False):
     """Train on the training groups; returns (StoredProbe, report with held-out AUROC)."""
     import torch
-    from workbench.probes.dataset import split
-    from workbench.probes.evaluate import _class_counts, auroc, shuffled, task_mask
+    from workbench.probes.evaluate import auroc
     from workbench.probes.store import StoredProbe
 
     require_torch_geometric()
     if edges not in EDGES:
         raise InputError(f"unknown --edges {edges!r}; use threshold or knn")
-    seed_everything(seed)
-    if shuffle_labels:
-        data = shuffled(data, seed)
-    fingerprint = data.fingerprint()  # of the whole dataset: evaluate() must recognise it to use the held-out split
-    data = data.select(task_mask(data.tasks, tasks))
+    rows = training_split(data, seed=seed, test_fraction=test_fraction, tasks=tasks, shuffle_labels=shuffle_labels)
+    data, y_all, train_rows, fit_rows, val_rows = rows.data, rows.labels, rows.train_rows, rows.fit_rows, rows.val_rows
     X_raw, layer = node_embeddings(data, embedding, hidden_layer)
-    y_all, groups = data.labels, data.groups
-    test = split(groups, seed=seed, test_fraction=test_fraction)
-    train_rows = np.nonzero(~test)[0]
-    val = validation_split(groups, train_rows, seed)
-    fit_rows = np.nonzero(~test & ~val)[0]
-    if len(set(y_all[fit_rows].tolist())) < 2:
-        raise InputError("the training split holds only one class; use more inputs or another split seed")
     mean, scale = standardiser(X_raw, train_rows)
     X = torch.from_numpy((X_raw - mean) / scale)
     y = torch.from_numpy(y_all).float()
@@ -158,7 +146,6 @@ def train_nonkes(data, *, embedding: str = "hidden", hidden_layer: int | None = 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_all[fit_rows]))
     best, fit_index = BestEpoch(), torch.from_numpy(fit_rows)
-    val_rows = np.nonzero(val)[0]
     for epoch in range(epochs):
         model.train()
         loss = loss_fn(model(X, edge_index)[fit_index], y[fit_index])
@@ -176,14 +163,11 @@ def train_nonkes(data, *, embedding: str = "hidden", hidden_layer: int | None = 
     config = {"detector": "nonkes", "embedding": embedding, "hidden_layer": layer, "edges": edges,
               "threshold": threshold, "k": k, "max_degree": max_degree, "contrastive": contrastive,
               "d_in": int(X.shape[1]), "model": data.meta["model"], "layers": data.meta["layers"],
-              "heads": data.meta["heads"], "dataset": str(data.path), "fingerprint": fingerprint, "tasks": tasks,
+              "heads": data.meta["heads"], "dataset": str(data.path), "fingerprint": rows.fingerprint, "tasks": tasks,
               "split": {"seed": seed, "test_fraction": test_fraction}, "best_epoch": best.epoch,
               "n_edges": int(edge_index.shape[1]), "pretrain_final_loss": history[-1] if history else None,
               "label": "1 = hallucinated"}
-    report = {"train": {**_class_counts(y_all[fit_rows]), "auroc": auroc(y_all[fit_rows], scores[fit_rows])},
-              "validation": {**_class_counts(y_all[val_rows]), "auroc": auroc(y_all[val_rows], scores[val_rows])},
-              "test": {**_class_counts(y_all[test]), "auroc": auroc(y_all[test], scores[test])},
-              "graph": {"nodes": len(X), "edges": int(edge_index.shape[1])}}
+    report = {**rows.report(scores), "graph": {"nodes": len(X), "edges": int(edge_index.shape[1])}}
     config["metrics"] = report
     tensors = {**state_to_numpy(model), "nodes": X_raw[train_rows], "node_labels": y_all[train_rows].astype(np.int64),
                "scaler_mean": mean, "scaler_scale": scale}
