@@ -92,17 +92,25 @@ def register() -> str:
 
 
 @contextlib.contextmanager
-def capturing(model, recorder):
-    """Route every attention call of `model` through the workbench implementation, recording into `recorder`."""
+def routed(model, variable: contextvars.ContextVar, value, install_hooks):
+    """Route `model`'s attention through the workbench implementation while `variable` holds `value`.
+
+    install_hooks() returns hook handles, removed on exit; the model's previous implementation is restored.
+    """
     register()
     previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
     model.set_attn_implementation(IMPLEMENTATION_NAME)
-    token = _active_recorder.set(recorder)
-    handles = recorder.install_hooks() if recorder is not None else []
+    token = variable.set(value)
+    handles = install_hooks()
     try:
-        yield recorder
+        yield value
     finally:
-        _active_recorder.reset(token)
+        variable.reset(token)
         for handle in handles:
             handle.remove()
         model.set_attn_implementation(previous)
+
+
+def capturing(model, recorder):
+    """Route every attention call of `model` through the workbench implementation, recording into `recorder`."""
+    return routed(model, _active_recorder, recorder, lambda: recorder.install_hooks() if recorder is not None else [])

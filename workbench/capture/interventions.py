@@ -44,20 +44,10 @@ def intervening(model, runtime):
     if runtime is None:
         yield None
         return
-    from workbench.capture.backend import IMPLEMENTATION_NAME, register
+    from workbench.capture.backend import routed
 
-    register()
-    previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    model.set_attn_implementation(IMPLEMENTATION_NAME)
-    token = _active.set(runtime)
-    handles = runtime.install(model)
-    try:
+    with routed(model, _active, runtime, lambda: runtime.install(model)):
         yield runtime
-    finally:
-        _active.reset(token)
-        for handle in handles:
-            handle.remove()
-        model.set_attn_implementation(previous)
 
 
 # -- eager attention for the heads an intervention touches ---------------------------------------------------
