@@ -25,7 +25,7 @@ def circuits(
     """Circuits: which upstream heads feed each head's firings through its query (Q) or key (K) side."""
     import workbench
     from workbench.analyses import circuits as analysis
-    from workbench.cli.routes_command import _store
+    from workbench.cli.paths import store_result
 
     trace = workbench.load(bundle)
     loaded = _load_model(model, trace)
@@ -33,7 +33,7 @@ def circuits(
                               component_threshold=component_threshold, min_share=min_share, attribution=attribution)
     data = result.to_json()
     if store:
-        _store(trace, "circuits", data)
+        store_result(trace, "circuits", data)
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
         return

@@ -31,3 +31,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def store_result(trace, name: str, data: dict) -> None:
+    """trace.add_result (results/NAME.json in the bundle) with a one-line error when the bundle is read-only."""
+    from workbench.errors import OutputExistsError
+
+    try:
+        trace.add_result(name, data)
+    except OSError as error:
+        raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
+                                "pass --no-store or make the bundle writable") from None

@@ -46,21 +46,13 @@ def routes(
                               renormalise=renormalise, bias=bias, head_types=head_types)
     data = result.to_json()
     if store:
-        _store(trace, "routes", data)
+        from workbench.cli.paths import store_result
+
+        store_result(trace, "routes", data)
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
         return
     _summary(result, trace)
-
-
-def _store(trace, name: str, data: dict) -> None:
-    from workbench.errors import OutputExistsError
-
-    try:
-        trace.add_result(name, data)
-    except OSError as error:
-        raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
-                                "pass --no-store or make the bundle writable") from None
 
 
 def _summary(result, trace) -> None:

@@ -50,6 +50,8 @@ def sinks(
     data = result.to_json()
     name = "sinks" if stack == "text" else f"sinks_{stack}"
     if store:
+        from workbench.cli.paths import store_result
+
         store_result(trace, name, data)
     if json_out is not None:
         text = json.dumps(data, ensure_ascii=False, indent=1)
@@ -60,17 +62,6 @@ def sinks(
 
         write_text_atomic(json_out, text)
     _summary(result)
-
-
-def store_result(trace, name: str, data: dict) -> None:
-    """trace.add_result with a one-line error when the bundle is read-only."""
-    from workbench.errors import OutputExistsError
-
-    try:
-        trace.add_result(name, data)
-    except OSError as error:
-        raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
-                                "pass --no-store or make the bundle writable") from None
 
 
 def _summary(result) -> None:

@@ -67,7 +67,7 @@ def vhd_command(
                                     vhr=reinforce, **options)
         data = result.to_json()
         if bundle is not None:
-            from workbench.cli.sinks_command import store_result
+            from workbench.cli.paths import store_result
 
             store_result(trace, "vhd", data)
         _print_result(result)
