@@ -23,6 +23,8 @@ Heavy imports (torch_geometric, sklearn, pyarrow) happen on first use.
 
 from __future__ import annotations
 
+from workbench._lazy import lazy_getattr
+
 _LAZY = {
     "Probe": ("workbench.probes.probe", "Probe"),
     "train": ("workbench.probes.probe", "train"),
@@ -37,12 +39,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'workbench.probes' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from workbench._lazy import lazy_getattr
 from workbench.errors import BundleError, InputError, ModelNotFoundError, WeightsMissingError, WorkbenchError
 
 _LAZY = {
@@ -28,12 +29,4 @@ __all__ = ["__version__", "WorkbenchError", "BundleError", "InputError", "ModelN
            "WeightsMissingError", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
