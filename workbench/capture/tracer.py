@@ -11,7 +11,7 @@ from workbench.capture.backend import IMPLEMENTATION_NAME, capturing
 from workbench.capture.inputs import prepare_input
 from workbench.capture.interventions import intervening
 from workbench.capture.layout import discover_layout
-from workbench.capture.plan import CapturePlan, MapSelection
+from workbench.capture.preflight import capture_plan, check_lengths
 from workbench.capture.recorder import Recorder
 from workbench.errors import InputError
 from workbench.models.loaded import LoadedModel
@@ -20,16 +20,6 @@ from workbench.traces.trace import MemoryTensors, Trace
 
 # Above this many prompt logits (positions x vocabulary) only the last prompt row's prediction is kept.
 MAX_PROMPT_LOGITS = 64 * 1024 * 1024
-
-
-def _as_selection(maps) -> MapSelection | None:
-    if maps is None or maps is False:
-        return None
-    if maps is True:
-        return MapSelection()
-    if isinstance(maps, MapSelection):
-        return maps
-    return MapSelection.parse(str(maps))
 
 
 def _eos_ids(loaded: LoadedModel) -> set[int]:
@@ -72,42 +62,16 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     from workbench.models import load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-    if max_new_tokens < 0:
-        raise InputError("--max-new-tokens must be 0 or more")
     if decomposition and loaded.kind == "encoder":
         raise InputError(f"{loaded.name} is a post-norm encoder; the residual decomposition (routes, circuits) "
                          "supports pre-norm decoders (GPT-2, Llama, Mistral, Qwen2, LLaVA): drop --decomposition")
-    if max_new_tokens and loaded.kind == "encoder":
-        raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
     prompt_length = prepared.input_ids.shape[1]
-    trained = loaded.extra.get("trained_positions") or loaded.max_positions
-    if max_length and trained and max_length > trained and _learned_positions(loaded):
-        raise InputError(f"{loaded.name} has learned absolute position embeddings for {trained} positions and "
-                         "cannot run past them; shorten the input")
-    limit = max(max_length or 0, loaded.max_positions or 0) or None
-    if limit is not None and prompt_length + max_new_tokens > limit:
-        raise InputError(
-            f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
-            f"of {limit}; shorten the prompt, lower --max-new-tokens, or pass --max-length N to go past it on purpose"
-        )
-    if trained and prompt_length + max_new_tokens > trained:
-        import warnings
-
-        scaling = loaded.extra.get("rope_scaling")
-        how = f"with {scaling['type']} RoPE scaling x{scaling['factor']:g}" if scaling else "without RoPE scaling"
-        warnings.warn(f"{loaded.name} was trained on {trained} positions; this input has "
-                      f"{prompt_length + max_new_tokens}, run {how}: attention past the trained length is "
-                      "not what the model learned", UserWarning, stacklevel=2)
-    plan = CapturePlan(
-        maps={stack: sel for stack, sel in (("text", _as_selection(maps)), ("vision", _as_selection(vision_maps)))
-              if sel is not None},
-        hidden_states=hidden_states or decomposition, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
-        decomposition=decomposition,
-        implementation=implementation,
-    )
+    check_lengths(loaded, prompt_length, max_new_tokens, max_length)
     layout = discover_layout(loaded.model)
-    _check_map_memory(loaded, layout, plan, prompt_length + max_new_tokens, max_map_memory)
+    plan = capture_plan(loaded, layout, positions=prompt_length + max_new_tokens, maps=maps, vision_maps=vision_maps,
+                        hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
+                        decomposition=decomposition, implementation=implementation, max_map_memory=max_map_memory)
     recorder = Recorder(layout, plan, text_capacity=prompt_length + max_new_tokens, prompt_length=prompt_length)
     recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in prepared.tokens]))
     tokens = list(prepared.tokens)
@@ -162,26 +126,6 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
 
 
-def _check_map_memory(loaded, layout, plan: CapturePlan, text_positions: int, max_map_memory) -> None:
-    """Refuse maps that would not fit in memory before any forward runs (see workbench/capture/memory.py)."""
-    from workbench.capture.memory import check_map_memory
-
-    requests = []
-    for stack, selection in plan.maps.items():
-        info = layout.stacks.get(stack)
-        if info is None:
-            continue
-        if stack == "text":
-            positions = text_positions
-        else:  # a CLIP-style tower sees (image_size / patch_size)^2 patches plus [CLS]
-            vision = getattr(loaded.model.config, "vision_config", None)
-            size, patch = getattr(vision, "image_size", 0), getattr(vision, "patch_size", 0)
-            positions = (size // patch) ** 2 + 1 if size and patch else 0
-        layers = sum(1 for layer in range(info.n_layers) if selection.wants(layer))
-        requests.append((stack, layers, len(selection.head_list(info.n_heads)), positions))
-    check_map_memory(requests, plan.map_dtype, max_map_memory)
-
-
 def _checks(recorder) -> dict:
     """The manifest's numerics verdict (see workbench/traces/health.py): healthy, and what failed where."""
     from workbench.traces.health import Z_TOLERANCE
@@ -190,11 +134,6 @@ def _checks(recorder) -> dict:
     return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": recorder.non_finite,
             "healthy": recorder.non_finite == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
             "flagged": list(recorder.flagged)}
-
-
-def _learned_positions(loaded: LoadedModel) -> bool:
-    config = loaded.text_config
-    return not (getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None))
 
 
 def _entropy(logits: torch.Tensor) -> float:

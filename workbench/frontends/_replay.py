@@ -19,7 +19,6 @@ from typing import Protocol
 import torch
 
 from workbench.capture.layout import ModelLayout
-from workbench.capture.plan import CapturePlan
 from workbench.capture.recorder import Recorder
 from workbench.errors import InputError
 from workbench.models.loaded import LoadedModel
@@ -85,37 +84,6 @@ class _ProjectedLayout(ModelLayout):
         return self._projection(stack, layer)
 
 
-def _selection(maps):
-    from workbench.capture.tracer import _as_selection
-
-    return _as_selection(maps)
-
-
-def check_lengths(loaded: LoadedModel, prompt_length: int, max_new_tokens: int, max_length: int | None) -> None:
-    """The input checks of `workbench.trace` (mirrored: a front-end refuses exactly what HF capture refuses)."""
-    import warnings
-
-    from workbench.capture.tracer import _learned_positions
-
-    if max_new_tokens < 0:
-        raise InputError("--max-new-tokens must be 0 or more")
-    if max_new_tokens and loaded.kind == "encoder":
-        raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
-    trained = loaded.extra.get("trained_positions") or loaded.max_positions
-    if max_length and trained and max_length > trained and _learned_positions(loaded):
-        raise InputError(f"{loaded.name} has learned absolute position embeddings for {trained} positions and "
-                         "cannot run past them; shorten the input")
-    limit = max(max_length or 0, loaded.max_positions or 0) or None
-    if limit is not None and prompt_length + max_new_tokens > limit:
-        raise InputError(
-            f"the input is {prompt_length} tokens + {max_new_tokens} new tokens, longer than {loaded.name}'s context "
-            f"of {limit}; shorten the prompt, lower --max-new-tokens, or pass --max-length N to go past it on purpose")
-    if trained and prompt_length + max_new_tokens > trained:
-        warnings.warn(f"{loaded.name} was trained on {trained} positions; this input has "
-                      f"{prompt_length + max_new_tokens}: attention past the trained length is not what the model "
-                      "learned", UserWarning, stacklevel=3)
-
-
 def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None,
                    raw: bool = False, maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None,
                    top_k: int = 0, map_dtype: str = "float16", max_length: int | None = None,
@@ -127,7 +95,8 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
     """
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout
-    from workbench.capture.tracer import _check_map_memory, _eos_ids, _meta, _record_predictions
+    from workbench.capture.preflight import capture_plan, check_lengths
+    from workbench.capture.tracer import _eos_ids, _meta, _record_predictions
 
     if decomposition or intervention is not None:
         raise InputError(f"--decomposition and interventions need HF capture; the {frontend.name} front-end "
@@ -136,13 +105,9 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
     prompt_length = prepared.input_ids.shape[1]
     check_lengths(loaded, prompt_length, max_new_tokens, max_length)
-    plan = CapturePlan(
-        maps={stack: sel for stack, sel in (("text", _selection(maps)), ("vision", _selection(vision_maps)))
-              if sel is not None},
-        hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
-        implementation=implementation,
-    )
-    _check_map_memory(loaded, discover_layout(loaded.model), plan, prompt_length + max_new_tokens, max_map_memory)
+    plan = capture_plan(loaded, discover_layout(loaded.model), positions=prompt_length + max_new_tokens, maps=maps,
+                        vision_maps=vision_maps, hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k,
+                        map_dtype=map_dtype, implementation=implementation, max_map_memory=max_map_memory)
     tokens = list(prepared.tokens)
     ids = prepared.input_ids
     eos = _eos_ids(loaded)
