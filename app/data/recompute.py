@@ -81,6 +81,9 @@ class _Probe:
     def install_hooks(self) -> list:
         return []
 
+    def attend_fused(self, *_, **__) -> None:
+        return None  # never computes the output itself: SDPA runs, then on_attention
+
     def on_attention(self, module, *, query, key, attention_mask, scaling, causal, **_) -> None:
         stack, layer = self.layout.locate(module)
         if stack != self.stack or layer not in self.pending:

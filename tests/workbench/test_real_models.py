@@ -16,17 +16,22 @@ import workbench
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("maps", ["all", None])  # None: statistics only, the one-pass kernel's path
 @pytest.mark.parametrize("name,causal,new_tokens", [("smollm2", True, 4), ("minilm", False, 0)])
-def test_real_maps_and_statistics_equal_eager(models, name, causal, new_tokens):
+def test_real_maps_and_statistics_equal_eager(models, name, causal, new_tokens, maps):
+    from workbench.kernels import fused_cpu
+
     loaded = models(name)
     trace = workbench.trace(loaded, "The quick brown fox jumps over the lazy dog.", max_new_tokens=new_tokens,
-                            maps="all", map_dtype="float32")
+                            maps=maps, map_dtype="float32")
+    assert (trace.meta["capture"]["one_pass_calls"] > 0) == (maps is None and fused_cpu.load())
     ids = torch.tensor([[t.id for t in trace.tokens]])
     reference = eager_forward(loaded.model, input_ids=ids)
     assert len(reference.attentions) == trace.n_layers()
     for layer, eager_maps in enumerate(reference.attentions):
         stats = trace.layer(layer)
-        assert_close(stats["maps"], eager_maps[0], what=f"{name} layer {layer} maps")
+        if maps:
+            assert_close(stats["maps"], eager_maps[0], what=f"{name} layer {layer} maps")
         for stat, value in statistics_from_maps(eager_maps[0], trace.regions, causal=causal).items():
             assert_close(stats[stat], value, what=f"{name} layer {layer} {stat}")
     assert trace.checks["healthy"]

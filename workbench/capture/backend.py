@@ -1,7 +1,9 @@
 """The "workbench" attention implementation registered with transformers' AttentionInterface.
 
-It computes the layer's output with the very SDPA path transformers uses (bit-identical logits) and,
-while a recorder is active, hands post-RoPE queries and keys, the mask and the scaling to it. Models
+While a recorder is active it hands post-RoPE queries and keys, the mask and the scaling to it. The layer
+output comes from the recorder's one-pass CPU kernel where that applies (fp32, no mask beyond causal,
+default plan: output equal to SDPA's up to fp32 rounding, statistics for free), else from the very SDPA
+path transformers uses (bit-identical logits; `implementation="torch"` forces this). Models
 switch to it with `model.set_attn_implementation("workbench")`; nothing relies on `output_attentions`.
 """
 
@@ -37,6 +39,11 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if intervention is None and not dropout:  # output and statistics in one pass where the CPU kernel applies
+        output = recorder.attend_fused(module, query=query, key=key, value=value, attention_mask=attention_mask,
+                                       scaling=scaling, causal=causal)
+        if output is not None:
+            return output.to(query.dtype), None
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
     if output is None:  # a case the fused kernel does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

@@ -66,6 +66,7 @@ class Recorder:
         self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
         self.non_finite = 0
         self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
+        self.fused_calls = 0  # attention calls whose output came from the one-pass kernel, not SDPA
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -94,23 +95,58 @@ class Recorder:
     # -- driven by the attention implementation --------------------------------------------------------
     def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output,
                      log_normaliser=None, value=None) -> None:
+        """Record one attention call whose output was computed elsewhere (SDPA): two-pass statistics."""
+        call = self._call(module, query, key)
+        stats = layer_statistics(
+            query.detach(), key.detach(), scaling=scaling,
+            mask=mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2]),
+            key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS),
+            top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=self.plan.implementation,
+            log_normaliser=log_normaliser,
+        )
+        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output)
+
+    def attend_fused(self, module, *, query, key, value, attention_mask, scaling, causal):
+        """The layer output [batch, query_pos, head, d_head] and its statistics from one pass, recorded.
+
+        None where the one-pass CPU kernel does not apply (plan asks for top-k or maps of this layer, a
+        mask beyond causal, not fp32 CPU, `implementation` other than "auto"): the caller then runs SDPA
+        and `on_attention`.
+        """
+        from workbench.kernels import fused_cpu
+
+        if self.plan.implementation != "auto" or self.plan.top_k or attention_mask is not None:
+            return None
+        mask = mask_spec(None, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
+        if not fused_cpu.applies(query, key, value, mask):
+            return None
+        call = self._call(module, query, key)
+        if call["map_heads"] is not None:
+            return None
+        output, _, stats = fused_cpu.fused_attention(
+            query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
+            key_regions=call["key_regions"], n_regions=len(REGIONS),
+        )
+        self.fused_calls += 1
+        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output)
+        return output
+
+    def _call(self, module, query, key) -> dict:
+        """Where one attention call belongs: stack, layer, rows it fills, heads whose maps are kept, regions."""
         stack, layer = self.layout.locate(module)
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
             self.set_regions(stack, torch.tensor([REGIONS.index("special")] + [REGIONS.index("image")] * (n_keys - 1)))
             self.length[stack] = n_keys
         start = n_keys - n_queries if stack == "text" else 0
-        rows = slice(start, start + n_queries)
-        buffer = self._layer_buffers(stack, layer)
         selection = self.plan.maps.get(stack)
         map_heads = selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None
-        stats = layer_statistics(
-            query.detach(), key.detach(), scaling=scaling,
-            mask=mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys),
-            key_regions=self.key_regions[stack][:n_keys].to(query.device), n_regions=len(REGIONS),
-            top_k=self.plan.top_k, map_heads=map_heads, implementation=self.plan.implementation,
-            log_normaliser=log_normaliser,
-        )
+        return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
+                "n_keys": n_keys, "map_heads": map_heads, "key_regions": self.key_regions[stack][:n_keys]}
+
+    def _record(self, call: dict, stats, *, query, key, value, scaling, attn_output) -> None:
+        stack, layer, rows, n_keys = call["stack"], call["layer"], call["rows"], call["n_keys"]
+        buffer = self._layer_buffers(stack, layer)
         buffer["key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
         buffer["key_count"][:n_keys] += stats.key_count[0].cpu()
         buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
@@ -121,12 +157,12 @@ class Recorder:
         if self.plan.top_k:
             buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu()
             buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()
-        if map_heads is not None:
+        if call["map_heads"] is not None:
             buffer["maps"][:, rows, :n_keys] = stats.maps[0].cpu().to(buffer["maps"].dtype)
         if stack == "text" and self.plan.head_outputs is not None:
-            self._record_head_outputs(layer, start, attn_output)
+            self._record_head_outputs(layer, call["start"], attn_output)
         if stack == "text" and self.decomposition is not None:
-            self.decomposition.on_attention(layer, start, query, key, value, scaling)
+            self.decomposition.on_attention(layer, call["start"], query, key, value, scaling)
 
     # -- internals -------------------------------------------------------------------------------------
     def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:

@@ -178,6 +178,8 @@ def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan,
                        "max_new_tokens": max_new_tokens, "strategy": "greedy",
                        "note": "the token at position p was predicted by query row p - 1"},
         "dims": {"tokens": len(tokens), "regions": list(REGIONS), "stacks": stacks},
-        "capture": plan.to_json(),
+        # one_pass_calls: attention calls whose output came from the one-pass kernel (equal to
+        # SDPA's up to fp32 rounding) instead of SDPA itself (bit-identical to the uncaptured model)
+        "capture": {**plan.to_json(), "one_pass_calls": recorder.fused_calls},
         "checks": _checks(recorder),
     }

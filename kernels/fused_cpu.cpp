@@ -1,0 +1,273 @@
+// One-pass CPU attention: the layer output and the attention statistics from the same scores.
+//
+// Per (batch, head) and block of query rows: S = scaling * Q K^T over every key the block may see (one
+// GEMM into a [rows, keys] scratch that stays in cache), then per row the max, exp(s - max) with the
+// row sum split by key region and sum e * (s - max) for the entropy, then p = e / Z written back while
+// the column sums accumulate, and finally O = P V (a second GEMM) straight into the [batch, query_pos,
+// head, d_head] layout transformers expects. The scores are computed once instead of twice (SDPA
+// forward + statistics pass), which is what makes capture cost close to the plain forward.
+//
+// Column sums without atomics: the query blocks of a head are dealt round-robin to CHUNKS fixed chunks,
+// each with its own column-sum row; the rows are added in chunk order at the end. The result does not
+// depend on the number of threads or on which thread ran what.
+//
+// Registered as torch.ops.workbench.fused_attention_statistics; the Python side is kernels/fused_cpu.py.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <dlfcn.h>
+
+namespace {
+
+constexpr int64_t CHUNKS = 4;     // column-sum partials per head (fixed: results independent of threads)
+constexpr float LOG_P_FLOOR = -87.0f;  // below this exp is subnormal: flushed to exactly 0
+
+// Hot loops on GCC / Clang vector types: 16 floats per step, lowered to AVX-512, AVX2 or NEON as the
+// machine allows (built with -march=native). Tails go through the same code on a padded copy.
+constexpr int W = 16;
+typedef float f32x16 __attribute__((vector_size(4 * W)));
+typedef int32_t i32x16 __attribute__((vector_size(4 * W)));
+
+inline f32x16 load(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline f32x16 splat(float x) { return f32x16{} + x; }
+inline float lane_sum(f32x16 v) {
+  float total = 0.0f;
+  for (int l = 0; l < W; ++l) total += v[l];
+  return total;
+}
+
+// exp(x) for x <= 0 without libm: 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2, Cephes' degree-6
+// polynomial (~2 ulp); x < LOG_P_FLOOR gives exactly 0 (no subnormals).
+inline f32x16 exp_nonpositive(f32x16 x) {
+  const f32x16 xc = x < LOG_P_FLOOR ? splat(LOG_P_FLOOR) : x;
+  const f32x16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  f32x16 r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  f32x16 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + (r + 1.0f);
+  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < LOG_P_FLOOR ? splat(0.0f) : p * scale;
+}
+
+// Applies step(values) to [0, n) in steps of W; the tail goes through a copy padded with `fill`.
+template <typename Step>
+inline void for_each_vector(float* s, int64_t n, float fill, Step step) {
+  int64_t j = 0;
+  for (; j + W <= n; j += W) store(s + j, step(load(s + j), j));
+  if (j < n) {
+    float tail[W];
+    std::fill(tail, tail + W, fill);
+    std::copy(s + j, s + n, tail);
+    const f32x16 out = step(load(tail), j);
+    store(tail, out);
+    std::copy(tail, tail + (n - j), s + j);
+  }
+}
+
+float row_max(float* s, int64_t n) {
+  f32x16 m = splat(-std::numeric_limits<float>::infinity());
+  for_each_vector(s, n, -std::numeric_limits<float>::infinity(), [&](f32x16 v, int64_t) {
+    m = v > m ? v : m;
+    return v;
+  });
+  float out = m[0];
+  for (int l = 1; l < W; ++l) out = std::max(out, m[l]);
+  return out;
+}
+
+// s[j] <- exp(s[j] - m) for j in [0, n); adds sum e to *mass and sum e * (s - m) to *e_times_log.
+void exp_in_place(float* s, int64_t n, float m, double* mass, double* e_times_log) {
+  f32x16 sum{}, ent{};
+  // padding far below m: exp gives 0 and adds nothing
+  for_each_vector(s, n, m - 1.0e4f, [&](f32x16 v, int64_t) {
+    const f32x16 x = v - m;
+    const f32x16 e = exp_nonpositive(x);
+    sum += e;
+    ent += e * x;
+    return e;
+  });
+  *mass += lane_sum(sum);
+  *e_times_log += lane_sum(ent);
+}
+
+// p[j] <- p[j] * inv_z and column[j] += p[j]; returns sum of the normalised p (the self-check Z).
+float normalise_and_add_columns(float* p, int64_t n, float inv_z, float* column) {
+  f32x16 total{};
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const f32x16 v = load(p + j) * inv_z;
+    store(p + j, v);
+    store(column + j, load(column + j) + v);
+    total += v;
+  }
+  float tail = 0.0f;
+  for (; j < n; ++j) {
+    p[j] *= inv_z;
+    column[j] += p[j];
+    tail += p[j];
+  }
+  return lane_sum(total) + tail;
+}
+
+// BLAS sgemm (Fortran interface, column-major) as exported by the libraries torch links: MKL's "SGEMM" on
+// x86 wheels, "sgemm_" elsewhere (OpenBLAS). cpublas::gemm is not exported from libtorch_cpu.
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*, const int*);
+
+// MKL threads a GEMM it is given from inside an OpenMP region unless told not to; a threaded GEMM splits
+// the long P V reduction differently with the thread count. Each worker asks for one thread for itself.
+using SetLocalThreadsFn = int (*)(int);
+
+SetLocalThreadsFn find_set_local_threads() {
+  return reinterpret_cast<SetLocalThreadsFn>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+}
+
+SgemmFn find_sgemm() {
+  for (const char* name : {"SGEMM", "sgemm_", "sgemm"})
+    if (void* symbol = dlsym(RTLD_DEFAULT, name)) return reinterpret_cast<SgemmFn>(symbol);
+  return nullptr;
+}
+
+// C (column-major, m x n, ldc) = alpha op(A) op(B) + beta C.
+void gemm(SgemmFn sgemm, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int mi = m, ni = n, ki = k, lda_i = lda, ldb_i = ldb, ldc_i = ldc;
+  sgemm(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
+}
+
+struct Run {
+  int64_t start, end, region;
+};
+
+}  // namespace
+
+// query [B, H, q, d], key / value [B, Hkv, k, d] fp32 with unit stride on d; causal: key j visible to
+// row i iff j <= i + query_offset. runs [n_runs, 3] int64 (start, end, region) cover [0, k).
+// Returns output [B, q, H, d], lse [B, H, q], key_mass [B, H, k], region_mass [B, H, q, R],
+// entropy [B, H, q], normaliser [B, H, q]. Rows that see no key get zeros everywhere.
+std::vector<at::Tensor> fused_attention_statistics(
+    const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in, double scaling,
+    bool causal, int64_t query_offset, const at::Tensor& runs_in, int64_t n_regions, int64_t block_q) {
+  TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
+  TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
+                  value_in.scalar_type() == at::kFloat, "fused_attention_statistics takes fp32");
+  TORCH_CHECK(query_in.device().is_cpu(), "fused_attention_statistics runs on CPU tensors");
+  const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
+  const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
+  const at::Tensor value = value_in.stride(3) == 1 ? value_in : value_in.contiguous();
+  const int64_t batch = query.size(0), heads = query.size(1), n_queries = query.size(2), d = query.size(3);
+  const int64_t kv_heads = key.size(1), n_keys = key.size(2), d_value = value.size(3);
+  TORCH_CHECK(heads % kv_heads == 0 && value.size(1) == kv_heads && value.size(2) == n_keys, "bad kv shapes");
+  const int64_t group = heads / kv_heads;
+
+  const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
+  std::vector<Run> runs(runs_t.size(0));
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const int64_t* row = runs_t.data_ptr<int64_t>() + 3 * r;
+    runs[r] = {row[0], row[1], row[2]};
+  }
+
+  static const SgemmFn sgemm = find_sgemm();
+  TORCH_CHECK(sgemm != nullptr, "no BLAS sgemm found in this process; use the two-pass statistics");
+
+  const auto f32 = query.options();
+  at::Tensor output = at::zeros({batch, n_queries, heads, d_value}, f32);
+  at::Tensor lse = at::zeros({batch, heads, n_queries}, f32);
+  at::Tensor column_parts = at::zeros({batch, heads, CHUNKS, n_keys}, f32);
+  at::Tensor region_mass = at::zeros({batch, heads, n_queries, n_regions}, f32);
+  at::Tensor entropy = at::zeros({batch, heads, n_queries}, f32);
+  at::Tensor normaliser = at::zeros({batch, heads, n_queries}, f32);
+
+  const int64_t n_blocks = (n_queries + block_q - 1) / block_q;
+  const float scale = static_cast<float>(scaling);
+  const float* q_data = query.data_ptr<float>();
+  const float* k_data = key.data_ptr<float>();
+  const float* v_data = value.data_ptr<float>();
+  float* out_data = output.data_ptr<float>();
+  float* lse_data = lse.data_ptr<float>();
+  float* parts_data = column_parts.data_ptr<float>();
+  float* region_data = region_mass.data_ptr<float>();
+  float* entropy_data = entropy.data_ptr<float>();
+  float* z_data = normaliser.data_ptr<float>();
+
+  static const SetLocalThreadsFn set_local_threads = find_set_local_threads();
+  at::parallel_for(0, batch * heads * CHUNKS, 1, [&](int64_t begin, int64_t end) {
+    const int previous_threads = set_local_threads ? set_local_threads(1) : 0;
+    std::vector<float> scores(static_cast<size_t>(block_q) * std::max<int64_t>(n_keys, 1));
+    std::vector<double> masses(static_cast<size_t>(n_regions));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task % CHUNKS, bh = task / CHUNKS, b = bh / heads, h = bh % heads;
+      const int64_t kvh = h / group;
+      const float* q_head = q_data + b * query.stride(0) + h * query.stride(1);
+      const float* k_head = k_data + b * key.stride(0) + kvh * key.stride(1);
+      const float* v_head = v_data + b * value.stride(0) + kvh * value.stride(1);
+      float* column = parts_data + (bh * CHUNKS + chunk) * n_keys;
+      for (int64_t block = chunk; block < n_blocks; block += CHUNKS) {
+        const int64_t q0 = block * block_q, rows = std::min(block_q, n_queries - q0);
+        const int64_t width = causal ? std::clamp<int64_t>(q0 + rows + query_offset, 0, n_keys) : n_keys;
+        if (width == 0) continue;  // no row of the block sees a key: zeros
+        float* s = scores.data();
+        // S [rows, width] row-major = (K [width, d])(Q [rows, d])^T in BLAS's column-major terms.
+        gemm(sgemm, true, false, width, rows, d, scale, k_head, key.stride(2), q_head + q0 * query.stride(2),
+             query.stride(2), 0.0f, s, width);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = s + i * width;
+          const int64_t seen = causal ? std::clamp<int64_t>(q0 + i + query_offset + 1, 0, width) : width;
+          const int64_t stat = (b * heads + h) * n_queries + q0 + i;
+          std::fill(row + seen, row + width, 0.0f);  // hidden keys add nothing to P V
+          if (seen == 0) continue;
+          const float m = row_max(row, seen);
+          std::fill(masses.begin(), masses.end(), 0.0);
+          double e_log_e = 0.0;
+          for (const Run& run : runs) {
+            const int64_t a = std::min(run.start, seen), z = std::min(run.end, seen);
+            if (z > a) exp_in_place(row + a, z - a, m, &masses[run.region], &e_log_e);
+          }
+          double z_sum = 0.0;
+          for (double v : masses) z_sum += v;
+          const double inv_z = 1.0 / z_sum;
+          lse_data[stat] = m + static_cast<float>(std::log(z_sum));
+          entropy_data[stat] = static_cast<float>(std::log(z_sum) - e_log_e * inv_z);
+          for (int64_t r = 0; r < n_regions; ++r)
+            region_data[stat * n_regions + r] = static_cast<float>(masses[r] * inv_z);
+          z_data[stat] = normalise_and_add_columns(row, seen, static_cast<float>(inv_z), column);
+        }
+        // O [rows, d_value] = P [rows, width] V [width, d_value], written to output[b, q0 + i, h, :].
+        gemm(sgemm, false, false, d_value, rows, width, 1.0f, v_head, value.stride(2), s, width, 0.0f,
+             out_data + ((b * n_queries + q0) * heads + h) * d_value, heads * d_value);
+      }
+    }
+    if (set_local_threads) set_local_threads(previous_threads);  // 0 restores the global setting
+  });
+  at::Tensor key_mass = column_parts.sum(2);  // fixed chunk order: deterministic
+  return {output, lse, key_mass, region_mass, entropy, normaliser};
+}
+
+TORCH_LIBRARY(workbench, m) {
+  m.def(
+      "fused_attention_statistics(Tensor query, Tensor key, Tensor value, float scaling, bool causal, "
+      "int query_offset, Tensor runs, int n_regions, int block_q) -> Tensor[]");
+  m.impl("fused_attention_statistics", c10::DispatchKey::CPU, &fused_attention_statistics);
+}

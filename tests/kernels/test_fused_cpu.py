@@ -1,0 +1,129 @@
+"""The one-pass CPU kernel: statistics equal the dense reference, output equals an fp64 attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.kernels import MaskSpec, attention_statistics
+from workbench.kernels import fused_cpu
+
+pytestmark = pytest.mark.skipif(not fused_cpu.load(), reason="the fused CPU kernel could not be built here")
+
+# The CASES entries inside the kernel's scope (no padding, dense masks, sliding windows, softcap, bf16).
+IN_SCOPE = ("causal_gqa_6_2", "bidirectional_gqa_9_3", "decode_one_row", "chunked_prefill", "one_region")
+
+
+def _reference_output(query, key, value, scaling, mask: MaskSpec):
+    """softmax(s) v in fp64 over the dense visibility, as [batch, query_pos, head, d_head]."""
+    group = query.shape[1] // key.shape[1]
+    key64, value64 = key.double().repeat_interleave(group, 1), value.double().repeat_interleave(group, 1)
+    scores = query.double() @ key64.transpose(-1, -2) * scaling
+    visible = mask.block(0, query.shape[2], 0, key.shape[2])
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return (probs @ value64).transpose(1, 2), scores.masked_fill(~visible, float("-inf")).logsumexp(-1)
+
+
+def _run(case, block_q=fused_cpu.DEFAULT_BLOCK_Q, seed=0):
+    query, key, kwargs = case.build(seed=seed)
+    value = torch.randn(key.shape, generator=torch.Generator().manual_seed(seed + 1))
+    out, lse, stats = fused_cpu.fused_attention(
+        query, key, value, scaling=kwargs["scaling"], mask=kwargs["mask"], key_regions=kwargs["key_regions"],
+        n_regions=kwargs["n_regions"], block_q=block_q,
+    )
+    return query, key, value, kwargs, out, lse, stats
+
+
+@pytest.mark.cases(*IN_SCOPE)
+@pytest.mark.parametrize("block_q", [7, fused_cpu.DEFAULT_BLOCK_Q])  # 7: blocks cut every size unevenly
+def test_equals_dense_reference(case, block_q, stats_equal):
+    query, key, value, kwargs, out, lse, stats = _run(case, block_q)
+    dense = attention_statistics(query, key, implementation="dense", **{**kwargs, "top_k": 0, "map_heads": None})
+    stats_equal(stats, dense)
+    want_out, want_lse = _reference_output(query, key, value, kwargs["scaling"], kwargs["mask"])
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-5)
+
+
+def test_output_matches_sdpa_and_long_rows_cross_blocks():
+    # 300 queries: two full 128-row blocks and a partial one; GQA 9:3 as in SmolLM2; runs of three regions
+    query, key, value = torch.randn(1, 9, 300, 64), torch.randn(1, 3, 300, 64), torch.randn(1, 3, 300, 64)
+    regions = torch.cat([torch.zeros(1), torch.ones(250), torch.full((49,), 2)]).long()
+    out, _, stats = fused_cpu.fused_attention(query, key, value, scaling=0.125, mask=MaskSpec(causal=True),
+                                              key_regions=regions, n_regions=3)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, scale=0.125,
+                                                             enable_gqa=True)
+    torch.testing.assert_close(out.transpose(1, 2), sdpa, rtol=1e-5, atol=1e-5)
+    dense = attention_statistics(query, key, scaling=0.125, mask=MaskSpec(causal=True), key_regions=regions,
+                                 n_regions=3, implementation="dense")
+    for name in ("key_mass", "region_mass", "entropy", "normaliser"):
+        torch.testing.assert_close(getattr(stats, name), getattr(dense, name), rtol=1e-5, atol=1e-6)
+
+
+def test_extreme_scores_flush_to_zero_without_nan():
+    from tests.kernels.conftest import Case
+    from workbench.kernels.dense import dense_probabilities
+
+    query, key, kwargs = Case(1, 4, 2, 40, 40, mask={"causal": True}).build(seed=3)
+    query = query * 40.0  # scores spread over thousands: most p underflow
+    _, probs, _ = dense_probabilities(query, key, scaling=kwargs["scaling"], mask=kwargs["mask"], softcap=None)
+    assert (torch.log(probs[probs > 0]) < -87.4).float().mean() > 0.2  # really reaches the subnormal range
+    value = torch.randn(key.shape)
+    out, _, stats = fused_cpu.fused_attention(query, key, value, scaling=kwargs["scaling"], mask=kwargs["mask"],
+                                              key_regions=kwargs["key_regions"], n_regions=kwargs["n_regions"])
+    assert torch.isfinite(out).all()
+    dense = attention_statistics(query, key, implementation="dense", **kwargs)
+    for name in ("key_mass", "region_mass", "normaliser"):
+        torch.testing.assert_close(getattr(stats, name), getattr(dense, name), rtol=1e-5, atol=1e-6)
+    # entropy of rows this peaked is limited by fp32 scores (docs/kernels.md): ~1e-5 nats of fp64
+    scores64 = query.double() @ key.double().repeat_interleave(2, 1).transpose(-1, -2) * kwargs["scaling"]
+    log_p = scores64.masked_fill(~kwargs["mask"].block(0, 40, 0, 40), float("-inf")).log_softmax(-1)
+    entropy64 = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
+    torch.testing.assert_close(stats.entropy.double(), entropy64, rtol=0, atol=1e-5)
+
+
+def test_results_do_not_depend_on_thread_count():
+    query, key, value = torch.randn(1, 6, 400, 32), torch.randn(1, 2, 400, 32), torch.randn(1, 2, 400, 32)
+    regions = (torch.arange(400) // 150).clamp_max(2)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(fused_cpu.fused_attention(query, key, value, scaling=0.2, mask=MaskSpec(causal=True),
+                                                     key_regions=regions, n_regions=3, block_q=32))
+    finally:
+        torch.set_num_threads(previous)
+    (out1, lse1, s1), (out2, lse2, s2) = results
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    for name in ("key_mass", "region_mass", "entropy", "normaliser"):
+        assert torch.equal(getattr(s1, name), getattr(s2, name)), name
+
+
+@pytest.mark.parametrize("change", ["bf16", "padding", "dense", "window"])
+def test_out_of_scope_inputs_are_declined(change):
+    query, key, value = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
+    mask = MaskSpec(causal=True)
+    if change == "bf16":
+        query = query.bfloat16()
+    elif change == "padding":
+        mask = MaskSpec(causal=True, key_padding=torch.ones(1, 8, dtype=torch.bool))
+    elif change == "dense":
+        mask = MaskSpec(dense=torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    else:
+        mask = MaskSpec(causal=True, sliding_window=4)
+    assert not fused_cpu.applies(query, key, value, mask)
+    with pytest.raises(ValueError, match="fused_attention needs"):
+        fused_cpu.fused_attention(query, key, value, scaling=1.0, mask=mask,
+                                  key_regions=torch.zeros(8, dtype=torch.long), n_regions=1)
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_FUSED_CPU", "0")
+    fused_cpu.load.cache_clear()
+    try:
+        assert not fused_cpu.load()
+    finally:
+        monkeypatch.delenv("WORKBENCH_FUSED_CPU")
+        fused_cpu.load.cache_clear()
+    assert fused_cpu.load()
