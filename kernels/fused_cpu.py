@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-
 from workbench.kernels._counts import visibility_counts
 from workbench.kernels.api import AttentionStatistics
 from workbench.kernels.blockwise import region_runs
@@ -93,7 +93,7 @@ def load() -> bool:
             is_python_module=False, verbose=False,
         )
         return hasattr(torch.ops.workbench, "fused_attention_statistics")
-    except Exception as error:  # no compiler, no ninja, no BLAS symbol: the two-pass path still works
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as error:  # no compiler / ninja / BLAS
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
             f"the fused CPU attention kernel could not be built ({first_line[:200]}); capture uses the slower "

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from workbench.kernels import MaskSpec, attention_statistics
-from workbench.kernels import fused_cpu
+from workbench.kernels import MaskSpec, attention_statistics, fused_cpu
 
 pytestmark = pytest.mark.skipif(not fused_cpu.load(), reason="the fused CPU kernel could not be built here")
 
@@ -61,8 +59,9 @@ def test_output_matches_sdpa_and_long_rows_cross_blocks():
 
 
 def test_extreme_scores_flush_to_zero_without_nan():
-    from tests.kernels.conftest import Case
     from workbench.kernels.dense import dense_probabilities
+
+    from tests.kernels.conftest import Case
 
     query, key, kwargs = Case(1, 4, 2, 40, 40, mask={"causal": True}).build(seed=3)
     query = query * 40.0  # scores spread over thousands: most p underflow

@@ -26,7 +26,9 @@ def sweep(
     bundles: int = typer.Option(0, "--bundles", help="Also save full bundles of this many evenly spread inputs."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
-    kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
+    kernel: str = typer.Option("auto", "--kernel", help=(
+        "auto: one-pass CPU kernel (output + statistics) where it applies, else two-pass; "
+        "torch: SDPA's bit-identical output + two-pass statistics; dense; triton.")),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     threads: Optional[int] = typer.Option(None, "--threads",

@@ -70,7 +70,9 @@ def trace(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
     rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling",
                                                help="Scale RoPE to --max-length: linear, dynamic or yarn."),
-    kernel: str = typer.Option("auto", "--kernel", help="Statistics implementation: auto, dense, torch, triton."),
+    kernel: str = typer.Option("auto", "--kernel", help=(
+        "auto: one-pass CPU kernel (output + statistics) where it applies, else two-pass; "
+        "torch: SDPA's bit-identical output + two-pass statistics; dense; triton.")),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers capture), nnsight or lens (TransformerLens)."),
     remote: bool = typer.Option(False, "--remote", help="Run the model on NDIF (--backend nnsight, NDIF_API_KEY)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
