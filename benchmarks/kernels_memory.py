@@ -150,6 +150,11 @@ def run(
         rows.append(row(f"{impl}, lse from forward", *measure(with_lse, device, repeat)))
         own_lse = functools.partial(attention_statistics, query, key, implementation=impl, **kw)
         rows.append(row(f"{impl}, computes lse", *measure(own_lse, device, repeat)))
+    from workbench.kernels import fused_cpu
+
+    if fused_cpu.applies(query, key, value, kw["mask"]):  # output and statistics together: vs the floor alone
+        one_pass = functools.partial(fused_cpu.fused_attention, query, key, value, **kw)
+        rows.append(row("one-pass CPU kernel: output + statistics", *measure(one_pass, device, repeat)))
     return [(str(n), f"{map_bytes / 2**20:,.0f}", *row) for row in rows]
 
 
