@@ -177,7 +177,7 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
     """
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout
-    from workbench.capture.tracer import _eos_ids
+    from workbench.capture.trace_meta import eos_ids
     from workbench.models import load_model
     from workbench.models.loaded import LoadedModel
 
@@ -198,7 +198,7 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
     if "pixel_values" in forward:
         forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
     steps = len(continuation) if continuation is not None else max_new_tokens
-    eos = _eos_ids(loaded)
+    eos = eos_ids(loaded)
     paired = _PairedHeads(layout, vhr, distance)
     values, tokens, selections, forwards = [], [], [], 0
     start = time.perf_counter()

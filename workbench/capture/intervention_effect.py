@@ -12,14 +12,14 @@ from workbench.capture.layout import discover_layout
 
 def greedy(loaded, prepared, runtime=None, *, max_new_tokens: int) -> tuple[torch.Tensor, list[int]]:
     """(logits [vocab] at the last prompt row, greedy token ids) with `runtime` applied (None: plain model)."""
-    from workbench.capture.tracer import _eos_ids
+    from workbench.capture.trace_meta import eos_ids
 
     device = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
     forward = {"input_ids": prepared.input_ids.to(device),
                **{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}}
     if "pixel_values" in forward:
         forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
-    eos, ids = _eos_ids(loaded), []
+    eos, ids = eos_ids(loaded), []
     with torch.inference_mode(), intervening(loaded.model, runtime):
         output = loaded.model(**forward, use_cache=True, logits_to_keep=1)
         first = output.logits[0, -1].float().cpu()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Callable
 
 import torch
 
-from workbench.capture.backend import IMPLEMENTATION_NAME, capturing
+from workbench.capture.backend import capturing
 from workbench.capture.inputs import prepare_input
 from workbench.capture.interventions import intervening
 from workbench.capture.layout import discover_layout
 from workbench.capture.preflight import capture_plan, check_lengths
 from workbench.capture.recorder import Recorder
+from workbench.capture.trace_meta import eos_ids, record_predictions, trace_meta
 from workbench.errors import InputError
 from workbench.models.loaded import LoadedModel
 from workbench.traces.tokens import REGIONS, Token
@@ -20,17 +20,6 @@ from workbench.traces.trace import MemoryTensors, Trace
 
 # Above this many prompt logits (positions x vocabulary) only the last prompt row's prediction is kept.
 MAX_PROMPT_LOGITS = 64 * 1024 * 1024
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(loaded.model, "generation_config", None), loaded.text_config, loaded.tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
@@ -78,7 +67,7 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     logprob = torch.full((prompt_length + max_new_tokens,), float("nan"))
     entropy = torch.full_like(logprob, float("nan"))
     device_ = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
-    eos = _eos_ids(loaded)
+    eos = eos_ids(loaded)
     runtime = intervention.start(layout, image_positions=[t.i for t in prepared.tokens if t.region == "image"]) \
         if intervention is not None else None
     with torch.inference_mode(), capturing(loaded.model, recorder), intervening(loaded.model, runtime):
@@ -92,7 +81,7 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
         else:
             keep_all = prompt_length * loaded.text_config.vocab_size <= MAX_PROMPT_LOGITS
             output = loaded.model(**forward, use_cache=True, logits_to_keep=0 if keep_all else 1)
-            _record_predictions(output.logits[0], prepared.input_ids[0], prompt_length, logprob, entropy)
+            record_predictions(output.logits[0], prepared.input_ids[0], prompt_length, logprob, entropy)
             cache = output.cache
             for step in range(max_new_tokens):
                 if progress:
@@ -120,66 +109,12 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: st
     tensors["outputs.next_token_logprob"] = (logprob[:n].clone(), ("query_pos",))
     tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
     tensors.update(prepared.image_tensors())
-    meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
+    meta = trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
     if runtime is not None:
         meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
 
 
-def _checks(recorder) -> dict:
-    """The manifest's numerics verdict (see workbench/traces/health.py): healthy, and what failed where."""
-    from workbench.traces.health import Z_TOLERANCE
-
-    error = recorder.max_normaliser_error
-    return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": recorder.non_finite,
-            "healthy": recorder.non_finite == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
-            "flagged": list(recorder.flagged)}
-
-
 def _entropy(logits: torch.Tensor) -> float:
     logp = torch.log_softmax(logits.float(), -1)
     return float(-(logp.exp() * logp).sum())
-
-
-def _record_predictions(logits, input_ids, prompt_length, logprob, entropy) -> None:
-    """Per prompt row: log p of the next prompt token, and the entropy of the predicted distribution."""
-    rows = logits.shape[0]
-    first = prompt_length - rows
-    for start in range(0, rows, 128):  # row chunks: log-softmax temporaries stay small beside the logits
-        end = min(rows, start + 128)
-        logp = torch.log_softmax(logits[start:end].float(), -1)
-        entropy[first + start:first + end] = -(logp.exp() * logp).sum(-1).cpu()
-        targets = input_ids[first + start + 1:min(prompt_length, first + end + 1)]
-        if len(targets):
-            picked = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
-            logprob[first + start:first + start + len(targets)] = picked
-
-
-def _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder) -> dict:
-    import transformers
-
-    import workbench
-
-    generated = tokens[prompt_length:]
-    stacks = {
-        name: {"layers": stack.n_layers, "heads": stack.n_heads, "kv_heads": stack.n_kv_heads,
-               "d_model": stack.d_model, "positions": recorder.length.get(name, 0)}
-        for name, stack in layout.stacks.items() if name in recorder.length
-    }
-    return {
-        "workbench_version": workbench.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": loaded.name, "source": loaded.source, "revision": loaded.revision, "kind": loaded.kind,
-                  "rope_scaling": loaded.extra.get("rope_scaling"), "trained_positions": loaded.extra.get("trained_positions") or loaded.max_positions,
-                  "architecture": type(loaded.model).__name__, "dtype": loaded.dtype, "device": loaded.device,
-                  "attention_backend": IMPLEMENTATION_NAME, "transformers_version": transformers.__version__},
-        "inputs": {k: v for k, v in prepared.meta.items()},
-        "generation": {"text": "".join(t.text for t in generated), "start": prompt_length, "end": len(tokens),
-                       "max_new_tokens": max_new_tokens, "strategy": "greedy",
-                       "note": "the token at position p was predicted by query row p - 1"},
-        "dims": {"tokens": len(tokens), "regions": list(REGIONS), "stacks": stacks},
-        # one_pass_calls: attention calls whose output came from the one-pass kernel (equal to
-        # SDPA's up to fp32 rounding) instead of SDPA itself (bit-identical to the uncaptured model)
-        "capture": {**plan.to_json(), "one_pass_calls": recorder.fused_calls},
-        "checks": _checks(recorder),
-    }

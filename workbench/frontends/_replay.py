@@ -96,7 +96,7 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
     from workbench.capture.inputs import prepare_input
     from workbench.capture.layout import discover_layout
     from workbench.capture.preflight import capture_plan, check_lengths
-    from workbench.capture.tracer import _eos_ids, _meta, _record_predictions
+    from workbench.capture.trace_meta import eos_ids, record_predictions, trace_meta
 
     if decomposition or intervention is not None:
         raise InputError(f"--decomposition and interventions need HF capture; the {frontend.name} front-end "
@@ -110,7 +110,7 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
                         map_dtype=map_dtype, implementation=implementation, max_map_memory=max_map_memory)
     tokens = list(prepared.tokens)
     ids = prepared.input_ids
-    eos = _eos_ids(loaded)
+    eos = eos_ids(loaded)
     with torch.inference_mode():
         for step in range(max_new_tokens):
             if progress:
@@ -136,11 +136,11 @@ def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_token
     logprob = torch.full((n,), float("nan"))
     entropy = torch.full((n,), float("nan"))
     if captured.logits is not None:
-        _record_predictions(captured.logits.float().cpu(), ids[0], n, logprob, entropy)
+        record_predictions(captured.logits.float().cpu(), ids[0], n, logprob, entropy)
     tensors["outputs.next_token_logprob"] = (logprob, ("query_pos",))
     tensors["outputs.prediction_entropy"] = (entropy, ("query_pos",))
     tensors.update(prepared.image_tensors())
-    meta = _meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
+    meta = trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
     meta["model"]["attention_backend"] = frontend.name
     meta["model"]["frontend"] = {"name": frontend.name, "version": frontend.version, **captured.extra_meta}
     return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
