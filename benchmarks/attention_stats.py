@@ -4,7 +4,8 @@ For each model and sequence length n, side by side in one run, each configuratio
 (so peak RSS values are separable):
 
     floor    plain forward, transformers' SDPA attention, no capture (use_cache and logits_to_keep as capture)
-    capture  `workbench.trace(...)` in statistics mode (no maps): exact SDPA outputs + per-layer statistics
+    capture  `workbench.trace(...)` in statistics mode (no maps): on CPU the one-pass kernel (layer outputs and
+             per-layer statistics from one computation of the scores), else SDPA outputs + a statistics pass
     eager    HF eager attention with output_attentions=True (every layer's [head, n, n] maps kept)
     lens     TransformerLens 4.x TransformerBridge.run_with_cache, cache restricted to `*.attn.hook_pattern`
 
