@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1600, help="questions sampled (captions excluded)")
     parser.add_argument("--scenes", default="data/scenes")
+    parser.add_argument("--model", default="llava-scenes", help="registry name or directory of a scene model")
     parser.add_argument("--seed", type=int, default=0, help="sample and split seed")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -73,7 +74,7 @@ def main() -> None:
     from workbench.probes.evaluate import auroc
     from workbench.probes.tasks import label, scene_items
 
-    loaded = load_model("llava-scenes")
+    loaded = load_model(args.model)
     items = [item for item in scene_items(Path(args.scenes)) if item.task != "scenes/caption"]
     random.Random(args.seed).shuffle(items)
     items = items[: args.n]
