@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -72,11 +73,19 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+_LOAD_LOCK = threading.Lock()  # capture may start on several threads (sweeps, the app): one build, one load
+
+
 @lru_cache(maxsize=1)
 def load() -> bool:
     """Build (first time on this machine) and load the kernel; False, with one warning, where that fails."""
     if os.environ.get("WORKBENCH_FUSED_CPU", "1") == "0":
         return False
+    with _LOAD_LOCK:
+        return _build_and_load()
+
+
+def _build_and_load() -> bool:
     if hasattr(torch.ops.workbench, "fused_attention_statistics"):
         return True
     directory = build_directory()
@@ -98,7 +107,7 @@ def load() -> bool:
         warnings.warn(
             f"the fused CPU attention kernel could not be built ({first_line[:200]}); capture uses the slower "
             "two-pass statistics. Install g++ (and `pip install ninja`) to enable it.",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning, stacklevel=3,
         )
         return False
 
