@@ -151,3 +151,16 @@ def test_info_rejects_damaged_bundles(tmp_path):
     manifest.write_text(manifest.read_text()[:100])
     assert_user_error(run("info", bundle), "not valid JSON")
     assert_user_error(run("info", tmp_path / "missing.wbtrace"), "no such bundle")
+
+
+@pytest.mark.parametrize("kernel,expected", [("auto", "calls one-pass"), ("torch", "model's own attention")])
+def test_info_says_where_attention_outputs_came_from(tmp_path, kernel, expected):
+    from workbench.kernels import fused_cpu
+
+    if kernel == "auto" and not fused_cpu.load():
+        expected = "model's own attention"  # no compiler here: capture stays on the two-pass path
+    out = tmp_path / f"{kernel}.wbtrace"
+    assert run("trace", "--model", "tiny-llama", "--prompt", "hello there", "--kernel", kernel, "--out", out).returncode == 0
+    result = run("info", out)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout, result.stdout

@@ -86,6 +86,11 @@ def info(
                       f"heads), {dims['positions']} positions", markup=False)
     kinds = sorted({name.rsplit(".", 1)[-1] for name in trace.tensor_names()})
     console.print(f"tensors    {len(trace.tensor_names())}: {', '.join(kinds)}", markup=False)
+    capture = trace.meta.get("capture", {})
+    one_pass = capture.get("one_pass_calls", 0)
+    console.print(f"attention  {capture.get('implementation', 'auto')} kernels; " + (
+        f"{one_pass} calls one-pass (output and statistics together, output = SDPA's up to fp32 rounding)"
+        if one_pass else "outputs from the model's own attention (logits as without capture)"), markup=False)
     _print_health(console, trace)
     console.print(f"results    {', '.join(trace.results) or 'none'}", markup=False)
 
