@@ -70,29 +70,32 @@ inline f32x16 exp_nonpositive(f32x16 x) {
   return x < LOG_P_FLOOR ? splat(0.0f) : p * scale;
 }
 
-// Applies step(values) to [0, n) in steps of W; the tail goes through a copy padded with `fill`.
+// Applies step(values) to [0, n) in steps of W, storing what it returns; the tail goes through a copy
+// padded with `fill`.
 template <typename Step>
 inline void for_each_vector(float* s, int64_t n, float fill, Step step) {
   int64_t j = 0;
-  for (; j + W <= n; j += W) store(s + j, step(load(s + j), j));
+  for (; j + W <= n; j += W) store(s + j, step(load(s + j)));
   if (j < n) {
     float tail[W];
     std::fill(tail, tail + W, fill);
     std::copy(s + j, s + n, tail);
-    const f32x16 out = step(load(tail), j);
-    store(tail, out);
+    store(tail, step(load(tail)));
     std::copy(tail, tail + (n - j), s + j);
   }
 }
 
-float row_max(float* s, int64_t n) {
+// Read-only: the row is not written back.
+float row_max(const float* s, int64_t n) {
   f32x16 m = splat(-std::numeric_limits<float>::infinity());
-  for_each_vector(s, n, -std::numeric_limits<float>::infinity(), [&](f32x16 v, int64_t) {
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const f32x16 v = load(s + j);
     m = v > m ? v : m;
-    return v;
-  });
+  }
   float out = m[0];
   for (int l = 1; l < W; ++l) out = std::max(out, m[l]);
+  for (; j < n; ++j) out = std::max(out, s[j]);
   return out;
 }
 
@@ -100,7 +103,7 @@ float row_max(float* s, int64_t n) {
 void exp_in_place(float* s, int64_t n, float m, double* mass, double* e_times_log) {
   f32x16 sum{}, ent{};
   // padding far below m: exp gives 0 and adds nothing
-  for_each_vector(s, n, m - 1.0e4f, [&](f32x16 v, int64_t) {
+  for_each_vector(s, n, m - 1.0e4f, [&](f32x16 v) {
     const f32x16 x = v - m;
     const f32x16 e = exp_nonpositive(x);
     sum += e;

@@ -43,7 +43,7 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         output = recorder.attend_fused(module, query=query, key=key, value=value, attention_mask=attention_mask,
                                        scaling=scaling, causal=causal)
         if output is not None:
-            return output.to(query.dtype), None
+            return output, None  # fp32, as the query (the kernel takes fp32 only)
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
     if output is None:  # a case the fused kernel does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
