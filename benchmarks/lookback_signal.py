@@ -32,11 +32,15 @@ from workbench.probes.evaluate import auroc, grouped_folds
 from workbench.probes.lookback import examples, fit, window_means
 
 from workbench import probes
+from workbench.datasets import scenes
+
+WINDOW = 8
 
 
 def answer_word(text: str) -> str:
-    """The scored word of a short answer: "yes" from "yes<|im_end|>" or from "a red circle: yes."."""
-    text = text.split("<|im_end|>")[0].strip().lower()
+    """The scored word of a short answer: "yes" from "yes<|im_end|>" or from "a red circle: yes." (the format of
+    benchmarks/experiments/restated_answers.patch)."""
+    text = scenes.normalise(text)
     return (text.rsplit(":", 1)[1] if ":" in text else text).strip().rstrip(".")
 
 
@@ -84,19 +88,19 @@ def report(path: Path, variant: str = "context") -> list[str]:
     lines.append(_row("4. presence: predict the answer (yes) instead of its correctness", said_yes,
                       cross_validated(answers.X[presence], said_yes, groups[answers.row][presence]), None, "yes"))
 
-    windows = examples(data, features="window", variant=variant)
+    windows = examples(data, features="window", variant=variant, window=WINDOW)
     claim = data.per_token("claim")
     names = sorted(set(tasks))
     composition = []
     for row in np.unique(windows.row):
-        holds_claim = window_means(claim[row].astype(np.float64).reshape(-1, 1), 8)[:, 0] > 0
+        holds_claim = window_means(claim[row].astype(np.float64).reshape(-1, 1), WINDOW)[:, 0] > 0
         task = np.array([tasks[row] == name for name in names], np.float64)
         for j, held in enumerate(holds_claim):
             composition.append([held, j / 10, *task, *(held * task)])
     window_groups = groups[windows.row]
-    lines.append(_row("5. sliding window 8: Lookback Lens", windows.y,
+    lines.append(_row(f"5. sliding window {WINDOW}: Lookback Lens", windows.y,
                       cross_validated(windows.X, windows.y, window_groups), windows.baselines["logprob"]))
-    lines.append(_row("5. sliding window 8: composition only (no attention)", windows.y,
+    lines.append(_row(f"5. sliding window {WINDOW}: composition only (no attention)", windows.y,
                       cross_validated(np.array(composition), windows.y, window_groups), None))
     return lines
 
