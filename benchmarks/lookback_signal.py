@@ -68,13 +68,14 @@ def report(path: Path, variant: str = "context") -> list[str]:
              "", "| probe | held-out examples | Lookback Lens AUROC | log-probability AUROC |", "|---|---|---|---|"]
 
     answers = examples(data, variant=variant, span="answer")
+    answer_tasks, answer_groups = tasks[answers.row], groups[answers.row]
     lines.append(_row("1. all types, one probe (generation)", answers.y,
-                      cross_validated(answers.X, answers.y, groups[answers.row]), answers.baselines["logprob"]))
+                      cross_validated(answers.X, answers.y, answer_groups), answers.baselines["logprob"]))
     for task in sorted(set(tasks)):
-        keep = tasks[answers.row] == task
+        keep = answer_tasks == task
         if len(set(answers.y[keep].tolist())) == 2:
             lines.append(_row(f"2. {task} only", answers.y[keep], cross_validated(
-                answers.X[keep], answers.y[keep], groups[answers.row][keep]), answers.baselines["logprob"][keep]))
+                answers.X[keep], answers.y[keep], answer_groups[keep]), answers.baselines["logprob"][keep]))
 
     claims = examples(data, variant=variant, span="claims")
     task_of, word_of = tasks[claims.row], words[claims.row]
@@ -83,10 +84,11 @@ def report(path: Path, variant: str = "context") -> list[str]:
     lines.append(_row("3. asserting claims, one probe", claims.y[asserting], cross_validated(
         claims.X[asserting], claims.y[asserting], groups[claims.row][asserting]), claims.baselines["logprob"][asserting]))
 
-    presence = (tasks[answers.row] == "scenes/presence") & np.isin(words[answers.row], ["yes", "no"])
-    said_yes = (words[answers.row][presence] == "yes").astype(np.int64)
+    answer_words = words[answers.row]
+    presence = (answer_tasks == "scenes/presence") & np.isin(answer_words, ["yes", "no"])
+    said_yes = (answer_words[presence] == "yes").astype(np.int64)
     lines.append(_row("4. presence: predict the answer (yes) instead of its correctness", said_yes,
-                      cross_validated(answers.X[presence], said_yes, groups[answers.row][presence]), None, "yes"))
+                      cross_validated(answers.X[presence], said_yes, answer_groups[presence]), None, "yes"))
 
     windows = examples(data, features="window", variant=variant, window=WINDOW)
     claim = data.per_token("claim")
