@@ -22,12 +22,15 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
+from workbench.analyses.result import HeadMetric, Result, TokenValues, stored_version
 from workbench.capture.interventions import Runtime, intervening
-from workbench.errors import InputError
+from workbench.errors import BundleError, InputError
+from workbench.traces.metrics import predicted_position, predicting_row
 
 __all__ = ["VHR", "VHDResult", "analyse", "head_distance", "rank_heads", "t_vhd", "vhd"]
 
@@ -70,8 +73,13 @@ def default_top_k(n_layers: int, n_heads: int) -> int:
 
 
 @dataclass(frozen=True)
-class VHDResult:
-    """VHD of one generation. vhd [step, layer, head]; step t scores the row that predicts tokens[t]."""
+class VHDResult(Result):
+    """VHD of one generation. vhd [step, layer, head], t_vhd [step]; step t scores generated token tokens[t]
+    ({step, position, predicting_row, id, text}): its token position, and the query row that predicts it."""
+
+    analysis: ClassVar[str] = "vhd"
+    # 2: tokens[].position is the generated token's position (version 1 stored the predicting row there)
+    schema_version: ClassVar[int] = 2
 
     model: str
     options: dict
@@ -93,12 +101,44 @@ class VHDResult:
     def ranking(self, top: int | None = None) -> list[dict]:
         return _ranking(self.head_mean(), top)
 
+    def head_metrics(self) -> dict[str, HeadMetric]:
+        if not len(self.vhd):
+            return {}
+        return {"vhd": HeadMetric(self.head_mean().double().numpy(), "VHD (mean over tokens)",
+                                  "vision-aware head divergence averaged over the generated tokens")}
+
+    def token_values(self) -> dict[str, TokenValues]:
+        positions = np.array([token["position"] for token in self.tokens], dtype=np.int64)
+        return {"t_vhd": TokenValues(positions, self.t_vhd.double().numpy(),
+                                     f"T-VHD (top {self.options.get('top_k')})",
+                                     "mean of the top-k head divergences at the row that predicts the token")}
+
     def to_json(self) -> dict:
-        return {"analysis": "vhd", "method": METHOD, "model": self.model, "options": self.options,
-                "prompt": self.prompt, "text": self.text, "tokens": list(self.tokens),
+        return {"analysis": self.analysis, "schema_version": self.schema_version, "method": METHOD,
+                "model": self.model, "options": self.options, "prompt": self.prompt, "text": self.text,
+                "tokens": list(self.tokens),
                 "vhd": [[[round(float(v), 6) for v in row] for row in step] for step in self.vhd],
                 "t_vhd": [round(float(v), 6) for v in self.t_vhd], "ranking": self.ranking(20),
                 "cost": self.cost, "vhr": self.vhr}
+
+    @classmethod
+    def from_json(cls, data: dict) -> VHDResult:
+        version = stored_version(data, cls)
+        tokens = tuple(dict(token) for token in data["tokens"])
+        if version == 1:  # the row that predicts the token was stored as its position
+            for token in tokens:
+                token["predicting_row"] = int(token["position"])
+                token["position"] = predicted_position(token["predicting_row"])
+        values = torch.tensor(data["vhd"], dtype=torch.float32)  # [step, layer, head]
+        if not values.numel():
+            values = values.reshape(0, 0, 0)
+        t_values = torch.tensor(data["t_vhd"], dtype=torch.float32)
+        if values.ndim != 3 or len(values) != len(tokens) or t_values.shape != (len(tokens),):
+            raise BundleError(f"the vhd result has {len(tokens)} tokens but vhd of shape {tuple(values.shape)} "
+                              f"and t_vhd of shape {tuple(t_values.shape)}")
+        return cls(model=str(data.get("model", "?")), options=dict(data.get("options") or {}),
+                   prompt=str(data.get("prompt", "")), tokens=tokens, vhd=values, t_vhd=t_values,
+                   cost=dict(data.get("cost") or {}), vhr=data.get("vhr"))
 
 
 def _ranking(scores: torch.Tensor, top: int | None) -> list[dict]:
@@ -217,8 +257,9 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
             values.append(head_distance(with_image, without, distance).float())
             selections.append({layer: heads for layer, heads in sorted(paired.selected.items())})
             next_id = int(continuation[step]) if continuation is not None else int(out_image.logits[0, -1].argmax())
-            tokens.append({"step": step, "position": ids.shape[1] - 1 + step, "id": next_id,
-                           "text": loaded.tokenizer.decode([next_id])})
+            token_position = ids.shape[1] + step  # the with-image input holds the prompt and the earlier steps
+            tokens.append({"step": step, "position": token_position, "predicting_row": predicting_row(token_position),
+                           "id": next_id, "text": loaded.tokenizer.decode([next_id])})
             if (continuation is None and next_id in eos) or step == steps - 1:
                 break
             text_cache, image_cache = out_text.cache, out_image.cache
