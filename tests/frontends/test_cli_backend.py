@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import workbench
-from tests.workbench.test_cli import assert_user_error, run
+from tests.workbench.cli.test_cli import assert_user_error, run
 
 FRONTEND_NAMES = {"nnsight": "nnsight", "lens": "transformer_lens"}
 PROMPT = "The key of the red door is 7. The key of the blue door is"

@@ -9,7 +9,7 @@ import pytest
 
 from tests.probes.conftest import short_kv_items
 from tests.probes.labels import with_labels
-from tests.workbench.test_cli import assert_user_error, run
+from tests.workbench.cli.test_cli import assert_user_error, run
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import workbench
-from tests.workbench.cli_inprocess import run_cli
+from tests.workbench.cli.cli_inprocess import run_cli
 from workbench.capture.memory import map_budget, parse_size
 from workbench.errors import InputError, ResourceError
 from workbench.threads import torch_threads

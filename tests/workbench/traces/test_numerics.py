@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench
-from tests.workbench.cli_inprocess import run_cli
+from tests.workbench.cli.cli_inprocess import run_cli
 
 
 @pytest.fixture(scope="module")
