@@ -1,6 +1,6 @@
 """Block-wise exact statistics in plain torch (implementation "torch", the CPU default).
 
-Two passes as in FlashAttention's backward (METHODS.md section 8): the row log-sum-exp lse_i (from the
+Two passes as in FlashAttention's backward (docs/kernels.md, 'Statistics without the map'): the row log-sum-exp lse_i (from the
 forward when given, else computed here), then the scores are recomputed block by block and the exact
 p_ij = exp(s_ij - lse_i) is reduced in fp32 into column sums, region masses, Z and the entropy
 H_i = -sum_j p_ij (s_ij - lse_i). Blocks no query row can see (causal, sliding window) are skipped.
@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from workbench.kernels._counts import region_one_hot, visibility_counts, visible_key_range
-from workbench.kernels.api import AttentionStatistics
+from workbench.kernels.counts import region_one_hot, visibility_counts, visible_key_range
+from workbench.kernels.result import AttentionStatistics
 from workbench.kernels.mask import MaskSpec
 
 DEFAULT_BLOCK_K = 256

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .api import AttentionStatistics, expand_kv_heads
+from .result import AttentionStatistics, expand_kv_heads
 from .mask import MaskSpec
 
 

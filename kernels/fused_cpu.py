@@ -32,8 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from workbench.kernels._counts import visibility_counts
-from workbench.kernels.api import AttentionStatistics
+from workbench.kernels.counts import visibility_counts
+from workbench.kernels.result import AttentionStatistics
 from workbench.kernels.blockwise import region_runs
 from workbench.kernels.mask import MaskSpec
 
@@ -51,14 +51,18 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {flags}"
 
 
-def build_directory() -> Path:
-    from workbench.models.packaged import cache_dir
+def _cache_root() -> Path:
+    """$WORKBENCH_CACHE, else ~/.cache/workbench: the folder the converted weights use too. Looked up here
+    rather than imported, because kernels depend on torch only."""
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")).expanduser()
 
+
+def build_directory() -> Path:
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(COMPILE_FLAGS).encode(),
                  _cpu_signature().encode(), sys.version.encode()):
         digest.update(part)
-    return cache_dir() / "extensions" / f"fused_cpu-{digest.hexdigest()[:16]}"
+    return _cache_root() / "extensions" / f"fused_cpu-{digest.hexdigest()[:16]}"
 
 
 def _put_ninja_on_path() -> None:

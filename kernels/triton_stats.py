@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from workbench.kernels._counts import visibility_counts
-from workbench.kernels.api import AttentionStatistics
+from workbench.kernels.counts import visibility_counts
+from workbench.kernels.result import AttentionStatistics
 from workbench.kernels.mask import MaskSpec
 
 MAX_TOP_K = 64  # larger top_k: use implementation="torch" ("auto" does)
@@ -57,7 +57,7 @@ def triton_attention_statistics(
         )
     if top_k > MAX_TOP_K:
         raise ValueError(f"implementation='triton' supports top_k <= {MAX_TOP_K}; got {top_k}: use 'torch'")
-    from workbench.kernels import _triton_kernels as kernels
+    from workbench.kernels import triton_kernels as kernels
 
     batch, n_heads, n_queries, d_head = query.shape
     n_kv_heads, n_keys = key.shape[1], key.shape[2]

@@ -58,8 +58,9 @@ ALLOWED = {
     "api": set(COMPONENTS.values()) - {"cli", "scale", "app", "probes"},
 }
 
-# Third-party packages kernels may use besides the standard library.
-KERNEL_THIRD_PARTY = {"torch", "numpy", "triton"}
+# Third-party packages kernels may use besides the standard library (ninja: the build tool torch's C++
+# extension builder runs, located through its pip package).
+KERNEL_THIRD_PARTY = {"torch", "numpy", "triton", "ninja"}
 
 # Modules that load model weights: analyses take a trace (and a Tracer) instead.
 MODEL_LOADING = {"workbench.models.loading"}

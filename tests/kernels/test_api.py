@@ -12,7 +12,7 @@ import torch
 
 from workbench.kernels import IMPLEMENTATIONS, MaskSpec, attention_statistics
 from workbench.kernels import api
-from workbench.kernels._counts import visibility_counts
+from workbench.kernels.counts import visibility_counts
 
 
 def _inputs(n=12, heads=4, kv_heads=2):

@@ -126,3 +126,12 @@ def test_switched_off_by_environment(monkeypatch):
         monkeypatch.delenv("WORKBENCH_FUSED_CPU")
         fused_cpu.load.cache_clear()
     assert fused_cpu.load()
+
+
+def test_build_directory_lives_in_the_workbench_cache(monkeypatch, tmp_path):
+    # kernels look the cache up themselves (they import torch only): it must be the weights' cache folder.
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    assert fused_cpu.build_directory().parent == tmp_path / "cache" / "extensions"
+    monkeypatch.delenv("WORKBENCH_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fused_cpu.build_directory().parent == tmp_path / "home" / ".cache" / "workbench" / "extensions"
