@@ -1,4 +1,4 @@
-"""Attention statistics without keeping n x n maps (METHODS.md section 8).
+"""Attention statistics without keeping n x n maps (docs/kernels.md, 'Statistics without the map').
 
 One function family: `attention_statistics(query, key, scaling=..., mask=..., key_regions=..., n_regions=...)`
 returns, per query head (GQA expanded), what the analyses need: the attention mass each key receives and

@@ -4,7 +4,7 @@ Row convention (the trace's): the token at position p was predicted by query row
 generated token p is read from row p - 1, as in Lookback Lens' released code (step01_extract_attns.py takes
 the last query row of each generation step).
 
-Lookback ratio (Chuang et al. 2024, METHODS.md section 6), per layer and head of the text stack:
+Lookback ratio (Chuang et al. 2024; docs/probes.md, 'Lookback Lens'), per layer and head of the text stack:
     C = mean attention per CONTEXT key, N = mean attention per earlier GENERATED key, ratio = C / (C + N),
     with the means = region_mass / region_count (mean per key, not summed mass).
 Context variants (the key sets that count as context; N is always the generated region):

@@ -1,4 +1,4 @@
-"""Lookback Lens (Chuang et al. 2024, METHODS.md section 6): lookback-ratio features + logistic regression.
+"""Lookback Lens (Chuang et al. 2024; docs/probes.md, 'Lookback Lens'): lookback-ratio features + logistic regression.
 
 Examples, from a dataset built by `workbench.probes.dataset` (ratios per generated token, layer, head):
 - span-mean ("span"): the L*H ratios averaged over a span. span="answer": the whole generated span, label =

@@ -1,4 +1,4 @@
-"""Graph of generations (Nonkes et al. 2024, METHODS.md section 5), with GATv2 instead of GAT.
+"""Graph of generations (Nonkes et al. 2024; docs/probes.md, 'Graph detectors'), with GATv2 instead of GAT.
 
 - Nodes: generations. Embedding = the mean residual stream entering one layer over the rows that produced
   the answer ("hidden", default layer L // 2), or the MiniLM sentence embedding of question + answer

@@ -9,7 +9,7 @@ max(||y||_1 - ||y - x||_1, 1e-5), normalised over the parts of its whole y. The 
 backwards from I{L-1}_p through edges above the threshold (with `renormalise`, the reference app's default:
 parts at or below the threshold are zeroed, the rest renormalised, and every edge left is kept).
 
-Conventions (named, as METHODS.md asks): attention edges sum the per-head parts of a key, and the
+Conventions (docs/analyses/routes.md, 'Matching the paper'): attention edges sum the per-head parts of a key, and the
 self-attention edge of a token is merged with its residual edge, as the reference graph does. Parts are the
 keys a row can see; the reference also floors every masked (key, head) slot at 1e-5 in the normaliser
 (`reference_padding=True` reproduces it). `bias="share"` (default) puts b_O into the parts so they sum exactly
