@@ -140,11 +140,11 @@ def graph_figure(elements: list[dict], *, title: str | None = None, height: int 
 
 def route_view(result, position: int | None = None, *, trace) -> go.Figure:
     """The information-flow route of one prediction (a `routes.analyse` result), drawn like the Token view."""
-    from workbench.app.data.results import graph
+    from workbench.app.data.results import graph_of
     from workbench.app.figures.graphs import route_elements
 
     route = result.routes[0] if position is None else result.route(position)
-    parsed = graph(route.to_json()["graph"]).value
+    parsed = graph_of(route.graph).value
     texts = [t.text for t in trace.tokens]
     predicted = (route.predicted or {}).get("text", "?")
     return graph_figure(route_elements(parsed, texts=texts, target=route.position),
@@ -154,10 +154,10 @@ def route_view(result, position: int | None = None, *, trace) -> go.Figure:
 def circuit_view(result, *, min_weight: float = 0.0, title: str = "head-to-head circuit (SVD tracing)") -> go.Figure:
     """The head-to-head graph of a `circuits.analyse` result, drawn like the Circuits view; edges lighter than
     `min_weight` (and heads left without an edge) are dropped."""
-    from workbench.app.data.results import graph
+    from workbench.app.data.results import graph_of
     from workbench.app.figures.graphs import circuit_elements
 
-    parsed = graph(result.to_json()["graph"]).value
+    parsed = graph_of(result.graph).value
     if min_weight > 0:
         edges = [e for e in parsed.edges if abs(e["weight"]) >= min_weight]
         used = {e["source"] for e in edges} | {e["target"] for e in edges}

@@ -208,6 +208,7 @@ class LookbackProbe:
     def score_trace(self, trace) -> dict:
         """The per-token result written to results/lookback.json (shape documented in docs/probes.md)."""
         from workbench.probes.features import predicting_rows, token_features
+        from workbench.probes.scores import LookbackScores
 
         self.check_model(trace.n_layers(), trace.n_heads(), f"this trace's model ({trace.model.get('name')})")
         variant = self.config["variant"]
@@ -218,20 +219,16 @@ class LookbackProbe:
             raise InputError(f"the probe uses the {variant!r} features, which need an image in the trace")
         rows = predicting_rows(trace)
         start = int(trace.generation["start"])
-        result = {"schema": "workbench-probe-scores", "schema_version": 1, "probe": self.summary(),
-                  "meaning": "score = probability that the token is hallucinated (1 = hallucinated)",
-                  "token_scores": [], "generation_score": None, "threshold": 0.5}
         if not len(rows):
-            return result
+            return LookbackScores(self.summary()).to_json()
         lookback = [] if variant in OTHER_FEATURES else [variant]
         ratios = token_features(trace, variants=lookback)[feature_column(variant)].reshape(len(rows), -1)
         window = self.config["window"] if self.config["features"] == "window" else len(rows)
         scores = self.score(window_means(ratios.astype(np.float64), window))
-        result["token_scores"] = [{"pos": start + i, "score": round(float(s), 6), "text": trace.tokens[start + i].text}
-                                  for i, s in enumerate(scores)]
-        result["generation_score"] = round(float(scores.max() if self.config["features"] == "window"
-                                                 else scores[-1]), 6)
-        return result
+        token_scores = tuple({"pos": start + i, "score": round(float(s), 6), "text": trace.tokens[start + i].text}
+                             for i, s in enumerate(scores))  # pos: the generated token's position
+        generation = round(float(scores.max() if self.config["features"] == "window" else scores[-1]), 6)
+        return LookbackScores(self.summary(), token_scores, generation).to_json()
 
     def summary(self) -> dict:
         keys = ("detector", "features", "window", "span", "variant", "model", "layers", "heads", "dataset", "tasks",

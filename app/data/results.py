@@ -1,8 +1,11 @@
-"""Analysis results stored in a bundle (`results/<name>.json`), read defensively for the app's views.
+"""Analysis results stored in a bundle (`results/<name>.json`), read for the app's views.
 
-The analyses are written by other parts of the workbench; this module names, in one table, which result
-file(s) each view reads and which command produces them, and parses the JSON shapes documented in
-docs/app.md. Anything malformed is skipped with a warning the page shows, never an exception.
+Every stored result is turned back into its analysis's result object (`workbench.analyses.registry`: the class
+its JSON names, `from_json`); views call that object's methods (`head_metrics`, `token_values`, `token_sets`,
+its graphs) and never parse an analysis's JSON. This module names, in one table, which analysis each view
+reads and which command produces it, and reads defensively what any result may carry in the generic shapes
+of docs/app.md (a `head_metrics` block, node-link graphs, token value lists). Anything malformed is skipped
+with a warning the page shows, never an exception.
 """
 
 from __future__ import annotations
@@ -10,46 +13,80 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
+import workbench.probes.scores  # noqa: F401  (registers the reader of results/lookback.json)
 from workbench.app.data.metrics import Metric
+
+from workbench.analyses.registry import analysis_of, read_result
+from workbench.analyses.result import HeadMetric, Result
+from workbench.errors import WorkbenchError
 
 
 @dataclass(frozen=True)
 class Analysis:
     key: str
-    names: tuple[str, ...]  # accepted result names (results/<name>.json), first = canonical
+    analysis: str  # the analysis name its results declare; results/<analysis>.json when stored by the workbench
     title: str
     command: str  # "{bundle}" is replaced by the bundle path
 
 
 ANALYSES: dict[str, Analysis] = {a.key: a for a in [
-    Analysis("sinks", ("sinks",), "attention sinks (Gu et al., ACT hidden sinks, VAR visual sinks)",
+    Analysis("sinks", "sinks", "attention sinks (Gu et al., ACT hidden sinks, VAR visual sinks)",
              "workbench sinks {bundle}"),
-    Analysis("vhd", ("vhd", "divergence"), "vision-aware head divergence (VHD, T-VHD)",
+    Analysis("vhd", "vhd", "vision-aware head divergence (VHD, T-VHD)",
              "workbench vhd --bundle {bundle} --model MODEL --image IMAGE"),
-    Analysis("routes", ("routes",), "information-flow routes (Ferrando & Voita 2024)",
+    Analysis("routes", "routes", "information-flow routes (Ferrando & Voita 2024)",
              "workbench routes {bundle} --position -1 --threshold 0.04"),
-    Analysis("circuits", ("circuits",), "SVD head-to-head circuits (Franco & Crovella 2024)",
+    Analysis("circuits", "circuits", "SVD head-to-head circuits (Franco & Crovella 2024)",
              "workbench circuits {bundle}"),
-    Analysis("probe", ("lookback", "probe", "lookback_lens", "probes", "hallucination"),
-             "hallucination probe scores (Lookback Lens)", "workbench trace ... --probe PROBE"),
+    Analysis("probe", "lookback", "hallucination probe scores (Lookback Lens)", "workbench trace ... --probe PROBE"),
 ]}
 
 
-def find(results: dict, key: str) -> tuple[str, dict] | None:
-    """(result name, data) of an analysis in a trace's results, or None."""
-    for name in ANALYSES[key].names:
-        data = results.get(name)
-        if isinstance(data, dict):
-            return name, data
-    return None
+@dataclass(frozen=True)
+class Found:
+    """A stored result of one analysis: its file name, the result object (None when it could not be read)
+    and what went wrong reading it."""
+
+    name: str
+    result: Result | None
+    warnings: tuple[str, ...] = ()
+
+
+def read(name: str, data) -> tuple[Result | None, list[str]]:
+    """The result object of results/<name>.json, or None with a warning when it is malformed (None without
+    one when no analysis class reads it)."""
+    try:
+        return read_result(name, data), []
+    except (WorkbenchError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        reason = str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}"
+        message = f"results/{name}.json could not be read as a {analysis_of(name, data)} result ({reason}); rerun it"
+        return None, [message]
+
+
+def present(results: dict) -> set[str]:
+    """Analysis names of the stored results."""
+    return {analysis_of(name, data) for name, data in results.items()}
+
+
+def find(results: dict, key: str) -> Found | None:
+    """The stored result of an analysis (its canonical file first, e.g. sinks.json before sinks_vision.json),
+    or None when the bundle has none."""
+    analysis = ANALYSES[key].analysis
+    names = sorted((name for name, data in results.items() if analysis_of(name, data) == analysis),
+                   key=lambda name: (name != analysis, name))
+    if not names:
+        return None
+    result, warnings = read(names[0], results[names[0]])
+    return Found(names[0], result, tuple(warnings))
 
 
 def hint(key: str, bundle_path=None) -> str:
     """'run `workbench ...` to produce this' for a missing analysis."""
     analysis = ANALYSES[key]
     command = analysis.command.replace("{bundle}", str(bundle_path) if bundle_path else "BUNDLE")
-    return f"This bundle has no {analysis.title}. Run `{command}` to produce it (results/{analysis.names[0]}.json)."
+    return f"This bundle has no {analysis.title}. Run `{command}` to produce it (results/{analysis.analysis}.json)."
 
 
 # -------------------------------------------------------------------------------------------- scalars
@@ -82,16 +119,26 @@ class Parsed:
 
 # ------------------------------------------------------------------------------------- head metrics
 def head_metrics(results: dict, stack: str, n_layers: int, n_heads: int) -> tuple[dict[str, Metric], list[str]]:
-    """Metrics any result offers under "head_metrics": {name: {values, label, description, stack, zmin, zmax}}.
-
-    values: a dense [layer][head] list, or a list of {"layer", "head", "value"}.
-    """
+    """Per-head metrics of every stored result: what its result object offers (`head_metrics()`), plus any
+    generic "head_metrics" block {name: {values, label, description, stack, zmin, zmax}} (docs/app.md), which
+    wins on a name clash. values: a dense [layer][head] list, or a list of {"layer", "head", "value"}."""
     metrics: dict[str, Metric] = {}
     warnings: list[str] = []
     for result_name, data in sorted(results.items()):
+        result, problems = read(result_name, data)
+        warnings += problems
+        for name, metric in (result.head_metrics() if result is not None else {}).items():
+            if metric.stack != stack:
+                continue
+            grid = _fitted(metric, n_layers, n_heads)
+            if grid is None:
+                warnings.append(f"results/{result_name}.json: {name} is a {' x '.join(map(str, metric.values.shape))} "
+                                f"table, not {n_layers} x {n_heads}; skipped")
+                continue
+            metrics[f"result:{result_name}:{name}"] = Metric(
+                f"result:{result_name}:{name}", metric.label, metric.description, grid, source=result_name,
+                zmin=metric.zmin, zmax=metric.zmax)
         block = data.get("head_metrics") if isinstance(data, dict) else None
-        if isinstance(data, dict):
-            block = {**_known_head_metrics(data), **(block if isinstance(block, dict) else {})} or block
         if block is None:
             continue
         if not isinstance(block, dict):
@@ -115,77 +162,16 @@ def head_metrics(results: dict, stack: str, n_layers: int, n_heads: int) -> tupl
     return metrics, warnings
 
 
-def _known_head_metrics(data: dict) -> dict:
-    """Per-head tables inside the results the workbench's analyses write (sinks, vhd, routes, circuits), as
-    head_metrics specs, so the Model view offers them without the analyses knowing about the app."""
-    out: dict = {}
-    analysis = data.get("analysis")
-    if analysis == "routes" and isinstance(data.get("heads"), dict):
-        n_routes = len(data.get("routes") or []) or 1
-        usage = data["heads"].get("usage") if isinstance(data["heads"].get("usage"), dict) else {}
-        if isinstance(usage.get("routes"), list):
-            frequency = [[(v / n_routes if isinstance(v, (int, float)) else None) for v in row]
-                         if isinstance(row, list) else row for row in usage["routes"]]
-            out["route_frequency"] = {"values": frequency, "label": "route frequency", "zmin": 0, "zmax": 1,
-                                      "description": f"share of the {n_routes} stored routes with an edge this head "
-                                                     "carries above the threshold (Ferrando & Voita 2024)"}
-        if isinstance(usage.get("weight"), list):
-            out["route_weight"] = {"values": usage["weight"], "label": "route contribution",
-                                   "description": "summed contribution of the head's parts on route edges"}
-        patterns = data["heads"].get("patterns")
-        scores = patterns.get("scores") if isinstance(patterns, dict) else None
-        for kind, table in (scores or {}).items() if isinstance(scores, dict) else ():
-            if isinstance(table, list):
-                out[f"pattern_{kind}"] = {"values": table, "label": f"{kind.replace('_', '-')} score", "zmin": 0,
-                                          "zmax": 1, "description": f"{kind.replace('_', ' ')} pattern score "
-                                                                    "(typed heads of the routes analysis)"}
-    if analysis == "sinks":
-        stack = str(data.get("stack", "text"))
-        heads = [h for h in data.get("heads") or [] if isinstance(h, dict)]
-        if heads:
-            out["top_alpha"] = {"stack": stack, "label": "max alpha over keys", "zmin": 0, "zmax": 1, "values": [
-                {"layer": h.get("layer"), "head": h.get("head"), "value": h.get("top_alpha")} for h in heads],
-                "description": "largest Gu et al. alpha of any key (results/sinks.json)"}
-            out["sink_keys"] = {"stack": stack, "label": "sink keys (alpha > eps)", "values": [
-                {"layer": h.get("layer"), "head": h.get("head"),
-                 "value": len(h["sink_keys"]) if isinstance(h.get("sink_keys"), list) else None} for h in heads],
-                "description": "number of keys with alpha above eps (results/sinks.json)"}
-        hidden = data.get("hidden_sinks") if isinstance(data.get("hidden_sinks"), dict) else {}
-        entries = hidden.get(hidden.get("rule"), []) if isinstance(hidden.get(hidden.get("rule")), list) else []
-        counts: dict[tuple, int] = {}
-        for entry in entries:
-            if isinstance(entry, dict):
-                key = (entry.get("layer"), entry.get("head"))
-                counts[key] = counts.get(key, 0) + 1
-        if heads or counts:
-            out["hidden_sinks"] = {"stack": stack, "label": "hidden sinks (ACT)", "values": [
-                {"layer": h.get("layer"), "head": h.get("head"), "value": counts.get((h.get("layer"), h.get("head")), 0)}
-                for h in heads] or [{"layer": k[0], "head": k[1], "value": v} for k, v in counts.items()],
-                "description": f"keys after position 0 above the {hidden.get('rule')} threshold (ACT hidden sinks)"}
-        centric = data.get("image_centric") if isinstance(data.get("image_centric"), dict) else {}
-        rows = [h for h in centric.get("heads") or [] if isinstance(h, dict)] if centric.get("available") else []
-        if rows:
-            out["image_centric_rows"] = {"stack": stack, "label": "image-centric rows (VAR)", "zmin": 0, "zmax": 1,
-                                         "values": [{"layer": h.get("layer"), "head": h.get("head"),
-                                                     "value": h.get("centric_rows")} for h in rows],
-                                         "description": "share of text rows where the head is image-centric "
-                                                        f"(paper rho = {centric.get('rho')})"}
-    if analysis == "vhd" and isinstance(data.get("vhd"), list) and data["vhd"]:
-        try:
-            values = np.asarray(data["vhd"], dtype=np.float64)  # [step, layer, head]
-            if values.ndim == 3:
-                out["vhd"] = {"values": np.nanmean(values, axis=0).tolist(), "label": "VHD (mean over tokens)",
-                              "description": "vision-aware head divergence averaged over the generated tokens"}
-        except (TypeError, ValueError):
-            pass
-    if analysis == "circuits" and isinstance(data.get("graph"), dict):
-        nodes = [n for n in data["graph"].get("nodes", []) if isinstance(n, dict)]
-        items = [{"layer": n.get("layer"), "head": n.get("head"), "value": n.get("firings")} for n in nodes]
-        if items:
-            out["circuit_firings"] = {"values": items, "label": "circuit firings", "sparse": True,
-                                      "description": "firings (A_ij >= threshold) of each head in the SVD circuit "
-                                                     "analysis; blank = none"}
-    return out
+def _fitted(metric: HeadMetric, n_layers: int, n_heads: int) -> np.ndarray | None:
+    """A result's [layer, head] values as the model's grid (a sparse metric's smaller grid padded with NaN)."""
+    values = np.asarray(metric.values, dtype=np.float64)
+    if values.shape == (n_layers, n_heads):
+        return values
+    if not metric.sparse or values.ndim != 2 or values.shape[0] > n_layers or values.shape[1] > n_heads:
+        return None
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[:values.shape[0], :values.shape[1]] = values
+    return grid
 
 
 def _grid(values, n_layers: int, n_heads: int) -> np.ndarray | None:
@@ -247,16 +233,6 @@ def token_values(raw, *, n_tokens: int, gen_start: int, gen_end: int) -> Parsed:
     return parsed
 
 
-def aligned_values(payload: dict, field: str) -> object:
-    """`payload[field]`, paired with `payload["tokens"][i]["position"]` when both are lists of the same length
-    (the VHD result's per-step values)."""
-    values, tokens = payload.get(field), payload.get("tokens")
-    if isinstance(values, list) and isinstance(tokens, list) and len(values) == len(tokens) and all(
-            isinstance(t, dict) and "position" in t for t in tokens):
-        return [{"pos": t["position"], "value": v} for t, v in zip(tokens, values)]
-    return values
-
-
 def positions(raw, n_tokens: int) -> list[int]:
     """Token positions from [int] or [{"pos": int, ...}] (e.g. sink or visual-sink tokens)."""
     out = []
@@ -276,6 +252,11 @@ class Graph:
     nodes: list[dict]
     edges: list[dict]
     attrs: dict
+
+
+def graph_of(network: nx.DiGraph) -> Parsed:
+    """A Graph from a result's networkx graph (checked like node-link JSON)."""
+    return graph(nx.node_link_data(network, edges="edges"))
 
 
 def graph(raw) -> Parsed:
@@ -314,6 +295,19 @@ def graph(raw) -> Parsed:
         parsed.warnings.append(f"{skipped} malformed nodes or edges skipped")
     attrs = raw.get("graph") if isinstance(raw.get("graph"), dict) else {}
     parsed.value = Graph(nodes, edges, {k: v for k, v in raw.items() if k not in ("nodes", "edges", "links")} | attrs)
+    return parsed
+
+
+def route_graphs(result, n_tokens: int) -> Parsed:
+    """{root position: Graph} of a routes result's routes (RoutesResult), positions checked against the trace."""
+    parsed = Parsed({})
+    for route in result.routes:
+        one = graph_of(route.graph)
+        parsed.warnings += [f"route {route.position}: {w}" for w in one.warnings]
+        if not 0 <= route.position < n_tokens:
+            parsed.warnings.append(f"route {route.position} is outside the trace's {n_tokens} tokens; skipped")
+        elif one.value is not None:
+            parsed.value[route.position] = one.value
     return parsed
 
 

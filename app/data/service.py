@@ -80,13 +80,13 @@ class AppData:
             metrics = statistics_metrics(trace, stack)
             extra, warnings = results_mod.head_metrics(trace.results, stack, trace.n_layers(stack), trace.n_heads(stack))
             metrics.update(extra)
-            present = set(trace.results)
+            present = results_mod.present(trace.results)
             for key, label in (("vhd", "VHD (vision-aware head divergence)"), ("routes", "route frequency"),
                                ("sinks", "sink analysis (hidden sinks, image-centric heads)"),
                                ("circuits", "circuit firings")):
                 if key == "vhd" and info.kind != "vlm":
                     continue
-                if not present & set(results_mod.ANALYSES[key].names):
+                if results_mod.ANALYSES[key].analysis not in present:
                     metrics[f"missing:{key}"] = Metric(f"missing:{key}", label, "", None, source=key,
                                                        hint=results_mod.hint(key, info.path))
             return metrics, warnings

@@ -43,9 +43,10 @@ def register(app) -> None:
         found = results_mod.find(trace.results, "circuits")
         if found is None:
             return hint_panel(results_mod.hint("circuits", store.info(bundle).path))
-        name, payload = found
-        parsed = results_mod.graph(payload.get("graph", payload) if isinstance(payload, dict) else payload)
-        warnings = [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+        name = found.name
+        parsed = results_mod.graph_of(found.result.graph) if found.result is not None else results_mod.Parsed()
+        warnings = [note(w, warning=True) for w in found.warnings]
+        warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
         if parsed.value is None:
             return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
                                                    f"`{results_mod.ANALYSES['circuits'].command}`")])

@@ -70,15 +70,18 @@ def series_for(trace) -> tuple[dict[str, dict[int, float]], list]:
     if lookback is not None:
         means = np.nanmean(lookback, axis=(0, 1))
         series["lookback"] = {p: float(v) for p, v in zip(positions, means) if math.isfinite(float(v))}
-    for key, field_names, label in (("probe", ("token_scores", "scores"), "probe"), ("vhd", ("t_vhd", "tvhd"), "vhd")):
+    # analysis, its per-token values (at token positions), series name
+    for key, values_name, label in (("probe", "score", "probe"), ("vhd", "t_vhd", "vhd")):
         found = results_mod.find(trace.results, key)
         if found is None:
             notes.append(hint_panel(results_mod.hint(key, trace.path)))
             continue
-        name, payload = found
-        raw = next((results_mod.aligned_values(payload, f) for f in field_names if f in payload), None)
-        parsed = results_mod.token_values(raw, n_tokens=len(trace.tokens), gen_start=start, gen_end=end)
-        notes += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+        notes += [note(w, warning=True) for w in found.warnings]
+        values = found.result.token_values().get(values_name) if found.result is not None else None
+        if values is None:
+            continue
+        parsed = results_mod.token_values(values.as_dict(), n_tokens=len(trace.tokens), gen_start=start, gen_end=end)
+        notes += [note(f"results/{found.name}.json: {w}", warning=True) for w in parsed.warnings]
         series[label] = parsed.value
     return series, notes
 

@@ -142,13 +142,10 @@ def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[li
     """Visual sink patches: from results/sinks.json when present, else a statistics heuristic."""
     where = {int(p): tuple(int(v) for v in np.argwhere(grid_positions == p)[0]) for p in patch_positions}
     found = results_mod.find(trace.results, "sinks") if stack == "text" else None
-    raw = found[1].get("visual_sinks") if found is not None else None
-    if isinstance(raw, dict):  # workbench sinks: {"visual": [{"position": ...}], "text": [...], "tau": ...}
-        raw = raw.get("visual")
-    if isinstance(raw, list):
-        listed = results_mod.positions(raw, len(trace.tokens))
-        marked = [where[p] for p in listed if p in where]
-        return marked, f"outlined: {len(marked)} visual sink patches from results/{found[0]}.json (VAR)"
+    listed = found.result.token_sets().get("visual_sinks") if found is not None and found.result is not None else None
+    if listed is not None:
+        marked = [where[p] for p in results_mod.positions(listed, len(trace.tokens)) if p in where]
+        return marked, f"outlined: {len(marked)} visual sink patches from results/{found.name}.json (VAR)"
     mean_alpha = received.mean((0, 1))
     heavy = np.nonzero(mean_alpha > HEAVY_PATCH_FACTOR * mean_alpha.mean())[0]
     marked = [where[int(patch_positions[i])] for i in heavy]

@@ -160,9 +160,11 @@ def register(app) -> None:
         found = results_mod.find(trace.results, "routes")
         if found is None:
             return hint_panel(results_mod.hint("routes", store.info(bundle).path))
-        name, payload = found
-        parsed = results_mod.routes(payload, len(trace.tokens))
-        warnings = [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+        name = found.name
+        parsed = results_mod.route_graphs(found.result, len(trace.tokens)) if found.result is not None \
+            else results_mod.Parsed({})
+        warnings = [note(w, warning=True) for w in found.warnings]
+        warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
         pos = as_int(pos, len(trace.tokens) - 1)
         if pos not in parsed.value:
             available = sorted(parsed.value)

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from workbench.analyses import _visual_sinks as visual
+from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.capture.interventions import VAR, effective_min_queries
 from workbench.errors import InputError
 from workbench.traces.summary import SINK_EPSILON, head_alpha
@@ -45,13 +47,17 @@ METHOD = ("Gu et al. 2025 (alpha, Sink^eps); ACT, Yu et al. 2024 (hidden sinks);
 
 
 @dataclass(frozen=True)
-class SinksResult:
-    """What `analyse` found. alpha [layer, head, key_pos] and sink_percent [key_pos] are tensors."""
+class SinksResult(Result):
+    """What `analyse` found. alpha [layer, head, key_pos] and sink_percent [key_pos] are tensors; alpha is not
+    stored in the JSON (None in a result read back with `from_json`)."""
+
+    analysis: ClassVar[str] = "sinks"
+    schema_version: ClassVar[int] = 1
 
     model: str
     stack: str
     options: dict
-    alpha: torch.Tensor = field(compare=False, repr=False)
+    alpha: torch.Tensor | None = field(compare=False, repr=False)
     sink_percent: torch.Tensor = field(compare=False, repr=False)
     sink_tokens: tuple
     layers: tuple
@@ -70,12 +76,68 @@ class SinksResult:
 
     def to_json(self) -> dict:
         return {
-            "analysis": "sinks", "method": METHOD, "model": self.model, "stack": self.stack, "options": self.options,
+            "analysis": self.analysis, "schema_version": self.schema_version, "method": METHOD, "model": self.model,
+            "stack": self.stack, "options": self.options,
             "sink_percent": [round(float(v), 6) for v in self.sink_percent], "sink_tokens": list(self.sink_tokens),
             "layers": list(self.layers), "heads": list(self.heads), "hidden_sinks": self.hidden_sinks,
             "kind": self.kind, "sink_dims": self.sink_dims, "visual_sinks": self.visual_sinks,
             "image_centric": self.image_centric, "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> SinksResult:
+        stored_version(data, cls)
+        hidden = dict(data.get("hidden_sinks") or {})
+        if isinstance(hidden.get("heads"), list):  # JSON turned the (layer, head) tuples into lists
+            hidden["heads"] = [tuple(item) for item in hidden["heads"]]
+        return cls(model=str(data.get("model", "?")), stack=str(data.get("stack", "text")),
+                   options=dict(data.get("options") or {}), alpha=None,
+                   sink_percent=torch.tensor(data.get("sink_percent") or [], dtype=torch.float32),
+                   sink_tokens=tuple(data.get("sink_tokens") or ()), layers=tuple(data.get("layers") or ()),
+                   heads=tuple(data["heads"]), hidden_sinks=hidden, kind=dict(data.get("kind") or {}),
+                   sink_dims=data.get("sink_dims"), visual_sinks=data.get("visual_sinks"),
+                   image_centric=data.get("image_centric"), notes=tuple(data.get("notes") or ()))
+
+    def head_metrics(self) -> dict[str, HeadMetric]:
+        """Max alpha and sink keys per head (Gu et al.), hidden sinks (ACT) and image-centric rows (VAR)."""
+        if not self.heads:
+            return {}
+        shape = (1 + max(h["layer"] for h in self.heads), 1 + max(h["head"] for h in self.heads))
+
+        def grid(items) -> np.ndarray:  # (layer, head, value) -> [layer, head], NaN where missing
+            values = np.full(shape, np.nan)
+            for layer, head, value in items:
+                values[layer, head] = np.nan if value is None else value
+            return values
+
+        rule = self.hidden_sinks.get("rule")
+        counts = np.zeros(shape)
+        for entry in self.hidden_sinks.get(rule) or []:
+            counts[entry["layer"], entry["head"]] += 1
+        out = {
+            "top_alpha": HeadMetric(grid((h["layer"], h["head"], h["top_alpha"]) for h in self.heads),
+                                    "max alpha over keys", "largest Gu et al. alpha of any key (sinks analysis)",
+                                    self.stack, 0, 1),
+            "sink_keys": HeadMetric(grid((h["layer"], h["head"], len(h["sink_keys"])) for h in self.heads),
+                                    "sink keys (alpha > eps)", "number of keys with alpha above eps (sinks analysis)",
+                                    self.stack),
+            "hidden_sinks": HeadMetric(counts, "hidden sinks (ACT)",
+                                       f"keys after position 0 above the {rule} threshold (ACT hidden sinks)", self.stack),
+        }
+        centric = self.image_centric or {}
+        if centric.get("available") and centric.get("heads"):
+            out["image_centric_rows"] = HeadMetric(
+                grid((h["layer"], h["head"], h["centric_rows"]) for h in centric["heads"]), "image-centric rows (VAR)",
+                f"share of text rows where the head is image-centric (paper rho = {centric.get('rho')})", self.stack,
+                0, 1)
+        return out
+
+    def token_sets(self) -> dict[str, list[int]]:
+        """Positions of the listed sink tokens and of VAR's visual sink tokens (image tokens)."""
+        out = {"sink_tokens": sorted(entry["position"] for entry in self.sink_tokens)}
+        if self.visual_sinks is not None:
+            out["visual_sinks"] = sorted(entry["position"] for entry in self.visual_sinks.get("visual", []))
+        return out
 
 
 def gu_alpha(trace, stack: str = "text") -> torch.Tensor:

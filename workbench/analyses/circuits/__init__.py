@@ -23,14 +23,16 @@ Checks: the full-rank reconstruction of every firing's score must match the stor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import networkx as nx
+import numpy as np
 import torch
 
 from workbench.analyses._decomposed import check_trace, layer_tensor
 from workbench.analyses.circuits._firings import Firing, decompose, find_firings, head_outputs
 from workbench.analyses.circuits._omega import SUPPORTED, omega_forms
+from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import InputError, WorkbenchError
 
 __all__ = ["CircuitsResult", "analyse", "omega_forms"]
@@ -41,7 +43,13 @@ _FIRING_CHUNK = 1024
 
 
 @dataclass(frozen=True)
-class CircuitsResult:
+class CircuitsResult(Result):
+    """The head-to-head graph (nodes L{layer}H{head} with their firings, edges upstream -> downstream), the
+    firings with their kept upstream heads (query row, key position) and checks."""
+
+    analysis: ClassVar[str] = "circuits"
+    schema_version: ClassVar[int] = 1
+
     model: str
     options: dict
     graph: nx.DiGraph = field(compare=False)
@@ -57,9 +65,29 @@ class CircuitsResult:
         return sorted(edges, key=lambda item: -item[1]["weight"])
 
     def to_json(self) -> dict:
-        return {"analysis": "circuits", "method": METHOD, "model": self.model, "options": self.options,
-                "graph": nx.node_link_data(self.graph, edges="edges"), "firings": list(self.firings),
-                "stats": self.stats}
+        return {"analysis": self.analysis, "schema_version": self.schema_version, "method": METHOD,
+                "model": self.model, "options": self.options, "graph": nx.node_link_data(self.graph, edges="edges"),
+                "firings": list(self.firings), "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CircuitsResult:
+        stored_version(data, cls)
+        graph = data["graph"]
+        edges = "edges" if "edges" in graph or "links" not in graph else "links"
+        return cls(model=str(data.get("model", "?")), options=dict(data.get("options") or {}),
+                   graph=nx.node_link_graph(graph, directed=True, multigraph=False, edges=edges),
+                   firings=tuple(data.get("firings") or ()), stats=dict(data.get("stats") or {}))
+
+    def head_metrics(self) -> dict[str, HeadMetric]:
+        """Firings per head (sparse: heads the graph does not hold are blank)."""
+        nodes = [data for _, data in self.graph.nodes(data=True) if "layer" in data and "head" in data]
+        if not nodes:
+            return {}
+        values = np.full((1 + max(n["layer"] for n in nodes), 1 + max(n["head"] for n in nodes)), np.nan)
+        for node in nodes:
+            values[node["layer"], node["head"]] = node.get("firings", np.nan)
+        return {"circuit_firings": HeadMetric(values, "circuit firings", "firings (A_ij >= threshold) of each head "
+                                              "in the SVD circuit analysis; blank = none", sparse=True)}
 
 
 def _covectors(firings: list[Firing], forms, trace) -> dict:

@@ -28,15 +28,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import networkx as nx
+import numpy as np
 
 from workbench.analyses._decomposed import check_trace
+from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.analyses.routes._graph import Explorer, route_of
 from workbench.analyses.routes._layers import Bias
 from workbench.analyses.routes.heads import HeadPatterns, head_patterns, head_usage
 from workbench.errors import InputError
+from workbench.traces.metrics import predicted_position, predicting_row
 
 __all__ = ["HeadPatterns", "Route", "RoutesResult", "analyse", "head_patterns", "resolve_positions"]
 
@@ -45,7 +48,8 @@ METHOD = "Ferrando & Voita 2024, information-flow routes (L1 proximity contribut
 
 @dataclass(frozen=True)
 class Route:
-    """The route explaining the prediction made at query row `position` (of the token at position + 1)."""
+    """The route rooted at query row `position` (the representation of the token there), which explains that
+    row's prediction: the token at predicted_position(position), described by `predicted` when the trace has it."""
 
     position: int
     output: str  # the route's root node, I{L-1}_position
@@ -53,13 +57,26 @@ class Route:
     predicted: dict | None = None
 
     def to_json(self) -> dict:
-        return {"position": self.position, "output": self.output, "predicted": self.predicted,
-                "graph": nx.node_link_data(self.graph, edges="edges")}
+        # position is the root's token position; the same row is stored as predicting_row, the predicted token's
+        # position under predicted.position, so no reader has to know which of the two a position means
+        return {"position": self.position, "predicting_row": self.position, "output": self.output,
+                "predicted": self.predicted, "graph": nx.node_link_data(self.graph, edges="edges")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Route:
+        graph = data["graph"]
+        edges = "edges" if "edges" in graph or "links" not in graph else "links"
+        return cls(position=int(data.get("predicting_row", data["position"])), output=str(data.get("output", "")),
+                   graph=nx.node_link_graph(graph, directed=True, multigraph=False, edges=edges),
+                   predicted=data.get("predicted"))
 
 
 @dataclass(frozen=True)
-class RoutesResult:
+class RoutesResult(Result):
     """Routes for one or more predictions, head usage across them, typed heads and work statistics."""
+
+    analysis: ClassVar[str] = "routes"
+    schema_version: ClassVar[int] = 1
 
     model: str
     options: dict
@@ -75,11 +92,43 @@ class RoutesResult:
         raise KeyError(f"no route for position {position}; have {[r.position for r in self.routes]}")
 
     def to_json(self) -> dict:
-        return {"analysis": "routes", "method": METHOD, "model": self.model, "options": self.options,
+        return {"analysis": self.analysis, "schema_version": self.schema_version, "method": METHOD,
+                "model": self.model, "options": self.options,
                 "routes": [route.to_json() for route in self.routes], "heads": {
                     "usage": self.head_usage,
                     "patterns": self.head_patterns.to_json() if self.head_patterns is not None else None},
                 "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RoutesResult:
+        stored_version(data, cls)
+        heads = data.get("heads") or {}
+        patterns = heads.get("patterns")
+        return cls(model=str(data.get("model", "?")), options=dict(data.get("options") or {}),
+                   routes=tuple(Route.from_json(item) for item in data["routes"]),
+                   head_usage=dict(heads.get("usage") or {}),
+                   head_patterns=HeadPatterns.from_json(patterns) if patterns is not None else None,
+                   stats=dict(data.get("stats") or {}))
+
+    def head_metrics(self) -> dict[str, HeadMetric]:
+        """Route frequency and contribution per head (Ferrando & Voita 2024) and the typed-head pattern scores."""
+        out = {}
+        n_routes = len(self.routes) or 1
+        if self.head_usage.get("routes") is not None:
+            out["route_frequency"] = HeadMetric(
+                np.asarray(self.head_usage["routes"], dtype=np.float64) / n_routes, "route frequency",
+                f"share of the {n_routes} stored routes with an edge this head carries above the threshold "
+                "(Ferrando & Voita 2024)", zmin=0, zmax=1)
+        if self.head_usage.get("weight") is not None:
+            out["route_weight"] = HeadMetric(np.asarray(self.head_usage["weight"], dtype=np.float64),
+                                             "route contribution",
+                                             "summed contribution of the head's parts on route edges")
+        for kind, table in (self.head_patterns.scores.items() if self.head_patterns is not None else ()):
+            if table is not None:
+                out[f"pattern_{kind}"] = HeadMetric(
+                    np.asarray(table, dtype=np.float64), f"{kind.replace('_', '-')} score",
+                    f"{kind.replace('_', ' ')} pattern score (typed heads of the routes analysis)", zmin=0, zmax=1)
+        return out
 
 
 def resolve_positions(trace, position) -> list[int]:
@@ -92,7 +141,7 @@ def resolve_positions(trace, position) -> list[int]:
         start, end = trace.generation["start"], trace.generation["end"]
         if end <= start:
             raise InputError("this trace generated no tokens; pass --position -1 or explicit positions")
-        return list(range(start - 1, end - 1))
+        return [predicting_row(token) for token in range(start, end)]
     items = [position] if isinstance(position, int) else list(position)
     resolved = []
     for item in items:
@@ -102,13 +151,15 @@ def resolve_positions(trace, position) -> list[int]:
     return sorted(set(resolved))
 
 
-def _predicted(trace, position: int) -> dict | None:
-    if position + 1 >= len(trace.tokens):
+def _predicted(trace, row: int) -> dict | None:
+    """The token that query row `row` predicts (its position, id, text, log-probability), if the trace has it."""
+    position = predicted_position(row)
+    if position >= len(trace.tokens):
         return None
-    token = trace.tokens[position + 1]
-    entry = {"position": position + 1, "id": token.id, "text": token.text}
+    token = trace.tokens[position]
+    entry = {"position": position, "id": token.id, "text": token.text}
     if trace.has("outputs.next_token_logprob"):
-        value = float(trace.tensor("outputs.next_token_logprob")[position])
+        value = float(trace.tensor("outputs.next_token_logprob")[row])  # [query_pos]: log p of the next token
         entry["logprob"] = None if math.isnan(value) else round(value, 6)
     return entry
 

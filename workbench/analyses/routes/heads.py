@@ -53,6 +53,13 @@ class HeadPatterns:
                 "typed": [{"layer": layer, "head": head, "types": list(kinds)}
                           for (layer, head), kinds in self.types().items()]}
 
+    @classmethod
+    def from_json(cls, data: dict) -> HeadPatterns:
+        scores = {kind: (tuple(tuple(float(v) for v in row) for row in table) if table is not None else None)
+                  for kind, table in data["scores"].items()}
+        return cls(scores=scores, rows=dict(data.get("rows") or {}),
+                   type_threshold=float(data.get("type_threshold", 0.4)))
+
 
 def _word_starts(trace, text: torch.Tensor) -> torch.Tensor:
     """For each position, the first position of the word it belongs to (itself unless it continues a word).
