@@ -17,7 +17,7 @@ from workbench.errors import BundleError, InputError, ModelNotFoundError, Weight
 
 _LAZY = {
     "trace": ("workbench.capture.tracer", "trace"),
-    "load": ("workbench.traces.bundle", "load"),
+    "load": ("workbench.traces.trace", "load"),
     "Trace": ("workbench.traces.trace", "Trace"),
     "Token": ("workbench.traces.tokens", "Token"),
     "REGIONS": ("workbench.traces.tokens", "REGIONS"),

@@ -20,8 +20,8 @@ Per layer, the bundle stores (names `layer_XX.<stat>`, vision tower `vision.laye
 Trace-level: outputs.next_token_logprob [query_pos], outputs.prediction_entropy [query_pos].
 """
 
-from workbench.traces.bundle import SCHEMA_VERSION, load
+from workbench.traces.schema import SCHEMA_VERSION
 from workbench.traces.tokens import REGIONS, Token
-from workbench.traces.trace import Trace
+from workbench.traces.trace import Trace, load
 
 __all__ = ["Trace", "Token", "REGIONS", "SCHEMA_VERSION", "load"]

@@ -24,13 +24,10 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from workbench.errors import BundleError, OutputExistsError
-from workbench.traces._manifest import check_metadata
-from workbench.traces._swap import exchange
-from workbench.traces.trace import Trace
+from workbench.traces.manifest import check_metadata
+from workbench.traces.schema import FORMAT, MANIFEST, SCHEMA_VERSION
+from workbench.traces.swap import exchange
 
-SCHEMA_VERSION = 1
-FORMAT = "workbench-trace"
-MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 _RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
@@ -55,7 +52,8 @@ def _sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def save_bundle(trace: Trace, path: Path, *, force: bool = False) -> Path:
+def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
+    """Write a `Trace` (meta, tokens, tensors, results) as a bundle; `Trace.save` is the public entry."""
     from safetensors.torch import save_file
 
     path = path.expanduser()
@@ -322,16 +320,17 @@ def _check_index(root: Path, manifest: dict) -> dict[str, dict]:
     return index
 
 
-def load(path: str | Path, *, verify: bool = False) -> Trace:
-    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256.
+def open_bundle(path: Path, *, verify: bool = False) -> dict:
+    """The checked parts of a `Trace` stored at `path`: meta, tokens, tensors (read lazily per layer),
+    results and path. verify=True also checks every file's sha256. `workbench.load` builds the Trace.
 
     >>> import tempfile, workbench
     >>> path = workbench.trace("tiny-gpt2", "The cat sat on the mat").save(f"{tempfile.mkdtemp()}/cat.wbtrace")
-    >>> again = workbench.load(path, verify=True)
-    >>> again.checks["healthy"], tuple(again.layer(0)["key_mass"].shape)     # [head, key_pos]
-    (True, (4, 23))
+    >>> parts = open_bundle(path, verify=True)
+    >>> sorted(parts), parts["tensors"].axes("layer_00.key_mass"), parts["meta"]["dims"]["stacks"]["text"]["layers"]
+    (['meta', 'path', 'results', 'tensors', 'tokens'], ('head', 'key_pos'), 3)
     """
-    root = Path(path).expanduser()
+    root = path.expanduser()
     manifest = read_manifest(root)
     index = _check_index(root, manifest)
     if verify:
@@ -342,8 +341,8 @@ def load(path: str | Path, *, verify: bool = False) -> Trace:
     bundle_id = manifest.get("bundle_id")
     if bundle_id is not None and not isinstance(bundle_id, str):
         raise _fail(root / MANIFEST, "has an invalid bundle_id; the bundle is corrupt")
-    return Trace(meta=meta, tokens=tokens, tensors=BundleTensors(root, index, bundle_id), results=_read_results(root),
-                 path=root)
+    return {"meta": meta, "tokens": tokens, "tensors": BundleTensors(root, index, bundle_id),
+            "results": _read_results(root), "path": root}
 
 
 def _read_results(root: Path) -> dict[str, dict]:

@@ -66,7 +66,7 @@ def stack_summary(trace, stack: str) -> list[dict]:
 
 def export_json(trace) -> dict:
     """Manifest metadata + tokens + summaries + analysis results; raw maps are never included."""
-    from workbench.traces.bundle import SCHEMA_VERSION
+    from workbench.traces.schema import SCHEMA_VERSION
 
     return {
         "schema_version": SCHEMA_VERSION,

@@ -1,4 +1,7 @@
-"""`Trace`: one traced input in memory: metadata, tokens, lazily available tensors and analysis results."""
+"""`Trace`: one traced input in memory: metadata, tokens, lazily available tensors and analysis results.
+
+`Trace.save` and `load` are the entry points to the bundle on disk; the file format itself is `bundle`'s,
+which never imports this module (no import cycle)."""
 
 from __future__ import annotations
 
@@ -164,3 +167,17 @@ class Trace:
         where = f" at {self.path}" if self.path else ""
         return (f"Trace(model={self.model.get('name')!r}, tokens={len(self.tokens)}, "
                 f"layers={self.n_layers()}, heads={self.n_heads()}{where})")
+
+
+def load(path: str | Path, *, verify: bool = False) -> Trace:
+    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256.
+
+    >>> import tempfile, workbench
+    >>> path = workbench.trace("tiny-gpt2", "The cat sat on the mat").save(f"{tempfile.mkdtemp()}/cat.wbtrace")
+    >>> again = workbench.load(path, verify=True)
+    >>> again.checks["healthy"], tuple(again.layer(0)["key_mass"].shape)     # [head, key_pos]
+    (True, (4, 23))
+    """
+    from workbench.traces.bundle import open_bundle
+
+    return Trace(**open_bundle(Path(path), verify=verify))
