@@ -104,7 +104,9 @@ def _resolve_hub(hub_id: str, name: str) -> str:
     )
 
 
-def _model_kind(config) -> str:
+def model_kind(config) -> str:
+    """"vlm", "causal" or "encoder" from a transformers config: which Auto class loads it and how capture
+    treats its positions (front-ends that wrap an already built module call this too)."""
     architectures = getattr(config, "architectures", None) or []
     if getattr(config, "vision_config", None) is not None:
         return "vlm"
@@ -140,7 +142,7 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool, 
         raise WeightsMissingError(f"cannot read a model config in {directory}: {error}".splitlines()[0]) from error
     trained_positions = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
     rope_factor = _apply_rope_scaling(config, rope_scaling, rope_length) if rope_scaling else 1.0
-    kind = _model_kind(config)
+    kind = model_kind(config)
     auto_class = {
         "vlm": transformers.AutoModelForImageTextToText,
         "causal": transformers.AutoModelForCausalLM,
