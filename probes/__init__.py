@@ -17,13 +17,14 @@
 Modules: tasks (inputs with labels known by construction), features (lookback ratios and friends from a
 trace's statistics), graphs (attention graph of one generation), dataset (Parquet build / load / split by
 group), lookback (Lookback Lens), nonkes (graph of generations, GATv2), attention_graph (GATv2 per
-generation), evaluate (AUROC, grouped folds), store (safetensors + JSON, no pickle), probe (`Probe`).
+generation), gnn (what the graph detectors share), evaluate (AUROC, grouped folds), lookback_training
+(train and measure a Lookback Lens on a dataset's splits), store (safetensors + JSON, no pickle), probe (`Probe`).
 Heavy imports (torch_geometric, sklearn, pyarrow) happen on first use.
 """
 
 from __future__ import annotations
 
-from workbench._lazy import lazy_getattr
+from workbench.lazy import lazy_getattr
 
 _LAZY = {
     "Probe": ("workbench.probes.probe", "Probe"),

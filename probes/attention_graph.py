@@ -10,7 +10,7 @@ re-weighted), Adam, mini-batches of graphs; the epoch is chosen on a validation 
 from __future__ import annotations
 
 import numpy as np
-from workbench.probes._gnn import (
+from workbench.probes.gnn import (
     BestEpoch,
     load_state,
     pos_weight,

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import numpy as np
-from workbench.probes._gnn import (
+from workbench.probes.gnn import (
     BestEpoch,
     load_state,
     pos_weight,

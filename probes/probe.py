@@ -60,7 +60,8 @@ class Probe:
     def evaluate(self, data, *, tasks: str | None = None) -> dict:
         """Held-out AUROC on `data` (its test split if the probe was trained on it, else all rows)."""
         from workbench.probes.dataset import split
-        from workbench.probes.evaluate import _class_counts, auroc, eval_lookback, task_mask
+        from workbench.probes.evaluate import auroc, class_counts, task_mask
+        from workbench.probes.lookback_training import eval_lookback
 
         if self.detector == "lookback":
             return eval_lookback(self.lookback(), data, tasks=tasks)
@@ -74,7 +75,7 @@ class Probe:
             raise InputError(f"no rows of {data.path} to evaluate on (after --tasks and the held-out split)")
         scores = self.score_rows(data, index)
         y = data.labels[index]
-        return {"rows": "held-out split" if same else "all rows (transfer)", **_class_counts(y),
+        return {"rows": "held-out split" if same else "all rows (transfer)", **class_counts(y),
                 "auroc": auroc(y, scores)}
 
     def score_rows(self, data, rows: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ def train(data, detector: str = "lookback", **options) -> tuple[Probe, dict]:
     if detector not in DETECTORS:
         raise InputError(f"unknown detector {detector!r}; use one of {', '.join(DETECTORS)}")
     if detector == "lookback":
-        from workbench.probes.evaluate import train_lookback
+        from workbench.probes.lookback_training import train_lookback
         from workbench.probes.store import StoredProbe
 
         lookback, report = train_lookback(data, **options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from workbench._lazy import lazy_getattr
+from workbench.lazy import lazy_getattr
 from workbench.errors import BundleError, InputError, ModelNotFoundError, WeightsMissingError, WorkbenchError
 
 _LAZY = {

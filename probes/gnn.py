@@ -70,10 +70,10 @@ class TrainingSplit:
 
     def report(self, scores: np.ndarray) -> dict:
         """Class counts and AUROC of the scores on the fit, validation and held-out rows."""
-        from workbench.probes.evaluate import _class_counts, auroc
+        from workbench.probes.evaluate import auroc, class_counts
 
         y = self.labels
-        return {name: {**_class_counts(y[rows]), "auroc": auroc(y[rows], scores[rows])}
+        return {name: {**class_counts(y[rows]), "auroc": auroc(y[rows], scores[rows])}
                 for name, rows in (("train", self.fit_rows), ("validation", self.val_rows), ("test", self.test))}
 
 
