@@ -139,10 +139,10 @@ def test_llava_scenes_vhd_runs_on_heldout_questions(models):
     """Findings (AUROC, VHR effect) are reported in docs/analyses/vhd.md; here only that the pipeline runs."""
     if not (data_root() / "models" / "llava_scenes" / "config.json").exists():
         pytest.skip("llava-scenes is not trained yet (data/models/llava_scenes/train.py)")
-    from workbench.analyses import _vhd_scenes
+    from workbench.cli import vhd_scenes
 
-    questions = _vhd_scenes.load_questions(SCENES, limit=12)
-    data = _vhd_scenes.evaluate(models("llava-scenes"), SCENES, questions, vhr=divergence.VHR())
+    questions = vhd_scenes.load_questions(SCENES, limit=12)
+    data = vhd_scenes.evaluate(models("llava-scenes"), SCENES, questions, vhr=divergence.VHR())
     assert data["questions"] == 12 and set(data["rates"]) >= {"plain", "vhr"}
     score = data["scores"]["t_vhd_first"]["auroc_incorrect_vs_correct"]
     assert score is None or 0.0 <= score <= 1.0

@@ -82,13 +82,13 @@ def vhd_command(
 
 
 def _scenes(loaded, folder, limit, reinforce, max_new_tokens, options) -> dict:
-    from workbench.analyses import _vhd_scenes
+    from workbench.cli import vhd_scenes
     from workbench.cli.progress import progress_bars
 
-    questions = _vhd_scenes.load_questions(folder, limit)
+    questions = vhd_scenes.load_questions(folder, limit)
     with progress_bars() as bars:
         task = bars.add_task("questions", total=len(questions))
-        data = _vhd_scenes.evaluate(loaded, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
+        data = vhd_scenes.evaluate(loaded, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
                                     progress=lambda done, total: bars.update(task, completed=done), **options)
     from rich.console import Console
 

@@ -1,5 +1,6 @@
 """VHD on a scene QA set with known truth (data/scenes, workbench.datasets.scenes): is T-VHD lower on hallucinated
-answers, and does VHR lower the hallucination rate? Findings to report, not thresholds to meet.
+answers, and does VHR lower the hallucination rate? Findings to report, not thresholds to meet. Run by
+`workbench vhd --scenes`; it lives with the CLI because it joins an analysis with a dataset.
 
 A short answer (presence, colour, shape, count, position) is hallucinated when it is wrong; on prior-conflicting
 questions a wrong answer equal to the prior answer is the language-prior hallucination the set is built to
@@ -47,7 +48,7 @@ def _rate(hits: list[bool]) -> dict:
     return {"n": len(hits), "rate": round(sum(hits) / len(hits), 4) if hits else None}
 
 
-def evaluate(loaded, folder: Path, questions: list[dict], *, top_k: int | None = None, distance: str = "cosine",
+def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None = None, distance: str = "cosine",
              vhr: VHR | None = None, max_new_tokens: int = 6, progress=None) -> dict:
     """Answer every question with VHD (and again with VHR when given); AUROCs, hallucination rates, ranking."""
     from workbench.datasets import scenes
@@ -55,7 +56,7 @@ def evaluate(loaded, folder: Path, questions: list[dict], *, top_k: int | None =
     rows, plain_results = [], []
     for index, qa in enumerate(questions):
         image = Path(folder) / qa["image"]
-        result = vhd(loaded, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k, distance=distance)
+        result = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k, distance=distance)
         plain_results.append(result)
         answer = scenes.normalise(result.text)
         row = {"question": qa["question"], "type": qa["type"], "subtype": qa["subtype"], "truth": qa["answer"],
@@ -64,7 +65,7 @@ def evaluate(loaded, folder: Path, questions: list[dict], *, top_k: int | None =
                "t_vhd_first": round(float(result.t_vhd[0]), 6) if len(result.t_vhd) else None,
                "t_vhd_mean": round(float(result.t_vhd.mean()), 6) if len(result.t_vhd) else None}
         if vhr is not None:
-            reinforced = vhd(loaded, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k,
+            reinforced = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k,
                              distance=distance, vhr=vhr)
             row["vhr_answer"] = scenes.normalise(reinforced.text)
             row["vhr_correct"] = scenes.is_correct(qa, reinforced.text)
