@@ -28,7 +28,7 @@ from kernels_memory import PeakTensorBytes, machine
 
 import workbench
 from workbench.analyses import routes
-from workbench.analyses.routes._contributions import EPS
+from workbench.analyses.routes.contributions import EPS
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards",
          "quietly", "judge", "boxing", "matches", "near", "old", "river", "banks", "during", "summer", "evenings",

@@ -29,7 +29,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from workbench.analyses._decomposed import check_trace, layer_tensor
+from workbench.analyses.decomposed import check_trace, layer_tensor
 from workbench.analyses.circuits._firings import Firing, decompose, find_firings, head_outputs
 from workbench.analyses.circuits._omega import SUPPORTED, omega_forms
 from workbench.analyses.result import HeadMetric, Result, stored_version

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.analyses._decomposed import attention_rows, layer_tensor, scores_rows
+from workbench.analyses.decomposed import attention_rows, layer_tensor, scores_rows
 
 _ROW_CHUNK = 256
 SLACK = 1e-4  # "reaches the threshold" within this share of the score: float noise must not add components

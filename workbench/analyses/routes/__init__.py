@@ -19,7 +19,7 @@ models, which have no b_O).
 Memory: the [n, n, H, d_model] tensor is never built. Contributions are computed lazily, only for nodes the
 walk reaches, in chunks of `chunk` query rows; the working set per layer is the value-output table
 [H, n, d_model] plus O(H * chunk * n) for attention rows and contributions, plus [H, n, 64] and a
-[4096, d_model] block for the exact distances of heavy parts (see _contributions.py for the exact pruning).
+[4096, d_model] block for the exact distances of heavy parts (see contributions.py for the exact pruning).
 Needs a trace captured with `decomposition=True`; reads the model's weights from the bundle only.
 """
 
@@ -33,10 +33,10 @@ from typing import ClassVar, Literal
 import networkx as nx
 import numpy as np
 
-from workbench.analyses._decomposed import check_trace
+from workbench.analyses.decomposed import check_trace
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.analyses.routes._graph import Explorer, route_of
-from workbench.analyses.routes._layers import Bias
+from workbench.analyses.routes.layers import Bias
 from workbench.analyses.routes.heads import HeadPatterns, head_patterns, head_usage
 from workbench.errors import InputError
 from workbench.traces.metrics import predicted_position, predicting_row

@@ -10,8 +10,8 @@ from __future__ import annotations
 import networkx as nx
 import torch
 
-from workbench.analyses.routes._contributions import EPS, WorkCounter, attention_parts, proximity
-from workbench.analyses.routes._layers import Bias, LayerInputs
+from workbench.analyses.routes.contributions import EPS, WorkCounter, attention_parts, proximity
+from workbench.analyses.routes.layers import Bias, LayerInputs
 
 
 def _renormalised(parts: torch.Tensor, residual: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.analyses._decomposed import attention_rows
+from workbench.analyses.decomposed import attention_rows
 from workbench.traces.tokens import REGIONS
 
 TYPES = ("previous_token", "induction", "subword_merging")

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from workbench.analyses._decomposed import attention_rows
+from workbench.analyses.decomposed import attention_rows
 from workbench.errors import WorkbenchError
 
 MAX_REBUILD_ERROR = 1e-3  # relative to the largest |attn_out| of the rows checked
