@@ -85,7 +85,7 @@ def text_of_length(tokenizer, n: int) -> str:
 def _runner(config: str, loaded, n: int):
     """A zero-argument callable running `config` on an n-token input."""
     import workbench
-    from workbench.capture.tracer import MAX_PROMPT_LOGITS
+    from workbench.capture.backends.hf import MAX_PROMPT_LOGITS
 
     prompt = text_of_length(loaded.tokenizer, n)
     ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]

@@ -27,16 +27,16 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    import workbench
     from workbench.analyses.divergence import VHR, vhd
+    from workbench.capture import Tracer
     from workbench.capture.inputs import prepare_input
-    from workbench.capture.intervention_effect import greedy
 
     torch.set_num_threads(1)  # one thread: the ratio, not the speed, is the point
-    loaded = workbench.load_model(args.model)
+    tracer = Tracer.open(args.model)
+    loaded = tracer.loaded
     prompt = "Describe the image."
     prepared = prepare_input(loaded, prompt, args.image)
-    _, ids = greedy(loaded, prepared, max_new_tokens=args.tokens)
+    ids = tracer.generate(prompt, args.image, max_new_tokens=args.tokens).token_ids
     times = {"plain greedy": [], "vhd": [], "vhd + vhr": [], "no-cache re-run": []}
     image_id = loaded.model.config.image_token_id
     pixels = prepared.model_inputs["pixel_values"]
@@ -49,13 +49,13 @@ def main() -> None:
                 loaded.model(input_ids=full[:, full[0] != image_id], logits_to_keep=1)
     for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
         start = time.perf_counter()
-        greedy(loaded, prepared, max_new_tokens=len(ids))
+        tracer.generate(prompt, args.image, max_new_tokens=len(ids))
         times["plain greedy"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        vhd(loaded, prompt, args.image, continuation=ids)
+        vhd(tracer, prompt, args.image, continuation=ids)
         times["vhd"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        vhd(loaded, prompt, args.image, continuation=ids, vhr=VHR())
+        vhd(tracer, prompt, args.image, continuation=ids, vhr=VHR())
         times["vhd + vhr"].append(time.perf_counter() - start)
         start = time.perf_counter()
         rerun()

@@ -17,6 +17,8 @@ from workbench.errors import BundleError, InputError, ModelNotFoundError, Weight
 
 _LAZY = {
     "trace": ("workbench.capture.tracer", "trace"),
+    "Tracer": ("workbench.capture.tracer", "Tracer"),
+    "CapturePlan": ("workbench.capture.plan", "CapturePlan"),
     "load": ("workbench.traces.trace", "load"),
     "Trace": ("workbench.traces.trace", "Trace"),
     "Token": ("workbench.traces.tokens", "Token"),

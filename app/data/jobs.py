@@ -62,7 +62,7 @@ def traceable_models() -> list[dict]:
 
 def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None) -> TraceRequest:
     """A TraceRequest from raw form values, or an InputError saying what to fix."""
-    from workbench.capture.plan import MapSelection
+    from workbench.capture import MapSelection
     from workbench.models.registry import REGISTRY
 
     if not isinstance(model, str) or model not in REGISTRY:
@@ -171,11 +171,9 @@ class TraceJobs:
         raise InputError(f"too many bundles named {base}; choose another name")
 
     def _run(self, job: Job) -> None:
-        import workbench
-
         request = job.request
         self._update(job, state="loading", message=f"loading {request.model}")
-        loaded, lock = self.pool.get(request.model)
+        tracer, lock = self.pool.get(request.model)
         name, path = self._target(request)
         self._update(job, state="running", message="tracing", done=0, total=request.max_new_tokens + 1)
 
@@ -183,8 +181,8 @@ class TraceJobs:
             self._update(job, done=done, total=max(total, 1), message=f"forward {done} of {total}")
 
         with lock:
-            trace = workbench.trace(loaded, request.prompt, str(request.image) if request.image else None,
-                                    max_new_tokens=request.max_new_tokens, maps=request.maps, progress=progress)
+            trace = tracer.trace(request.prompt, str(request.image) if request.image else None,
+                                 max_new_tokens=request.max_new_tokens, maps=request.maps, progress=progress)
         self._update(job, state="saving", message=f"writing {path.name}")
         trace.save(path)
         if self.catalog is not None:

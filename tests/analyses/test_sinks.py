@@ -14,7 +14,7 @@ import torch
 import workbench
 from tests.helpers import eager_forward
 from workbench.analyses import sinks
-from workbench.capture.interventions import ACT, VAR, intervening, parse
+from workbench.interventions import ACT, VAR, intervening, parse
 from workbench.capture.layout import discover_layout
 from workbench.errors import InputError
 from workbench.models.registry import data_root
@@ -229,7 +229,7 @@ def test_act_calibration_matches_reference(planted_sink):
 
 
 def _var_reference(image, dims, tau, p, rho, summ, first_layer, last_layer, hidden):
-    from workbench.capture.interventions import phi
+    from workbench.interventions import phi
 
     def modify(layer, weights):
         if layer < first_layer or layer == last_layer:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.capture.interventions import phi as var_phi
+from workbench.interventions import phi as var_phi
 from workbench.traces.tokens import REGIONS
 
 IMAGE = REGIONS.index("image")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from workbench.analyses.result import HeadMetric, Result, TokenValues, stored_version
-from workbench.capture.interventions import Runtime, intervening
+from workbench.interventions import Runtime
 from workbench.errors import BundleError, InputError
 from workbench.traces.metrics import predicted_position, predicting_row
 
@@ -199,15 +199,17 @@ class _PairedHeads(Runtime):
         return stacked  # [layer, head, d_model]
 
 
-def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | None = None,
+def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | None = None,
         distance: Distance = "cosine", system: str | None = None, raw: bool = False,
         continuation: Sequence[int] | None = None, vhr: VHR | None = None) -> VHDResult:
     """Generate greedily with the image (or follow `continuation`, token ids) and score every step's heads.
 
-    model: a LoadedModel or a name for `workbench.load_model` (a vision-language model). With `vhr`, the
-    with-image run is reinforced while generating and the result records which heads were scaled per step.
+    tracer: a `Tracer` (or a LoadedModel) of a vision-language model. With `vhr`, the with-image run is
+    reinforced while generating and the result records which heads were scaled per step.
 
-    >>> r = vhd("planted-llava", "What is in the picture?", "data/scenes/images/scene_0000.png", max_new_tokens=2)
+    >>> from workbench.capture import Tracer
+    >>> r = vhd(Tracer.open("planted-llava"), "What is in the picture?", "data/scenes/images/scene_0000.png",
+    ...         max_new_tokens=2)
     >>> tuple(r.vhd.shape)                                   # [step, layer, head]
     (2, 3, 4)
     >>> [(h["layer"], h["head"]) for h in r.ranking(2)]      # planted vision-aware head, then the sink head
@@ -215,55 +217,57 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
     >>> [(h["layer"], h["head"]) for h in rank_heads([r, r], top=1)["ranking"]]
     [(0, 0)]
     """
+    from workbench.capture import Tracer
+    from workbench.capture.generation import eos_ids, forward_inputs, greedy
     from workbench.capture.inputs import prepare_input
-    from workbench.capture.layout import discover_layout
-    from workbench.capture.trace_meta import eos_ids
-    from workbench.models import load_model
-    from workbench.models.loaded import LoadedModel
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    tracer = _as_tracer(tracer, Tracer)
+    loaded = tracer.loaded
     if loaded.kind != "vlm":
         raise InputError(f"VHD compares runs with and without an image; {loaded.name} takes no image")
     if image is None:
         raise InputError("VHD needs an image: pass --image")
     prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
-    layout = discover_layout(loaded.model)
-    stack = layout.stacks["text"]
+    stack = tracer.layout.stacks["text"]
     top_k = top_k or default_top_k(stack.n_layers, stack.n_heads)
-    device = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
-    ids = prepared.input_ids.to(device)
-    image_id = loaded.model.config.image_token_id
-    text_ids = ids[:, ids[0] != image_id]
-    forward = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}
-    if "pixel_values" in forward:
-        forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
-    steps = len(continuation) if continuation is not None else max_new_tokens
-    eos = eos_ids(loaded)
-    paired = _PairedHeads(layout, vhr, distance)
-    values, tokens, selections, forwards = [], [], [], 0
+    ids = prepared.input_ids
+    text_ids = ids[:, ids[0] != loaded.model.config.image_token_id]
+    paired = _PairedHeads(tracer.layout, vhr, distance)
+    values, selections, tokens = [], [], []
+
+    def paired_forward(run_text, run_image) -> torch.Tensor:
+        """The text-only forward, then the with-image one (VHR scales against the text-only reference)."""
+        paired.mode = "text"
+        run_text()
+        paired.reference = dict(paired.current)
+        without = paired.take()
+        paired.mode = "image"
+        logits = run_image()
+        values.append(head_distance(paired.take(), without, distance).float())
+        selections.append({layer: heads for layer, heads in sorted(paired.selected.items())})
+        return logits
+
+    def on_token(step: int, token_id: int, _logits) -> None:
+        position = ids.shape[1] + step  # the with-image input holds the prompt and the earlier steps
+        tokens.append({"step": step, "position": position, "predicting_row": predicting_row(position),
+                       "id": token_id, "text": loaded.tokenizer.decode([token_id])})
+
     start = time.perf_counter()
-    with torch.inference_mode(), intervening(loaded.model, paired):
-        text_cache = image_cache = None
-        text_input, image_input = {"input_ids": text_ids}, {"input_ids": ids, **forward}
-        for step in range(steps):
-            paired.mode = "text"
-            out_text = loaded.model(**text_input, cache=text_cache, use_cache=True, logits_to_keep=1)
-            paired.reference = dict(paired.current)
-            without = paired.take()
-            paired.mode = "image"
-            out_image = loaded.model(**image_input, cache=image_cache, use_cache=True, logits_to_keep=1)
-            with_image = paired.take()
-            forwards += 2
-            values.append(head_distance(with_image, without, distance).float())
-            selections.append({layer: heads for layer, heads in sorted(paired.selected.items())})
-            next_id = int(continuation[step]) if continuation is not None else int(out_image.logits[0, -1].argmax())
-            token_position = ids.shape[1] + step  # the with-image input holds the prompt and the earlier steps
-            tokens.append({"step": step, "position": token_position, "predicting_row": predicting_row(token_position),
-                           "id": next_id, "text": loaded.tokenizer.decode([next_id])})
-            if (continuation is None and next_id in eos) or step == steps - 1:
-                break
-            text_cache, image_cache = out_text.cache, out_image.cache
-            text_input = image_input = {"input_ids": torch.tensor([[next_id]], device=device)}
+    with torch.inference_mode(), tracer.editing(paired):
+        feeds = {}
+
+        def start_text() -> None:
+            _, feeds["text"] = tracer.decoder(forward_inputs(loaded, text_ids, {}))
+
+        def start_image() -> torch.Tensor:
+            first, feeds["image"] = tracer.decoder(forward_inputs(loaded, ids, prepared.model_inputs))
+            return first
+
+        def feed(token_id: int) -> torch.Tensor:
+            return paired_forward(lambda: feeds["text"](token_id), lambda: feeds["image"](token_id))
+
+        greedy(paired_forward(start_text, start_image), feed, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
+               continuation=continuation, on_token=on_token)
     seconds = time.perf_counter() - start
     stacked = torch.stack(values) if values else torch.zeros(0, stack.n_layers, stack.n_heads)
     options = {"distance": distance, "top_k": top_k, "max_new_tokens": max_new_tokens,
@@ -273,14 +277,25 @@ def vhd(model, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | Non
         **vhr.to_json(), "selected": [{str(layer): heads for layer, heads in s.items()} for s in selections]}
     return VHDResult(model=loaded.name, options=options, prompt=prompt, tokens=tuple(tokens), vhd=stacked,
                      t_vhd=t_vhd(stacked, top_k) if len(stacked) else torch.zeros(0),
-                     cost={"forwards": forwards, "seconds": round(seconds, 4),
+                     cost={"forwards": 2 * len(values), "seconds": round(seconds, 4),
                            "text_only_tokens": int(text_ids.shape[1]), "with_image_tokens": int(ids.shape[1])},
                      vhr=vhr_report)
 
 
+def _as_tracer(tracer, tracer_class):
+    """A Tracer for `tracer` (a Tracer, or a LoadedModel wrapped without loading anything)."""
+    from workbench.models.loaded import LoadedModel
+
+    if isinstance(tracer, tracer_class):
+        return tracer
+    if isinstance(tracer, LoadedModel):
+        return tracer_class.open(tracer)
+    raise InputError("VHD runs the model through a Tracer: pass Tracer.open(name), not a model name")
+
+
 def analyse(trace, *, tracer, image=None, top_k: int | None = None, distance: Distance = "cosine") -> VHDResult:
-    """VHD of a traced generation, teacher-forced on its generated tokens (needs the model: `tracer`, a
-    LoadedModel or registry name, and the image the trace was made with; its path is read from the trace)."""
+    """VHD of a traced generation, teacher-forced on its generated tokens (needs the model: `tracer`, a Tracer,
+    and the image the trace was made with; its path is read from the trace)."""
     from workbench.capture.inputs import load_image
 
     inputs = trace.meta["inputs"]

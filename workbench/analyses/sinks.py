@@ -36,9 +36,10 @@ import torch
 
 from workbench.analyses import _visual_sinks as visual
 from workbench.analyses.result import HeadMetric, Result, stored_version
-from workbench.capture.interventions import VAR, effective_min_queries
+from workbench.interventions import VAR, effective_min_queries
 from workbench.errors import InputError
-from workbench.traces.summary import SINK_EPSILON, head_alpha
+from workbench.traces.metrics import SINK_EPSILON, sink_mask, sink_percent
+from workbench.traces.metrics import alpha as layer_alpha
 
 __all__ = ["SinksResult", "analyse", "calibrate_var", "gu_alpha", "sink_percent"]
 
@@ -147,13 +148,8 @@ def gu_alpha(trace, stack: str = "text") -> torch.Tensor:
         stats = trace.layer(layer, stack)
         if "key_mass" not in stats:
             raise InputError(f"the trace has no attention statistics for {stack} layer {layer}; trace it again")
-        layers.append(head_alpha(stats["key_mass"].double(), stats["key_count"]))
+        layers.append(layer_alpha(stats["key_mass"], stats["key_count"]))
     return torch.stack(layers)
-
-
-def sink_percent(alpha: torch.Tensor, eps: float = SINK_EPSILON) -> torch.Tensor:
-    """Sink_k^eps [key_pos]: percent of (layer, head) whose alpha_k exceeds eps (one sample)."""
-    return 100.0 * (alpha > eps).double().mean((0, 1))
 
 
 def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"] = "text",
@@ -178,7 +174,7 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
     n = alpha.shape[-1]
     count = trace.layer(0, stack)["key_count"]
     guard = count >= effective_min_queries(min_queries, n)
-    listed = (alpha > eps) & guard
+    listed = sink_mask(alpha, eps) & guard
     percent = sink_percent(alpha, eps)
     tokens = trace.tokens if stack == "text" else None
     options = {"eps": eps, "hidden_rule": hidden_rule, "hidden_threshold": hidden_threshold,
@@ -297,15 +293,15 @@ def _visual_part(trace, sink_tokens, dims, contrast, floor, tau, first_layer, rh
     return out, notes
 
 
-def calibrate_var(model, prompt: str, image=None, spec: VAR | None = None, *, system: str | None = None,
+def calibrate_var(tracer, prompt: str, image=None, spec: VAR | None = None, *, system: str | None = None,
                   raw: bool = False) -> VAR:
-    """A VAR intervention with its sink dimensions found on this input (one extra prompt forward, no generation)."""
-    from workbench.capture.tracer import trace as run_trace
+    """A VAR intervention with its sink dimensions found on this input (one extra prompt forward, no generation).
 
+    tracer: a `workbench.capture.Tracer` of the model."""
     spec = spec or VAR()
     if spec.dims:
         return spec
-    probe = run_trace(model, prompt, image, hidden_states=True, system=system, raw=raw)
+    probe = tracer.trace(prompt, image, hidden_states=True, system=system, raw=raw)
     found = analyse(probe, tau=spec.tau).sink_dims or {}
     if not found.get("dims"):
         raise InputError("no sink dimension stands out on this input, so VAR has nothing to act on; pass them "

@@ -1,10 +1,12 @@
 """The "workbench" attention implementation registered with transformers' AttentionInterface.
 
-While a recorder is active it hands post-RoPE queries and keys, the mask and the scaling to it. The layer
-output comes from the recorder's one-pass CPU kernel where that applies (fp32, no mask beyond causal,
-default plan: output equal to SDPA's up to fp32 rounding, statistics for free), else from the very SDPA
-path transformers uses (bit-identical logits; `implementation="torch"` forces this). Models
-switch to it with `model.set_attn_implementation("workbench")`; nothing relies on `output_attentions`.
+While a recorder is active it hands post-RoPE queries and keys, the mask and the scaling to it. Which
+statistics kernel runs is decided by `kernel_choice.choose`: the one-pass CPU kernel computes the layer
+output and its statistics together (output equal to SDPA's up to fp32 rounding); every other choice keeps
+the very SDPA path transformers uses (bit-identical logits) and computes the statistics in a second pass.
+While an edit is active (an intervention runtime, `workbench.interventions`, or an observer such as VHD's),
+each layer's output is handed to `edit.apply(...)` before it goes on. Models switch to this implementation
+with `model.set_attn_implementation("workbench")`; nothing relies on `output_attentions`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-from workbench.capture.interventions import active as active_intervention
+from workbench.capture.kernel_choice import choose
 from workbench.errors import InputError
 
 IMPLEMENTATION_NAME = "workbench"
 _active_recorder: contextvars.ContextVar = contextvars.ContextVar("workbench_recorder", default=None)
+_active_edit: contextvars.ContextVar = contextvars.ContextVar("workbench_edit", default=None)
 _registered = False
 
 
@@ -25,43 +28,42 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _active_recorder.get()
-    intervention = active_intervention()
-    if recorder is None and intervention is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    if recorder is None:  # an intervention without capture: SDPA's output, then the intervention (interventions.py)
-        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                           scaling=scaling, is_causal=is_causal, **kwargs)
-        return _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output), None
+    edit = _active_edit.get()
+    if recorder is None:  # SDPA's output, then the edit (if any)
+        output, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                                 scaling=scaling, is_causal=is_causal, **kwargs)
+        if edit is None:
+            return output, weights
+        return _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output), None
     if kwargs.get("softcap") is not None:
         raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
     if kwargs.get("position_bias") is not None:
         raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if intervention is None and not dropout:  # output and statistics in one pass where the CPU kernel applies
-        output = recorder.attend_fused(module, query=query, key=key, value=value, attention_mask=attention_mask,
-                                       scaling=scaling, causal=causal)
-        if output is not None:
-            return output, None  # fp32, as the query (the kernel takes fp32 only)
+    kernel = choose(recorder.plan.kernel, query, key, value, plain_mask=attention_mask is None,
+                    wants_maps=recorder.wants_maps(module), top_k=recorder.plan.top_k, editing=edit is not None,
+                    dropout=dropout)
+    if kernel == "one-pass":
+        return recorder.attend_fused(module, query=query, key=key, value=value, scaling=scaling, causal=causal), None
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
-    if output is None:  # a case the fused kernel does not cover: transformers' own path, lse left to the stats
+    if output is None:  # a case the CPU lse path does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling, is_causal=is_causal, **kwargs)
-    if intervention is not None:
-        output = _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output)
+    if edit is not None:
+        output = _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output)
     recorder.on_attention(
         module, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
-        attn_output=output, log_normaliser=log_normaliser, value=value,
+        attn_output=output, log_normaliser=log_normaliser, value=value, kernel=kernel,
     )
     return output, None
 
 
-def _intervene(intervention, module, query, key, value, attention_mask, scaling, is_causal, output):
+def _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output):
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return intervention.apply(module, query=query, key=key, value=value, attention_mask=attention_mask,
-                              scaling=scaling, causal=causal, output=output)
+    return edit.apply(module, query=query, key=key, value=value, attention_mask=attention_mask,
+                      scaling=scaling, causal=causal, output=output)
 
 
 def _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout):
@@ -99,7 +101,7 @@ def register() -> str:
 
 
 @contextlib.contextmanager
-def routed(model, variable: contextvars.ContextVar, value, install_hooks):
+def _routed(model, variable: contextvars.ContextVar, value, install_hooks):
     """Route `model`'s attention through the workbench implementation while `variable` holds `value`.
 
     install_hooks() returns hook handles, removed on exit; the model's previous implementation is restored.
@@ -120,4 +122,11 @@ def routed(model, variable: contextvars.ContextVar, value, install_hooks):
 
 def capturing(model, recorder):
     """Route every attention call of `model` through the workbench implementation, recording into `recorder`."""
-    return routed(model, _active_recorder, recorder, lambda: recorder.install_hooks() if recorder is not None else [])
+    return _routed(model, _active_recorder, recorder, lambda: recorder.install_hooks() if recorder is not None else [])
+
+
+def editing(model, edit):
+    """Route `model`'s attention through the workbench implementation and hand each layer's output to
+    `edit.apply(module, *, query, key, value, attention_mask, scaling, causal, output)`; `edit.install(model)`
+    returns hook handles, removed on exit."""
+    return _routed(model, _active_edit, edit, lambda: edit.install(model))

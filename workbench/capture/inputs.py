@@ -32,6 +32,10 @@ class PreparedInput:
     meta: dict  # prompt, system, raw, chat_template, image {sha256, width, height, source}
     image: object = None  # the RGB PIL image the processor saw (stored in the bundle as inputs.image)
 
+    def image_positions(self) -> list[int]:
+        """Positions of the image tokens in the input."""
+        return [token.i for token in self.tokens if token.region == "image"]
+
     def image_tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """The input image as a bundle tensor ([height, width, channel] uint8), so a bundle is self-contained."""
         if self.image is None:

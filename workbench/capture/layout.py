@@ -7,6 +7,7 @@ Llama (`layers`), BERT (`layer`) and CLIP (`layers`) need no per-family table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,12 +36,15 @@ class Stack:
 
 @dataclass
 class ModelLayout:
+    """The stacks of a model, which module is where, and (for a backend that renames modules) where W_O is."""
+
     stacks: dict[str, Stack]
-    _module_names: dict[int, str] = field(default_factory=dict)
+    module_names: dict[int, str] = field(default_factory=dict)  # id(module) -> qualified name
+    projection: Callable[[str, int], torch.Tensor] | None = None  # (stack, layer) -> W_O, overrides the lookup
 
     def locate(self, module) -> tuple[str, int]:
         """(stack name, layer index) of an attention module seen at call time."""
-        name = self._module_names.get(id(module))
+        name = self.module_names.get(id(module))
         if name is None:
             raise RuntimeError(f"attention module {type(module).__name__} is not part of the traced model")
         for stack in self.stacks.values():
@@ -51,6 +55,8 @@ class ModelLayout:
 
     def output_projection(self, stack: str, layer: int) -> torch.Tensor:
         """W_O of a layer as [d_model, head * d_head] (Conv1D weights transposed)."""
+        if self.projection is not None:
+            return self.projection(stack, layer)
         projection = self.output_projection_module(stack, layer)
         weight = projection.weight
         return weight.T if type(projection).__name__ == "Conv1D" else weight

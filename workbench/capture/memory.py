@@ -24,7 +24,7 @@ def parse_size(text) -> int | None:
     """Bytes from '2GB', '512 MiB', '1.5g' or an int; None for 'unlimited'."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text if text > 0 else None
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    match = re.fullmatch(r"\s*([0-9]{0,30}\.?[0-9]{1,30})\s*([a-zA-Z]{0,5})\s*", str(text)[:80])
     if str(text).strip().lower() in ("unlimited", "none", "off"):
         return None
     if not match or match.group(2).lower() not in _UNITS:

@@ -15,11 +15,8 @@ from workbench.capture.layout import ModelLayout
 from workbench.capture.plan import CapturePlan
 from workbench.capture.statistics import layer_statistics
 from workbench.kernels import MaskSpec
+from workbench.traces.names import tensor_name, vision_regions
 from workbench.traces.tokens import REGIONS
-
-
-def tensor_name(stack: str, layer: int, stat: str) -> str:
-    return f"{'' if stack == 'text' else stack + '.'}layer_{layer:02d}.{stat}"
 
 
 STAT_AXES = {
@@ -66,7 +63,7 @@ class Recorder:
         self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
         self.non_finite = 0
         self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
-        self.fused_calls = 0  # attention calls whose output came from the one-pass kernel, not SDPA
+        self.kernels_run: dict[str, dict[str, int]] = {}  # stack -> implementation -> attention calls
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -94,49 +91,50 @@ class Recorder:
 
     # -- driven by the attention implementation --------------------------------------------------------
     def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output,
-                     log_normaliser=None, value=None) -> None:
-        """Record one attention call whose output was computed elsewhere (SDPA): two-pass statistics."""
+                     log_normaliser=None, value=None, kernel: str = "torch") -> None:
+        """Record one attention call whose output was computed elsewhere (SDPA): two-pass statistics by `kernel`."""
         call = self._call(module, query, key)
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling,
             mask=mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2]),
             key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS),
-            top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=self.plan.implementation,
+            top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=kernel,
             log_normaliser=log_normaliser,
         )
+        self._count_kernel(call["stack"], kernel)
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output)
 
-    def attend_fused(self, module, *, query, key, value, attention_mask, scaling, causal):
-        """The layer output [batch, query_pos, head, d_head] and its statistics from one pass, recorded.
-
-        None where the one-pass CPU kernel does not apply (plan asks for top-k or maps of this layer, a
-        mask beyond causal, not fp32 CPU, `implementation` other than "auto"): the caller then runs SDPA
-        and `on_attention`.
-        """
+    def attend_fused(self, module, *, query, key, value, scaling, causal):
+        """The layer output [batch, query_pos, head, d_head] and its statistics from one pass of the one-pass CPU
+        kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass"."""
         from workbench.kernels import fused_cpu
 
-        if self.plan.implementation != "auto" or self.plan.top_k or attention_mask is not None:
-            return None
         mask = mask_spec(None, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
-        if not fused_cpu.applies(query, key, value, mask):
-            return None
         call = self._call(module, query, key)
-        if call["map_heads"] is not None:
-            return None
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
             key_regions=call["key_regions"], n_regions=len(REGIONS),
         )
-        self.fused_calls += 1
+        self._count_kernel(call["stack"], "one-pass")
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output)
         return output
+
+    def wants_maps(self, module) -> bool:
+        """Whether the plan keeps full maps of the layer `module` belongs to."""
+        stack, layer = self.layout.locate(module)
+        selection = self.plan.maps.get(stack)
+        return bool(selection and selection.wants(layer))
+
+    def _count_kernel(self, stack: str, kernel: str) -> None:
+        counts = self.kernels_run.setdefault(stack, {})
+        counts[kernel] = counts.get(kernel, 0) + 1
 
     def _call(self, module, query, key) -> dict:
         """Where one attention call belongs: stack, layer, rows it fills, heads whose maps are kept, regions."""
         stack, layer = self.layout.locate(module)
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
-            self.set_regions(stack, torch.tensor([REGIONS.index("special")] + [REGIONS.index("image")] * (n_keys - 1)))
+            self.set_regions(stack, vision_regions(n_keys))
             self.length[stack] = n_keys
         start = n_keys - n_queries if stack == "text" else 0
         selection = self.plan.maps.get(stack)

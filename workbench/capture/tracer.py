@@ -1,120 +1,183 @@
-"""`trace()`: run a model on one input (plus greedy generation) with capture on, and return a `Trace`."""
+"""`Tracer`: the one object that runs a model for the workbench.
+
+    >>> from workbench.capture import Tracer
+    >>> tracer = Tracer.open("tiny-llama")                     # backend="hf" | "nnsight" | "lens"
+    >>> t = tracer.trace("Hello there", max_new_tokens=2)       # a Trace: statistics of every layer
+    >>> [token.region for token in t.tokens][-2:]
+    ['generated', 'generated']
+    >>> tracer.generate("Hello there", max_new_tokens=2).token_ids == [tok.id for tok in t.tokens[-2:]]
+    True
+
+`trace()` captures one input (and its greedy generation) into a `Trace`; `generate()` generates greedily
+without capture (optionally with an attention edit: an intervention or an observer); `replay()` recomputes
+what a stored bundle does not hold (full maps of a layer, one token's rows) with one forward over the
+bundle's own tokens. Every greedy loop is `generation.greedy`; every forward goes through the backend.
+`workbench.trace(...)` is the one-line convenience.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from workbench.capture.backend import capturing
+from workbench.capture.backends import open_backend
+from workbench.capture.generation import CachedDecoder, eos_ids, forward_inputs, greedy
 from workbench.capture.inputs import prepare_input
-from workbench.capture.interventions import intervening
-from workbench.capture.layout import discover_layout
-from workbench.capture.preflight import capture_plan, check_lengths
-from workbench.capture.recorder import Recorder
-from workbench.capture.trace_meta import eos_ids, record_predictions, trace_meta
-from workbench.errors import InputError
-from workbench.models.loaded import LoadedModel
-from workbench.traces.tokens import REGIONS, Token
+from workbench.capture.plan import CapturePlan
+from workbench.capture.preflight import check_lengths
+from workbench.capture.trace_meta import trace_meta
 from workbench.traces.trace import MemoryTensors, Trace
 
-# Above this many prompt logits (positions x vocabulary) only the last prompt row's prediction is kept.
-MAX_PROMPT_LOGITS = 64 * 1024 * 1024
+PLAN_OPTIONS = ("maps", "vision_maps", "hidden_states", "head_outputs", "top_k", "decomposition", "map_dtype",
+                "kernel", "max_map_memory")
 
 
-def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
-          maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None, top_k: int = 0,
-          map_dtype: str = "float16", max_length: int | None = None, implementation: str = "auto",
-          decomposition: bool = False, intervention=None, max_map_memory=None,
-          device: str = "cpu", dtype: str = "float32", progress: Callable[[int, int], None] | None = None) -> Trace:
-    """Trace `prompt` (and `image`) through `model` and greedily generate up to `max_new_tokens` tokens.
+@dataclass
+class Generation:
+    """A greedy answer: its token ids and text, and the logits [vocab] at the prompt's last row."""
 
-    model: a registry name, local directory, hub id, or a `LoadedModel`.
-    maps / vision_maps: keep full maps for 'LAYERS:HEADS' (e.g. 'all', '0-3:all', '5:0,2') of the language model
-        / vision tower; statistics are always kept.
-    hidden_states: keep the residual stream entering each layer. head_outputs: keep per-head contributions
-        (through W_O) at "all", "generated", "last" or explicit positions. top_k: keep top-k keys per row.
-    max_length: allow sequences up to this length even past the model's trained context.
-    decomposition: keep per-layer queries, keys, values, attention outputs and W_O (see
-        workbench/capture/decomposition.py) for routes and circuit tracing; implies hidden_states.
-    intervention: an attention intervention applied while tracing (`workbench.capture.interventions`: ACT, VAR);
-        its spec and what it moved go to meta["capture"]["intervention"]. Off by default.
-    max_map_memory: budget for full maps ("2GB", bytes, "unlimited"); default WORKBENCH_MAX_MAP_MEMORY or half the
-        available RAM. Maps estimated above it raise ResourceError before any forward (workbench/capture/memory.py).
-    progress: called as progress(done_forwards, total_forwards).
+    token_ids: list[int]
+    text: str
+    first_logits: torch.Tensor
+
+
+class Tracer:
+    """A model opened for tracing through one backend ("hf", "nnsight", "lens")."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.loaded = backend.loaded
+        self.backend = backend.name
+        self.layout = backend.layout
+
+    @classmethod
+    def open(cls, model, *, backend: str = "hf", device: str = "cpu", dtype: str = "float32",
+             remote: bool | str = False, rope_scaling: str | None = None, max_length: int | None = None,
+             copy_model: bool = True, tokenizer=None, processor=None) -> "Tracer":
+        """Open `model` (registry name, local directory, hub id, or a `LoadedModel`) for tracing.
+
+        backend: "hf" (transformers' attention interface), "nnsight" (remote=True runs on NDIF) or "lens"
+            (a TransformerLens bridge; it rewires the model, so a LoadedModel is copied unless copy_model=False).
+        rope_scaling / max_length: run a RoPE model past its trained context (see `workbench.load_model`).
+        tokenizer / processor: for a model wrapped by nnsight without them (token regions need the tokenizer).
+        """
+        return cls(open_backend(backend, model, device=device, dtype=dtype, remote=remote, copy_model=copy_model,
+                                rope_scaling=rope_scaling, max_length=max_length, tokenizer=tokenizer,
+                                processor=processor))
+
+    def plan(self, **options) -> CapturePlan:
+        """A CapturePlan from keyword options (see CapturePlan.build)."""
+        return CapturePlan.build(device=self.loaded.device, **options)
+
+    # -- capture ------------------------------------------------------------------------------------------------
+    def trace(self, prompt: str, image=None, *, plan: CapturePlan | None = None, max_new_tokens: int = 0,
+              system: str | None = None, raw: bool = False, max_length: int | None = None, intervention=None,
+              progress: Callable[[int, int], None] | None = None, **plan_options) -> Trace:
+        """Trace `prompt` (and `image`) and greedily generate up to `max_new_tokens` tokens with capture on.
+
+        plan: a CapturePlan, or its options as keywords (maps, vision_maps, hidden_states, head_outputs, top_k,
+            decomposition, map_dtype, kernel, max_map_memory).
+        intervention: an attention intervention (`workbench.interventions`: ACT, VAR) applied while tracing; its
+            spec and what it moved go to meta["capture"]["intervention"].
+        progress: called as progress(done_forwards, total_forwards).
+        """
+        plan = self._plan(plan, plan_options)
+        loaded = self.loaded
+        if image is not None and not self._backend.accepts_images:
+            from workbench.errors import InputError
+
+            raise InputError(f"the {self.backend} backend traces text models; use --backend hf or nnsight for images")
+        prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
+        prompt_length = prepared.input_ids.shape[1]
+        check_lengths(loaded, prompt_length, max_new_tokens, max_length)
+        plan.check(loaded, self.layout, positions=prompt_length + max_new_tokens)
+        runtime = None
+        if intervention is not None:
+            runtime = intervention.start(self.layout, image_positions=prepared.image_positions())
+        captured = self._backend.capture(prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
+                                         edit=runtime, progress=progress)
+        tensors = captured.tensors
+        tensors.update(prepared.image_tensors())
+        meta = trace_meta(loaded, prepared, captured.tokens, prompt_length, max_new_tokens, captured.layout, plan,
+                          captured.recorder)
+        meta["model"]["attention_backend"] = captured.attention_backend
+        if captured.frontend is not None:
+            meta["model"]["frontend"] = captured.frontend
+        if runtime is not None:
+            meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
+        return Trace(meta=meta, tokens=captured.tokens, tensors=MemoryTensors(tensors))
+
+    # -- generation without capture -------------------------------------------------------------------------
+    def generate(self, prompt: str, image=None, *, max_new_tokens: int = 16, system: str | None = None,
+                 raw: bool = False, continuation: Sequence[int] | None = None, edit=None) -> Generation:
+        """Greedy generation with the KV cache and no statistics.
+
+        edit: an object whose `apply(module, *, query, key, value, attention_mask, scaling, causal, output)` sees
+            (and may change) every attention output (an intervention runtime, or an observer), or None.
+        """
+        from workbench.errors import InputError
+
+        if self.loaded.kind == "encoder":
+            raise InputError(f"{self.loaded.name} is an encoder and cannot generate")
+        prepared = prepare_input(self.loaded, prompt, image, system=system, raw=raw)
+        forward = forward_inputs(self.loaded, prepared.input_ids, prepared.model_inputs)
+        with torch.inference_mode(), self.editing(edit):
+            first, feed = self.decoder(forward)
+            ids = greedy(first, feed, max_new_tokens=max_new_tokens, eos=eos_ids(self.loaded),
+                         continuation=continuation)
+        return Generation(ids, self.loaded.tokenizer.decode(ids), first.float().cpu())
+
+    def decoder(self, forward: dict) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+        """(logits [vocab] of the prompt's last row, feed) for one KV-cached sequence over HF forward kwargs."""
+        decoder = CachedDecoder(self._backend.hf_model())
+        return decoder.start(forward).logits[0, -1], decoder.feed
+
+    def editing(self, edit):
+        """Context in which `edit` sees every attention output of the model (a no-op for None)."""
+        import contextlib
+
+        if edit is None:
+            return contextlib.nullcontext()
+        from workbench.capture.attention import editing
+
+        return editing(self._backend.hf_model(), edit)
+
+    # -- stored bundles ---------------------------------------------------------------------------------------
+    def replay(self, trace, *, layers: Sequence[int], stack: str = "text", heads: Sequence[int] | None = None,
+               rows: slice | None = None, image=None, map_dtype: torch.dtype = torch.float32) -> dict:
+        """Recompute attention of a stored bundle: {layer: AttentionStatistics} with maps of `heads` (all by
+        default) for the query `rows` (all by default), from one forward over the bundle's tokens that stops
+        after the last wanted layer. See `workbench.capture.replay`."""
+        from workbench.capture.replay import replay_layers
+
+        return replay_layers(self, trace, layers=layers, stack=stack, heads=heads, rows=rows, image=image,
+                             map_dtype=map_dtype)
+
+    def _plan(self, plan: CapturePlan | None, options: dict) -> CapturePlan:
+        from workbench.errors import InputError
+
+        unknown = sorted(set(options) - set(PLAN_OPTIONS))
+        if unknown:
+            raise InputError(f"unknown capture option(s) {', '.join(unknown)}; options: {', '.join(PLAN_OPTIONS)}")
+        if plan is not None and options:
+            raise InputError("pass either plan=CapturePlan(...) or capture options, not both")
+        return plan if plan is not None else self.plan(**options)
+
+
+def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, backend: str = "hf", device: str = "cpu",
+          dtype: str = "float32", **options) -> Trace:
+    """One-line convenience: `Tracer.open(model, backend=..., ...).trace(prompt, image, ...)`.
+
+    The plan is built (and its model-independent values checked) before the model loads.
 
     >>> import workbench
     >>> t = workbench.trace("tiny-llama", "Hello there", max_new_tokens=2)
     >>> [token.region for token in t.tokens][-2:]
     ['generated', 'generated']
     """
-    from workbench.models import load_model
-
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
-    if decomposition and loaded.kind == "encoder":
-        raise InputError(f"{loaded.name} is a post-norm encoder; the residual decomposition (routes, circuits) "
-                         "supports pre-norm decoders (GPT-2, Llama, Mistral, Qwen2, LLaVA): drop --decomposition")
-    prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
-    prompt_length = prepared.input_ids.shape[1]
-    check_lengths(loaded, prompt_length, max_new_tokens, max_length)
-    layout = discover_layout(loaded.model)
-    plan = capture_plan(loaded, layout, positions=prompt_length + max_new_tokens, maps=maps, vision_maps=vision_maps,
-                        hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k, map_dtype=map_dtype,
-                        decomposition=decomposition, implementation=implementation, max_map_memory=max_map_memory)
-    recorder = Recorder(layout, plan, text_capacity=prompt_length + max_new_tokens, prompt_length=prompt_length)
-    recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in prepared.tokens]))
-    tokens = list(prepared.tokens)
-    logprob = torch.full((prompt_length + max_new_tokens,), float("nan"))
-    entropy = torch.full_like(logprob, float("nan"))
-    device_ = loaded.model.device if hasattr(loaded.model, "device") else "cpu"
-    eos = eos_ids(loaded)
-    runtime = intervention.start(layout, image_positions=[t.i for t in prepared.tokens if t.region == "image"]) \
-        if intervention is not None else None
-    with torch.inference_mode(), capturing(loaded.model, recorder), intervening(loaded.model, runtime):
-        recorder.begin_step(0, prompt_length)
-        forward = {"input_ids": prepared.input_ids.to(device_),
-                   **{k: (v.to(device_) if torch.is_tensor(v) else v) for k, v in prepared.model_inputs.items()}}
-        if "pixel_values" in forward:
-            forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
-        if loaded.kind == "encoder":
-            loaded.model(**forward)
-        else:
-            keep_all = prompt_length * loaded.text_config.vocab_size <= MAX_PROMPT_LOGITS
-            output = loaded.model(**forward, use_cache=True, logits_to_keep=0 if keep_all else 1)
-            record_predictions(output.logits[0], prepared.input_ids[0], prompt_length, logprob, entropy)
-            cache = output.cache
-            for step in range(max_new_tokens):
-                if progress:
-                    progress(step + 1, max_new_tokens + 1)
-                next_id = int(output.logits[0, -1].argmax())
-                position = prompt_length + step
-                logprob[position - 1] = torch.log_softmax(output.logits[0, -1].float(), -1)[next_id]
-                tokens.append(Token(position, next_id, loaded.tokenizer.decode([next_id]), "generated"))
-                recorder.set_regions("text", torch.tensor([REGIONS.index("generated")]), start=position)
-                recorder.begin_step(position, 1)
-                output = loaded.model(input_ids=torch.tensor([[next_id]], device=device_), cache=cache,
-                                      use_cache=True)
-                cache = output.cache
-                entropy[position] = _entropy(output.logits[0, -1])
-                if next_id in eos:
-                    break
-    if progress:
-        progress(max_new_tokens + 1, max_new_tokens + 1)
-    n = len(tokens)
-    tensors = recorder.tensors()
-    if not any(name.endswith(".key_mass") for name in tensors):
-        raise InputError(f"no attention call of {loaded.name} went through the workbench implementation (was the "
-                         "model rewired, e.g. by a TransformerLens bridge, or is its attention not pluggable?); "
-                         "load a fresh copy of the model")
-    tensors["outputs.next_token_logprob"] = (logprob[:n].clone(), ("query_pos",))
-    tensors["outputs.prediction_entropy"] = (entropy[:n].clone(), ("query_pos",))
-    tensors.update(prepared.image_tensors())
-    meta = trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
-    if runtime is not None:
-        meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
-    return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
-
-
-def _entropy(logits: torch.Tensor) -> float:
-    logp = torch.log_softmax(logits.float(), -1)
-    return float(-(logp.exp() * logp).sum())
+    plan_options = {key: options.pop(key) for key in list(options) if key in PLAN_OPTIONS}
+    plan = options.pop("plan", None) or CapturePlan.build(device=device, **plan_options)
+    tracer = model if isinstance(model, Tracer) else Tracer.open(model, backend=backend, device=device, dtype=dtype)
+    return tracer.trace(prompt, image, plan=plan, max_new_tokens=max_new_tokens, **options)

@@ -90,27 +90,27 @@ def _summary(result) -> None:
 
 
 # -- `workbench trace --intervene` ---------------------------------------------------------------------------------
-def resolve_intervention(text: str | None, loaded, item: dict, *, system, raw):
+def resolve_intervention(text: str | None, tracer, item: dict, *, system, raw):
     """The intervention spec for one traced input (VAR without dims gets them from a probe forward)."""
     if not text:
         return None
-    from workbench.capture.interventions import VAR, parse
+    from workbench.interventions import VAR, parse
 
     spec = parse(text)
     if isinstance(spec, VAR) and not spec.dims:
         from workbench.analyses.sinks import calibrate_var
 
-        spec = calibrate_var(loaded, item["prompt"], item.get("image"), spec, system=system, raw=raw)
+        spec = calibrate_var(tracer, item["prompt"], item.get("image"), spec, system=system, raw=raw)
     return spec
 
 
-def attach_effect(result, loaded, item: dict, spec, *, max_new_tokens: int, system, raw) -> None:
+def attach_effect(result, tracer, item: dict, spec, *, max_new_tokens: int, system, raw) -> None:
     """Store what the intervention changed (next-token distribution, answer) as results/intervention.json."""
     if spec is None:
         return
-    from workbench.capture.intervention_effect import effect
+    from workbench.interventions.effect import effect
 
-    data = effect(loaded, item["prompt"], item.get("image"), intervention=spec, max_new_tokens=max_new_tokens,
+    data = effect(tracer, item["prompt"], item.get("image"), intervention=spec, max_new_tokens=max_new_tokens,
                   system=system, raw=raw)
     result.add_result("intervention", data)
     if data.get("available"):

@@ -91,11 +91,18 @@ def trace(
             prompt = prompt_file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise InputError(f"{prompt_file} is not UTF-8 text") from None
-    parsed_head_outputs = _parse_head_outputs(head_outputs)
-    if max_map_memory is not None:  # a typo fails before the model loads
-        __import__("workbench.capture.memory", fromlist=["parse_size"]).parse_size(max_map_memory)
-    if intervene:  # a typo fails before the model loads
-        __import__("workbench.capture.interventions", fromlist=["parse"]).parse(intervene)
+    from workbench.capture.backends import check_backend
+    from workbench.capture.plan import CapturePlan
+
+    # Every option is checked here, before any weights load: a typo fails in a second with one line.
+    check_backend(backend, remote=remote)
+    plan = CapturePlan.build(maps=maps, vision_maps=vision_maps, hidden_states=hidden, head_outputs=head_outputs,
+                             top_k=top_k, decomposition=decomposition, kernel=kernel, max_map_memory=max_map_memory,
+                             device=_checked_device(device))
+    if intervene:
+        from workbench.interventions import parse
+
+        parse(intervene)
     items = read_prompts(prompts) if prompts else [
         {"prompt": prompt, "image": str(image) if image else None, "name": None}]
     if prompts and image:
@@ -104,22 +111,13 @@ def trace(
     lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
     from rich.console import Console
 
-    from workbench.models import load_model
+    from workbench.capture import Tracer
 
-    from workbench.frontends import BACKENDS, open_tracer
-
-    if backend not in BACKENDS:
-        raise InputError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
     with Console(stderr=True).status(f"loading {model}"):
-        if remote:  # NDIF runs the model: only its config and tokenizer are read here
-            loaded, tracer = open_tracer(backend, model, remote=True, device=device, dtype=dtype)
-        else:
-            loaded = load_model(model, device=device, dtype=dtype, rope_scaling=rope_scaling, max_length=max_length)
-            loaded, tracer = open_tracer(backend, loaded, device=device, dtype=dtype, copy_model=False)
-
-    def run_trace(loaded, prompt, image, **options):
-        return tracer(prompt, image, **options)
+        tracer = Tracer.open(model, backend=backend, remote=remote, device=device, dtype=dtype,
+                             rope_scaling=rope_scaling, max_length=max_length, copy_model=False)
+    loaded = tracer.loaded
 
     from workbench.cli.progress import progress_bars
     from workbench.cli.sinks_command import attach_effect, resolve_intervention
@@ -131,16 +129,14 @@ def trace(
             new_tokens = item.get("max_new_tokens", max_new_tokens)
             if new_tokens is None:
                 new_tokens = 0 if loaded.kind == "encoder" else 16
-            spec = resolve_intervention(intervene, loaded, item, system=item.get("system", system), raw=raw)
-            result = run_trace(
-                loaded, item["prompt"], item.get("image"), max_new_tokens=new_tokens, intervention=spec,
-                system=item.get("system", system), raw=raw, maps=maps, vision_maps=vision_maps, hidden_states=hidden,
-                head_outputs=parsed_head_outputs, top_k=top_k, max_length=max_length, implementation=kernel,
-                decomposition=decomposition, max_map_memory=max_map_memory,
+            spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
+            result = tracer.trace(
+                item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
+                system=item.get("system", system), raw=raw, max_length=max_length,
                 progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
             )
             bars.remove_task(step_task)
-            attach_effect(result, loaded, item, spec, max_new_tokens=new_tokens, system=item.get("system", system),
+            attach_effect(result, tracer, item, spec, max_new_tokens=new_tokens, system=item.get("system", system),
                           raw=raw)
             if lens is not None:
                 result.add_result("lookback", lens.score_trace(result))
@@ -157,13 +153,26 @@ def trace(
             _report(result, bundle_path, json_path)
 
 
-def _parse_head_outputs(text: str | None):
-    if text is None or text in ("all", "generated", "last"):
-        return text
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise InputError("--head-outputs takes 'all', 'generated', 'last' or positions like '3,7,9'") from None
+def _checked_device(device: str) -> str:
+    """`device` if torch can run on it here; one-line InputError otherwise (before anything loads)."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:[0-9]{1,2})?|mps", device or ""):
+        raise InputError(f"unknown --device {str(device)[:40]!r}; use cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise InputError("--device mps: Apple's MPS is not available on this machine; use --device cpu")
+    return device
 
 
 def _plan_outputs(items, model, out, json_out, force, *, many):

@@ -41,18 +41,18 @@ def vhd_command(
     from rich.console import Console
 
     from workbench.analyses import divergence
-    from workbench.models import load_model
+    from workbench.capture import Tracer
 
     with Console(stderr=True).status(f"loading {model}"):
-        loaded = load_model(model)
+        tracer = Tracer.open(model)
     reinforce = divergence.VHR(alpha=alpha) if vhr else None
     options = {"top_k": top_k, "distance": distance}
     if scenes is not None:
-        data = _scenes(loaded, scenes, limit, reinforce, max_new_tokens, options)
+        data = _scenes(tracer, scenes, limit, reinforce, max_new_tokens, options)
     elif prompts is not None:
         from workbench.cli.trace_command import read_prompts
 
-        results = [divergence.vhd(loaded, item["prompt"], item.get("image"), max_new_tokens=max_new_tokens,
+        results = [divergence.vhd(tracer, item["prompt"], item.get("image"), max_new_tokens=max_new_tokens,
                                   system=system, raw=raw, vhr=reinforce, **options) for item in read_prompts(prompts)]
         data = {**divergence.rank_heads(results), "items": [r.to_json() for r in results]}
         _print_ranking(data["ranking"][:10])
@@ -61,9 +61,9 @@ def vhd_command(
             import workbench
 
             trace = workbench.load(bundle)
-            result = divergence.analyse(trace, tracer=loaded, image=image, **options)
+            result = divergence.analyse(trace, tracer=tracer, image=image, **options)
         else:
-            result = divergence.vhd(loaded, prompt, image, max_new_tokens=max_new_tokens, system=system, raw=raw,
+            result = divergence.vhd(tracer, prompt, image, max_new_tokens=max_new_tokens, system=system, raw=raw,
                                     vhr=reinforce, **options)
         data = result.to_json()
         if bundle is not None:
@@ -81,14 +81,14 @@ def vhd_command(
             write_text_atomic(json_out, text)
 
 
-def _scenes(loaded, folder, limit, reinforce, max_new_tokens, options) -> dict:
+def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
     from workbench.cli import vhd_scenes
     from workbench.cli.progress import progress_bars
 
     questions = vhd_scenes.load_questions(folder, limit)
     with progress_bars() as bars:
         task = bars.add_task("questions", total=len(questions))
-        data = vhd_scenes.evaluate(loaded, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
+        data = vhd_scenes.evaluate(tracer, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
                                     progress=lambda done, total: bars.update(task, completed=done), **options)
     from rich.console import Console
 

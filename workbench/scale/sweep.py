@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.capture.backends import check_backend
+from workbench.capture.kernel_choice import check_kernel
 from workbench.errors import InputError
 from workbench.scale.executors import ExecutorOptions, execute
 from workbench.scale.inputs import read_inputs
 from workbench.scale.store import SweepStore
 from workbench.scale.worker import WorkerConfig
 
-BACKENDS = ("hf", "nnsight", "lens")
 
 
 @dataclass
@@ -88,8 +89,8 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     """
     if executor not in ("local", "ray"):
         raise InputError(f"unknown executor {executor!r}; use --executor local or ray")
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    check_backend(backend, remote=remote)
+    check_kernel(kernel, device="cuda" if str(device).startswith("cuda") or gpus_per_worker else "cpu")
     for name, value in (("--batch-size", batch_size), ("--cpus-per-worker", cpus_per_worker)):
         if value <= 0:
             raise InputError(f"{name} must be positive")
@@ -98,9 +99,7 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     if ray_address and executor != "ray":
         raise InputError("--ray-address needs --executor ray")
     if remote:
-        if backend != "nnsight":
-            raise InputError("--remote runs through NDIF and needs --backend nnsight")
-        from workbench.frontends.ndif import ndif_preflight
+        from workbench.capture.backends.ndif import ndif_preflight
 
         ndif_preflight()
     if not remote:

@@ -75,18 +75,20 @@ class SweepWorker:
     def __init__(self, config: dict):
         import torch
 
-        from workbench.frontends import open_tracer
+        from workbench.capture import Tracer
         from workbench.models import load_model
 
         self.config = WorkerConfig.from_dict(config)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         if self.config.remote:  # the model runs on NDIF; only its config and tokenizer are read here
-            self.loaded, self.tracer = open_tracer("nnsight", self.config.model, remote=True)
+            self.tracer = Tracer.open(self.config.model, backend="nnsight", remote=True)
+            self.loaded, self.plan = self.tracer.loaded, self.tracer.plan(kernel=self.config.kernel)
             return
         # Load in the target dtype on the CPU, then place (device_map for models larger than one GPU).
         loaded = _place(load_model(self.config.model, dtype=self.config.dtype), self.config)
-        self.loaded, self.tracer = open_tracer(self.config.backend, loaded, copy_model=False)
+        self.tracer = Tracer.open(loaded, backend=self.config.backend, copy_model=False)
+        self.loaded, self.plan = self.tracer.loaded, self.tracer.plan(kernel=self.config.kernel)
 
     def trace_one(self, item) -> dict:
         import torch
@@ -100,9 +102,9 @@ class SweepWorker:
         if self.loaded.kind == "encoder":
             new_tokens = 0
         try:
-            trace = self.tracer(item.prompt, item.image, max_new_tokens=new_tokens,
-                                system=item.system if item.system is not None else config.system, raw=config.raw,
-                                implementation=config.kernel)
+            trace = self.tracer.trace(item.prompt, item.image, plan=self.plan, max_new_tokens=new_tokens,
+                                      system=item.system if item.system is not None else config.system,
+                                      raw=config.raw)
         except (WorkbenchError, torch.OutOfMemoryError) as error:  # this input's fault: record it, go on
             message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             return {**error_row(item, message, seconds=time.perf_counter() - started), "heads": []}

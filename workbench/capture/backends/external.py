@@ -1,29 +1,33 @@
-"""Build a `Trace` from attention calls that another front-end (nnsight, TransformerLens) captured.
+"""Backends whose model runs another library's way (nnsight, TransformerLens), replayed into the workbench recorder.
 
-A front-end runs the model its own way and hands over, per attention layer, what the workbench attention
-backend would have seen: post-RoPE queries and keys, the mask, the scaling, and on request the per-head
-outputs (before W_O) and the residual stream entering the layer. They are replayed into the very `Recorder`
-and kernels of HF capture, so every backend shares one statistics code path and one bundle format.
+Such a library runs the model and hands over, per attention layer, what the workbench attention implementation
+would have seen: post-RoPE queries and keys, the mask, the scaling, and on request the per-head outputs (before
+W_O) and the residual stream entering the layer. They are replayed into the very `Recorder` and kernels of HF
+capture, so every backend shares one statistics code path and one bundle format.
 
-Generation is greedy through the front-end (one full forward per new token, no KV cache); the statistics then
-come from one captured forward over the final sequence. With causal attention that equals HF capture's
-incremental statistics (the Recorder's KV-cache accumulation yields the same rows and column sums).
+Generation is greedy (`generation.greedy`) with one full forward per new token through the library (no KV
+cache); the statistics then come from one captured forward over the final sequence. With causal attention that
+equals HF capture's incremental statistics (the recorder's KV-cache accumulation yields the same rows and column
+sums).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from workbench.capture.layout import ModelLayout
+from workbench.capture.backends.captured import Captured
+from workbench.capture.generation import greedy
+from workbench.capture.kernel_choice import choose
+from workbench.capture.layout import discover_layout
+from workbench.capture.predictions import Predictions
 from workbench.capture.recorder import Recorder
 from workbench.errors import InputError
 from workbench.models.loaded import LoadedModel
 from workbench.traces.tokens import REGIONS, Token
-from workbench.traces.trace import MemoryTensors, Trace
 
 
 @dataclass
@@ -50,8 +54,8 @@ class Capture:
     extra_meta: dict = field(default_factory=dict)
 
 
-class Frontend(Protocol):
-    """What `trace_frontend` needs from a front-end."""
+class Library(Protocol):
+    """What `ExternalBackend` needs from a library's driver (nnsight.py, lens.py)."""
 
     name: str  # "nnsight" | "transformer_lens"
     version: str
@@ -73,80 +77,66 @@ class ReplayRecorder(Recorder):
         buffer["hidden_in"][: hidden.shape[1]] = hidden[0].detach().float().cpu()
 
 
-class _ProjectedLayout(ModelLayout):
-    """A layout whose W_O comes from the front-end (a TransformerBridge renames the HF output projections)."""
+class ExternalBackend:
+    """A Tracer backend over a library driver: greedy generation through it, then one captured forward."""
 
-    def __init__(self, base: ModelLayout, projection: Callable[[str, int], torch.Tensor]):
-        super().__init__(base.stacks, base._module_names)
-        self._projection = projection
+    def __init__(self, library: Library):
+        self.library = library
+        self.name = library.name
+        self.loaded = library.loaded
+        self.accepts_images = getattr(library, "accepts_images", True)
+        layout = discover_layout(self.loaded.model)
+        projection = getattr(library, "output_projection", None)  # a bridge renames the HF output projections
+        self.layout = dataclasses.replace(layout, projection=projection) if projection is not None else layout
 
-    def output_projection(self, stack: str, layer: int) -> torch.Tensor:
-        return self._projection(stack, layer)
+    def hf_model(self):
+        raise InputError(f"generation without capture, interventions and replay run on the HF backend; the "
+                         f"{self.name} backend traces: open the model with backend='hf'")
 
+    def capture(self, prepared, plan, *, max_new_tokens: int, eos: set[int], edit=None, progress=None) -> Captured:
+        library, loaded = self.library, self.loaded
+        if plan.decomposition or edit is not None:
+            raise InputError(f"--decomposition and interventions need HF capture; the {library.name} backend "
+                             "records statistics, maps, hidden states and head outputs: use --backend hf")
+        tokens = list(prepared.tokens)
+        ids = prepared.input_ids
+        prompt_length = ids.shape[1]
 
-def trace_frontend(frontend: Frontend, prompt: str, image=None, *, max_new_tokens: int = 0, system: str | None = None,
-                   raw: bool = False, maps=None, vision_maps=None, hidden_states: bool = False, head_outputs=None,
-                   top_k: int = 0, map_dtype: str = "float16", max_length: int | None = None,
-                   implementation: str = "auto", decomposition: bool = False, intervention=None,
-                   max_map_memory=None, progress: Callable[[int, int], None] | None = None) -> Trace:
-    """Trace `prompt` (and `image`) through a front-end into the same `Trace` that `workbench.trace` returns.
-
-    decomposition and interventions need the HF capture path (they hook the attention computation itself).
-    """
-    from workbench.capture.inputs import prepare_input
-    from workbench.capture.layout import discover_layout
-    from workbench.capture.preflight import capture_plan, check_lengths
-    from workbench.capture.trace_meta import eos_ids, record_predictions, trace_meta
-
-    if decomposition or intervention is not None:
-        raise InputError(f"--decomposition and interventions need HF capture; the {frontend.name} front-end "
-                         "records statistics, maps, hidden states and head outputs: use --backend hf")
-    loaded = frontend.loaded
-    prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
-    prompt_length = prepared.input_ids.shape[1]
-    check_lengths(loaded, prompt_length, max_new_tokens, max_length)
-    plan = capture_plan(loaded, discover_layout(loaded.model), positions=prompt_length + max_new_tokens, maps=maps,
-                        vision_maps=vision_maps, hidden_states=hidden_states, head_outputs=head_outputs, top_k=top_k,
-                        map_dtype=map_dtype, implementation=implementation, max_map_memory=max_map_memory)
-    tokens = list(prepared.tokens)
-    ids = prepared.input_ids
-    eos = eos_ids(loaded)
-    with torch.inference_mode():
-        for step in range(max_new_tokens):
+        def on_token(step: int, token_id: int, _logits) -> None:
             if progress:
                 progress(step + 1, max_new_tokens + 1)
-            next_id = int(frontend.next_token_logits(ids, prepared.model_inputs).argmax())
-            tokens.append(Token(len(tokens), next_id, loaded.tokenizer.decode([next_id]), "generated"))
-            ids = torch.cat([ids, torch.tensor([[next_id]], dtype=ids.dtype)], dim=1)
-            if next_id in eos:
-                break
-        captured = frontend.capture(ids, prepared.model_inputs, hidden_states=hidden_states,
-                                    head_outputs=head_outputs is not None)
-    if progress:
-        progress(max_new_tokens + 1, max_new_tokens + 1)
-    n = len(tokens)
-    layout = discover_layout(loaded.model)
-    if hasattr(frontend, "output_projection"):
-        layout = _ProjectedLayout(layout, frontend.output_projection)
-    recorder = ReplayRecorder(layout, plan, text_capacity=n, prompt_length=prompt_length)
-    recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in tokens]))
-    recorder.begin_step(0, n)
-    _replay(recorder, layout, captured.calls, hidden_states=hidden_states)
-    tensors = recorder.tensors()
-    logprob = torch.full((n,), float("nan"))
-    entropy = torch.full((n,), float("nan"))
-    if captured.logits is not None:
-        record_predictions(captured.logits.float().cpu(), ids[0], n, logprob, entropy)
-    tensors["outputs.next_token_logprob"] = (logprob, ("query_pos",))
-    tensors["outputs.prediction_entropy"] = (entropy, ("query_pos",))
-    tensors.update(prepared.image_tensors())
-    meta = trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder)
-    meta["model"]["attention_backend"] = frontend.name
-    meta["model"]["frontend"] = {"name": frontend.name, "version": frontend.version, **captured.extra_meta}
-    return Trace(meta=meta, tokens=tokens, tensors=MemoryTensors(tensors))
+            tokens.append(Token(len(tokens), token_id, loaded.tokenizer.decode([token_id]), "generated"))
+
+        def feed(token_id: int) -> torch.Tensor:
+            nonlocal ids
+            ids = torch.cat([ids, torch.tensor([[token_id]], dtype=ids.dtype)], dim=1)
+            return library.next_token_logits(ids, prepared.model_inputs)
+
+        with torch.inference_mode():
+            if max_new_tokens:
+                greedy(library.next_token_logits(ids, prepared.model_inputs), feed, max_new_tokens=max_new_tokens,
+                       eos=eos, on_token=on_token)
+                ids = torch.tensor([[token.id for token in tokens]], dtype=ids.dtype)
+            captured = library.capture(ids, prepared.model_inputs, hidden_states=plan.hidden_states,
+                                       head_outputs=plan.head_outputs is not None)
+        if progress:
+            progress(max_new_tokens + 1, max_new_tokens + 1)
+        n = len(tokens)
+        recorder = ReplayRecorder(self.layout, plan, text_capacity=n, prompt_length=prompt_length)
+        recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in tokens]))
+        recorder.begin_step(0, n)
+        _replay(recorder, self.layout, captured.calls, hidden_states=plan.hidden_states, kernel=plan.kernel)
+        tensors = recorder.tensors()
+        predictions = Predictions(n)
+        if captured.logits is not None:
+            predictions.record_rows(captured.logits.float().cpu(), ids[0], n)
+        tensors.update(predictions.tensors(n))
+        frontend = {"name": library.name, "version": library.version, **captured.extra_meta}
+        return Captured(tokens, tensors, recorder, self.layout, library.name, frontend)
 
 
-def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hidden_states: bool) -> None:
+def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hidden_states: bool,
+            kernel: str) -> None:
     seen = set()
     for call in calls:
         stack = layout.stacks.get(call.stack)
@@ -155,9 +145,12 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
                                "which the model's layout does not have")
         seen.add((call.stack, call.layer))
         # The layer module itself locates to (stack, layer) in the layout, whichever module the front-end ran.
-        recorder.on_attention(stack.layers[call.layer], query=call.query.float(), key=call.key.float(),
-                              attention_mask=call.attention_mask, scaling=float(call.scaling), causal=call.causal,
-                              attn_output=call.attn_output)
+        query, key = call.query.float(), call.key.float()
+        chosen = choose(kernel, query, key, key, plain_mask=False, wants_maps=False, top_k=recorder.plan.top_k,
+                        editing=False, dropout=0.0)  # the output exists already: a two-pass kernel
+        recorder.on_attention(stack.layers[call.layer], query=query, key=key, attention_mask=call.attention_mask,
+                              scaling=float(call.scaling), causal=call.causal, attn_output=call.attn_output,
+                              kernel=chosen)
         if hidden_states and call.stack == "text" and call.hidden_in is not None:
             recorder.record_hidden(call.layer, call.hidden_in)
     missing = [layer for layer in range(layout.stacks["text"].n_layers) if ("text", layer) not in seen]
@@ -167,11 +160,11 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
 
 def hf_view(module, tokenizer, processor=None, *, name: str | None = None, source: str | None = None) -> LoadedModel:
     """A `LoadedModel` around an HF module that a front-end owns (for regions, layout and metadata)."""
-    from workbench.models.loading import _model_kind
+    from workbench.models.loading import model_kind
 
     if tokenizer is None:
         raise InputError("the wrapped model has no tokenizer; pass tokenizer=... (and processor=... for a "
                          "vision-language model) so the workbench can label token regions")
     config = module.config
     label = name or getattr(config, "name_or_path", None) or type(module).__name__
-    return LoadedModel(label, module.eval(), tokenizer, _model_kind(config), source or label, processor=processor)
+    return LoadedModel(label, module.eval(), tokenizer, model_kind(config), source or label, processor=processor)

@@ -1,4 +1,4 @@
-"""The TransformerLens 4.x front-end: trace a `TransformerBridge` into the same `Trace` as HF capture.
+"""The TransformerLens 4.x backend: trace a `TransformerBridge` into the same `Trace` as HF capture.
 
 One `bridge.run_with_cache` over the final sequence, filtered to the hook points the statistics need:
 `blocks.L.attn.hook_rot_q` / `hook_rot_k` (post-RoPE; `hook_q` / `hook_k` for models without rotary
@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from workbench.errors import InputError
-from workbench.frontends._replay import AttentionCall, Capture, hf_view
+from workbench.capture.backends.external import AttentionCall, Capture, ExternalBackend, hf_view
 
 
 def boot_bridge(loaded):
@@ -29,7 +29,7 @@ def boot_bridge(loaded):
         raise InputError(f"{loaded.name} is an encoder without a language-model head, which TransformerLens' "
                          "bridge cannot wrap; use --backend hf or nnsight")
     if loaded.kind == "vlm":
-        raise InputError(f"{loaded.name} is a vision-language model; the TransformerLens front-end traces text "
+        raise InputError(f"{loaded.name} is a vision-language model; the TransformerLens backend traces text "
                          "models only, use --backend hf or nnsight")
     config = loaded.model.config
     if not getattr(config, "architectures", None):  # models built from a config carry no architecture name
@@ -52,10 +52,11 @@ def _device(module) -> torch.device:
         return torch.device("cpu")
 
 
-class LensFrontend:
-    """Drive a TransformerBridge for `trace_frontend`."""
+class LensDriver:
+    """Drive a TransformerBridge for `ExternalBackend`."""
 
     name = "transformer_lens"
+    accepts_images = False
 
     def __init__(self, model, *, name: str | None = None, copy_model: bool = True):
         """model: a TransformerBridge, a LoadedModel or a registry name / local dir / hub id.
@@ -83,12 +84,12 @@ class LensFrontend:
             self.bridge = model
             hf_model = getattr(model, "original_model", None)
             if hf_model is None:
-                raise InputError("the TransformerLens front-end needs a TransformerBridge (TransformerLens 4.x) "
+                raise InputError("the TransformerLens backend needs a TransformerBridge (TransformerLens 4.x) "
                                  "built from a transformers model, e.g. TransformerBridge.boot_transformers(dir)")
             self.loaded = hf_view(hf_model, model.tokenizer, getattr(model, "processor", None),
                                   name=name or getattr(model.cfg, "model_name", None))
         if self.loaded.kind != "causal":
-            raise InputError(f"{self.loaded.name} is not a causal language model; the TransformerLens front-end "
+            raise InputError(f"{self.loaded.name} is not a causal language model; the TransformerLens backend "
                              "traces causal LMs, use --backend hf or nnsight")
         self.n_layers = self.bridge.cfg.n_layers
         names = set(self.bridge.hook_dict)
@@ -96,7 +97,7 @@ class LensFrontend:
         self.q_hook, self.k_hook = ("hook_rot_q", "hook_rot_k") if rotary else ("hook_q", "hook_k")
         missing = [hook for hook in (self.q_hook, self.k_hook, "hook_z") if f"blocks.0.attn.{hook}" not in names]
         if missing:
-            raise InputError(f"this bridge has no attention hook points {missing}; the TransformerLens front-end "
+            raise InputError(f"this bridge has no attention hook points {missing}; the TransformerLens backend "
                              "needs q/k hooks on every block")
 
     def output_projection(self, stack: str, layer: int) -> torch.Tensor:
@@ -107,7 +108,7 @@ class LensFrontend:
 
     def _ids(self, input_ids, model_inputs):
         if model_inputs:
-            raise InputError("the TransformerLens front-end takes token ids only (no images or extra inputs)")
+            raise InputError("the TransformerLens backend takes token ids only (no images or extra inputs)")
         return input_ids.to(_device(self.loaded.model))
 
     def next_token_logits(self, input_ids, model_inputs) -> torch.Tensor:
@@ -126,7 +127,7 @@ class LensFrontend:
         logits, cache = self.bridge.run_with_cache(self._ids(input_ids, model_inputs), names_filter=keep,
                                                    return_type="logits")
         from workbench.capture.layout import discover_layout
-        from workbench.frontends.nnsight import attention_module
+        from workbench.capture.backends.nnsight import attention_module
 
         layout = discover_layout(self.loaded.model)
         calls = []
@@ -147,14 +148,7 @@ class LensFrontend:
         return Capture(calls, logits[0].detach().float().cpu(), extra)
 
 
-def trace_lens(model, prompt: str, image=None, **options):
-    """Trace `prompt` through a TransformerBridge (or a registry name / LoadedModel, wrapped in one).
-
-    Options as `workbench.trace` (images are refused: the bridge front-end traces text models).
-    """
-    from workbench.frontends._replay import trace_frontend
-
-    if image is not None:
-        raise InputError("the TransformerLens front-end traces text models; use --backend hf or nnsight for images")
-    frontend = model if isinstance(model, LensFrontend) else LensFrontend(model)
-    return trace_frontend(frontend, prompt, None, **options)
+def LensBackend(model, *, copy_model: bool = True) -> ExternalBackend:
+    """The Tracer backend for a TransformerBridge, or a LoadedModel wrapped in one (copied unless copy_model=False:
+    booting a bridge rewires the HF module in place). Text models only."""
+    return ExternalBackend(LensDriver(model, copy_model=copy_model))

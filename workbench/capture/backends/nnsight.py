@@ -1,4 +1,4 @@
-"""The nnsight front-end: trace a model wrapped by nnsight (`NNsight`, `LanguageModel`, `VisionLanguageModel`,
+"""The nnsight backend: trace a model wrapped by nnsight (`NNsight`, `LanguageModel`, `VisionLanguageModel`,
 `TransformersModel`) into the same `Trace` as HF capture, locally or on NDIF (`remote=True`).
 
 Inside one `model.trace(...)` block it reads, for every attention layer, the inputs of the attention-interface
@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from workbench.errors import InputError
-from workbench.frontends._replay import AttentionCall, Capture, hf_view
-from workbench.frontends.ndif import RemoteUnavailableError, ndif_preflight
+from workbench.capture.backends.external import AttentionCall, Capture, ExternalBackend, hf_view
+from workbench.capture.backends.ndif import RemoteUnavailableError, ndif_preflight
 
 
 @functools.cache
@@ -50,8 +50,8 @@ def _call_name(envoy) -> str:
     return max(names, key=lambda name: int(name.rsplit("_", 1)[1]))
 
 
-class NNsightFrontend:
-    """Drive an nnsight-wrapped model for `trace_frontend`."""
+class NNsightDriver:
+    """Drive an nnsight-wrapped model for `ExternalBackend`."""
 
     name = "nnsight"
 
@@ -191,15 +191,10 @@ def _load_for_nnsight(name: str, *, remote):
                                          f"tokens): {str(error).splitlines()[0]}") from None
 
 
-def trace_nnsight(model, prompt: str, image=None, *, remote: bool | str = False, tokenizer=None, processor=None,
-                  **options):
-    """Trace `prompt` through an nnsight-wrapped model (or a registry name / LoadedModel, wrapped in `NNsight`).
+def NNsightBackend(model, *, remote: bool | str = False, tokenizer=None, processor=None) -> ExternalBackend:
+    """The Tracer backend for an nnsight-wrapped model, a LoadedModel, or (remote) a hub id run on NDIF.
 
     remote: True runs on NDIF (needs NDIF_API_KEY and network; fails at once otherwise); "local" runs nnsight's
-        local simulation of the remote path (serialise, deserialise, run here). Options as `workbench.trace`.
+        local simulation of the remote path (serialise, deserialise, run here).
     """
-    from workbench.frontends._replay import trace_frontend
-
-    frontend = model if isinstance(model, NNsightFrontend) else NNsightFrontend(
-        model, tokenizer=tokenizer, processor=processor, remote=remote)
-    return trace_frontend(frontend, prompt, image, **options)
+    return ExternalBackend(NNsightDriver(model, tokenizer=tokenizer, processor=processor, remote=remote))

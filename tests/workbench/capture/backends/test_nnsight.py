@@ -1,4 +1,4 @@
-"""The nnsight front-end against HF capture and HF eager maps; NDIF's remote path (simulated) and fail-fast."""
+"""The nnsight backend against HF capture and HF eager maps; NDIF's remote path (simulated) and fail-fast."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 
 import workbench
-from tests.frontends.conftest import assert_same_trace
+from tests.workbench.capture.backends.conftest import assert_same_trace
 from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from workbench.errors import InputError, WorkbenchError
-from workbench.frontends import trace_with
-from workbench.frontends.ndif import RemoteUnavailableError, ndif_preflight
-from workbench.frontends.nnsight import trace_nnsight
+from workbench.capture import Tracer
+from workbench.capture.backends.ndif import RemoteUnavailableError, ndif_preflight
 
 nnsight = pytest.importorskip("nnsight")
 # nnsight's deprecated-class notices, and its note that BERT's `output` submodule is served as `E_output`.
@@ -30,7 +29,7 @@ def test_nnsight_equals_hf_capture_and_eager(models, name, new_tokens):
     loaded = models(name)
     options = dict(max_new_tokens=new_tokens, **FULL)
     expected = workbench.trace(loaded, PROMPT, **options)
-    actual = trace_nnsight(nnsight.NNsight(loaded.model), PROMPT, tokenizer=loaded.tokenizer, **options)
+    actual = Tracer.open(nnsight.NNsight(loaded.model), backend="nnsight", tokenizer=loaded.tokenizer).trace(PROMPT, **options)
     assert actual.model["attention_backend"] == "nnsight" and actual.model["frontend"]["wrapper"] == "NNsight"
     assert_same_trace(actual, expected)
     # Independent of both captures: HF eager maps over the final sequence.
@@ -49,11 +48,12 @@ def test_remote_path_simulated_locally_equals_hf_capture(models):
         warnings.simplefilter("ignore")
         wrapped = nnsight.LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
     options = dict(max_new_tokens=2, hidden_states=True)
-    actual = trace_nnsight(wrapped, PROMPT, remote="local", **options)
+    tracer = Tracer.open(wrapped, backend="nnsight", remote="local")
+    actual = tracer.trace(PROMPT, **options)
     assert actual.model["frontend"]["remote"] == "local"
     assert_same_trace(actual, workbench.trace(loaded, PROMPT, **options))
     with pytest.raises(InputError, match="head-outputs"):
-        trace_nnsight(wrapped, PROMPT, remote="local", head_outputs="all")
+        tracer.trace(PROMPT, head_outputs="all")
 
 
 def test_vision_language_model(models, tmp_path):
@@ -66,7 +66,7 @@ def test_vision_language_model(models, tmp_path):
         warnings.simplefilter("ignore")
         wrapped = nnsight.VisionLanguageModel(str(tmp_path / "llava"), dispatch=True)
     options = dict(max_new_tokens=2, maps="all", vision_maps="all", map_dtype="float32")
-    actual = trace_nnsight(wrapped, "What is in the picture?", image=image, **options)
+    actual = Tracer.open(wrapped, backend="nnsight").trace("What is in the picture?", image=image, **options)
     assert sorted(actual.stacks) == ["text", "vision"]
     assert sum(t.region == "image" for t in actual.tokens) == 16
     assert_same_trace(actual, workbench.trace(loaded, "What is in the picture?", image=image, **options))
@@ -77,7 +77,7 @@ def test_remote_without_key_fails_at_once(monkeypatch):
     monkeypatch.setenv("NNSIGHT_CONFIG", "/nonexistent/nnsight.yaml")  # no user file that could hold a key
     started = time.monotonic()
     with pytest.raises(RemoteUnavailableError, match="needs an API key: set NDIF_API_KEY"):
-        trace_with("nnsight", "llama-3.1-8b", PROMPT, remote=True)
+        Tracer.open("llama-3.1-8b", backend="nnsight", remote=True)
     assert time.monotonic() - started < 1.0
 
 
@@ -94,6 +94,6 @@ def test_remote_without_network_fails_at_once(monkeypatch, host):
 
 def test_dispatcher_user_errors(models):
     with pytest.raises(WorkbenchError, match="unknown backend 'jax'"):
-        trace_with("jax", models("tiny-gpt2"), PROMPT)
+        Tracer.open(models("tiny-gpt2"), backend="jax")
     with pytest.raises(WorkbenchError, match="needs --backend nnsight"):
-        trace_with("lens", models("tiny-gpt2"), PROMPT, remote=True)
+        Tracer.open(models("tiny-gpt2"), backend="lens", remote=True)

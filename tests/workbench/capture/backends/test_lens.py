@@ -1,4 +1,4 @@
-"""The TransformerLens 4.x bridge front-end against HF capture and against the bridge's own hook_pattern."""
+"""The TransformerLens 4.x bridge backend against HF capture and against the bridge's own hook_pattern."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import workbench
-from tests.frontends.conftest import assert_same_trace
+from tests.workbench.capture.backends.conftest import assert_same_trace
 from tests.helpers import assert_close, statistics_from_maps
 from workbench.errors import InputError
-from workbench.frontends.transformer_lens import LensFrontend, trace_lens
+from workbench.capture import Tracer
+from workbench.capture.backends.external import ExternalBackend
+from workbench.capture.backends.lens import LensDriver
 
 pytest.importorskip("transformer_lens")
 
@@ -23,8 +25,8 @@ def test_lens_equals_hf_capture_and_bridge_patterns(models, name):
     loaded = models(name)
     options = dict(max_new_tokens=3, maps="all", map_dtype="float32", hidden_states=True, head_outputs="all")
     expected = workbench.trace(loaded, PROMPT, **options)
-    frontend = LensFrontend(loaded)
-    actual = trace_lens(frontend, PROMPT, **options)
+    frontend = LensDriver(loaded)
+    actual = Tracer(ExternalBackend(frontend)).trace(PROMPT, **options)
     assert actual.model["attention_backend"] == "transformer_lens"
     assert actual.model["frontend"]["q_hook"] == ("hook_rot_q" if name == "tiny-llama" else "hook_q")
     assert_same_trace(actual, expected)
@@ -48,14 +50,14 @@ def test_user_built_bridge_from_a_local_directory(models, tmp_path):
         from transformer_lens.model_bridge import TransformerBridge
 
         bridge = TransformerBridge.boot_transformers(str(tmp_path / "model"))
-    actual = trace_lens(bridge, PROMPT, max_new_tokens=2, head_outputs="last")
+    actual = Tracer.open(bridge, backend="lens").trace(PROMPT, max_new_tokens=2, head_outputs="last")
     assert_same_trace(actual, workbench.trace(loaded, PROMPT, max_new_tokens=2, head_outputs="last"))
 
 
 def test_refusals(models):
     with pytest.raises(InputError, match="encoder"):
-        LensFrontend(models("tiny-bert"))
+        LensDriver(models("tiny-bert"))
     with pytest.raises(InputError, match="vision-language"):
-        LensFrontend(models("tiny-llava"))
+        LensDriver(models("tiny-llava"))
     with pytest.raises(InputError, match="text models"):
-        trace_lens(models("tiny-llama"), PROMPT, image="x.png")
+        Tracer.open(models("tiny-llama"), backend="lens").trace(PROMPT, image="x.png")

@@ -1,0 +1,44 @@
+"""What the model predicted at each query row: log p of the token that follows, and the entropy of the
+distribution. Stored per row (`outputs.next_token_logprob`, `outputs.prediction_entropy` [query_pos]): row i
+predicts the token at position i + 1 (`workbench.traces.metrics.predicting_row`)."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.traces.metrics import predicting_row
+
+PREDICTION_AXES = ("query_pos",)
+ROW_CHUNK = 128  # rows per log-softmax: temporaries stay small beside the logits
+
+
+class Predictions:
+    def __init__(self, capacity: int):
+        self.logprob = torch.full((capacity,), float("nan"))
+        self.entropy = torch.full((capacity,), float("nan"))
+
+    def record_rows(self, logits: torch.Tensor, input_ids: torch.Tensor, length: int) -> None:
+        """logits [rows, vocab] of the LAST `rows` of the first `length` positions of input_ids [query_pos]:
+        each row's entropy, and log p of the next token where it is in input_ids."""
+        rows = logits.shape[0]
+        first = length - rows
+        for start in range(0, rows, ROW_CHUNK):
+            end = min(rows, start + ROW_CHUNK)
+            logp = torch.log_softmax(logits[start:end].float(), -1)
+            self.entropy[first + start:first + end] = -(logp.exp() * logp).sum(-1).cpu()
+            targets = input_ids[first + start + 1:min(length, first + end + 1)]
+            if len(targets):
+                picked = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
+                self.logprob[first + start:first + start + len(targets)] = picked
+
+    def record_token(self, position: int, token_id: int, logits: torch.Tensor) -> None:
+        """A generated token at `position`, predicted by `logits` [vocab] of its predicting row."""
+        self.logprob[predicting_row(position)] = torch.log_softmax(logits.float(), -1)[token_id].cpu()
+
+    def record_row_entropy(self, row: int, logits: torch.Tensor) -> None:
+        logp = torch.log_softmax(logits.float(), -1)
+        self.entropy[row] = float(-(logp.exp() * logp).sum())
+
+    def tensors(self, length: int) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
+        return {"outputs.next_token_logprob": (self.logprob[:length].clone(), PREDICTION_AXES),
+                "outputs.prediction_entropy": (self.entropy[:length].clone(), PREDICTION_AXES)}

@@ -1,0 +1,27 @@
+"""Attention interventions: ACT calibration and VAR redistribution (off unless asked for), and their effect.
+
+An intervention is a frozen spec (`ACT`, `VAR`, parsed from `act:beta=0.4` / `var:rho=0.5,p=0.6`) whose
+`start()` returns a runtime for one input. While `intervening(model, runtime)` is active the workbench
+attention implementation hands every layer's output to `runtime.apply(...)`; a runtime that changes attention
+weights recomputes them eagerly for the heads it touches (softmax of q.k in fp32, as SDPA would) and replaces
+those heads' output rows with P' @ V. Rows it leaves alone keep SDPA's bit-exact output, and with no runtime
+active the attention path is exactly the default one. The statistics a capture records are computed from the
+queries and keys, so they describe the attention BEFORE the intervention; outputs, hidden states, head
+outputs, logits and the generation reflect it. Each runtime reports what it moved (`report()`).
+
+- `act.py`: ACT (Yu et al. 2024); `var.py`: VAR (Kang et al. 2025); `spec.py`: parsing of `--intervene` specs;
+  `eager.py`: the eager attention of the heads a runtime touches; `runtime.py`: the runtime base and `intervening`;
+  `effect.py`: what an intervention changes in the next-token distribution and the greedy answer.
+
+This package sits above `workbench.capture`: capture's attention implementation only knows that a runtime with an
+`apply(...)` method may be active; the interventions themselves live here.
+"""
+
+from workbench.interventions.act import ACT, effective_min_queries
+from workbench.interventions.eager import head_values, probabilities, visibility
+from workbench.interventions.runtime import Runtime, intervening
+from workbench.interventions.spec import SPECS, parse
+from workbench.interventions.var import VAR, phi
+
+__all__ = ["ACT", "VAR", "SPECS", "Runtime", "effective_min_queries", "head_values", "intervening", "parse", "phi",
+           "probabilities", "visibility"]

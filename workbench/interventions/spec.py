@@ -1,0 +1,52 @@
+"""Intervention specs from the command line: 'act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from workbench.errors import InputError
+from workbench.interventions.act import ACT
+from workbench.interventions.var import VAR
+
+SPECS = {"act": ACT, "var": VAR}
+
+
+def parse(text: str):
+    """'act', 'act:beta=0.4,threshold=0.1,layers=2,3', 'var:rho=0.5,p=0.6,dims=1415,2533' -> ACT / VAR."""
+    name, _, options = text.strip().partition(":")
+    spec = SPECS.get(name.strip().lower())
+    if spec is None:
+        raise InputError(f"unknown intervention {name!r}; use act:... or var:... (e.g. var:rho=0.5,p=0.6)")
+    pairs: list[list[str]] = []
+    for piece in filter(None, (part.strip() for part in options.split(","))):
+        if "=" in piece:
+            pairs.append(piece.split("=", 1))
+        elif pairs:  # a list value continues: layers=2,3
+            pairs[-1][1] += "," + piece
+        else:
+            raise InputError(f"cannot read {piece!r} in --intervene {text!r}; write NAME:key=value,key=value")
+    known = {f.name: f for f in fields(spec)}
+    values = {}
+    for key, raw in pairs:
+        key = key.strip()
+        if key not in known:
+            raise InputError(f"{name} has no option {key!r}; options: {', '.join(known)}")
+        values[key] = _convert(known[key].type, raw.strip(), f"{name}:{key}")
+    return spec(**values)
+
+
+def _convert(annotation, raw: str, what: str):
+    try:
+        if "tuple" in str(annotation):
+            return tuple(int(part) for part in raw.replace("+", ",").split(",") if part)
+        if "bool" in str(annotation):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if "int" in str(annotation):
+            return int(raw)
+        if "float" in str(annotation):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise InputError(f"cannot read {raw!r} for {what}") from None
