@@ -8,7 +8,7 @@
   factor / n (the paper's alpha / n rule, factor 5; it also flags early keys of near-uniform causal heads, whose
   alpha is about H_n / n). The column mean is the same alpha as Gu's, as in the released code.
 - VAR, Kang et al. 2025 (MICV-yonsei/VisAttnSink): sink dimensions, visual sink tokens, image-centric heads
-  (see _visual_sinks.py).
+  (see visual_sinks.py).
 - Ruscio et al., "What are you sinking? A geometric approach on attention sink": the sink kind (rule below).
 
 Statistics needed: key_mass and key_count (always kept) for alpha, Sink^eps, hidden sinks and the kind;
@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from workbench.analyses import _visual_sinks as visual
+from workbench.analyses import visual_sinks as visual
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.interventions import VAR, effective_min_queries
 from workbench.errors import InputError
