@@ -1,10 +1,13 @@
 """Imports follow the data flow: an AST scan of every package module against the layout's import table.
 
-The table below is the "may import" column of the contributors' layout (docs/architecture.md once written):
-a component may import itself, the shared base modules and the components it lists. On top of the table:
-analyses never load models, the app uses capture only through its package (`workbench.capture`), no module
-imports a `_private` name from another module, and the module graph has no cycles. Imports inside functions
-count: a lazy import is still a dependency. Every violation is reported in one assertion message.
+ALLOWED below is the "may import" column of the component layout, the data flow read downwards:
+kernels -> models, traces -> capture -> interventions -> analyses -> probes -> app, with the CLI and sweeps on
+top. A component may import itself, the shared base modules and the components it lists. On top of the table:
+kernels use torch (numpy, triton) and the standard library only, analyses never load models (they take a
+Tracer), the app uses capture only through its package (`workbench.capture`), no module imports a `_private`
+name (module or attribute) from another module except a package's `__init__` importing its own private
+submodules, and the module graph has no cycles. Imports inside functions count: a lazy import is still a
+dependency. Every violation is reported in one assertion message.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ SOURCES = {"workbench": "workbench", "workbench.kernels": "kernels", "workbench.
 COMPONENTS = {
     "workbench": "api",
     "workbench.errors": "base", "workbench.threads": "base", "workbench.peak_rss": "base",
-    "workbench.lazy": "base",
+    "workbench.lazy": "base", "workbench.version": "base",
     "workbench.kernels": "kernels",
     "workbench.models": "models", "workbench.traces": "traces", "workbench.datasets": "datasets",
     "workbench.capture": "capture",

@@ -10,10 +10,9 @@ Heavy modules (torch, transformers) load on first use, so `import workbench` sta
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from workbench.lazy import lazy_getattr
 from workbench.errors import BundleError, InputError, ModelNotFoundError, WeightsMissingError, WorkbenchError
+from workbench.lazy import lazy_getattr
+from workbench.version import __version__
 
 _LAZY = {
     "trace": ("workbench.capture.tracer", "trace"),
