@@ -7,6 +7,8 @@ import plotly.graph_objects as go
 from workbench.app.data.maps import Window
 from workbench.app.figures.common import FONT, REGION_COLORS, position_ticks, region_band_shapes, token_label
 
+from workbench.traces.metrics import SINK_EPSILON
+
 HOVER_TEXT_CELLS = 96  # per side: windows up to this size carry token text in every cell's hover
 
 
@@ -108,7 +110,7 @@ def line_view(weights: np.ndarray, *, start: int, texts: list[str], regions: lis
 
 
 def head_statistics(alpha: np.ndarray, entropy: np.ndarray, *, texts: list[str], regions: list[str],
-                    threshold: float = 0.3, title: str | None = None, height: int = 330) -> go.Figure:
+                    threshold: float = SINK_EPSILON, title: str | None = None, height: int = 330) -> go.Figure:
     """What the statistics alone say about one head (no map needed): alpha of every key (bars coloured by
     region, Gu et al.'s sink threshold dashed) and the attention entropy of every query row."""
     from plotly.subplots import make_subplots

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import Input, Output, State, dcc, html, no_update
 from workbench.app.clientside import ZOOM
 from workbench.app.data.maps import window
-from workbench.app.data.metrics import key_alpha
+from workbench.app.data.metrics import key_alpha, sink_keys
 from workbench.app.data.tensors import n_positions, stat
 from workbench.app.figures.common import message_figure, token_text
 from workbench.app.figures.head import attention_map, head_statistics, line_view
@@ -26,7 +26,7 @@ from workbench.app.pages.common import (
     stack_picker,
 )
 
-from workbench.traces.summary import SINK_EPSILON
+from workbench.traces.metrics import SINK_EPSILON
 
 LINE_SPAN = 40
 
@@ -96,7 +96,7 @@ def register(app) -> None:
         head_map = store.head_map(bundle, stack, layer, head)
         view = view or {}
         win = window(head_map.values, view.get("q"), view.get("k"))
-        sinks = [int(k) for k in (key_alpha(trace, stack, layer)[head] > SINK_EPSILON).nonzero()[0]]
+        sinks = sink_keys(trace, stack, layer, head)
         fig = attention_map(win, texts=texts, regions=regions, sink_keys=sinks, selected_query=as_int(pos),
                             scale=scale, uirevision=f"{bundle}|{stack}",
                             title=f"layer {layer}, head {head}" + (f" — max-pooled {win.q_step}x{win.k_step} "

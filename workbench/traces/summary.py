@@ -1,46 +1,51 @@
-"""Per-layer x head summaries of a trace's statistics, and the JSON export built from them."""
+"""Per-layer x head summaries of a trace's statistics, and the JSON export built from them.
+
+Every number comes from `workbench.traces.metrics` (alpha, sinks, region shares, the Lookback ratio), so the
+export agrees with sweeps, the app and the probe features.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from workbench.traces import metrics
 from workbench.traces.tokens import REGIONS
-
-SINK_EPSILON = 0.3  # Gu et al.'s default threshold on alpha_k
-
-
-def head_alpha(key_mass: torch.Tensor, key_count: torch.Tensor) -> torch.Tensor:
-    """alpha[head, key_pos]: mean attention a key receives from the queries that see it (Gu et al. 2025)."""
-    return key_mass / key_count.clamp_min(1).to(key_mass.dtype)
 
 
 def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], generated_rows: torch.Tensor) -> dict:
-    key_mass, key_count = stats["key_mass"].float(), stats["key_count"]
-    alpha = head_alpha(key_mass, key_count)
+    """One layer's entry of the export; `generated_rows` are the rows that predicted generated tokens."""
+    key_mass, region_count = stats["key_mass"].double(), stats["region_count"]
+    alpha = metrics.alpha(key_mass, stats["key_count"])
+    sinks = metrics.sink_mask(alpha)
     total_by_key = key_mass.sum(0)
     top_key = int(total_by_key.argmax())
-    region_mass, entropy = stats["region_mass"].float(), stats["entropy"].float()
+    region_mass, entropy = stats["region_mass"], stats["entropy"]
+    shares = metrics.region_shares(region_mass, region_count)  # [head, region]
+    entropy_mean = metrics.mean_over_rows(entropy, region_count)  # [head]
+    if len(generated_rows):
+        generated_shares = metrics.region_shares(region_mass, region_count, generated_rows)
+        lookback = metrics.mean_lookback_ratio(region_mass, region_count, generated_rows)
     heads = []
     for head in range(key_mass.shape[0]):
-        sinks = (alpha[head] > SINK_EPSILON).nonzero().flatten().tolist()
         entry = {
             "head": head,
             "alpha_first": round(float(alpha[head, 0]), 6),
             "max_alpha_key": int(alpha[head].argmax()),
-            "sink_keys": sinks[:8],
+            "sink_keys": sinks[head].nonzero().flatten().tolist()[:8],
             "top_key": int(key_mass[head].argmax()),
-            "entropy_mean": round(float(entropy[head].mean()), 6),
-            "region_share": {REGIONS[r]: round(float(region_mass[head, :, r].mean()), 6) for r in regions_present},
+            "entropy_mean": round(float(entropy_mean[head]), 6),
+            "region_share": {REGIONS[r]: round(float(shares[head, r]), 6) for r in regions_present},
         }
         if len(generated_rows):
             entry["generated_rows_region_share"] = {
-                REGIONS[r]: round(float(region_mass[head, generated_rows, r].mean()), 6) for r in regions_present
+                REGIONS[r]: round(float(generated_shares[head, r]), 6) for r in regions_present
             }
+            entry["generated_rows_lookback_ratio"] = round(float(lookback[head]), 6)
         heads.append(entry)
     return {
         "top_key": top_key,
         "top_key_share": round(float(total_by_key[top_key] / total_by_key.sum().clamp_min(1e-30)), 6),
-        "entropy_mean": round(float(entropy.mean()), 6),
+        "entropy_mean": round(float(entropy_mean.mean()), 6),
         "heads": heads,
     }
 
@@ -48,10 +53,7 @@ def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], ge
 def stack_summary(trace, stack: str) -> list[dict]:
     if stack == "text":
         regions = trace.regions
-        generated_rows = (regions == REGIONS.index("generated")).nonzero().flatten()
-        # The row predicting the first generated token is the last prompt row: include it.
-        if len(generated_rows):
-            generated_rows = torch.cat([generated_rows[:1] - 1, generated_rows[:-1]])
+        generated_rows = metrics.predicting_rows(trace)
     else:
         regions = torch.tensor([REGIONS.index("special"), REGIONS.index("image")])
         generated_rows = torch.zeros(0, dtype=torch.long)
