@@ -57,7 +57,7 @@ def head_view(trace, layer: int, head: int, *, stack: str = "text", scale: str =
     """Head view: the query x key map of one head, stored in the trace or recomputed with `model` (one forward;
     the bundle's own model name when None; `image` a PIL image for VLM traces). Long maps are max-pooled."""
     from workbench.app.data.maps import window
-    from workbench.app.data.metrics import key_alpha
+    from workbench.app.data.metrics import sink_keys
     from workbench.app.data.recompute import layer_maps
     from workbench.app.data.tensors import read_first_axis, stored_map_heads, tensor_name
     from workbench.app.figures.head import attention_map
@@ -69,7 +69,7 @@ def head_view(trace, layer: int, head: int, *, stack: str = "text", scale: str =
         values, source = layer_maps(trace, layer, stack=stack, heads=[head], model=model, image=image).maps[0], \
             "recomputed"
     texts, regions = _positions(trace, stack)
-    sinks = [int(k) for k in (key_alpha(trace, stack, layer)[head] > 0.3).nonzero()[0]]
+    sinks = sink_keys(trace, stack, layer, head)
     win = window(values, queries, keys)
     pooled = f", max-pooled {win.q_step}x{win.k_step}" if win.pooled else ""
     return attention_map(win, texts=texts, regions=regions, sink_keys=sinks, scale=scale,

@@ -1,6 +1,7 @@
 """Per-(layer, head) metrics computed from a bundle's statistics (no maps needed), for the Model view.
 
-Every metric is a [layer, head] float array. Conventions (docs/app.md repeats them):
+Every metric is a [layer, head] float array; the quantities come from `workbench.traces.metrics`, the one
+definition the JSON export, sweeps and probes also use. Conventions (docs/app.md repeats them):
 - sink: Gu et al. 2025 alpha of position 0 = key_mass[h, 0] / key_count[0] (mean attention position 0
   receives from the queries that see it).
 - entropy: mean over query rows (that see at least one key) of the row's attention entropy, nats.
@@ -14,7 +15,7 @@ Every metric is a [layer, head] float array. Conventions (docs/app.md repeats th
   `generated`) / on generated keys.
 - lookback: Lookback Lens (Chuang et al. 2024) C / (C + N) with C, N the MEAN attention per context /
   generated key of a row, averaged over generated rows; a row that sees no generated key has N = 0
-  (ratio 1).
+  (ratio 1); C + N = 0 gives 0.5.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from workbench.app.data.tensors import stat
 
+from workbench.traces import metrics as definitions
 from workbench.traces.tokens import REGIONS
 
 GENERATED = REGIONS.index("generated")
@@ -51,24 +53,12 @@ class Metric:
 
 def predicting_rows(trace) -> np.ndarray:
     """Rows that predicted the generated tokens: position p is predicted by row p - 1."""
-    start, end = int(trace.generation.get("start", 0)), int(trace.generation.get("end", 0))
-    if end <= start or start < 1:
-        return np.zeros(0, dtype=np.int64)
-    return np.arange(start - 1, end - 1)
+    return definitions.predicting_rows(trace).numpy()
 
 
 def lookback_ratio(region_mass, region_count) -> np.ndarray:
     """Lookback ratio [head, row] from region_mass [head, row, region] and region_count [row, region]."""
-    mass, count = _np(region_mass), _np(region_count)
-    context_mask = np.ones(mass.shape[-1], dtype=bool)
-    context_mask[GENERATED] = False
-    c_mass, c_count = mass[..., context_mask].sum(-1), count[..., context_mask].sum(-1)
-    g_mass, g_count = mass[..., GENERATED], count[..., GENERATED]
-    context = c_mass / np.maximum(c_count, 1)
-    new = np.where(g_count > 0, g_mass / np.maximum(g_count, 1), 0.0)
-    total = context + new
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, context / np.where(total > 0, total, 1), np.nan)
+    return definitions.lookback_ratio(region_mass, region_count).numpy()
 
 
 def _np(tensor) -> np.ndarray:
@@ -88,20 +78,20 @@ def _layer_values(trace, stack: str, layer: int, rows: np.ndarray) -> dict[str, 
     n_heads = key_mass.shape[0]
     visible = region_count.sum(-1)  # [row]
     seen = visible > 0
-    out = {"sink": key_mass[:, 0] / max(float(key_count[0]), 1.0)}
-    out["entropy"] = entropy[:, seen].mean(-1) if seen.any() else np.full(n_heads, np.nan)
+    out = {"sink": definitions.alpha(key_mass, _np(key_count))[:, 0].numpy()}
+    out["entropy"] = definitions.mean_over_rows(entropy, region_count).numpy() if seen.any() \
+        else np.full(n_heads, np.nan)
     several = visible > 1
-    out["entropy_norm"] = ((entropy[:, several] / np.log(visible[several])).mean(-1) if several.any()
-                           else np.full(n_heads, np.nan))
-    shares = region_mass[:, seen].mean(1)  # [head, region]
+    out["entropy_norm"] = (definitions.normalised_entropy(entropy, region_count).numpy()[:, several].mean(-1)
+                           if several.any() else np.full(n_heads, np.nan))
+    shares = definitions.region_shares(region_mass, region_count).numpy()  # [head, region]
     for region in range(region_mass.shape[-1]):
         out[f"share:{REGIONS[region]}"] = shares[:, region]
     if stack == "text" and len(rows):
-        on_rows = region_mass[:, rows]
-        out["gen_generated"] = on_rows[..., GENERATED].mean(-1)
-        out["gen_context"] = (on_rows.sum(-1) - on_rows[..., GENERATED]).mean(-1)
-        with np.errstate(all="ignore"):
-            out["lookback"] = np.nanmean(lookback_ratio(region_mass[:, rows], region_count[rows]), axis=-1)
+        on_rows = definitions.region_shares(region_mass, region_count, rows).numpy()  # [head, region]
+        out["gen_generated"] = on_rows[:, GENERATED]
+        out["gen_context"] = on_rows.sum(-1) - on_rows[:, GENERATED]
+        out["lookback"] = definitions.mean_lookback_ratio(region_mass, region_count, rows).numpy()
     return out
 
 
@@ -181,4 +171,9 @@ def token_entropy(trace, position: int, stack: str = "text") -> np.ndarray:
 def key_alpha(trace, stack: str, layer: int) -> np.ndarray:
     """[head, key_pos] Gu et al. alpha of every key in one layer."""
     key_mass, key_count = stat(trace, stack, layer, "key_mass"), stat(trace, stack, layer, "key_count")
-    return _np(key_mass) / np.maximum(_np(key_count), 1.0)
+    return definitions.alpha(_np(key_mass), _np(key_count)).numpy()
+
+
+def sink_keys(trace, stack: str, layer: int, head: int) -> list[int]:
+    """Keys that are sinks of one head: alpha > SINK_EPSILON (Gu et al.)."""
+    return definitions.sink_mask(key_alpha(trace, stack, layer)[head]).nonzero().flatten().tolist()
