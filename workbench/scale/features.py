@@ -1,8 +1,8 @@
 """Per (input, stack, layer, head) features and per-input summaries of one `Trace`, as Arrow rows.
 
-Per head, from the trace's statistics (docs/trace-format.md), in float64:
+Per head, from the trace's statistics (docs/trace-format.md), in float64, through `workbench.traces.metrics`:
     sink_score        alpha_0 = key_mass[h, 0] / key_count[0]: mean attention on position 0 over the queries
-                      that see it (Gu et al. 2025); `sink` = sink_score > 0.3 (their epsilon)
+                      that see it (Gu et al. 2025); `sink` = sink_score > SINK_EPSILON (0.3, their epsilon)
     hidden_alpha, hidden_alpha_key   the largest alpha_k over k >= 1 and its position (ACT's hidden sinks
                       exclude token 0); null for a one-token input
     top_key           key receiving the most attention mass
@@ -11,7 +11,7 @@ Per head, from the trace's statistics (docs/trace-format.md), in float64:
     gen_share_image   the same on the rows that predicted generated tokens (p - 1 for token p); null if none
     lookback_ratio    Lookback Lens (Chuang et al. 2024) on those rows: C / (C + N) with C, N the MEAN attention
                       per context key (every non-generated token) and per earlier generated key (N = 0 when
-                      none is visible yet); null without generation
+                      none is visible yet; 0.5 when C + N = 0); null without generation
     normaliser_error  max |Z - 1| over rows that see a key (the capture self-check)
 """
 
@@ -21,9 +21,9 @@ import math
 
 import torch
 
+from workbench.traces import metrics
 from workbench.traces.tokens import REGIONS
 
-SINK_EPSILON = 0.3
 HEAD_FLOATS = ("sink_score", "hidden_alpha", "entropy_mean", *(f"share_{r}" for r in REGIONS), "gen_share_image",
                "lookback_ratio", "normaliser_error")
 HEAD_INTS = ("hidden_alpha_key", "top_key")
@@ -53,40 +53,29 @@ def _nullable(value: float):
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _generated_rows(trace) -> torch.Tensor:
-    """Query rows that predicted a generated token: p - 1 for every generated position p."""
-    start, end = trace.generation["start"], trace.generation["end"]
-    return torch.arange(start - 1, end - 1) if end > start else torch.zeros(0, dtype=torch.long)
-
-
 def layer_head_rows(stats: dict[str, torch.Tensor], generated_rows: torch.Tensor) -> list[dict]:
     """Feature rows of every head of one layer (see the module docstring)."""
-    key_mass, key_count = stats["key_mass"].double(), stats["key_count"].double()
-    region_mass, region_count = stats["region_mass"].double(), stats["region_count"].double()
-    entropy, normaliser = stats["entropy"].double(), stats["normaliser"].double()
+    key_mass = stats["key_mass"].double()
+    region_mass, region_count = stats["region_mass"], stats["region_count"]
+    normaliser = stats["normaliser"].double()
     n_heads, n = key_mass.shape
-    alpha = key_mass / key_count.clamp_min(1)
-    seen = region_count.sum(-1) > 0  # [query_pos]
-    shares = region_mass[:, seen].mean(1)  # [head, region]
-    entropy_mean = entropy[:, seen].mean(1)
+    alpha = metrics.alpha(key_mass, stats["key_count"])
+    sink = metrics.sink_mask(alpha[:, 0])
+    seen = metrics.seen_rows(region_count)  # [query_pos]
+    shares = metrics.region_shares(region_mass, region_count)  # [head, region]
+    entropy_mean = metrics.mean_over_rows(stats["entropy"], region_count)
     error = (normaliser[:, seen] - 1).abs().amax(1) if seen.any() else torch.zeros(n_heads, dtype=torch.float64)
     gen = generated_rows[generated_rows < region_mass.shape[1]]
-    image = REGIONS.index("image")
-    generated = REGIONS.index("generated")
     if len(gen):
-        gen_image = region_mass[:, gen, image].mean(1)
-        context_mass = region_mass[:, gen].sum(-1) - region_mass[:, gen, generated]
-        context_count = region_count[gen].sum(-1) - region_count[gen, generated]
-        context = context_mass / context_count.clamp_min(1)
-        own = region_mass[:, gen, generated] / region_count[gen, generated].clamp_min(1)
-        lookback = (context / (context + own).clamp_min(1e-300)).mean(1)
+        gen_image = metrics.region_shares(region_mass, region_count, gen)[:, REGIONS.index("image")]
+        lookback = metrics.mean_lookback_ratio(region_mass, region_count, gen)
     if n > 1:
         hidden_value, hidden_key = alpha[:, 1:].max(1)
     rows = []
     for head in range(n_heads):
         rows.append({
             "head": head,
-            "sink": bool(alpha[head, 0] > SINK_EPSILON),
+            "sink": bool(sink[head]),
             "sink_score": float(alpha[head, 0]),
             "hidden_alpha": float(hidden_value[head]) if n > 1 else None,
             "hidden_alpha_key": int(hidden_key[head]) + 1 if n > 1 else None,
@@ -105,7 +94,7 @@ def head_rows(trace) -> list[dict]:
     rows = []
     for stack in trace.stacks:
         # The vision tower ([CLS] then patches) has no generated rows.
-        generated = _generated_rows(trace) if stack == "text" else torch.zeros(0, dtype=torch.long)
+        generated = metrics.predicting_rows(trace) if stack == "text" else torch.zeros(0, dtype=torch.long)
         for layer in range(trace.n_layers(stack)):
             stats = trace.layer(layer, stack)
             if "key_mass" not in stats:
