@@ -4,7 +4,8 @@ Row convention (the trace's): the token at position p was predicted by query row
 generated token p is read from row p - 1, as in Lookback Lens' released code (step01_extract_attns.py takes
 the last query row of each generation step).
 
-Lookback ratio (Chuang et al. 2024; docs/probes.md, 'Lookback Lens'), per layer and head of the text stack:
+Lookback ratio (Chuang et al. 2024; docs/probes.md, 'Lookback Lens'), per layer and head of the text stack
+(`workbench.traces.metrics.lookback_ratio`):
     C = mean attention per CONTEXT key, N = mean attention per earlier GENERATED key, ratio = C / (C + N),
     with the means = region_mass / region_count (mean per key, not summed mass).
 Context variants (the key sets that count as context; N is always the generated region):
@@ -16,44 +17,23 @@ Context variants (the key sets that count as context; N is always the generated 
 When no generated key is visible yet (the row that predicts the first generated token) N is 0 and the ratio
 is 1: all attention is lookback. When C + N is 0 (no mass on either set) the ratio is 0.5. The reference
 instead counts its response header ("\n#Answer#:") as new tokens; region statistics cannot separate a chat
-template's header from the rest of its scaffolding, so the workbench uses the paper's definition.
+template's header from the rest of its scaffolding, so the workbench uses the paper's definition (both
+conventions are documented with `lookback_ratio`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from workbench.traces.metrics import CONTEXT_REGIONS, alpha, lookback_ratio, predicting_rows
 from workbench.traces.tokens import REGIONS
 
-GENERATED = REGIONS.index("generated")
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "context": ("special", "system", "image", "prompt"),
+    "context": CONTEXT_REGIONS,
     "image_prompt": ("image", "prompt"),
     "image": ("image",),
     "prompt": ("prompt",),
 }
-
-
-def predicting_rows(trace) -> torch.Tensor:
-    """[generated token] the query row that predicted each generated token (p - 1 for the token at p)."""
-    start, end = int(trace.generation["start"]), int(trace.generation["end"])
-    if end <= start or start < 1:
-        return torch.zeros(0, dtype=torch.long)
-    return torch.arange(start - 1, end - 1)
-
-
-def lookback_from_regions(region_mass: torch.Tensor, region_count: torch.Tensor, context: tuple[str, ...]
-                          ) -> torch.Tensor:
-    """ratio [head, row] from region_mass [head, row, region] and region_count [row, region] (float64)."""
-    mass, count = region_mass.double(), region_count.double()
-    regions = [REGIONS.index(name) for name in context]
-    c_mass, c_count = mass[..., regions].sum(-1), count[..., regions].sum(-1)
-    g_mass, g_count = mass[..., GENERATED], count[..., GENERATED]
-    c = c_mass / c_count.clamp_min(1)
-    n = torch.where(g_count > 0, g_mass / g_count.clamp_min(1), torch.zeros_like(g_mass))
-    total = c + n
-    return torch.where(total > 0, c / total.clamp_min(1e-300), torch.full_like(total, 0.5))
 
 
 def available_variants(trace) -> list[str]:
@@ -84,13 +64,12 @@ def token_features(trace, *, variants: list[str] | None = None) -> dict[str, np.
         stats = trace.layer(layer)
         region_mass, region_count = stats["region_mass"][:, rows], stats["region_count"][rows]
         for variant in variants:
-            out[f"lookback_{variant}"][:, layer] = lookback_from_regions(region_mass, region_count,
-                                                                          VARIANTS[variant]).T.numpy()
+            out[f"lookback_{variant}"][:, layer] = lookback_ratio(region_mass, region_count,
+                                                                   VARIANTS[variant]).T.numpy()
         if has_image:
             out["share_image"][:, layer] = region_mass[..., REGIONS.index("image")].T.float().numpy()
         out["entropy"][:, layer] = stats["entropy"][:, rows].T.float().numpy()
-        key_mass, key_count = stats["key_mass"].double(), stats["key_count"].double()
-        out["sink"][layer] = (key_mass[:, 0] / key_count[0].clamp_min(1)).float().numpy()
+        out["sink"][layer] = alpha(stats["key_mass"][:, :1], stats["key_count"][:1])[:, 0].float().numpy()
     out["logprob"] = trace.tensor("outputs.next_token_logprob")[rows].float().numpy()
     out["pred_entropy"] = trace.tensor("outputs.prediction_entropy")[rows].float().numpy()
     return out

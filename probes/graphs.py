@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 import torch
-from workbench.probes.features import VARIANTS, lookback_from_regions
 
 from workbench.errors import InputError
+from workbench.traces import metrics
 from workbench.traces.tokens import REGIONS
 
 PER_LAYER = ("entropy_norm", *(f"share_{r}" for r in REGIONS), "alpha", "lookback")
@@ -46,11 +46,10 @@ def attention_graph(trace, *, edges_per_node: int = 8) -> dict[str, np.ndarray]:
     pairs = 0
     for layer in range(n_layers):
         stats = trace.layer(layer)
-        region_mass, region_count = stats["region_mass"].double(), stats["region_count"].double()
-        visible = region_count.sum(-1)  # [query_pos]
-        entropy = stats["entropy"].double() / visible.clamp_min(2).log()
-        alpha = stats["key_mass"].double() / stats["key_count"].double().clamp_min(1)
-        ratio = lookback_from_regions(region_mass, region_count, VARIANTS["context"])
+        region_mass, region_count = stats["region_mass"].double(), stats["region_count"]
+        entropy = metrics.normalised_entropy(stats["entropy"], region_count)  # [head, query_pos]
+        alpha = metrics.alpha(stats["key_mass"], stats["key_count"])  # [head, key_pos]
+        ratio = metrics.lookback_ratio(region_mass, region_count)  # [head, query_pos], context variant
         nodes += [entropy.mean(0)[:, None], region_mass.mean(0), alpha.mean(0)[:, None], ratio.mean(0)[:, None]]
         index, weight = stats["top_index"], stats["top_weight"].double()  # [head, query_pos, top]
         query = torch.arange(n)[None, :, None].expand_as(index)

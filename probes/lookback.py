@@ -207,8 +207,10 @@ class LookbackProbe:
 
     def score_trace(self, trace) -> dict:
         """The per-token result written to results/lookback.json (shape documented in docs/probes.md)."""
-        from workbench.probes.features import predicting_rows, token_features
+        from workbench.probes.features import token_features
         from workbench.probes.scores import LookbackScores
+
+        from workbench.traces.metrics import predicting_rows
 
         self.check_model(trace.n_layers(), trace.n_heads(), f"this trace's model ({trace.model.get('name')})")
         variant = self.config["variant"]
