@@ -33,12 +33,14 @@ def token_series(series: dict[str, dict[int, float]], *, texts: list[str], posit
     use a right-hand axis (e.g. log-probabilities beside ratios in [0, 1])."""
     fig = go.Figure()
     labels = [token_label(texts[p], 12) for p in positions]
+    # [position, label] per point: on an axis with tick text, plotly's %{x} shows the tick text, not the number
+    custom = [[p, label] for p, label in zip(positions, labels)]
     for name, values in series.items():
         ys = [values.get(p, float("nan")) for p in positions]
         fig.add_trace(go.Scatter(
-            x=positions, y=ys, mode="lines+markers", name=name, customdata=labels,
+            x=positions, y=ys, mode="lines+markers", name=name, customdata=custom,
             yaxis="y2" if name in secondary else "y",
-            hovertemplate="position %{x} <b>%{customdata}</b><br>" + name + ": %{y:.3f}<extra></extra>"))
+            hovertemplate="position %{customdata[0]} <b>%{customdata[1]}</b><br>" + name + ": %{y:.3f}<extra></extra>"))
     ticks = dict(tickmode="array", tickvals=positions, ticktext=[f"{label}" for label in labels]) \
         if len(positions) <= 40 else {}
     fig.update_layout(

@@ -184,3 +184,57 @@ def test_two_users_keep_their_own_selection(server, browser):
     finally:
         first.close()
         second.close()
+
+
+@pytest.fixture(scope="module")
+def vhd_server(models, tmp_path_factory):
+    """A tiny-llava bundle with the VHD of its generation stored (results/vhd.json), served on its own."""
+    from workbench.app import create_app
+
+    import workbench
+    from workbench.analyses import divergence
+    from workbench.models.registry import data_root
+
+    root = tmp_path_factory.mktemp("vhd")
+    image = data_root() / "scenes" / "images" / "scene_0003.png"
+    workbench.trace(models("tiny-llava"), "Describe the picture", image=str(image), max_new_tokens=4).save(
+        root / "vhd.wbtrace")
+    trace = workbench.load(root / "vhd.wbtrace")
+    trace.add_result("vhd", divergence.analyse(trace, tracer=models("tiny-llava")).to_json())
+    running = Server(create_app(root))
+    yield running, workbench.load(root / "vhd.wbtrace")
+    running.close()
+
+
+def test_hallucination_t_vhd_points_sit_on_the_tokens_they_score(vhd_server, page):
+    from workbench.app.figures.common import token_text
+
+    server, trace = vhd_server
+    stored = trace.results["vhd"]
+    start, end = trace.generation["start"], trace.generation["end"]
+    # Independently of any stored position: step s scores the s-th generated token, at start + s.
+    assert [t["id"] for t in stored["tokens"]] == [t.id for t in trace.tokens[start:end]]
+    expected = {start + step: value for step, value in enumerate(stored["t_vhd"])}
+    names = [token_text(t.text, 12) for t in trace.tokens[start - 1:end]]
+    assert len(set(names)) == len(names)  # the hover's token name tells each token (and the row before) apart
+    page.goto(server.url + "/hallucination?bundle=vhd")
+    wait_figure(page, "hall-curves", "gd.data.some(t => t.name === 'vhd')")
+    points = page.evaluate("""() => { const gd = document.querySelector('#hall-curves .js-plotly-plot');
+        const index = gd.data.findIndex(t => t.name === 'vhd'); const t = gd.data[index];
+        return Array.from(t.x).map((x, i) => [index, i, x, t.y[i]]).filter(p => p[3] !== null && isFinite(p[3])); }""")
+    assert sorted(p[2] for p in points) == sorted(expected)
+    for curve, index, x, y in points:
+        assert y == pytest.approx(expected[x], abs=1e-6)
+        # hover the drawn point: plotly's label must name the token at x, the token this T-VHD value scores
+        pixel = page.evaluate("""([x, y]) => { const gd = document.querySelector('#hall-curves .js-plotly-plot');
+            const r = gd.querySelector('.nsewdrag').getBoundingClientRect(); const fl = gd._fullLayout;
+            return [r.left + fl.xaxis.d2p(x), r.top + fl.yaxis2.d2p(y)]; }""", [x, y])
+        page.mouse.move(*pixel)
+        page.wait_for_function("""(x) => Array.from(document.querySelectorAll('#hall-curves .hoverlayer .hovertext'))
+            .some(h => h.textContent.includes('vhd:') && h.textContent.includes('position ' + x))""", arg=x)
+        hover = page.evaluate("""() => Array.from(document.querySelectorAll('#hall-curves .hoverlayer .hovertext'))
+            .map(h => h.textContent).find(t => t.includes('vhd:'))""")
+        assert f"position {x} {token_text(trace.tokens[x].text, 12)}" in hover
+        assert f"vhd: {expected[x]:.3f}" in hover
+        page.mouse.move(5, 5)
+    shot(page, "hallucination-vhd")
