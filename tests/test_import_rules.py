@@ -52,7 +52,7 @@ ALLOWED = {
     "traces": {"base", "kernels"},
     "datasets": {"base"},
     "capture": {"base", "kernels", "models", "traces"},
-    "interventions": {"base", "kernels", "models", "traces", "capture"},
+    "interventions": {"base", "capture"},
     "analyses": {"base", "traces", "capture", "interventions"},
     "probes": _WORKBENCH,
     "app": _WORKBENCH | {"probes"},
