@@ -64,7 +64,7 @@ def build_bundles(folder: Path, real_long: bool) -> dict[str, str]:
 def server_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
     import plotly.io as pio
     from workbench.app.data.maps import window
-    from workbench.app.data.metrics import key_alpha
+    from workbench.app.data.metrics import key_alpha, sink_keys
     from workbench.app.data.service import AppData
     from workbench.app.data.tensors import stat
     from workbench.app.figures import attention_map, head_grid, layer_curves, line_view
@@ -93,7 +93,7 @@ def server_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
 
     def head_view(head, q=None, k=None, scale="linear"):
         values = store.head_map(bundle, "text", 5, head).values
-        sinks = [int(i) for i in (key_alpha(trace, "text", 5)[head] > 0.3).nonzero()[0]]
+        sinks = sink_keys(trace, "text", 5, head)
         fig = attention_map(window(values, q, k), texts=texts, regions=regions, sink_keys=sinks, scale=scale)
         return len(pio.to_json(fig))
 

@@ -43,8 +43,9 @@ class Trace:
     >>> t.axes("layer_00.maps")
     ('head', 'query_pos', 'key_pos')
     >>> stats = t.layer(0)
-    >>> alpha = stats["key_mass"] / stats["key_count"]       # Gu et al.'s alpha [head, key_pos]
-    >>> bool(torch.allclose(alpha[:, 0], stats["maps"][:, :, 0].float().mean(1), atol=1e-3))
+    >>> from workbench.traces.metrics import alpha
+    >>> a = alpha(stats["key_mass"], stats["key_count"])   # Gu et al.'s alpha [head, key_pos], key_mass / key_count
+    >>> bool(torch.allclose(a[:, 0].float(), stats["maps"][:, :, 0].float().mean(1), atol=1e-3))
     True
     >>> t.add_result("note", {"checked": True})
     >>> t.to_json()["results"]
