@@ -283,14 +283,13 @@ def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | No
 
 
 def _as_tracer(tracer, tracer_class):
-    """A Tracer for `tracer` (a Tracer, or a LoadedModel wrapped without loading anything)."""
-    from workbench.models.loaded import LoadedModel
-
+    """A Tracer for `tracer`: a Tracer, or a LoadedModel wrapped without loading anything (never a model name:
+    analyses do not load models)."""
     if isinstance(tracer, tracer_class):
         return tracer
-    if isinstance(tracer, LoadedModel):
-        return tracer_class.open(tracer)
-    raise InputError("VHD runs the model through a Tracer: pass Tracer.open(name), not a model name")
+    if isinstance(tracer, (str, bytes)) or hasattr(tracer, "__fspath__"):
+        raise InputError("VHD runs the model through a Tracer: pass Tracer.open(name), not a model name")
+    return tracer_class.open(tracer)
 
 
 def analyse(trace, *, tracer, image=None, top_k: int | None = None, distance: Distance = "cosine") -> VHDResult:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import datetime
 
 from workbench.traces.tokens import REGIONS
+from workbench.version import __version__
 
 
 def trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, plan, recorder) -> dict:
     import transformers
-
-    import workbench
 
     generated = tokens[prompt_length:]
     stacks = {
@@ -20,7 +19,7 @@ def trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, 
         for name, stack in layout.stacks.items() if name in recorder.length
     }
     return {
-        "workbench_version": workbench.__version__,
+        "workbench_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": loaded.name, "source": loaded.source, "revision": loaded.revision, "kind": loaded.kind,
                   "rope_scaling": loaded.extra.get("rope_scaling"), "trained_positions": loaded.extra.get("trained_positions") or loaded.max_positions,
