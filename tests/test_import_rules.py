@@ -34,7 +34,6 @@ COMPONENTS = {
     "workbench.models": "models", "workbench.traces": "traces", "workbench.datasets": "datasets",
     "workbench.capture": "capture",
     # The nnsight / TransformerLens / NDIF front-ends are capture backends (behind the Tracer).
-    "workbench.frontends": "capture",
     "workbench.interventions": "interventions",
     "workbench.analyses": "analyses",
     "workbench.cli": "cli", "workbench.scale": "scale",
