@@ -29,6 +29,8 @@ from workbench.app.pages.common import (
     sel,
 )
 
+from workbench.traces.metrics import predicting_row
+
 COLOUR_BY = [
     {"label": "token probability", "value": "probability"},
     {"label": "lookback ratio (mean over layers and heads)", "value": "lookback"},
@@ -64,8 +66,8 @@ def series_for(trace) -> tuple[dict[str, dict[int, float]], list]:
     notes: list = []
     if trace.has("outputs.next_token_logprob"):
         logprob = trace.tensor("outputs.next_token_logprob")
-        series["probability"] = {p: math.exp(float(logprob[p - 1])) for p in positions
-                                 if p >= 1 and math.isfinite(float(logprob[p - 1]))}
+        series["probability"] = {p: math.exp(float(logprob[predicting_row(p)])) for p in positions
+                                 if p >= 1 and math.isfinite(float(logprob[predicting_row(p)]))}
     lookback = token_lookback(trace)
     if lookback is not None:
         means = np.nanmean(lookback, axis=(0, 1))

@@ -32,6 +32,7 @@ from workbench.app.pages.common import (
     sel,
 )
 
+from workbench.traces.metrics import predicting_row
 from workbench.traces.tokens import REGIONS
 
 STRIP_SPAN = 300
@@ -88,7 +89,7 @@ def _info(trace, pos: int) -> list:
     if token.patch:
         parts.append(f" · patch {tuple(token.patch)}")
     if trace.has("outputs.next_token_logprob") and pos >= 1:
-        logprob = float(trace.tensor("outputs.next_token_logprob")[pos - 1])
+        logprob = float(trace.tensor("outputs.next_token_logprob")[predicting_row(pos)])
         if math.isfinite(logprob):
             parts.append(f" · p(this token | before) = {math.exp(logprob):.3f}")
     if trace.has("outputs.prediction_entropy"):

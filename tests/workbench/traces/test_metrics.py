@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from workbench.app.data.metrics import key_alpha, sink_keys, statistics_metrics, token_lookback, token_region_shares
+from workbench.app.data.metrics import (
+    key_alpha,
+    sink_keys,
+    statistics_metrics,
+    token_lookback,
+    token_region_shares,
+)
 from workbench.probes.features import token_features
 
 import workbench
