@@ -91,11 +91,11 @@ def info(
     if ran is None:  # bundles written before the manifest named the kernels that ran
         ran = {"text": {"one-pass": capture["one_pass_calls"]}} if capture.get("one_pass_calls") else {}
     one_pass = sum(counts.get("one-pass", 0) for counts in ran.values())
-    served = "; ".join(f"{stack}: " + ", ".join(f"{kernel} {calls}" for kernel, calls in sorted(counts.items()))
+    served = "; ".join(f"{stack} " + ", ".join(f"{kernel} x{calls}" for kernel, calls in sorted(counts.items()))
                        for stack, counts in ran.items())
     requested = capture.get("kernel", capture.get("implementation", "auto"))
-    console.print(f"attention  --kernel {requested}; calls per kernel: {served or 'not recorded'}; " + (
-        "one-pass calls computed the output too (equal to SDPA's up to fp32 rounding)"
+    console.print(f"attention  --kernel {requested} ran {served or 'kernels not recorded'}; " + (
+        f"{one_pass} calls one-pass (output and statistics together, output = SDPA's up to fp32 rounding)"
         if one_pass else "outputs from the model's own attention (logits as without capture)"), markup=False)
     _print_health(console, trace)
     console.print(f"results    {', '.join(trace.results) or 'none'}", markup=False)
