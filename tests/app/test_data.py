@@ -268,3 +268,33 @@ def test_trace_jobs_write_a_bundle_or_report_the_error(tmp_path):
     failed = jobs.wait(jobs.submit(validate("tiny-llama", "Hi", 1, maps="all:99")), timeout=120)
     assert failed["state"] == "error" and "heads" in failed["message"]
     assert jobs.status("nope") is None and jobs.status(None) is None
+
+
+def test_vhd_files_old_and_new_put_t_vhd_on_the_generated_tokens(traces_dir, tmp_path):
+    """A VHD result written before schema_version 2 stored each value at the predicting row; both layouts must
+    land on the generated token they score (step s -> generation start + s) and give the same Model view."""
+    from workbench.app.data.service import AppData
+    from workbench.app.pages.hallucination import series_for
+
+    shutil.copytree(traces_dir / "vlm" / "llava.wbtrace", tmp_path / "new.wbtrace")
+    shutil.copytree(traces_dir / "vlm" / "llava.wbtrace", tmp_path / "old.wbtrace")
+    new, old = workbench.load(tmp_path / "new.wbtrace"), workbench.load(tmp_path / "old.wbtrace")
+    start, end = new.generation["start"], new.generation["end"]
+    steps = end - start
+    values = np.random.RandomState(0).rand(steps, new.n_layers(), new.n_heads()).round(6)
+    t_vhd = [0.1 * (step + 1) for step in range(steps)]
+    body = {"analysis": "vhd", "model": "tiny-llava", "options": {"top_k": 2}, "prompt": "", "vhd": values.tolist(),
+            "t_vhd": t_vhd, "cost": {}, "vhr": None}
+    tokens = [{"step": s, "id": t.id, "text": t.text} for s, t in enumerate(new.tokens[start:end])]
+    new.add_result("vhd", {**body, "schema_version": 2,
+                           "tokens": [{**t, "position": start + s, "predicting_row": start + s - 1}
+                                      for s, t in enumerate(tokens)]})
+    old.add_result("vhd", {**body, "tokens": [{**t, "position": start + s - 1} for s, t in enumerate(tokens)]})
+    expected = {start + step: value for step, value in enumerate(t_vhd)}
+    store = AppData(tmp_path)
+    for name in ("new", "old"):
+        series, notes = series_for(store.trace(name))
+        assert series["vhd"] == pytest.approx(expected) and not any("could not be read" in str(n) for n in notes)
+        metrics, warnings = store.metrics(name)
+        np.testing.assert_allclose(metrics["result:vhd:vhd"].values, values.mean(0), atol=1e-6)
+        assert not warnings and "missing:vhd" not in metrics
