@@ -13,6 +13,7 @@ import numpy as np
 
 from workbench.analyses.registry import register
 from workbench.analyses.result import Result, TokenValues, stored_version
+from workbench.errors import BundleError
 
 MEANING = "score = probability that the token is hallucinated (1 = hallucinated)"
 
@@ -39,7 +40,10 @@ class LookbackScores(Result):
     @classmethod
     def from_json(cls, data: dict) -> LookbackScores:
         stored_version(data, cls)
-        return cls(probe=dict(data.get("probe") or {}), token_scores=tuple(dict(t) for t in data["token_scores"]),
+        scores = tuple(dict(t) for t in data["token_scores"])
+        if not all(isinstance(t.get("pos"), int) and isinstance(t.get("score"), (int, float)) for t in scores):
+            raise BundleError("every token score of a lookback result needs an integer pos and a numeric score")
+        return cls(probe=dict(data.get("probe") or {}), token_scores=scores,
                    generation_score=data.get("generation_score"), threshold=float(data.get("threshold", 0.5)))
 
     def token_values(self) -> dict[str, TokenValues]:

@@ -59,7 +59,7 @@ def read(name: str, data) -> tuple[Result | None, list[str]]:
     one when no analysis class reads it)."""
     try:
         return read_result(name, data), []
-    except (WorkbenchError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except Exception as error:  # noqa: BLE001  (a malformed file is a warning on the page, whatever from_json raised)
         reason = str(error) if isinstance(error, WorkbenchError) else f"{type(error).__name__}: {error}"
         message = f"results/{name}.json could not be read as a {analysis_of(name, data)} result ({reason}); rerun it"
         return None, [message]
@@ -126,8 +126,12 @@ def head_metrics(results: dict, stack: str, n_layers: int, n_heads: int) -> tupl
     warnings: list[str] = []
     for result_name, data in sorted(results.items()):
         result, problems = read(result_name, data)
+        try:
+            offered = result.head_metrics() if result is not None else {}
+        except Exception as error:  # noqa: BLE001  (one unreadable result must not hide the others)
+            offered, problems = {}, [f"results/{result_name}.json: its per-head tables could not be read ({error})"]
         warnings += problems
-        for name, metric in (result.head_metrics() if result is not None else {}).items():
+        for name, metric in offered.items():
             if metric.stack != stack:
                 continue
             grid = _fitted(metric, n_layers, n_heads)

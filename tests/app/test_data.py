@@ -298,3 +298,20 @@ def test_vhd_files_old_and_new_put_t_vhd_on_the_generated_tokens(traces_dir, tmp
         metrics, warnings = store.metrics(name)
         np.testing.assert_allclose(metrics["result:vhd:vhd"].values, values.mean(0), atol=1e-6)
         assert not warnings and "missing:vhd" not in metrics
+
+
+@pytest.mark.parametrize("name,data", [
+    ("vhd", {"analysis": "vhd", "tokens": [{"position": "x"}], "vhd": [[[0.1]]], "t_vhd": [0.1]}),
+    ("vhd", {"analysis": "vhd", "schema_version": 2, "tokens": [], "vhd": [[[0.1]]], "t_vhd": []}),
+    ("vhd", {"analysis": "vhd", "schema_version": 2, "tokens": [{"position": "7"}], "vhd": [[[0.1]]], "t_vhd": [1]}),
+    ("sinks", {"analysis": "sinks", "heads": [[0.5, 0.25]], "note": "planted"}),
+    ("routes", {"analysis": "routes", "routes": [{"position": 1, "graph": {"nodes": 3}}]}),
+    ("circuits", {"analysis": "circuits", "graph": None}),
+    ("lookback", {"token_scores": [{"score": 0.5}]}),
+    ("anything", {"analysis": "circuits", "schema_version": "2", "graph": {"nodes": [], "edges": []}}),
+])
+def test_malformed_results_are_a_warning_not_an_error(name, data):
+    result, warnings = results_mod.read(name, data)
+    assert result is None and len(warnings) == 1 and f"results/{name}.json" in warnings[0]
+    metrics, head_warnings = results_mod.head_metrics({name: data}, "text", 2, 2)
+    assert not metrics and head_warnings == warnings

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from workbench.analyses.result import HeadMetric, Result, TokenValues, stored_version
-from workbench.interventions import Runtime
 from workbench.errors import BundleError, InputError
+from workbench.interventions import Runtime
 from workbench.traces.metrics import predicted_position, predicting_row
 
 __all__ = ["VHR", "VHDResult", "analyse", "head_distance", "rank_heads", "t_vhd", "vhd"]
@@ -129,6 +129,8 @@ class VHDResult(Result):
             for token in tokens:
                 token["predicting_row"] = int(token["position"])
                 token["position"] = predicted_position(token["predicting_row"])
+        if not all(isinstance(token.get("position"), int) for token in tokens):
+            raise BundleError("every token of a vhd result needs an integer position")
         values = torch.tensor(data["vhd"], dtype=torch.float32)  # [step, layer, head]
         if not values.numel():
             values = values.reshape(0, 0, 0)

@@ -36,8 +36,8 @@ import torch
 
 from workbench.analyses import visual_sinks as visual
 from workbench.analyses.result import HeadMetric, Result, stored_version
+from workbench.errors import BundleError, InputError
 from workbench.interventions import VAR, effective_min_queries
-from workbench.errors import InputError
 from workbench.traces.metrics import SINK_EPSILON, sink_mask, sink_percent
 from workbench.traces.metrics import alpha as layer_alpha
 
@@ -88,6 +88,10 @@ class SinksResult(Result):
     @classmethod
     def from_json(cls, data: dict) -> SinksResult:
         stored_version(data, cls)
+        heads = tuple(data["heads"])
+        if not all(isinstance(h, dict) and isinstance(h.get("layer"), int) and isinstance(h.get("head"), int)
+                   for h in heads):
+            raise BundleError("the sinks result's heads must be {layer, head, top_alpha, sink_keys, ...} objects")
         hidden = dict(data.get("hidden_sinks") or {})
         if isinstance(hidden.get("heads"), list):  # JSON turned the (layer, head) tuples into lists
             hidden["heads"] = [tuple(item) for item in hidden["heads"]]
@@ -95,7 +99,7 @@ class SinksResult(Result):
                    options=dict(data.get("options") or {}), alpha=None,
                    sink_percent=torch.tensor(data.get("sink_percent") or [], dtype=torch.float32),
                    sink_tokens=tuple(data.get("sink_tokens") or ()), layers=tuple(data.get("layers") or ()),
-                   heads=tuple(data["heads"]), hidden_sinks=hidden, kind=dict(data.get("kind") or {}),
+                   heads=heads, hidden_sinks=hidden, kind=dict(data.get("kind") or {}),
                    sink_dims=data.get("sink_dims"), visual_sinks=data.get("visual_sinks"),
                    image_centric=data.get("image_centric"), notes=tuple(data.get("notes") or ()))
 
