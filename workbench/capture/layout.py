@@ -77,13 +77,18 @@ def _counts(config) -> tuple[int, int, int, int]:
     return config.num_hidden_layers, n_heads, n_kv_heads, config.hidden_size
 
 
-def discover_layout(model) -> ModelLayout:
-    config = model.config
+def stack_shapes(config) -> dict[str, tuple[int, int, int, int]]:
+    """{stack: (layers, heads, kv_heads, d_model)} of a model from its config alone (no weights needed)."""
     text_config = getattr(config, "text_config", None) or config
     vision_config = getattr(config, "vision_config", None)
-    wanted = {"text": _counts(text_config)}
+    shapes = {"text": _counts(text_config)}
     if vision_config is not None:
-        wanted["vision"] = _counts(vision_config)
+        shapes["vision"] = _counts(vision_config)
+    return shapes
+
+
+def discover_layout(model) -> ModelLayout:
+    wanted = stack_shapes(model.config)
     stacks: dict[str, Stack] = {}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList) or not len(module):

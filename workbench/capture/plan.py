@@ -155,16 +155,21 @@ class CapturePlan:
                    map_dtype=map_dtype, kernel=check_kernel(kernel, device=device),
                    max_map_memory=_checked_size(max_map_memory))
 
+    def check_stacks(self, stacks: dict[str, tuple[int, int]], model_name: str) -> None:
+        """Maps within the model's stacks ({stack: (layers, heads)}): from its config before it loads, or from
+        its layout after."""
+        for stack, selection in self.maps.items():
+            if stack not in stacks:
+                raise InputError(f"{model_name} has no {stack} stack; drop --{stack}-maps".replace("--text-", "--"))
+            selection.check(stack, *stacks[stack])
+
     def check(self, loaded, layout, *, positions: int) -> None:
         """What depends on the model: maps within its stacks, head outputs within the input, map memory."""
         if self.decomposition and loaded.kind == "encoder":
             raise InputError(f"{loaded.name} is a post-norm encoder; the residual decomposition (routes, circuits) "
                              "supports pre-norm decoders (GPT-2, Llama, Mistral, Qwen2, LLaVA): drop --decomposition")
-        for stack, selection in self.maps.items():
-            info = layout.stacks.get(stack)
-            if info is None:
-                raise InputError(f"{loaded.name} has no {stack} stack; drop --{stack}-maps".replace("--text-", "--"))
-            selection.check(stack, info.n_layers, info.n_heads)
+        self.check_stacks({name: (stack.n_layers, stack.n_heads) for name, stack in layout.stacks.items()},
+                          loaded.name)
         if isinstance(self.head_outputs, tuple) and self.head_outputs[-1] >= positions:
             raise InputError(f"--head-outputs asks for position {self.head_outputs[-1]}, but the input has positions "
                              f"0..{positions - 1} (with the new tokens)")

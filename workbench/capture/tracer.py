@@ -179,5 +179,19 @@ def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, backend: s
     """
     plan_options = {key: options.pop(key) for key in list(options) if key in PLAN_OPTIONS}
     plan = options.pop("plan", None) or CapturePlan.build(device=device, **plan_options)
+    if isinstance(model, str):
+        check_before_loading(plan, model)
     tracer = model if isinstance(model, Tracer) else Tracer.open(model, backend=backend, device=device, dtype=dtype)
     return tracer.trace(prompt, image, plan=plan, max_new_tokens=max_new_tokens, **options)
+
+
+def check_before_loading(plan: CapturePlan, model: str) -> None:
+    """Check `plan` against `model`'s layers and heads from its config alone, before any weights load (skipped
+    where the config needs the weights first: the tiny fixtures, SmolLM2 before its first conversion; the
+    plan is checked against the loaded model in any case)."""
+    from workbench.capture.layout import stack_shapes
+    from workbench.models.loading import read_config
+
+    config = read_config(model)
+    if config is not None:
+        plan.check_stacks({name: shape[:2] for name, shape in stack_shapes(config).items()}, model)

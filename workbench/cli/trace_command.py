@@ -108,6 +108,10 @@ def trace(
     if prompts and image:
         raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
     jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
+    if not remote:  # against the model's config: wrong layers or heads fail before the weights load
+        from workbench.capture.tracer import check_before_loading
+
+        check_before_loading(plan, model)
     lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
     from rich.console import Console
 

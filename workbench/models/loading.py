@@ -45,33 +45,9 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
         loaded = BUILDERS[name]()
         if overrides:
             raise ModelNotFoundError("RoPE scaling applies to models loaded from weights, not the tiny fixtures")
-    elif spec is not None and spec.source == "package":
-        from workbench.models.packaged import minilm_dir, smollm2_dir
-
-        directory = smollm2_dir() if name == "smollm2" else minilm_dir()
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
-    elif spec is not None and spec.source == "data":
-        directory = data_root() / spec.data_dir
-        if not (directory / "config.json").exists():
-            raise WeightsMissingError(f"{name!r} should ship in {directory} but it is not there; run from a full "
-                                      "checkout or set WORKBENCH_DATA to the repository's data/ folder")
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
-    elif spec is not None:
-        loaded = _load_directory(_resolve_hub(spec.hub_id, name), name=name, dtype=dtype, local_only=True, **overrides)
-    elif Path(name).expanduser().is_dir():
-        directory = Path(name).expanduser()
-        if not (directory / "config.json").exists():
-            raise WeightsMissingError(f"{directory} has no config.json; pass a directory saved by save_pretrained")
-        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
-    elif "/" in name and not name.startswith((".", "/", "~")):
-        loaded = _load_directory(_resolve_hub(name, name), name=name, dtype=dtype, local_only=True, **overrides)
     else:
-        hint = closest_names(name)
-        suggestion = f" (did you mean {', '.join(hint)}?)" if hint else ""
-        raise ModelNotFoundError(
-            f"unknown model {name!r}{suggestion}; run `workbench models` for the names, or pass a local "
-            "directory or a Hugging Face hub id"
-        )
+        directory = model_directory(name)
+        loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
     if device != "cpu" or dtype != "float32":
         import torch
 
@@ -79,19 +55,78 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
     return loaded
 
 
+def model_directory(name: str, *, prepare: bool = True) -> Path | None:
+    """The local folder holding `name`'s config, weights and tokenizer (None for the tiny fixtures, built in code).
+
+    prepare=False finds the folder without side effects: no first conversion of packaged GGUF weights and no
+    download (None where the folder does not exist yet). Unknown names and missing weights raise.
+    """
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.source == "tiny":
+        return None
+    if spec is not None and spec.source == "package":
+        from workbench.models.packaged import minilm_dir, smollm2_cached, smollm2_dir
+
+        if name == "smollm2":
+            return smollm2_dir() if prepare else smollm2_cached()
+        return minilm_dir()
+    if spec is not None and spec.source == "data":
+        directory = data_root() / spec.data_dir
+        if not (directory / "config.json").exists():
+            raise WeightsMissingError(f"{name!r} should ship in {directory} but it is not there; run from a full "
+                                      "checkout or set WORKBENCH_DATA to the repository's data/ folder")
+        return directory
+    if spec is not None:
+        return Path(_resolve_hub(spec.hub_id, name, download=prepare))
+    if Path(name).expanduser().is_dir():
+        directory = Path(name).expanduser()
+        if not (directory / "config.json").exists():
+            raise WeightsMissingError(f"{directory} has no config.json; pass a directory saved by save_pretrained")
+        return directory
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return Path(_resolve_hub(name, name, download=prepare))
+    hint = closest_names(name)
+    suggestion = f" (did you mean {', '.join(hint)}?)" if hint else ""
+    raise ModelNotFoundError(
+        f"unknown model {name!r}{suggestion}; run `workbench models` for the names, or pass a local "
+        "directory or a Hugging Face hub id"
+    )
+
+
+def read_config(name: str):
+    """`name`'s transformers config without loading any weights, or None where the weights must come first (the
+    tiny fixtures; SmolLM2 before its first conversion). Lets a capture plan be checked against the model's
+    layers and heads before the model loads."""
+    if REGISTRY.get(name) is not None and REGISTRY[name].source == "tiny":
+        return None
+    try:
+        directory = model_directory(name, prepare=False)
+    except WeightsMissingError:
+        return None  # load_model says what is missing, with the full message
+    if directory is None:
+        return None
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _resolve_hub(hub_id: str, name: str) -> str:
-    """A local snapshot directory of `hub_id`: the HF cache if it has one, else a download when online."""
+def _resolve_hub(hub_id: str, name: str, *, download: bool = True) -> str:
+    """A local snapshot directory of `hub_id`: the HF cache if it has one, else a download when online (and
+    `download`)."""
     from huggingface_hub import constants, snapshot_download
 
     try:
         return snapshot_download(hub_id, local_files_only=True)
     except Exception:
         pass
-    if not _hub_offline():
+    if download and not _hub_offline():
         try:
             return snapshot_download(hub_id, etag_timeout=10)
         except Exception:

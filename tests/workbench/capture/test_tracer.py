@@ -118,3 +118,20 @@ def test_cli_bogus_kernel_fails_fast_before_loading(tmp_path):
         "error: unknown --kernel 'bogus'; choose one of auto, torch, dense, triton"], result.stderr
     assert elapsed < 2.0, f"took {elapsed:.2f} s"
     assert not (tmp_path / "t.wbtrace").exists()
+
+
+def test_maps_outside_the_model_fail_before_any_weights_load(tmp_path):
+    """A folder with the planted model's config but no weights: the plan is refused from the config alone."""
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[3] / "data" / "models" / "planted" / "sink" / "config.json"
+    shutil.copy(source, tmp_path / "config.json")
+    result = subprocess.run([sys.executable, "-m", "workbench.cli.main", "trace", "--maps", "99:0", "-m", str(tmp_path),
+                             "-p", "hi", "-o", str(tmp_path / "t.wbtrace")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --maps asks for layers [99], but the text stack has layers 0..2"], result.stderr
+    ok = subprocess.run([sys.executable, "-m", "workbench.cli.main", "trace", "--maps", "1:0", "-m", str(tmp_path),
+                         "-p", "hi", "-o", str(tmp_path / "t.wbtrace")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 2 and "cannot load" in ok.stderr  # a valid plan goes on to the (missing) weights
