@@ -17,8 +17,9 @@ import warnings
 
 import torch
 
-from workbench.errors import InputError
 from workbench.capture.backends.external import AttentionCall, Capture, ExternalBackend, hf_view
+from workbench.capture.generation import model_device
+from workbench.errors import InputError
 
 
 def boot_bridge(loaded):
@@ -42,14 +43,7 @@ def boot_bridge(loaded):
         loaded.tokenizer.save_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return TransformerBridge.boot_transformers(loaded.name, hf_model=loaded.model, tokenizer=tokenizer,
-                                                   device=str(_device(loaded.model)))
-
-
-def _device(module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
+                                                   device=str(model_device(loaded.model)))
 
 
 class LensDriver:
@@ -109,7 +103,7 @@ class LensDriver:
     def _ids(self, input_ids, model_inputs):
         if model_inputs:
             raise InputError("the TransformerLens backend takes token ids only (no images or extra inputs)")
-        return input_ids.to(_device(self.loaded.model))
+        return input_ids.to(model_device(self.loaded.model))
 
     def next_token_logits(self, input_ids, model_inputs) -> torch.Tensor:
         logits = self.bridge(self._ids(input_ids, model_inputs), return_type="logits")

@@ -23,6 +23,7 @@ import torch
 from workbench.errors import InputError
 from workbench.capture.backends.external import AttentionCall, Capture, ExternalBackend, hf_view
 from workbench.capture.backends.ndif import RemoteUnavailableError, ndif_preflight
+from workbench.capture.generation import forward_inputs
 
 
 @functools.cache
@@ -99,13 +100,9 @@ class NNsightDriver:
         return envoy
 
     def _forward_kwargs(self, input_ids, model_inputs) -> dict:
-        device = _device(self.loaded.model) if not self.remote else "cpu"
-        kwargs = {"input_ids": input_ids.to(device)}
-        for key, value in model_inputs.items():
-            kwargs[key] = value.to(device) if torch.is_tensor(value) else value
-        if "pixel_values" in kwargs and not self.remote:
-            kwargs["pixel_values"] = kwargs["pixel_values"].to(self.loaded.model.dtype)
-        return kwargs
+        if self.remote:  # NDIF places and casts the inputs itself
+            return {"input_ids": input_ids, **model_inputs}
+        return forward_inputs(self.loaded, input_ids, model_inputs)
 
     def _trace(self, kwargs):
         with warnings.catch_warnings():
@@ -153,13 +150,6 @@ class NNsightDriver:
         extra = {"remote": self.remote if isinstance(self.remote, str) else bool(self.remote),
                  "wrapper": type(envoy).__name__}
         return Capture(calls, logits.detach().cpu() if torch.is_tensor(logits) else None, extra)
-
-
-def _device(module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def _dist_version(name: str) -> str:
