@@ -29,6 +29,7 @@ from kernels_memory import PeakTensorBytes, machine
 import workbench
 from workbench.analyses import routes
 from workbench.analyses.routes.contributions import EPS
+from workbench.traces.names import tensor_name
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards",
          "quietly", "judge", "boxing", "matches", "near", "old", "river", "banks", "during", "summer", "evenings",
@@ -74,7 +75,7 @@ def naive_route(trace, threshold: float) -> nx.DiGraph:
 
     causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
     for layer in range(n_layers):
-        tensor = lambda stat, at=layer: trace.tensor(f"layer_{at:02d}.{stat}").float()
+        tensor = lambda stat, at=layer: trace.tensor(tensor_name("text", at, stat)).float()
         query, key, value = tensor("query"), tensor("key"), tensor("value")
         heads = query.shape[0]
         group = heads // key.shape[0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.traces.metrics import CONTEXT_REGIONS, alpha, lookback_ratio, predicting_rows
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -78,7 +79,7 @@ def token_features(trace, *, variants: list[str] | None = None) -> dict[str, np.
 def hidden_means(trace) -> np.ndarray | None:
     """[layer, d_model] mean residual stream entering each layer over the predicting rows (None if not kept)."""
     rows = predicting_rows(trace)
-    names = [f"layer_{layer:02d}.hidden_in" for layer in range(trace.n_layers())]
+    names = [tensor_name("text", layer, "hidden_in") for layer in range(trace.n_layers())]
     if not len(rows) or not all(trace.has(name) for name in names):
         return None
     return np.stack([trace.tensor(name)[rows].double().mean(0).float().numpy() for name in names])

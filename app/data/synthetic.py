@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS, Token
 from workbench.traces.trace import MemoryTensors, Trace
 
@@ -87,10 +88,10 @@ def synthetic_trace(*, layers: int = 32, heads: int = 32, tokens: int = 1024, n_
     for layer in range(layers):
         sink = torch.rand(heads, generator=generator) * (0.3 if layer < 2 else 0.9)
         for name, value in _row_stats(sink, tokens, regions).items():
-            tensors[f"layer_{layer:02d}.{name}"] = (value, axes[name])
+            tensors[tensor_name("text", layer, name)] = (value, axes[name])
         if layer in map_layers:
-            tensors[f"layer_{layer:02d}.maps"] = (_maps(sink[list(chosen_heads)], tokens), ("head", "query_pos", "key_pos"))
-            tensors[f"layer_{layer:02d}.map_heads"] = (torch.tensor(chosen_heads), ("head",))
+            tensors[tensor_name("text", layer, "maps")] = (_maps(sink[list(chosen_heads)], tokens), ("head", "query_pos", "key_pos"))
+            tensors[tensor_name("text", layer, "map_heads")] = (torch.tensor(chosen_heads), ("head",))
     logprob = -torch.rand(tokens, generator=generator) * 3
     tensors["outputs.next_token_logprob"] = (logprob, ("query_pos",))
     tensors["outputs.prediction_entropy"] = (torch.rand(tokens, generator=generator) * 4, ("query_pos",))

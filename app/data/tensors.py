@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from workbench.traces.names import tensor_name, vision_regions
 
-
-def tensor_name(stack: str, layer: int, stat: str) -> str:
-    return f"{'' if stack == 'text' else stack + '.'}layer_{layer:02d}.{stat}"
+__all__ = ["key_regions", "n_positions", "read_first_axis", "stat", "stored_map_heads", "tensor_name"]
 
 
 def stat(trace, stack: str, layer: int, name: str) -> torch.Tensor | None:
@@ -32,12 +31,9 @@ def read_first_axis(trace, name: str, index: int) -> torch.Tensor:
 
 def key_regions(trace, stack: str = "text") -> torch.Tensor:
     """[key_pos] region id of every position of a stack (the vision tower: [CLS] special, then image patches)."""
-    from workbench.traces.tokens import REGIONS
-
     if stack == "text":
         return trace.regions
-    n = trace.dims["stacks"][stack]["positions"]
-    return torch.tensor([REGIONS.index("special")] + [REGIONS.index("image")] * (n - 1), dtype=torch.long)
+    return vision_regions(trace.dims["stacks"][stack]["positions"])
 
 
 def n_positions(trace, stack: str = "text") -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import InputError
+from workbench.traces.names import tensor_name
 
 REQUIRED = ("query", "key", "value", "hidden_in", "attn_out", "o_weight", "o_bias")
 
@@ -21,7 +22,7 @@ def check_trace(trace, analysis: str) -> None:
 
 
 def layer_tensor(trace, layer: int, stat: str) -> torch.Tensor:
-    return trace.tensor(f"layer_{layer:02d}.{stat}").float()
+    return trace.tensor(tensor_name("text", layer, stat)).float()
 
 
 def attention_rows(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from workbench.interventions import phi as var_phi
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS
 
 IMAGE = REGIONS.index("image")
@@ -28,7 +29,7 @@ def _relative(hidden: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_layers(trace) -> list[int]:
-    return [layer for layer in range(trace.n_layers()) if trace.has(f"layer_{layer:02d}.hidden_in")]
+    return [layer for layer in range(trace.n_layers()) if trace.has(tensor_name("text", layer, "hidden_in"))]
 
 
 def sink_dimensions(trace, candidates: list[int], *, contrast: float = 10.0, floor: float = 5.0,
@@ -37,7 +38,7 @@ def sink_dimensions(trace, candidates: list[int], *, contrast: float = 10.0, flo
     found: dict[int, dict] = {}
     layers = hidden_layers(trace)
     for layer in layers:
-        hidden = trace.tensor(f"layer_{layer:02d}.hidden_in").float()
+        hidden = trace.tensor(tensor_name("text", layer, "hidden_in")).float()
         if not candidates:
             break
         magnitude = hidden.abs()
@@ -61,7 +62,7 @@ def sink_dimensions(trace, candidates: list[int], *, contrast: float = 10.0, flo
 
 def phi_by_layer(trace, dims) -> dict[int, torch.Tensor]:
     """layer -> phi [query_pos] of the hidden state entering it (VAR's phi over the sink dimensions)."""
-    return {layer: var_phi(trace.tensor(f"layer_{layer:02d}.hidden_in"), dims) for layer in hidden_layers(trace)}
+    return {layer: var_phi(trace.tensor(tensor_name("text", layer, "hidden_in")), dims) for layer in hidden_layers(trace)}
 
 
 def visual_sinks(trace, phis: dict[int, torch.Tensor], *, tau: float, first_layer: int) -> dict:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS, Token
 
 
@@ -131,7 +132,7 @@ class Trace:
 
     def layer(self, layer: int, stack: str = "text") -> dict[str, torch.Tensor]:
         """All tensors of one layer, by statistic name (key_mass, entropy, maps, ...)."""
-        prefix = f"{'' if stack == 'text' else stack + '.'}layer_{layer:02d}."
+        prefix = tensor_name(stack, layer, "")
         return {name[len(prefix):]: self.tensor(name) for name in self.tensor_names() if name.startswith(prefix)}
 
     def has(self, name: str) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.analyses.decomposed import attention_rows
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS
 
 TYPES = ("previous_token", "induction", "subword_merging")
@@ -114,8 +115,8 @@ def head_patterns(trace, *, type_threshold: float = 0.4) -> HeadPatterns:
     initial_rows = int(word_initial.sum())
     tables: dict[str, list[list[float]]] = {kind: [] for kind in TYPES}
     for layer in range(trace.n_layers()):
-        query = trace.tensor(f"layer_{layer:02d}.query").float()
-        key = trace.tensor(f"layer_{layer:02d}.key").float()
+        query = trace.tensor(tensor_name("text", layer, "query")).float()
+        key = trace.tensor(tensor_name("text", layer, "key")).float()
         sums = {kind: torch.zeros(query.shape[0], dtype=torch.float64) for kind in (*TYPES, "initial_previous")}
         for index, positions in enumerate(chunks):
             attention = attention_rows(query, key, positions)  # [head, row, key_pos]

@@ -13,6 +13,7 @@ import torch
 
 from workbench.analyses.decomposed import attention_rows
 from workbench.errors import WorkbenchError
+from workbench.traces.names import tensor_name
 
 MAX_REBUILD_ERROR = 1e-3  # relative to the largest |attn_out| of the rows checked
 
@@ -20,7 +21,7 @@ Bias = Literal["share", "exclude"]
 
 
 def _name(layer: int, stat: str) -> str:
-    return f"layer_{layer:02d}.{stat}"
+    return tensor_name("text", layer, stat)
 
 
 class LayerInputs:
