@@ -19,7 +19,6 @@ from itertools import pairwise
 import torch
 
 from workbench.kernels import AttentionStatistics, MaskSpec, attention_statistics
-from workbench.kernels.api import resolve_implementation
 
 MIN_ROWS_PER_CHUNK = 256  # below this a chunk's per-call overhead outweighs what parallel rows gain
 CHUNKS_PER_WORKER = 4  # more chunks than workers evens out what the causal triangle leaves uneven
@@ -34,7 +33,7 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, *, mask: MaskSpec, 
     """
     workers = workers or torch.get_num_threads()
     n_queries = query.shape[2]
-    chosen = resolve_implementation(kwargs.get("implementation", "auto"), query, top_k=kwargs.get("top_k", 0))
+    chosen = kwargs.get("implementation")  # concrete: capture/kernel_choice.py decided
     if (workers < 2 or chosen != "torch" or query.device.type != "cpu" or log_normaliser is None
             or n_queries < 2 * MIN_ROWS_PER_CHUNK):
         return attention_statistics(query, key, mask=mask, log_normaliser=log_normaliser, **kwargs)

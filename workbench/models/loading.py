@@ -141,7 +141,7 @@ def _resolve_hub(hub_id: str, name: str, *, download: bool = True) -> str:
 
 def model_kind(config) -> str:
     """"vlm", "causal" or "encoder" from a transformers config: which Auto class loads it and how capture
-    treats its positions (front-ends that wrap an already built module call this too)."""
+    treats its positions (backends that wrap an already built module call this too)."""
     architectures = getattr(config, "architectures", None) or []
     if getattr(config, "vision_config", None) is not None:
         return "vlm"

@@ -32,7 +32,7 @@ from workbench.traces.tokens import REGIONS, Token
 
 @dataclass
 class AttentionCall:
-    """One attention call as a front-end saw it (batch of one)."""
+    """One attention call as a library saw it (batch of one)."""
 
     stack: str  # "text" | "vision"
     layer: int
@@ -141,10 +141,10 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
     for call in calls:
         stack = layout.stacks.get(call.stack)
         if stack is None or not 0 <= call.layer < stack.n_layers:
-            raise RuntimeError(f"the front-end reported an attention call of {call.stack} layer {call.layer}, "
+            raise RuntimeError(f"the backend reported an attention call of {call.stack} layer {call.layer}, "
                                "which the model's layout does not have")
         seen.add((call.stack, call.layer))
-        # The layer module itself locates to (stack, layer) in the layout, whichever module the front-end ran.
+        # The layer module itself locates to (stack, layer) in the layout, whichever module the library ran.
         query, key = call.query.float(), call.key.float()
         chosen = choose(kernel, query, key, key, plain_mask=False, wants_maps=False, top_k=recorder.plan.top_k,
                         editing=False, dropout=0.0)  # the output exists already: a two-pass kernel
@@ -155,11 +155,11 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
             recorder.record_hidden(call.layer, call.hidden_in)
     missing = [layer for layer in range(layout.stacks["text"].n_layers) if ("text", layer) not in seen]
     if missing:
-        raise RuntimeError(f"the front-end captured no attention for text layers {missing}")
+        raise RuntimeError(f"the backend captured no attention for text layers {missing}")
 
 
 def hf_view(module, tokenizer, processor=None, *, name: str | None = None, source: str | None = None) -> LoadedModel:
-    """A `LoadedModel` around an HF module that a front-end owns (for regions, layout and metadata)."""
+    """A `LoadedModel` around an HF module that a library owns (for regions, layout and metadata)."""
     from workbench.models.loading import model_kind
 
     if tokenizer is None:

@@ -40,7 +40,7 @@ def attention_module(layer_module):
         if _calls_attention_interface(type(module)):
             return module
     raise InputError(f"{type(layer_module).__name__} does not call transformers' attention interface; the "
-                     "nnsight front-end needs a model whose attention goes through AttentionInterface")
+                     "nnsight backend needs a model whose attention goes through AttentionInterface")
 
 
 def _call_name(envoy) -> str:
