@@ -23,7 +23,8 @@ def _dims(text: str | None) -> tuple[int, ...] | None:
 def sinks(
     bundle: Path = typer.Argument(..., help="A NAME.wbtrace folder (trace with --hidden for sink dimensions and "
                                             "visual sinks, --top-k 8 for image-centric heads)."),
-    eps: float = typer.Option(0.3, "--eps", help="Gu et al.'s threshold on alpha_k."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Gu et al.'s threshold on alpha_k [default: 0.3, "
+                                                             "workbench.traces.metrics.SINK_EPSILON]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     stack: str = typer.Option("text", "--stack", help="'text' (language model / encoder) or 'vision' (tower)."),
     hidden_rule: str = typer.Option("absolute", "--hidden-rule",
@@ -45,6 +46,10 @@ def sinks(
     if hidden_rule not in ("absolute", "relative"):
         raise InputError("--hidden-rule takes 'absolute' or 'relative'")
     trace = workbench.load(bundle)
+    if eps is None:
+        from workbench.traces.metrics import SINK_EPSILON
+
+        eps = SINK_EPSILON
     result = analysis.analyse(trace, eps=eps, stack=stack, hidden_rule=hidden_rule, hidden_threshold=threshold,
                               hidden_factor=factor, min_queries=min_queries, tau=tau, dims=_dims(dims), rho=rho)
     data = result.to_json()
