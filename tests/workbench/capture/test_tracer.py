@@ -91,7 +91,8 @@ def test_manifest_records_the_kernels_that_ran(tracer):
     ({"head_outputs": "a,b"}, "--head-outputs takes"),
     ({"max_map_memory": "9" * 330}, "cannot read the memory size"),
 ])
-def test_plan_refuses_bad_values_before_loading(options, message):
+def test_plan_refuses_bad_values_before_loading(monkeypatch, options, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter would let triton run on CPU tensors
     started = time.perf_counter()
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         CapturePlan.build(**options)
