@@ -54,15 +54,34 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
+        click_exception, abort = _click_exception_types()
+        if isinstance(error, abort):
             sys.exit(1)
-        raise
+        if not isinstance(error, click_exception):
+            raise
+        # typer bundles its own click (typer._click) beside the installed one: both raise here.
+        message = " ".join(error.format_message().split()).rstrip(".")
+        if type(error).__name__ == "NoArgsIsHelpError" or not message:
+            message = "missing command"
+        print(f"error: {message}; run `workbench --help` (or `workbench COMMAND --help`)", file=sys.stderr)
+        sys.exit(2 if error.exit_code in (0, 1, 2) else error.exit_code)
 
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ClickException classes, Abort classes) of every click the CLI may raise from: typer's bundled one and
+    the installed package."""
+    import importlib
+
+    exceptions, aborts = [], []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        exceptions.append(module.ClickException)
+        if hasattr(module, "Abort"):  # typer's bundled click has none
+            aborts.append(module.Abort)
+    return tuple(exceptions), tuple(aborts)
 
 if __name__ == "__main__":
     main()

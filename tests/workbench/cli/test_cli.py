@@ -164,3 +164,16 @@ def test_info_says_where_attention_outputs_came_from(tmp_path, kernel, expected)
     result = run("info", out)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ((), "missing command"),
+    (("frobnicate",), "No such command 'frobnicate'"),
+    (("trace", "--bogus"), "No such option: --bogus"),
+    (("trace",), "Missing option '--model'"),
+    (("trace", "-n", "1e3", "-m", "tiny-gpt2", "-p", "hi"), "--max-new-tokens"),
+    (("app", "--port", "abc"), "--port"),
+    (("probe",), "missing command"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, fragment):
+    assert_user_error(run(*args), fragment)
