@@ -219,11 +219,10 @@ def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | No
     >>> [(h["layer"], h["head"]) for h in rank_heads([r, r], top=1)["ranking"]]
     [(0, 0)]
     """
-    from workbench.capture import Tracer
     from workbench.capture.generation import eos_ids, forward_inputs, greedy
     from workbench.capture.inputs import prepare_input
 
-    tracer = _as_tracer(tracer, Tracer)
+    tracer = _as_tracer(tracer)
     loaded = tracer.loaded
     if loaded.kind != "vlm":
         raise InputError(f"VHD compares runs with and without an image; {loaded.name} takes no image")
@@ -284,14 +283,16 @@ def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | No
                      vhr=vhr_report)
 
 
-def _as_tracer(tracer, tracer_class):
+def _as_tracer(tracer):
     """A Tracer for `tracer`: a Tracer, or a LoadedModel wrapped without loading anything (never a model name:
     analyses do not load models)."""
-    if isinstance(tracer, tracer_class):
+    from workbench.capture import Tracer
+
+    if isinstance(tracer, Tracer):
         return tracer
     if isinstance(tracer, (str, bytes)) or hasattr(tracer, "__fspath__"):
         raise InputError("VHD runs the model through a Tracer: pass Tracer.open(name), not a model name")
-    return tracer_class.open(tracer)
+    return Tracer.open(tracer)
 
 
 def analyse(trace, *, tracer, image=None, top_k: int | None = None, distance: Distance = "cosine") -> VHDResult:

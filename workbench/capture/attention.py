@@ -41,11 +41,12 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         raise InputError("this model adds a learned position bias to attention, which capture does not support yet")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    call = recorder.locate_call(module, query, key)
     kernel = choose(recorder.plan.kernel, query, key, value, plain_mask=attention_mask is None,
-                    wants_maps=recorder.wants_maps(module), top_k=recorder.plan.top_k, editing=edit is not None,
+                    wants_maps=call["map_heads"] is not None, top_k=recorder.plan.top_k, editing=edit is not None,
                     dropout=dropout)
     if kernel == "one-pass":
-        return recorder.attend_fused(module, query=query, key=key, value=value, scaling=scaling, causal=causal), None
+        return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, causal=causal), None
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
     if output is None:  # a case the CPU lse path does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -53,7 +54,7 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     if edit is not None:
         output = _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output)
     recorder.on_attention(
-        module, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
+        call, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
         attn_output=output, log_normaliser=log_normaliser, value=value, kernel=kernel,
     )
     return output, None
@@ -128,5 +129,7 @@ def capturing(model, recorder):
 def editing(model, edit):
     """Route `model`'s attention through the workbench implementation and hand each layer's output to
     `edit.apply(module, *, query, key, value, attention_mask, scaling, causal, output)`; `edit.install(model)`
-    returns hook handles, removed on exit."""
+    returns hook handles, removed on exit. A no-op for edit=None (the model's own attention path)."""
+    if edit is None:
+        return contextlib.nullcontext()
     return _routed(model, _active_edit, edit, lambda: edit.install(model))

@@ -25,7 +25,7 @@ class Predictions:
         for start in range(0, rows, ROW_CHUNK):
             end = min(rows, start + ROW_CHUNK)
             logp = torch.log_softmax(logits[start:end].float(), -1)
-            self.entropy[first + start:first + end] = -(logp.exp() * logp).sum(-1).cpu()
+            self.entropy[first + start:first + end] = _entropy(logp).cpu()
             targets = input_ids[first + start + 1:min(length, first + end + 1)]
             if len(targets):
                 picked = logp[: len(targets)].gather(-1, targets[:, None].to(logp.device))[:, 0].cpu()
@@ -36,9 +36,13 @@ class Predictions:
         self.logprob[predicting_row(position)] = torch.log_softmax(logits.float(), -1)[token_id].cpu()
 
     def record_row_entropy(self, row: int, logits: torch.Tensor) -> None:
-        logp = torch.log_softmax(logits.float(), -1)
-        self.entropy[row] = float(-(logp.exp() * logp).sum())
+        self.entropy[row] = float(_entropy(torch.log_softmax(logits.float(), -1)))
 
     def tensors(self, length: int) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         return {"outputs.next_token_logprob": (self.logprob[:length].clone(), PREDICTION_AXES),
                 "outputs.prediction_entropy": (self.entropy[:length].clone(), PREDICTION_AXES)}
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the distributions whose log-probabilities are logp [..., vocab]."""
+    return -(logp.exp() * logp).sum(-1)

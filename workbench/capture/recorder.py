@@ -90,10 +90,10 @@ class Recorder:
         return handles
 
     # -- driven by the attention implementation --------------------------------------------------------
-    def on_attention(self, module, *, query, key, attention_mask, scaling, causal, attn_output,
+    def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, attn_output,
                      log_normaliser=None, value=None, kernel: str = "torch") -> None:
-        """Record one attention call whose output was computed elsewhere (SDPA): two-pass statistics by `kernel`."""
-        call = self._call(module, query, key)
+        """Record one attention call (located by `locate_call`) whose output was computed elsewhere (SDPA):
+        two-pass statistics by `kernel`."""
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling,
             mask=mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2]),
@@ -104,13 +104,12 @@ class Recorder:
         self._count_kernel(call["stack"], kernel)
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output)
 
-    def attend_fused(self, module, *, query, key, value, scaling, causal):
+    def attend_fused(self, call: dict, *, query, key, value, scaling, causal):
         """The layer output [batch, query_pos, head, d_head] and its statistics from one pass of the one-pass CPU
         kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass"."""
         from workbench.kernels import fused_cpu
 
         mask = mask_spec(None, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
-        call = self._call(module, query, key)
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
             key_regions=call["key_regions"], n_regions=len(REGIONS),
@@ -119,18 +118,13 @@ class Recorder:
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output)
         return output
 
-    def wants_maps(self, module) -> bool:
-        """Whether the plan keeps full maps of the layer `module` belongs to."""
-        stack, layer = self.layout.locate(module)
-        selection = self.plan.maps.get(stack)
-        return bool(selection and selection.wants(layer))
-
     def _count_kernel(self, stack: str, kernel: str) -> None:
         counts = self.kernels_run.setdefault(stack, {})
         counts[kernel] = counts.get(kernel, 0) + 1
 
-    def _call(self, module, query, key) -> dict:
-        """Where one attention call belongs: stack, layer, rows it fills, heads whose maps are kept, regions."""
+    def locate_call(self, module, query, key) -> dict:
+        """Where one attention call belongs: stack, layer, rows it fills, heads whose maps are kept (None: no
+        maps of this layer), regions. Located once per call; `on_attention` / `attend_fused` take it."""
         stack, layer = self.layout.locate(module)
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward

@@ -54,11 +54,12 @@ class _LayerProbe:
     def install_hooks(self) -> list:
         return []
 
-    def wants_maps(self, module) -> bool:
-        return True
-
-    def on_attention(self, module, *, query, key, attention_mask, scaling, causal, **_) -> None:
+    def locate_call(self, module, query, key) -> dict:
         stack, layer = self.layout.locate(module)
+        return {"stack": stack, "layer": layer, "map_heads": "replayed"}
+
+    def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, **_) -> None:
+        stack, layer = call["stack"], call["layer"]
         if stack != self.stack or layer not in self.pending:
             return
         self.results[layer] = self.compute(query.detach().float(), key.detach().float(), attention_mask, scaling,

@@ -17,6 +17,7 @@ bundle's own tokens. Every greedy loop is `generation.greedy`; every forward goe
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +31,7 @@ from workbench.capture.preflight import check_lengths
 from workbench.capture.trace_meta import trace_meta
 from workbench.traces.trace import MemoryTensors, Trace
 
-PLAN_OPTIONS = ("maps", "vision_maps", "hidden_states", "head_outputs", "top_k", "decomposition", "map_dtype",
-                "kernel", "max_map_memory")
+PLAN_OPTIONS = tuple(name for name in inspect.signature(CapturePlan.build).parameters if name != "device")
 
 
 @dataclass
@@ -136,10 +136,6 @@ class Tracer:
 
     def editing(self, edit):
         """Context in which `edit` sees every attention output of the model (a no-op for None)."""
-        import contextlib
-
-        if edit is None:
-            return contextlib.nullcontext()
         from workbench.capture.attention import editing
 
         return editing(self._backend.hf_model(), edit)

@@ -3,19 +3,11 @@ what moved, and `intervening`, which routes a model's attention through it."""
 
 from __future__ import annotations
 
-import contextlib
-
-
-@contextlib.contextmanager
 def intervening(model, runtime):
     """Route `model`'s attention through the workbench implementation and apply `runtime` (None: no-op)."""
-    if runtime is None:
-        yield None
-        return
     from workbench.capture.attention import editing
 
-    with editing(model, runtime):
-        yield runtime
+    return editing(model, runtime)
 
 
 class Runtime:

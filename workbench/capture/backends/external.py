@@ -99,24 +99,22 @@ class ExternalBackend:
             raise InputError(f"--decomposition and interventions need HF capture; the {library.name} backend "
                              "records statistics, maps, hidden states and head outputs: use --backend hf")
         tokens = list(prepared.tokens)
-        ids = prepared.input_ids
-        prompt_length = ids.shape[1]
+        prompt_length = prepared.input_ids.shape[1]
+
+        def token_ids() -> torch.Tensor:
+            return torch.tensor([[token.id for token in tokens]], dtype=prepared.input_ids.dtype)
 
         def on_token(step: int, token_id: int, _logits) -> None:
             if progress:
                 progress(step + 1, max_new_tokens + 1)
             tokens.append(Token(len(tokens), token_id, loaded.tokenizer.decode([token_id]), "generated"))
 
-        def feed(token_id: int) -> torch.Tensor:
-            nonlocal ids
-            ids = torch.cat([ids, torch.tensor([[token_id]], dtype=ids.dtype)], dim=1)
-            return library.next_token_logits(ids, prepared.model_inputs)
-
         with torch.inference_mode():
-            if max_new_tokens:
-                greedy(library.next_token_logits(ids, prepared.model_inputs), feed, max_new_tokens=max_new_tokens,
-                       eos=eos, on_token=on_token)
-                ids = torch.tensor([[token.id for token in tokens]], dtype=ids.dtype)
+            if max_new_tokens:  # on_token has appended the new token when feed runs
+                greedy(library.next_token_logits(token_ids(), prepared.model_inputs),
+                       lambda _: library.next_token_logits(token_ids(), prepared.model_inputs),
+                       max_new_tokens=max_new_tokens, eos=eos, on_token=on_token)
+            ids = token_ids()
             captured = library.capture(ids, prepared.model_inputs, hidden_states=plan.hidden_states,
                                        head_outputs=plan.head_outputs is not None)
         if progress:
@@ -148,7 +146,8 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
         query, key = call.query.float(), call.key.float()
         chosen = choose(kernel, query, key, key, plain_mask=False, wants_maps=False, top_k=recorder.plan.top_k,
                         editing=False, dropout=0.0)  # the output exists already: a two-pass kernel
-        recorder.on_attention(stack.layers[call.layer], query=query, key=key, attention_mask=call.attention_mask,
+        located = recorder.locate_call(stack.layers[call.layer], query, key)
+        recorder.on_attention(located, query=query, key=key, attention_mask=call.attention_mask,
                               scaling=float(call.scaling), causal=call.causal, attn_output=call.attn_output,
                               kernel=chosen)
         if hidden_states and call.stack == "text" and call.hidden_in is not None:

@@ -40,7 +40,7 @@ class HFBackend:
         predictions = Predictions(capacity)
         generated = REGIONS.index("generated")
         forward = forward_inputs(loaded, prepared.input_ids, prepared.model_inputs)
-        with torch.inference_mode(), capturing(loaded.model, recorder), _maybe_editing(loaded.model, edit):
+        with torch.inference_mode(), capturing(loaded.model, recorder), editing(loaded.model, edit):
             recorder.begin_step(0, prompt_length)
             if loaded.kind == "encoder":
                 loaded.model(**forward)
@@ -75,12 +75,6 @@ class HFBackend:
                              "load a fresh copy of the model")
         tensors.update(predictions.tensors(len(tokens)))
         return Captured(tokens, tensors, recorder, self.layout, IMPLEMENTATION_NAME)
-
-
-def _maybe_editing(model, edit):
-    import contextlib
-
-    return contextlib.nullcontext() if edit is None else editing(model, edit)
 
 
 __all__ = ["HFBackend", "MAX_PROMPT_LOGITS", "PREDICTION_AXES"]
