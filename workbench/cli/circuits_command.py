@@ -41,14 +41,14 @@ def circuits(
 
 
 def _load_model(name: str | None, trace):
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.errors import WorkbenchError
     from workbench.models import load_model
 
     candidates = [name] if name else [trace.model.get("name"), trace.model.get("source")]
     error = None
-    with Console(stderr=True).status("loading the traced model's weights"):
+    with SafeConsole(stderr=True).status("loading the traced model's weights"):
         for candidate in [c for c in candidates if c]:
             try:
                 return load_model(candidate, dtype=trace.model.get("dtype", "float32"))
@@ -59,11 +59,11 @@ def _load_model(name: str | None, trace):
 
 
 def _summary(result, trace) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console()
+    console = SafeConsole()
     stats = result.stats
-    console.print(f"[bold]circuits[/] {result.model}: {stats['firings']} firings, "
+    console.print(f"circuits {result.model}: {stats['firings']} firings, "
                   f"{stats['components_kept_mean']} singular components kept on average "
                   f"(max {stats['components_kept_max']}), RoPE {'offset-dependent Omega' if stats['rope'] else 'no'}, "
                   f"score reconstruction error {stats['max_reconstruction_error']:.1e}")

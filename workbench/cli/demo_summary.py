@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def summarise(folder: Path) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
     from rich.table import Table
 
     import workbench
@@ -26,7 +26,7 @@ def summarise(folder: Path) -> None:
                       f"{sink_layers}/{len(layers)}",
                       f"{layers[0]['entropy_mean']:.2f} -> {layers[-1]['entropy_mean']:.2f}",
                       "yes" if trace.checks.get("healthy", True) else "NO")
-    console = Console()
+    console = SafeConsole()
     console.print(table)
     console.print(f"Inspect one with `workbench info {bundles[0]}`; JSON exports sit beside the bundles' folder.")
 

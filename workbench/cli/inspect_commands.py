@@ -34,7 +34,7 @@ def _availability(spec) -> str:
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the model names the workbench knows (any local directory or hub id works too)."""
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
     from rich.table import Table
 
     from workbench.models.registry import REGISTRY
@@ -47,8 +47,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     table = Table("name", "kind", "weights", "available", "description")
     for row in rows:
         table.add_row(row["name"], row["kind"], row["source"], row["available"], row["description"])
-    Console().print(table)
-    Console().print("Any local model directory or Hugging Face hub id works as --model too.")
+    SafeConsole().print(table)
+    SafeConsole().print("Any local model directory or Hugging Face hub id works as --model too.")
 
 
 def info(
@@ -57,7 +57,7 @@ def info(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every file's checksum."),
 ) -> None:
     """Summarise a trace bundle: model, tokens by region, generation, stored tensors, health checks, results."""
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     import workbench
 
@@ -65,12 +65,12 @@ def info(
     if as_json:
         print(json.dumps(trace.to_json(), ensure_ascii=False, indent=1))
         return
-    console = Console()
+    console = SafeConsole()
     counts: dict[str, int] = {}
     for token in trace.tokens:
         counts[token.region] = counts.get(token.region, 0) + 1
     model, inputs = trace.model, trace.meta["inputs"]
-    console.print(f"[bold]{bundle}[/]  (created {trace.meta.get('created', '?')}, workbench "
+    console.print(f"{bundle}  (created {trace.meta.get('created', '?')}, workbench "
                   f"{trace.meta.get('workbench_version', '?')})", markup=True, highlight=False)
     console.print(f"model      {model.get('name', '?')} ({model.get('architecture', '?')}, {model.get('kind', '?')}, "
                   f"{model.get('dtype', '?')})", markup=False)
@@ -109,8 +109,8 @@ def _print_health(console, trace) -> None:
 
     found = health(trace)
     if found.healthy:
-        console.print(f"checks     [green]healthy[/]: max |Z - 1| = {found.max_normaliser_error:.2e}, non-finite "
+        console.print(f"checks     healthy: max |Z - 1| = {found.max_normaliser_error:.2e}, non-finite "
                       "values 0 (stored statistics rechecked)")
         return
-    console.print(f"checks     [red]UNHEALTHY[/]: {found.describe()}", highlight=False)
+    console.print(f"checks     UNHEALTHY: {found.describe()}", highlight=False)
     print(f"warning: {trace.path or 'this trace'}: numerics check failed: {found.describe()}", file=sys.stderr)

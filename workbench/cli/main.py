@@ -42,13 +42,14 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings
 
+    from workbench.cli.printing import one_line
     from workbench.errors import WorkbenchError
 
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app(standalone_mode=False)
     except WorkbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -60,7 +61,7 @@ def main() -> None:
         if not isinstance(error, click_exception):
             raise
         # typer bundles its own click (typer._click) beside the installed one: both raise here.
-        message = " ".join(error.format_message().split()).rstrip(".")
+        message = one_line(" ".join(error.format_message().split())).rstrip(".")
         if type(error).__name__ == "NoArgsIsHelpError" or not message:
             message = "missing command"
         print(f"error: {message}; run `workbench --help` (or `workbench COMMAND --help`)", file=sys.stderr)

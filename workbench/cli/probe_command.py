@@ -84,7 +84,7 @@ def build(
             tasks.kv_items(None, n=n, seed=seed)
     items = tasks.sample(items, limit, seed)
     new_tokens = max_new_tokens if max_new_tokens is not None else (20 if scenes is not None else 16)
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.models import load_model
 
@@ -92,7 +92,7 @@ def build(
         if threads < 1:
             raise InputError("--threads must be at least 1")
         __import__("torch").set_num_threads(threads)
-    console = Console(stderr=True, soft_wrap=True)
+    console = SafeConsole(stderr=True, soft_wrap=True)
     with console.status(f"loading {model}"):
         loaded = load_model(model)
     if scenes is not None and loaded.kind != "vlm":
@@ -117,7 +117,7 @@ def build(
     by_task: dict[str, list[int]] = {}
     for name, label in zip(data.tasks, labels):
         by_task.setdefault(name, []).append(int(label))
-    console.print(f"[bold]{out}[/]: {len(data)} generations by {meta['model']} ({meta['layers']} layers x "
+    console.print(f"{out}: {len(data)} generations by {meta['model']} ({meta['layers']} layers x "
                   f"{meta['heads']} heads), {int(labels.sum())} hallucinated")
     for name, values in sorted(by_task.items()):
         console.print(f"  {name}: {len(values)} ({sum(values)} hallucinated)")
@@ -171,9 +171,9 @@ def train(
         options = {"epochs": epochs} if epochs else {}
     else:
         raise InputError(f"unknown --detector {detector!r}; use lookback, nonkes or attention-graph")
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console(stderr=True, soft_wrap=True)
+    console = SafeConsole(stderr=True, soft_wrap=True)
     with console.status(f"training {detector} on {data_path}"):
         probe, report = run_train(data, detector, seed=seed, test_fraction=test_fraction, tasks=tasks,
                                   shuffle_labels=shuffle_labels, **options)
@@ -194,14 +194,14 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here ('-': stdout)."),
 ) -> None:
     """Held-out (or transfer) AUROC of trained probes, with the probability baselines beside Lookback Lens."""
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.probes import dataset
     from workbench.probes.probe import Probe
 
     probes = [(path, Probe.load(path)) for path in probe_paths]
     data = dataset.load(data_path)
-    console = Console(stderr=True, soft_wrap=True)
+    console = SafeConsole(stderr=True, soft_wrap=True)
     results = {}
     for path, probe in probes:
         result = probe.evaluate(data, tasks=tasks)

@@ -13,11 +13,11 @@ import time
 
 
 def progress_bars():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from workbench.cli.printing import SafeConsole, description_column
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=True, console=Console(stderr=True))
+    return Progress(SpinnerColumn(), description_column(), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True, console=SafeConsole(stderr=True))
 
 
 def _rate_text(counted: int, tokens: int, elapsed: float, unit: str) -> str:
@@ -28,7 +28,7 @@ def _rate_text(counted: int, tokens: int, elapsed: float, unit: str) -> str:
 
 
 def throughput_bars():
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole, description_column
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -47,10 +47,10 @@ def throughput_bars():
             return Text(_rate_text(fields.get("counted", task.completed), fields.get("tokens", 0),
                                    task.elapsed or 0.0, fields.get("unit", "it")), style="progress.data.speed")
 
-    console = Console(stderr=True, soft_wrap=True)
+    console = SafeConsole(stderr=True, soft_wrap=True)
     if not console.is_terminal:
         return LineProgress(console)
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), description_column(), BarColumn(), MofNCompleteColumn(),
                     Throughput(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
 
 

@@ -56,10 +56,10 @@ def routes(
 
 
 def _summary(result, trace) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console()
-    console.print(f"[bold]routes[/] {result.model}: tau={result.options['threshold']} "
+    console = SafeConsole()
+    console.print(f"routes {result.model}: tau={result.options['threshold']} "
                   f"renormalise={result.options['renormalise']}; {result.stats['attention_rows_computed']} "
                   f"attention rows computed, {result.stats['pruned_fraction']:.1%} of parts pruned by the bound")
     for route in result.routes:

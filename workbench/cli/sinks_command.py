@@ -70,11 +70,11 @@ def sinks(
 
 
 def _summary(result) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console()
+    console = SafeConsole()
     o = result.options
-    console.print(f"[bold]sinks[/] {result.model} ({result.stack}): kind [bold]{result.kind['kind']}[/] "
+    console.print(f"sinks {result.model} ({result.stack}): kind {result.kind['kind']} "
                   f"({result.kind['reason']}); eps={o['eps']}")
     for token in result.sink_tokens[:8]:
         console.print(f"  position {token['position']:>4} {token['text']!r:<14} Sink^eps {token['sink_percent']:6.2f}% "
@@ -91,7 +91,7 @@ def _summary(result) -> None:
         centric = result.image_centric
         console.print(f"image-centric heads: {centric.get('image_centric') if centric['available'] else centric['reason']}")
     for note in result.notes:
-        console.print(f"[yellow]note[/] {note}")
+        console.print(f"note {note}")
 
 
 # -- `workbench trace --intervene` ---------------------------------------------------------------------------------
@@ -119,9 +119,9 @@ def attach_effect(result, tracer, item: dict, spec, *, max_new_tokens: int, syst
                   system=system, raw=raw)
     result.add_result("intervention", data)
     if data.get("available"):
-        from rich.console import Console
+        from workbench.cli.printing import SafeConsole
 
-        Console(stderr=True).print(
+        SafeConsole(stderr=True).print(
             f"intervention {spec.name}: KL(plain || intervened) at the next token "
             f"{data['next_token']['kl_plain_to_intervened']:.3g}; answer {data['answer']['plain']!r} -> "
             f"{data['answer']['intervened']!r}")

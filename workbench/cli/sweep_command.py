@@ -37,11 +37,11 @@ def sweep(
     force: bool = typer.Option(False, "--force", help="Delete a previous sweep in --out and start over."),
 ) -> None:
     """Trace every input in statistics mode into per-head and per-input Parquet tables plus aggregates."""
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.scale import run_sweep
 
-    console = Console(stderr=True)
+    console = SafeConsole(stderr=True)
     with throughput_bars() as bars:
         task = bars.add_task(f"sweep {model} ({executor})", total=None, unit="inputs", counted=0)
 
@@ -56,6 +56,6 @@ def sweep(
                            system=system, raw=raw, kernel=kernel, device=device, dtype=dtype, threads=threads,
                            bundles=bundles, remote=remote, force=force, progress=progress)
     rate = f", {result.inputs_per_second:.2f} inputs/s" if result.n_traced else ""
-    errors = f", [red]{result.n_errors} inputs failed[/] (see the error column of inputs/)" if result.n_errors else ""
-    console.print(f"[bold]{result.n_inputs}[/] inputs ({result.n_traced} traced now, {result.n_resumed} resumed"
+    errors = f", {result.n_errors} inputs failed (see the error column of inputs/)" if result.n_errors else ""
+    console.print(f"{result.n_inputs} inputs ({result.n_traced} traced now, {result.n_resumed} resumed"
                   f"{rate}){errors} -> {result.out}/heads, inputs, aggregates")

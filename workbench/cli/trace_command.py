@@ -113,12 +113,12 @@ def trace(
 
         check_before_loading(plan, model)
     lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.capture import Tracer
 
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
-    with Console(stderr=True).status(f"loading {model}"):
+    with SafeConsole(stderr=True).status(f"loading {model}"):
         tracer = Tracer.open(model, backend=backend, remote=remote, device=device, dtype=dtype,
                              rope_scaling=rope_scaling, max_length=max_length, copy_model=False)
     loaded = tracer.loaded
@@ -213,15 +213,15 @@ def _plan_outputs(items, model, out, json_out, force, *, many):
 def _report(result, bundle_path, json_path) -> None:
     import sys
 
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console(stderr=True)
+    console = SafeConsole(stderr=True)
     counts: dict[str, int] = {}
     for token in result.tokens:
         counts[token.region] = counts.get(token.region, 0) + 1
     where = ", ".join(str(p) for p in (bundle_path, json_path) if p is not None and str(p) != "-")
-    health = "" if result.checks.get("healthy", True) else " [red](numerics check failed, see `workbench info`)[/]"
-    console.print(f"[bold]{result.model['name']}[/]: {len(result.tokens)} tokens "
+    health = "" if result.checks.get("healthy", True) else " (numerics check failed, see `workbench info`)"
+    console.print(f"{result.model['name']}: {len(result.tokens)} tokens "
                   f"({', '.join(f'{k} {v}' for k, v in counts.items())}); generated {result.generation['text']!r}"
                   f"{health}" + (f" -> {where}" if where else ""))
     sys.stderr.flush()

@@ -38,12 +38,12 @@ def vhd_command(
         raise InputError("--distance takes 'cosine' or 'l2'")
     if prompt is not None and image is None:
         raise InputError("--prompt needs --image: VHD compares the run with the image to the run without it")
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
     from workbench.analyses import divergence
     from workbench.capture import Tracer
 
-    with Console(stderr=True).status(f"loading {model}"):
+    with SafeConsole(stderr=True).status(f"loading {model}"):
         tracer = Tracer.open(model)
     reinforce = divergence.VHR(alpha=alpha) if vhr else None
     options = {"top_k": top_k, "distance": distance}
@@ -90,9 +90,9 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
         task = bars.add_task("questions", total=len(questions))
         data = vhd_scenes.evaluate(tracer, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
                                     progress=lambda done, total: bars.update(task, completed=done), **options)
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console()
+    console = SafeConsole()
     for key, score in data["scores"].items():
         console.print(f"{key}: AUROC incorrect vs correct {score['auroc_incorrect_vs_correct']} "
                       f"({score['n_incorrect']} vs {score['n_correct']}); prior-answer hallucinations vs correct on "
@@ -105,16 +105,16 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
 
 
 def _print_ranking(ranking) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    Console().print("vision-aware heads: " + ", ".join(f"L{r['layer']}H{r['head']} {r['vhd']:.3f}" for r in ranking))
+    SafeConsole().print("vision-aware heads: " + ", ".join(f"L{r['layer']}H{r['head']} {r['vhd']:.3f}" for r in ranking))
 
 
 def _print_result(result) -> None:
-    from rich.console import Console
+    from workbench.cli.printing import SafeConsole
 
-    console = Console()
-    console.print(f"[bold]vhd[/] {result.model}: generated {result.text!r}; {result.cost['forwards']} forwards in "
+    console = SafeConsole()
+    console.print(f"vhd {result.model}: generated {result.text!r}; {result.cost['forwards']} forwards in "
                   f"{result.cost['seconds']:.2f} s; T-VHD (top {result.options['top_k']}) per token:")
     console.print("  " + " ".join(f"{t['text']!r}:{float(v):.3f}" for t, v in zip(result.tokens, result.t_vhd)))
     _print_ranking(result.ranking(10))
