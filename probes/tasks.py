@@ -18,12 +18,13 @@ Tasks:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.datasets.jsonl import Field, name_problem, read_records
+from workbench.datasets.scene_questions import read_questions
 from workbench.errors import InputError
 
 
@@ -75,20 +76,39 @@ def label_numbers(truth: dict, token_texts: list[str]) -> Labelled:
                     _spans_to_tokens(claimed, token_texts), subtype)
 
 
+# The shipped file's records also carry how they were made (key_type, asked, records): known, not warned about.
+KV_FIELDS = {
+    "prompt": Field((str,), required=True, check=lambda v: None if v.strip() else "must not be empty"),
+    "answer": Field((str, int), required=True),
+    "answerable": Field((bool,), required=True),
+    "name": Field((str,), check=name_problem),
+    "key_type": Field((str,)),
+    "asked": Field((str,)),
+    "records": Field((dict,)),
+}
+
+
 def kv_items(path: Path | None = None, n: int = 200, seed: int = 0) -> list[Item]:
     """Key-value retrieval prompts: the shipped file when given/present, else generated (seeded)."""
     if path is not None:
-        records = _read_jsonl(path)
+        records = [record.data for record in read_records(path, KV_FIELDS, what="--prompts", extra="warn")]
         source = str(path)
+        if not records:
+            raise InputError(f"{path} holds no prompts")
     else:
         from workbench.datasets.prompts import kv_prompts
 
         records, source = kv_prompts(n=n, seed=seed), f"workbench.datasets.prompts.kv_prompts(n={n}, seed={seed})"
     items = []
+    seen: dict[str, int] = {}
     for number, record in enumerate(records, start=1):
         if not {"prompt", "answer", "answerable"} <= set(record):
             raise InputError(f"{source}:{number}: a key-value prompt needs prompt, answer and answerable fields")
         name = str(record.get("name", f"kv-{number - 1:03d}"))
+        if name in seen:
+            raise InputError(f'{source}:{number}: field "name": {name!r} is already used by input {seen[name]}; '
+                             "names must be unique (they are the train/test split groups)")
+        seen[name] = number
         items.append(Item(name, name, "kv/" + ("answerable" if record["answerable"] else "unanswerable"),
                           record["prompt"], None,
                           {"answer": record["answer"], "answerable": bool(record["answerable"])},
@@ -132,16 +152,10 @@ def scene_items(folder: Path) -> list[Item]:
     `python -m workbench.datasets.scenes`); the split group is the scene (its image)."""
     folder = Path(folder)
     questions = folder / "questions.jsonl"
-    if not questions.is_file() or not (folder / "scenes.jsonl").is_file():
-        raise InputError(f"{folder} has no scenes.jsonl and questions.jsonl; pass the folder written by "
-                         "`python -m workbench.datasets.scenes` (the shipped set is data/scenes)")
     items = []
-    for number, qa in enumerate(_read_jsonl(questions)):
-        image = folder / qa["image"]
+    for number, qa in enumerate(read_questions(folder)):
         items.append(Item(f"{qa['scene']}:q{number:05d}", qa["scene"], f"scenes/{qa['type']}", qa["question"],
-                          str(image), qa, f"{questions}:{number + 1}"))
-    if items and not Path(items[0].image).is_file():
-        raise InputError(f"{items[0].image} is missing; the scene set in {folder} is incomplete")
+                          str(folder / qa["image"]), qa, f"{questions}:{number + 1}"))
     return items
 
 
@@ -169,20 +183,6 @@ def label(item: Item, token_texts: list[str]) -> Labelled:
     if item.task.startswith("scenes/"):
         return label_scene(item.truth, token_texts)
     return label_numbers(item.truth, token_texts)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    return out
 
 
 def sample(items: list[Item], limit: int | None, seed: int = 0) -> list[Item]:

@@ -37,19 +37,26 @@ def test_ids_images_and_fingerprint(tmp_path):
 
 @pytest.mark.parametrize("lines,fragment", [
     (["{not json"], "in.jsonl:1: not valid JSON"),
-    ([{"prompt": "a"}, {"text": "b"}], 'in.jsonl:2: each line needs a non-empty "prompt"'),
+    ([{"prompt": "a"}, {"text": "b"}], 'in.jsonl:2: field "prompt" is missing (the line has "text")'),
+    ([{"prompt": "  "}], 'in.jsonl:1: field "prompt" must not be empty'),
     ([{"prompt": "a", "id": "k"}, {"prompt": "b", "id": "k"}], "already used on line 1"),
     ([{"prompt": "a", "id": "bad id/"}], "may only use letters"),
     ([{"prompt": "a", "image": "missing.png"}], "missing.png does not exist"),
     ([{"prompt": "a", "max_new_tokens": -1}], "max_new_tokens"),
-    ([{"prompt": "a", "colour": "red"}], "unknown field"),
-    ([""], "holds no inputs"),
+    ([""], "holds no prompts"),
 ])
 def test_user_errors_name_the_line(tmp_path, lines, fragment):
     data = _write(tmp_path / "in.jsonl", lines)
     with pytest.raises(InputError, match=None) as caught:
         read_inputs(data)
     assert fragment in str(caught.value)
+
+
+def test_unknown_fields_are_named_once_in_a_warning(tmp_path):
+    data = _write(tmp_path / "in.jsonl", [{"prompt": "a", "colour": "red"}, {"prompt": "b", "colour": "blue"}])
+    with pytest.warns(UserWarning) as caught:
+        assert len(read_inputs(data)) == 2
+    assert len(caught) == 1 and '"colour" (first on line 1) are not read by --data' in str(caught[0].message)
 
 
 def test_missing_file(tmp_path):

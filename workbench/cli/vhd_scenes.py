@@ -14,7 +14,6 @@ grounding".
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -24,12 +23,9 @@ SHORT = ("presence", "colour", "shape", "count", "position")
 
 
 def load_questions(folder: Path, limit: int | None = None, seed: int = 0, types=SHORT) -> list[dict]:
-    path = Path(folder) / "questions.jsonl"
-    if not path.is_file():
-        from workbench.errors import InputError
+    from workbench.datasets.scene_questions import read_questions
 
-        raise InputError(f"{path} does not exist; --scenes takes a folder with questions.jsonl and images/")
-    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    questions = read_questions(Path(folder))
     questions = [q for q in questions if q["type"] in types]
     if limit is not None and limit < len(questions):
         questions = random.Random(seed).sample(questions, limit)
