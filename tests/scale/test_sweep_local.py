@@ -162,7 +162,15 @@ def test_cli_sweep_and_resume_message(inputs_file, tmp_path):
     (["--remote"], {}, "needs --backend nnsight"),
     (["--ray-address", "127.0.0.1:9"], {}, "needs --executor ray"),
     (["--executor", "ray", "--ray-address", "127.0.0.1:9"], {}, "cannot reach the Ray cluster"),
-    (["--batch-size", "0"], {}, "--batch-size must be positive"),
+    (["--batch-size", "0"], {}, "--batch-size must be between 1"),
+    (["--cpus-per-worker", "nan"], {}, "--cpus-per-worker must be a finite number"),
+    (["--gpus-per-worker", "-1"], {}, "--gpus-per-worker must be between 0 and 1024"),
+    (["--threads", "0"], {}, "--threads must be between 1"),
+    (["-n", "-5"], {}, "--max-new-tokens must be between 0"),
+    (["--bundles", "9" * 40], {}, "--bundles must be between 0 and 10,000,000, not a 40-digit number"),
+    (["--workers", "-1"], {}, "--workers must be between 0"),
+    (["--dtype", "float8"], {}, "unknown --dtype 'float8'"),
+    (["--device", "bogus"], {}, "unknown --device 'bogus'"),
 ])
 def test_cli_user_errors_are_one_line(inputs_file, tmp_path, args, env, fragment):
     result = _cli("sweep", "-m", "tiny-gpt2", "--data", inputs_file(1), "--out", tmp_path / "o", *args, env=env,

@@ -34,7 +34,8 @@ def sweep(
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="Torch threads per replica (default: --cpus-per-worker on Ray)."),
     remote: bool = typer.Option(False, "--remote", help="Run the model on NDIF (--backend nnsight, NDIF_API_KEY)."),
-    force: bool = typer.Option(False, "--force", help="Delete a previous sweep in --out and start over."),
+    force: bool = typer.Option(False, "--force", help="Delete a previous sweep in --out and start over (only what "
+                                                      "the sweep wrote; other files in --out stay)."),
 ) -> None:
     """Trace every input in statistics mode into per-head and per-input Parquet tables plus aggregates."""
     from workbench.cli.printing import SafeConsole
@@ -54,7 +55,8 @@ def sweep(
                            batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker,
                            cpus_per_worker=cpus_per_worker, ray_address=ray_address, max_new_tokens=max_new_tokens,
                            system=system, raw=raw, kernel=kernel, device=device, dtype=dtype, threads=threads,
-                           bundles=bundles, remote=remote, force=force, progress=progress)
+                           bundles=bundles, remote=remote, force=force, progress=progress,
+                           notify=lambda message: console.print(f"warning: {message}"))
     rate = f", {result.inputs_per_second:.2f} inputs/s" if result.n_traced else ""
     errors = f", {result.n_errors} inputs failed (see the error column of inputs/)" if result.n_errors else ""
     console.print(f"{result.n_inputs} inputs ({result.n_traced} traced now, {result.n_resumed} resumed"

@@ -10,21 +10,28 @@
     OUT/bundles/<id>.wbtrace                full bundles of the sampled inputs (--bundles)
     OUT/summary.json                        counts, errors, throughput of the last run
 
+Only one process sweeps into a folder at a time (`workbench.scale.lock`). The workbench deletes only names it
+writes (a resume drops uncommitted parts, --force the whole sweep); a user's other files in the folder stay.
+
 Commit protocol: a part's Parquet files are written under temporary names and renamed into place, then its
 commit record is renamed into `_commits/`. A part is committed iff its record exists. On start, files of parts
 without a record (a crash between the renames) are deleted, so they can never duplicate rows; the inputs of
-committed parts are skipped, so none is traced twice; the rest are traced again.
+committed parts are skipped, so none is traced twice; the rest are traced again. A commit record may name
+only its own part files, and a committed part whose files no longer read back (truncated, overwritten) is
+uncommitted and traced again, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
 from workbench.errors import InputError, OutputExistsError
+from workbench.scale.lock import LOCK_NAME
 
 FORMAT = "workbench-sweep"
 VERSION = 1
@@ -32,10 +39,32 @@ VERSION = 1
 IDENTITY = ("model", "backend", "remote", "dtype", "kernel", "max_new_tokens", "system", "raw", "inputs")
 
 
+# Names of what the workbench writes in a sweep folder: only these are ever deleted (by a resume or --force).
+_PART = r"part-[0-9]{8}-[0-9a-f]{10}"
+_PART_FILE = re.compile(r"(inputs|heads/stack=[a-z_]{1,32})/(" + _PART + r")\.parquet")
+_OURS = re.compile(r"(inputs|heads/stack=[a-z_]{1,32})/(part-[0-9]{8}-[A-Za-z0-9]{1,40}\.parquet|"
+                   r"\.part-[^/]{0,80}\.parquet\.tmp)|"
+                   r"_commits/\.?part-[0-9]{8}-[0-9a-f]{10}\.json(\.[0-9a-f]{8}\.tmp)?|"
+                   r"aggregates/\.?(heads|layers)\.parquet(\.tmp)?|\.?(sweep|summary)\.json(\.[0-9a-f]{8}\.tmp)?")
+FOLDERS = ("inputs", "heads", "_commits", "aggregates", "bundles")
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(temporary, path)
+
+
+def is_sweep_folder(out: Path) -> bool:
+    """True when `out/sweep.json` is a sweep record the workbench wrote (a user's own sweep.json is not)."""
+    manifest = Path(out) / "sweep.json"
+    if manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_bytes()[: 1 << 20].decode("utf-8"))
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 class SweepStore:
@@ -45,17 +74,28 @@ class SweepStore:
         self.out = Path(out).expanduser()
 
     # -- opening ----------------------------------------------------------------------------------------
+    def check_target(self) -> None:
+        """Refuse an --out the workbench must not write into (before anything is created or locked in it):
+        a file, or a non-empty folder that is not a sweep. --force never changes this: it replaces a sweep,
+        never a user's files."""
+        if self.out.is_symlink() or (self.out.exists() and not self.out.is_dir()):
+            raise OutputExistsError(f"--out {self.out} exists and is not a folder; choose another --out")
+        if not self.out.exists() or is_sweep_folder(self.out):
+            return
+        if (self.out / "sweep.json").exists():
+            raise OutputExistsError(f"{self.out / 'sweep.json'} is not a sweep record the workbench wrote (damaged "
+                                    "or someone else's); choose another --out")
+        if any(entry.name != LOCK_NAME for entry in self.out.iterdir()):
+            raise OutputExistsError(f"--out {self.out} is a non-empty folder that holds no sweep; --force only "
+                                    "replaces a sweep folder, so choose another --out")
+
     def open(self, identity: dict, *, force: bool) -> dict | None:
-        """Create the folder or check it holds the same sweep; return the previous sweep.json, if any."""
-        manifest = self.out / "sweep.json"
-        if self.out.exists() and not self.out.is_dir():
-            raise OutputExistsError(f"--out {self.out} exists and is not a folder")
+        """Check the folder holds the same sweep (or none yet) and create its layout; return the previous
+        sweep.json, if any. Call under the sweep's lock, after `check_target`."""
+        self.check_target()
         previous = None
-        if manifest.exists():
-            try:
-                previous = json.loads(manifest.read_text())
-            except json.JSONDecodeError:
-                raise OutputExistsError(f"{manifest} is damaged; pass --force to start the sweep over") from None
+        if is_sweep_folder(self.out):
+            previous = json.loads((self.out / "sweep.json").read_text(encoding="utf-8"))
             differs = [key for key in IDENTITY if previous.get("identity", {}).get(key) != identity.get(key)]
             if differs and not force:
                 raise OutputExistsError(
@@ -64,44 +104,72 @@ class SweepStore:
             if force:
                 self.clear()
                 previous = None
-        elif self.out.exists() and any(self.out.iterdir()) and not force:
-            raise OutputExistsError(f"--out {self.out} is a non-empty folder that holds no sweep; choose another "
-                                    "--out or pass --force to use it anyway")
-        for folder in ("inputs", "heads", "_commits", "aggregates", "bundles"):
+        for folder in FOLDERS:
             (self.out / folder).mkdir(parents=True, exist_ok=True)
         if previous is None:
-            _write_json_atomic(manifest, {"format": FORMAT, "version": VERSION, "identity": identity})
+            _write_json_atomic(self.out / "sweep.json", {"format": FORMAT, "version": VERSION, "identity": identity})
         return previous
 
     def clear(self) -> None:
-        for name in ("inputs", "heads", "_commits", "aggregates", "bundles"):
-            shutil.rmtree(self.out / name, ignore_errors=True)
-        for name in ("sweep.json", "summary.json"):
-            (self.out / name).unlink(missing_ok=True)
+        """Delete what the sweep wrote (parts, records, aggregates, bundles, its JSON files); anything else a
+        user put in the folder stays, and so do the folders holding it."""
+        from workbench.traces.bundle import looks_like_bundle
+
+        for path in sorted(self.out.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            relative = path.relative_to(self.out).as_posix()
+            if path.is_symlink():
+                continue
+            if path.is_file() and _OURS.fullmatch(relative):
+                path.unlink()
+            elif path.parent == self.out / "bundles" and path.suffix == ".wbtrace" and looks_like_bundle(path):
+                shutil.rmtree(path)
+        for folder in ("heads", *FOLDERS):
+            for path in sorted((self.out / folder).rglob("*"), key=lambda p: len(p.parts), reverse=True) + \
+                    [self.out / folder]:
+                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                    path.rmdir()
 
     # -- commits ----------------------------------------------------------------------------------------
     def commits(self) -> list[dict]:
+        """The commit records, each checked to name only its own part files inside this folder."""
         records = []
         for path in sorted((self.out / "_commits").glob("part-*.json")):
             try:
-                records.append(json.loads(path.read_text()))
-            except json.JSONDecodeError:  # cannot happen with rename-into-place; be safe: treat as uncommitted
+                record = json.loads(path.read_bytes().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):  # rename-into-place makes this a hand edit: uncommitted
                 path.unlink()
+                continue
+            records.append(self._checked_record(path, record))
         return records
 
-    def recover(self) -> set[int]:
-        """Delete uncommitted files and temporaries; return the indices of committed inputs."""
-        records = self.commits()
+    def _checked_record(self, path: Path, record) -> dict:
+        def refuse(why: str):
+            raise InputError(f"{path}: {why}; the sweep folder was edited by hand. Pass --force to start over")
+
+        if not isinstance(record, dict) or record.get("part") != path.stem or not re.fullmatch(_PART, path.stem):
+            refuse("not a commit record of this sweep")
+        files, inputs = record.get("files"), record.get("inputs")
+        if not isinstance(inputs, list) or not all(type(i) is int and i >= 0 for i in inputs):
+            refuse('"inputs" must be a list of input indices')
+        if not isinstance(files, list) or f"inputs/{path.stem}.parquet" not in files:
+            refuse('"files" must list the part\'s inputs/ file')
+        for file in files:
+            match = _PART_FILE.fullmatch(file) if isinstance(file, str) else None
+            if match is None or match.group(2) != path.stem:
+                refuse(f"it names {str(file)[:80]!r}, which is not one of this part's files in the sweep folder")
+        return record
+
+    def recover(self, notify=None) -> set[int]:
+        """Drop damaged parts (truncated or garbage Parquet: `notify` says which, their inputs are traced again),
+        delete uncommitted files and temporaries; return the indices of committed inputs."""
+        records = [record for record in self.commits() if not self._damaged(record, notify)]
         committed_files = {file for record in records for file in record["files"]}
-        for folder in ("inputs", "heads"):
-            for path in (self.out / folder).rglob("*"):
-                if not path.is_file():
-                    continue
-                relative = path.relative_to(self.out).as_posix()
-                if path.name.startswith(".") or relative not in committed_files:
-                    path.unlink()
-        for path in (self.out / "_commits").glob(".*"):
-            path.unlink()
+        for path in [*(self.out / "inputs").rglob("*"), *(self.out / "heads").rglob("*"),
+                     *(self.out / "_commits").glob(".*")]:
+            relative = path.relative_to(self.out).as_posix()
+            if path.is_file() and not path.is_symlink() and _OURS.fullmatch(relative) and \
+                    relative not in committed_files:
+                path.unlink()
         done: set[int] = set()
         for record in records:
             overlap = done.intersection(record["inputs"])
@@ -110,6 +178,41 @@ class SweepStore:
                                  "edited by hand. Pass --force to start over")
             done.update(record["inputs"])
         return done
+
+    def _damaged(self, record: dict, notify) -> bool:
+        """Uncommit (record first, then files) a part whose files do not read back as its rows."""
+        import pyarrow.parquet as pq
+
+        problem = None
+        for file in record["files"]:
+            path = self.out / file
+            try:
+                if path.is_symlink() or not path.is_file():
+                    problem = f"{file} is missing"
+                elif file.startswith("inputs/"):
+                    indices = pq.read_table(path, columns=["index"]).column("index").to_pylist()
+                    if sorted(indices) != sorted(record["inputs"]):
+                        problem = f"{file} holds other inputs than its commit record"
+                else:
+                    pq.read_metadata(path)  # the footer: a truncated or overwritten file fails here
+            except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+                problem = f"{file} is damaged ({type(error).__name__})"
+            if problem:
+                break
+        if problem is None:
+            return False
+        message = (f"{self.out}: part {record['part']}: {problem}; its {len(record['inputs'])} inputs will be "
+                   "traced again")
+        if notify is not None:
+            notify(message)
+        else:
+            import warnings
+
+            warnings.warn(message, stacklevel=3)
+        (self.out / "_commits" / f"{record['part']}.json").unlink()
+        for file in record["files"]:
+            (self.out / file).unlink(missing_ok=True)
+        return True
 
     def commit(self, results) -> int:
         """Write one batch of results (a pyarrow Table of `result_schema()` rows) as a committed part."""

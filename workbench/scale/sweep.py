@@ -11,6 +11,7 @@ The output folder layout and the commit protocol are described in `workbench.sca
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from workbench.capture.kernel_choice import check_kernel
 from workbench.errors import InputError
 from workbench.scale.executors import ExecutorOptions, execute
 from workbench.scale.inputs import read_inputs
+from workbench.scale.lock import SweepLock
 from workbench.scale.store import SweepStore
 from workbench.scale.worker import WorkerConfig
 
@@ -62,6 +64,43 @@ def _check_model_name(model: str) -> None:
                              "a local directory or a Hugging Face hub id")
 
 
+def _check_numbers(*, batch_size, workers, gpus_per_worker, cpus_per_worker, max_new_tokens, bundles,
+                   threads) -> None:
+    """Every numeric option in range and finite (nan passes every comparison), before anything starts. The same
+    rules and words as the CLI's option checks; written here because the Python API takes these too."""
+    for option, value, low, high in (("--batch-size", batch_size, 1, 10_000_000), ("--workers", workers, 0, 100_000),
+                                     ("--max-new-tokens", max_new_tokens, 0, 1_000_000),
+                                     ("--bundles", bundles, 0, 10_000_000), ("--threads", threads, 1, 4096)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            shown = str(value) if len(str(value)) <= 20 else f"a {len(str(value))}-digit number"
+            raise InputError(f"{option} must be between {low} and {high:,}, not {shown}")
+    for option, value, low, high in (("--gpus-per-worker", gpus_per_worker, 0, 1024),
+                                     ("--cpus-per-worker", cpus_per_worker, 0, 100_000)):
+        if not math.isfinite(value):
+            raise InputError(f"{option} must be a finite number, not {value}")
+        if not low <= value <= high or (option == "--cpus-per-worker" and value == 0):
+            bound = "above 0 and at most" if option == "--cpus-per-worker" else f"between {low} and"
+            raise InputError(f"{option} must be {bound} {high:g}, not {value:g}")
+
+
+def _check_device_and_dtype(device: str, dtype: str, *, local: bool) -> None:
+    import re
+
+    from workbench.models.loading import DTYPES
+
+    if dtype not in DTYPES:
+        raise InputError(f"unknown --dtype {dtype[:40]!r}; use one of {', '.join(DTYPES)}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", str(device)):
+        raise InputError(f"unknown --device {str(device)[:40]!r}; use auto, cpu, cuda or cuda:N")
+    if local and str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+
+
 def _sample(n: int, k: int) -> frozenset:
     """k evenly spread input indices (deterministic, so a resumed sweep samples the same inputs)."""
     if k <= 0:
@@ -75,7 +114,8 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
               ray_address: str | None = None, max_new_tokens: int = 0, system: str | None = None,
               raw: bool = False, kernel: str = "auto", device: str = "auto", dtype: str = "float32",
               threads: int | None = None, bundles: int = 0, remote: bool = False, force: bool = False,
-              progress: Callable[[int, int, int], None] | None = None) -> SweepResult:
+              progress: Callable[[int, int, int], None] | None = None,
+              notify: Callable[[str], None] | None = None) -> SweepResult:
     """Trace every input of `data` (JSONL) with `model` into Parquet features under `out` (resumable).
 
     executor: "local" (this process) or "ray" (Ray Data actors; `ray_address` joins a cluster, else one starts
@@ -86,16 +126,16 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     remote: run the model on NDIF through nnsight (needs backend "nnsight", NDIF_API_KEY and network; checked
         first, failing at once).
     progress: called as progress(done, total, traced_this_run) after every committed part.
+    notify: called with a one-line notice (a damaged part found on resume); default: warnings.warn.
+    A second sweep into the same `out` while one runs is refused (OutputExistsError naming the holder's pid).
     """
     if executor not in ("local", "ray"):
         raise InputError(f"unknown executor {executor!r}; use --executor local or ray")
     check_backend(backend, remote=remote)
     check_kernel(kernel, device="cuda" if str(device).startswith("cuda") or gpus_per_worker else "cpu")
-    for name, value in (("--batch-size", batch_size), ("--cpus-per-worker", cpus_per_worker)):
-        if value <= 0:
-            raise InputError(f"{name} must be positive")
-    if workers < 0 or gpus_per_worker < 0 or max_new_tokens < 0 or bundles < 0:
-        raise InputError("--workers, --gpus-per-worker, --max-new-tokens and --bundles must be 0 or more")
+    _check_numbers(batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker,
+                   cpus_per_worker=cpus_per_worker, max_new_tokens=max_new_tokens, bundles=bundles, threads=threads)
+    _check_device_and_dtype(device, dtype, local=executor == "local" and not remote)
     if ray_address and executor != "ray":
         raise InputError("--ray-address needs --executor ray")
     if remote:
@@ -109,8 +149,21 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     identity = {"model": model, "backend": backend, "dtype": dtype, "kernel": kernel,
                 "max_new_tokens": max_new_tokens, "system": system, "raw": raw, "remote": bool(remote),
                 "inputs": inputs.fingerprint}
-    store.open(identity, force=force)
-    done = store.recover()
+    store.check_target()  # before the folder or its lock file is created
+    store.out.mkdir(parents=True, exist_ok=True)
+    with SweepLock(store.out):  # a second sweep into this folder is refused here, before any model loads
+        store.open(identity, force=force)
+        done = store.recover(notify)
+        return _run(inputs, store, done, model=model, backend=backend, remote=remote, device=device, dtype=dtype,
+                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, threads=threads,
+                    kernel=kernel, max_new_tokens=max_new_tokens, system=system, raw=raw, bundles=bundles,
+                    executor=executor, batch_size=batch_size, workers=workers, ray_address=ray_address,
+                    progress=progress)
+
+
+def _run(inputs, store: SweepStore, done: set[int], *, model, backend, remote, device, dtype, gpus_per_worker,
+         cpus_per_worker, threads, kernel, max_new_tokens, system, raw, bundles, executor, batch_size, workers,
+         ray_address, progress) -> SweepResult:
     pending = [item for item in inputs.items if item.index not in done]
     if threads is None:
         threads = max(1, int(cpus_per_worker)) if executor == "ray" else 0
