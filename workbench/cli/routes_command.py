@@ -14,6 +14,8 @@ def parse_position(text: str):
     """'-1', '3,7,9', 'generated' or 'all' -> what routes.analyse takes."""
     if text in ("generated", "all"):
         return text
+    if len(text) > 1000:
+        raise InputError(f"--position is {len(text)} characters long; give a few positions, 'generated' or 'all'")
     try:
         values = [int(part) for part in text.split(",")]
     except ValueError:
@@ -41,8 +43,12 @@ def routes(
     import workbench
     from workbench.analyses import routes as analysis
 
+    from workbench.cli import options as check
+
+    check.real("--threshold", threshold, low=0.0, high=1.0)
+    position = parse_position(position)
     trace = workbench.load(bundle)
-    result = analysis.analyse(trace, position=parse_position(position), threshold=threshold,
+    result = analysis.analyse(trace, position=position, threshold=threshold,
                               renormalise=renormalise, bias=bias, head_types=head_types)
     data = result.to_json()
     if store:

@@ -45,8 +45,15 @@ def sinks(
 
     if hidden_rule not in ("absolute", "relative"):
         raise InputError("--hidden-rule takes 'absolute' or 'relative'")
+    from workbench.cli import options as check
     from workbench.cli.paths import check_json_output, write_json
 
+    check.real("--eps", eps, above=0.0, high=1.0)
+    check.real("--threshold", threshold, above=0.0, high=1.0)
+    check.real("--factor", factor, above=0.0, high=1e6)
+    check.count("--min-queries", min_queries, low=1)
+    check.real("--tau", tau, low=0.0, high=1e9)
+    check.real("--rho", rho, low=0.0, high=1.0)
     json_out = check_json_output(json_out, force=force)
     trace = workbench.load(bundle)
     if eps is None:

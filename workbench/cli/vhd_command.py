@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +29,7 @@ def vhd_command(
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Vision-aware head divergence: per generated token, how much each head's output changes without the image; VHR."""
     if sum(x is not None for x in (prompt, bundle, prompts, scenes)) != 1:
@@ -38,6 +38,14 @@ def vhd_command(
         raise InputError("--distance takes 'cosine' or 'l2'")
     if prompt is not None and image is None:
         raise InputError("--prompt needs --image: VHD compares the run with the image to the run without it")
+    from workbench.cli import options as check
+    from workbench.cli.paths import check_json_output, write_json
+
+    check.count("--max-new-tokens", max_new_tokens, low=1, high=4096)
+    check.count("--limit", limit, low=1)
+    check.count("--top-k", top_k, low=1, high=65535)
+    check.real("--alpha", alpha, above=0.0, high=1000.0)
+    json_out = check_json_output(json_out, force=force)
     from workbench.cli.printing import SafeConsole
 
     from workbench.analyses import divergence
@@ -71,14 +79,7 @@ def vhd_command(
 
             store_result(trace, "vhd", data)
         _print_result(result)
-    if json_out is not None:
-        text = json.dumps(data, ensure_ascii=False, indent=1)
-        if str(json_out) == "-":
-            print(text)
-        else:
-            from workbench.cli.paths import write_text_atomic
-
-            write_text_atomic(json_out, text)
+    write_json(json_out, data)
 
 
 def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
