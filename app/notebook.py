@@ -14,6 +14,8 @@ hand arrays to the same pure builder (`app.figures`), so a notebook shows exactl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -108,9 +110,9 @@ def image_view(trace, values=None, *, image=None, label: str = "alpha (mean atte
         grid[row, col], where[row, col] = value, position
     uri = None
     if image is not None:
-        from PIL import Image
+        from workbench.images import open_rgb
 
-        picture = Image.open(image).convert("RGB") if not hasattr(image, "size") else image
+        picture = image if hasattr(image, "size") else open_rgb(Path(image).read_bytes(), what=str(image))[0]
         uri = data_uri(square(picture), max_side=336)
     return patch_overlay(grid, image_uri=uri, marked=list(marked), label=label, positions=where, title=title)
 

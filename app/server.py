@@ -83,9 +83,10 @@ INDEX = """<!DOCTYPE html>
 
 
 def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_recompute: bool = True,
-               cache_mb: int = 1536, store: AppData | None = None):
+               allow_model_dirs=(), cache_mb: int = 1536, store: AppData | None = None):
     """The Dash app over `traces_dir`. image_dirs: more folders where input images may be found;
-    allow_trace: show the trace form; allow_recompute: recompute maps of statistics-only bundles."""
+    allow_trace: show the trace form; allow_recompute: recompute maps of statistics-only bundles;
+    allow_model_dirs: model folders (or folders of them) the server may load besides registry models."""
     import dash
     from dash import ALL, Dash, Input, Output, State, dcc, html
     from workbench.app import clientside
@@ -94,7 +95,7 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
 
     root = Path(traces_dir).expanduser()
     store = store or AppData(root, image_dirs=[Path(d) for d in image_dirs], cache_bytes=cache_mb * 1024 * 1024,
-                             allow_recompute=allow_recompute)
+                             allow_recompute=allow_recompute, allow_model_dirs=allow_model_dirs)
     store.allow_trace = allow_trace
     app = Dash(__name__, use_pages=True, pages_folder="", suppress_callback_exceptions=True,
                title="Attention workbench", update_title=None, index_string=INDEX)

@@ -29,7 +29,7 @@ SOURCES = {"workbench": "workbench", "workbench.kernels": "kernels", "workbench.
 COMPONENTS = {
     "workbench": "api",
     "workbench.errors": "base", "workbench.threads": "base", "workbench.peak_rss": "base",
-    "workbench.lazy": "base", "workbench.version": "base",
+    "workbench.lazy": "base", "workbench.version": "base", "workbench.images": "base",
     "workbench.kernels": "kernels",
     "workbench.models": "models", "workbench.traces": "traces", "workbench.datasets": "datasets",
     "workbench.capture": "capture",

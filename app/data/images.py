@@ -14,15 +14,14 @@ import base64
 import hashlib
 import io
 import threading
-import warnings
 from pathlib import Path
 
 from workbench.errors import InputError
+from workbench.images import check_image, open_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-MAX_PIXELS = 40_000_000
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -54,7 +53,7 @@ class ImageFinder:
             ok = hashlib.sha256(data).hexdigest() == sha256
             if not ok:
                 try:
-                    ok = hashlib.sha256(_open_rgb(data).tobytes()).hexdigest() == sha256
+                    ok = hashlib.sha256(open_rgb(data)[0].tobytes()).hexdigest() == sha256
                 except InputError:
                     ok = False
         with self._lock:
@@ -86,29 +85,7 @@ class ImageFinder:
         if embedded is not None:
             return embedded
         path = self.find(trace)
-        return None if path is None else _open_rgb(path.read_bytes())
-
-
-def _open_rgb(data: bytes):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                if probe.width * probe.height > MAX_PIXELS:
-                    raise InputError(f"the image has {probe.width}x{probe.height} pixels, more than {MAX_PIXELS:,}")
-                fmt = probe.format
-                probe.verify()
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as error:
-        raise InputError(f"not an image Pillow can read ({type(error).__name__}); upload a PNG or JPEG") from None
-    image.info["workbench_format"] = fmt
-    return image.convert("RGB")
+        return None if path is None else open_rgb(path.read_bytes(), what=path.name)[0]
 
 
 def decode_upload(contents: str, filename: str | None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[bytes, str]:
@@ -128,27 +105,10 @@ def decode_upload(contents: str, filename: str | None, *, max_bytes: int = MAX_U
         raise InputError(f"the image is larger than {max_bytes // (1024 * 1024)} MB; upload a smaller one")
     if not data:
         raise InputError("the upload is empty; choose a PNG or JPEG image")
-    image = _open_rgb(data)
-    fmt = image.info.get("workbench_format")
+    fmt = check_image(data, what="the upload")  # the pixels are decoded once, by the trace job
     if fmt not in UPLOAD_FORMATS:
         raise InputError(f"{filename or 'the upload'} is a {fmt} image; upload PNG, JPEG, WebP, GIF or BMP")
     return data, UPLOAD_FORMATS[fmt]
-
-
-def store_upload(root: Path, data: bytes, extension: str) -> Path:
-    """Save uploaded image bytes as <root>/images/<sha256><ext> (content-addressed, so re-uploads are free)."""
-    folder = Path(root) / "images"
-    path = folder / f"{hashlib.sha256(data).hexdigest()}{extension}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            temporary = folder / f".{path.name}.tmp"
-            temporary.write_bytes(data)
-            temporary.replace(path)
-    except OSError as error:
-        raise InputError(f"cannot save the upload in {folder} ({error.strerror or error}); the traces folder must "
-                         "be writable to trace from the app") from None
-    return path
 
 
 def model_view(image, side: int | None = None):

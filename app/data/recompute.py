@@ -22,10 +22,15 @@ from workbench.errors import InputError, WorkbenchError
 
 
 class ModelPool:
-    """Tracers opened by model name (registry name or directory), kept for reuse; one forward at a time per model."""
+    """Tracers opened by model name (registry name or directory), kept for reuse; one forward at a time per model.
 
-    def __init__(self, max_models: int = 2):
+    access: a ModelAccess that every name must pass before it loads (the app's server always has one: bundles and
+    forms choose the names); None loads any name (a notebook, where the caller is the machine's own user).
+    """
+
+    def __init__(self, max_models: int = 2, *, access=None):
         self.max_models = max_models
+        self.access = access
         self._models: dict[str, tuple[object, threading.Lock]] = {}
         self._lock = threading.Lock()
 
@@ -33,6 +38,8 @@ class ModelPool:
         """(Tracer, lock) for `name`; the lock serialises forwards (capture toggles the model's attention)."""
         from workbench.capture import Tracer
 
+        if self.access is not None:
+            name = self.access.check(name)
         with self._lock:
             if name in self._models:
                 self._models[name] = self._models.pop(name)  # most recently used last
@@ -70,7 +77,7 @@ def _tracer(trace, model, pool: ModelPool):
         return model, threading.Lock()
     if isinstance(model, LoadedModel):
         return Tracer.open(model), threading.Lock()
-    name = model if isinstance(model, str) else str(trace.model.get("name"))
+    name = model if isinstance(model, str) else str(trace.model.get("name"))[:4096]
     try:
         return pool.get(name)
     except WorkbenchError as error:

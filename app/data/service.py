@@ -18,8 +18,10 @@ from workbench.app.data.catalog import Catalog
 from workbench.app.data.images import ImageFinder, data_uri, model_view
 from workbench.app.data.jobs import TraceJobs
 from workbench.app.data.metrics import Metric, statistics_metrics
+from workbench.app.data.model_access import ModelAccess
 from workbench.app.data.recompute import ModelPool, layer_maps, token_rows
 from workbench.app.data.tensors import read_first_axis, stored_map_heads, tensor_name
+from workbench.app.data.uploads import Uploads
 
 from workbench.errors import InputError
 
@@ -37,15 +39,21 @@ class HeadMap:
 
 class AppData:
     def __init__(self, root, *, image_dirs=(), cache_bytes: int = 1536 * 1024 * 1024, allow_recompute: bool = True,
-                 pool: ModelPool | None = None):
+                 allow_model_dirs=(), pool: ModelPool | None = None):
+        """allow_model_dirs: model folders (or folders of model folders) the server may load besides registry
+        models, for recompute and trace jobs; a bundle naming any other model cannot make the server load it."""
         from workbench.models.registry import data_root
 
         self.root = Path(root).expanduser().resolve()
         self.catalog = Catalog(self.root)
         self.images = ImageFinder([self.root, *image_dirs, data_root() / "images"])
-        self.pool = pool or ModelPool()
+        self.access = ModelAccess(allow_model_dirs)
+        self.pool = pool or ModelPool(access=self.access)
+        if self.pool.access is None:
+            self.pool.access = self.access  # a pool handed in still loads only what this server allows
         self.cache = LRUCache(max_items=1024, max_bytes=cache_bytes)
         self.jobs = TraceJobs(self.root, self.pool, catalog=self.catalog)
+        self.uploads = Uploads(self.root, in_use=self.jobs.images_in_use)
         self.allow_recompute = allow_recompute
 
     # -- bundles ------------------------------------------------------------------------------------

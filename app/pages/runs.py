@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from dash import Input, Output, State, dcc, html, no_update
 from workbench.app.pages.common import Page, data, error_panel, guarded, guarded_layout, link, note
-
-_STORED_IMAGE = re.compile(r"^[0-9a-f]{64}\.(png|jpg|webp|gif|bmp)$")
 
 
 def _short(text: str, limit: int) -> str:
@@ -55,7 +51,7 @@ def trace_form() -> html.Div:
     from workbench.app.data.jobs import MAX_NEW_TOKENS, traceable_models
 
     options = [{"label": f"{m['name']} ({m['kind']}) — {m['description']}", "value": m["name"]}
-               for m in traceable_models()]
+               for m in traceable_models(data().access)]
     return html.Div([
         html.H3("Trace a new input"),
         html.Div([
@@ -110,13 +106,13 @@ def register(app) -> None:
                   Input("runs-upload", "contents"), State("runs-upload", "filename"), prevent_initial_call=True)
     @guarded("none", "panel")
     def upload(contents, filename):
-        from workbench.app.data.images import decode_upload, store_upload
+        from workbench.app.data.images import decode_upload
 
         if contents is None:
             return None, ""
         payload, extension = decode_upload(contents, filename)
-        stored = store_upload(data().root, payload, extension)
-        return stored.name, f"image ready: {filename} ({len(payload) // 1024} kB)"
+        stored = data().uploads.store(payload, extension)
+        return stored.name, f"image ready: {str(filename)[:80]} ({len(payload) // 1024} kB)"
 
     @app.callback(Output("runs-job", "data"), Output("runs-interval", "disabled"),
                   Output("runs-form-message", "children"), Output("runs-progress-box", "style"),
@@ -133,11 +129,10 @@ def register(app) -> None:
             return None, True, error_panel("tracing from the app is off (`workbench app --no-trace`)"), {"display": "none"}
         image = None
         if image_name:
-            if not isinstance(image_name, str) or not _STORED_IMAGE.match(image_name) or \
-                    not (store.root / "images" / image_name).is_file():
+            image = store.uploads.get(image_name)
+            if image is None:
                 return None, True, error_panel("the uploaded image is gone; upload it again"), {"display": "none"}
-            image = store.root / "images" / image_name
-        request = validate(model, prompt, new_tokens, image=image, maps=maps, name=name)
+        request = validate(model, prompt, new_tokens, image=image, maps=maps, name=name, access=store.access)
         job_id = store.jobs.submit(request)
         return job_id, False, note(f"tracing {request.model}…"), {"display": "block"}
 

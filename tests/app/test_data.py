@@ -14,10 +14,11 @@ import pytest
 import torch
 from workbench.app.data import results as results_mod
 from workbench.app.data.catalog import Catalog
-from workbench.app.data.images import ImageFinder, decode_upload, store_upload
+from workbench.app.data.images import ImageFinder, decode_upload
 from workbench.app.data.maps import clamp_range, pool_columns, window
 from workbench.app.data.metrics import statistics_metrics
 from workbench.app.data.recompute import layer_maps, token_rows
+from workbench.app.data.uploads import Uploads
 
 import workbench
 from tests.app.app_helpers import png_bytes
@@ -212,7 +213,7 @@ def _upload(data: bytes, kind: str = "image/png") -> str:
 
 def test_uploads_are_checked(tmp_path):
     data, extension = decode_upload(_upload(png_bytes()), "x.png")
-    assert extension == ".png" and store_upload(tmp_path, data, extension).parent == tmp_path / "images"
+    assert extension == ".png" and Uploads(tmp_path).store(data, extension).parent == tmp_path / ".uploads"
     for contents, message in ((_upload(b"not an image"), "Pillow"), ("data:image/png;base64,@@@", "base64"),
                               ("hello", "not a file"), (_upload(b""), "empty"),
                               (_upload(b"x" * 100), "larger")):

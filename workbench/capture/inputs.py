@@ -9,7 +9,6 @@ role names, separators) -> "special".
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import InputError
+from workbench.images import MAX_FILE_BYTES, open_rgb
 from workbench.models.loaded import LoadedModel
 from workbench.traces.tokens import Token
 
@@ -48,7 +48,7 @@ class PreparedInput:
 
 def load_image(image):
     """A PIL RGB image from a path or a PIL image, with a clear error for anything else."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(image, Image.Image):
         rgb = image.convert("RGB")
@@ -57,13 +57,11 @@ def load_image(image):
     path = Path(os.fspath(image)).expanduser()
     if not path.is_file():
         raise InputError(f"image {path} does not exist; pass the path of a PNG or JPEG file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"image {path} is {path.stat().st_size / 2**20:.0f} MB, more than the "
+                         f"{MAX_FILE_BYTES // 2**20} MB the workbench reads; resize it")
     data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        rgb = Image.open(io.BytesIO(data)).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{path} is not an image Pillow can read ({type(error).__name__}); pass a PNG or JPEG") from None
+    rgb, _ = open_rgb(data, what=str(path))
     return rgb, {"sha256": hashlib.sha256(data).hexdigest(), "source": str(path), "width": rgb.width,
                  "height": rgb.height}
 

@@ -30,6 +30,10 @@ def app_command(
     no_trace: bool = typer.Option(False, "--no-trace", help="Hide the form that traces new inputs."),
     no_recompute: bool = typer.Option(False, "--no-recompute", help="Never load a model to recompute the maps of "
                                       "statistics-only bundles."),
+    allow_model_dir: list[Path] | None = typer.Option(None, "--allow-model-dir", help="A model folder, or a "
+                                                         "folder of model folders, the server may load to recompute "
+                                                         "maps and trace from the form (repeatable); otherwise only "
+                                                         "registry models load, whatever a bundle names."),
     cache_mb: int = typer.Option(1536, "--cache-mb", help="Memory for cached maps and metrics (MB)."),
     debug: bool = typer.Option(False, "--debug", help="Dash debug mode (reloader and dev tools)."),
 ) -> None:
@@ -43,6 +47,9 @@ def app_command(
     for folder in images or []:
         if not folder.is_dir():
             raise InputError(f"--images {folder} is not a folder")
+    for folder in allow_model_dir or []:
+        if not folder.is_dir():
+            raise InputError(f"--allow-model-dir {folder} is not a folder")
     if not 0 <= port <= 65535:
         raise InputError("--port must be between 0 and 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -59,7 +66,7 @@ def app_command(
     from workbench.app import create_app
 
     app = create_app(traces, image_dirs=images or [], allow_trace=not no_trace, allow_recompute=not no_recompute,
-                     cache_mb=cache_mb)
+                     allow_model_dirs=allow_model_dir or [], cache_mb=cache_mb)
     shown = f"[{host}]" if ":" in host else host
     print(f"Attention workbench: http://{shown}:{port}/  (bundles under {traces.resolve()}; Ctrl+C to stop)",
           flush=True)

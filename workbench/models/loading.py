@@ -152,6 +152,25 @@ def model_kind(config) -> str:
     return "causal"
 
 
+SUPPORTED_FAMILIES = ("decoder language models (GPT-2, Llama, Mistral, Qwen2, Gemma, SmolLM2, ...)",
+                      "BERT-style encoders (BERT, RoBERTa, DistilBERT, MiniLM, ...)",
+                      "LLaVA-style vision-language models")
+
+
+def check_supported(config, where) -> None:
+    """Refuse, in one line and before any weights load, a config no family of the workbench can trace (a DINOv2
+    or CLIP backbone, a seq2seq model): transformers would otherwise fail with a raw ValueError."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = getattr(config, "model_type", "")
+    names = {"vlm": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+             "causal": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+             "encoder": modeling_auto.MODEL_MAPPING_NAMES}[model_kind(config)]
+    if model_type not in names:
+        raise ModelNotFoundError(f"{where} holds a {type(config).__name__} (model_type {model_type!r}), which the "
+                                 f"workbench cannot trace; it supports {'; '.join(SUPPORTED_FAMILIES)}")
+
+
 def _apply_rope_scaling(config, rope_scaling: str, rope_length: int) -> float:
     text_config = getattr(config, "text_config", None) or config
     rope_factor = max(1.0, rope_length / text_config.max_position_embeddings)
@@ -178,6 +197,7 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool, 
     trained_positions = getattr(getattr(config, "text_config", None) or config, "max_position_embeddings", None)
     rope_factor = _apply_rope_scaling(config, rope_scaling, rope_length) if rope_scaling else 1.0
     kind = model_kind(config)
+    check_supported(config, directory)
     auto_class = {
         "vlm": transformers.AutoModelForImageTextToText,
         "causal": transformers.AutoModelForCausalLM,

@@ -1,8 +1,14 @@
-"""Numerical health of a trace's statistics: non-finite values and the softmax normaliser Z far from 1.
+"""Numerical health of a trace's statistics: non-finite values, the softmax normaliser Z far from 1, and rows
+that were never recorded.
 
 The capture records its own verdict in the manifest (`checks`); `stored_health` recomputes it from the stored
 statistics, so a bundle edited or damaged after capture (or written by another tool) is judged by its data,
 not by its own claim. fp16 overflow and bad masks show up as inf/NaN or as rows whose weights do not sum to 1.
+
+Every query row of a stored layer must be recorded: a trace holds one input, so every row sees at least one key
+(itself, under any causal, sliding-window or full mask). A row with no visible key in region_count, or with
+Z = 0, is a row the capture missed (a call that was never recorded, a mask that hid everything): it is counted
+in `unrecorded_rows` and makes the trace UNHEALTHY, and Z must be 1 within Z_TOLERANCE on every row.
 """
 
 from __future__ import annotations
@@ -21,40 +27,60 @@ class Health:
     non_finite: int = 0
     max_normaliser_error: float = 0.0
     flagged: list[str] = field(default_factory=list)  # "text layer 3", "vision layer 0"
+    model_dtype: str | None = None  # the dtype the model ran in, when known (the advice depends on it)
+    unrecorded_rows: int = 0  # (layer, query row) pairs with no visible key or Z = 0, over all stacks
 
     @property
     def healthy(self) -> bool:
-        return self.non_finite == 0 and self.max_normaliser_error < Z_TOLERANCE
+        return self.non_finite == 0 and self.unrecorded_rows == 0 and self.max_normaliser_error < Z_TOLERANCE
 
     def describe(self) -> str:
         where = f" in {', '.join(self.flagged[:6])}{' ...' if len(self.flagged) > 6 else ''}" if self.flagged else ""
-        return (f"{self.non_finite} non-finite statistics and max |Z - 1| = {self.max_normaliser_error:.2g}{where}; "
-                "these numbers are unreliable: trace again in float32 (--dtype float32) or check the attention mask")
+        missing = f", {self.unrecorded_rows} query rows never recorded (Z = 0)" if self.unrecorded_rows else ""
+        found = (f"{self.non_finite} non-finite statistics and max |Z - 1| = {self.max_normaliser_error:.2g}"
+                 f"{missing}{where}")
+        if self.model_dtype in (None, "float32", "float64"):  # float32 already (or unknown): precision is not it
+            return (f"{found}; these numbers are unreliable: check the attention mask (a query row with every key "
+                    "masked) and the model's weights for inf or NaN" +
+                    ("" if self.model_dtype else ", or trace again in float32 (--dtype float32)"))
+        return (f"{found}; these numbers are unreliable: the model ran in {self.model_dtype}, so trace again in "
+                "float32 (--dtype float32), or check the attention mask")
 
 
 def layer_problems(stats: dict[str, torch.Tensor]) -> tuple[int, float]:
-    """(non-finite count, max |Z - 1| over query rows that see a key) of one layer's statistics."""
+    """(non-finite count, max |Z - 1| over every query row) of one layer's statistics; an unrecorded row (Z = 0)
+    counts as |Z - 1| = 1."""
     non_finite = sum(int((~torch.isfinite(stats[name])).sum()) for name in CHECKED if name in stats)
     error = 0.0
-    if "normaliser" in stats:
-        z = stats["normaliser"].float()  # [head, query_pos]
-        seen = stats["region_count"].sum(-1) > 0 if "region_count" in stats else torch.ones(z.shape[-1], dtype=bool)
-        if seen.any():
-            deviation = (z[:, seen] - 1).abs().max().item()
-            error = float("inf") if math.isnan(deviation) else deviation  # NaN counts as infinitely wrong
+    if "normaliser" in stats and stats["normaliser"].numel():
+        deviation = (stats["normaliser"].float() - 1).abs().max().item()  # [head, query_pos], every row
+        error = float("inf") if math.isnan(deviation) else deviation  # NaN counts as infinitely wrong
     return non_finite, error
+
+
+def unrecorded_rows(stats: dict[str, torch.Tensor]) -> int:
+    """Query rows of one layer that were never recorded: no visible key in region_count, or Z = 0 in every head."""
+    n = stats["normaliser"].shape[-1] if "normaliser" in stats else stats["region_count"].shape[0]
+    missing = torch.zeros(n, dtype=torch.bool)
+    if "region_count" in stats:
+        missing |= stats["region_count"].sum(-1) == 0  # [query_pos]
+    if "normaliser" in stats:
+        missing |= (stats["normaliser"].float() == 0).all(0)  # [query_pos]
+    return int(missing.sum())
 
 
 def stored_health(trace) -> Health:
     """Recompute the health checks from the statistics stored in `trace` (reads every layer's statistics)."""
-    non_finite, worst, flagged = 0, 0.0, []
+    non_finite, worst, missing, flagged = 0, 0.0, 0, []
     for stack in trace.stacks:
         for layer in range(trace.n_layers(stack)):
-            count, error = layer_problems(trace.layer(layer, stack))
-            non_finite, worst = non_finite + count, max(worst, error)
-            if count or error >= Z_TOLERANCE:
+            stats = trace.layer(layer, stack)
+            count, error = layer_problems(stats)
+            rows = unrecorded_rows(stats)
+            non_finite, worst, missing = non_finite + count, max(worst, error), missing + rows
+            if count or rows or error >= Z_TOLERANCE:
                 flagged.append(f"{stack} layer {layer}")
-    return Health(non_finite, worst, flagged)
+    return Health(non_finite, worst, flagged, unrecorded_rows=missing)
 
 
 def manifest_health(trace) -> Health:
@@ -62,7 +88,8 @@ def manifest_health(trace) -> Health:
     checks = trace.checks
     try:
         return Health(int(checks.get("non_finite", 0)), float(checks.get("max_normaliser_error", 0.0)),
-                      [str(x) for x in checks.get("flagged", [])] if isinstance(checks.get("flagged"), list) else [])
+                      [str(x) for x in checks.get("flagged", [])] if isinstance(checks.get("flagged"), list) else [],
+                      unrecorded_rows=int(checks.get("unrecorded_rows", 0)))
     except (TypeError, ValueError):
         return Health(0, float("inf"), ["manifest checks unreadable"])
 
@@ -70,10 +97,14 @@ def manifest_health(trace) -> Health:
 def health(trace, *, recheck: bool = True) -> Health:
     """The worse of the manifest's verdict and (recheck=True) the one recomputed from the stored statistics."""
     claimed = manifest_health(trace)
+    dtype = trace.model.get("dtype") if isinstance(trace.model, dict) else None
+    dtype = dtype if isinstance(dtype, str) and len(dtype) < 20 else None
     if claimed.healthy and "healthy" in trace.checks and not trace.checks["healthy"]:
         claimed = Health(claimed.non_finite, float("inf"), claimed.flagged or ["manifest flag"])
     if not recheck:
-        return claimed
+        return Health(claimed.non_finite, claimed.max_normaliser_error, claimed.flagged, dtype,
+                      claimed.unrecorded_rows)
     found = stored_health(trace)
     return Health(max(claimed.non_finite, found.non_finite), max(claimed.max_normaliser_error,
-                  found.max_normaliser_error), sorted(set(claimed.flagged) | set(found.flagged)))
+                  found.max_normaliser_error), sorted(set(claimed.flagged) | set(found.flagged)), dtype,
+                  max(claimed.unrecorded_rows, found.unrecorded_rows))
