@@ -218,6 +218,20 @@ class Recorder:
         if (count or error >= Z_TOLERANCE) and where not in self.flagged:
             self.flagged.append(where)
 
+    def unrecorded(self) -> tuple[int, list[str]]:
+        """(query rows no attention call filled, their layers as "text layer 3") over every recorded layer: each row
+        of a single-input trace sees at least one key, so a missing row is a capture that went wrong."""
+        from workbench.traces.health import unrecorded_rows
+
+        total, where = 0, []
+        for (stack, layer), buffer in sorted(self._buffers.items()):
+            n = self.length[stack]
+            rows = unrecorded_rows({"region_count": buffer["region_count"][:n], "normaliser": buffer["normaliser"][:, :n]})
+            if rows:
+                total += rows
+                where.append(f"{stack} layer {layer}")
+        return total, where
+
     def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Everything recorded, trimmed to the final length, as name -> (tensor, axes)."""
         out: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}

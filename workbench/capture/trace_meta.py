@@ -42,6 +42,9 @@ def numerics_checks(recorder) -> dict:
     from workbench.traces.health import Z_TOLERANCE
 
     error = recorder.max_normaliser_error
+    missing, where = recorder.unrecorded()
+    flagged = list(recorder.flagged) + [name for name in where if name not in recorder.flagged]
     return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": recorder.non_finite,
-            "healthy": recorder.non_finite == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
-            "flagged": list(recorder.flagged)}
+            "unrecorded_rows": missing,
+            "healthy": recorder.non_finite == 0 and missing == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
+            "flagged": flagged}

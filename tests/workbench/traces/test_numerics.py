@@ -110,3 +110,81 @@ def test_every_bundle_page_of_the_app_warns(planted):
                 shown = text(page.layout(bundle=bundle))
                 assert "wb-health" in shown and "Numerics check failed" in shown, (page.name, bundle)
             assert "wb-health" not in text(page.layout(bundle="clean")), page.name
+
+
+def _edit_shard(bundle, *, layer: int, edit) -> None:
+    """Rewrite one shard's tensors with `edit(tensors)` (manifest sizes and checksums updated)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    relative = f"tensors/layer_{layer:02d}.safetensors"
+    with safe_open(str(bundle / relative), framework="pt") as shard:
+        metadata, tensors = shard.metadata(), {key: shard.get_tensor(key) for key in shard.keys()}
+    edit(tensors)
+    save_file(tensors, str(bundle / relative), metadata=metadata)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / relative).read_bytes()
+    manifest["files"][relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unrecorded_row(tensors):  # what a missed attention call leaves: zeros everywhere in that row
+    for name in ("normaliser", "entropy"):
+        tensors[name] = tensors[name].clone()
+        tensors[name][:, 4] = 0
+    for name in ("region_mass", "region_count"):
+        tensors[name] = tensors[name].clone()
+        tensors[name][..., 4, :] = 0
+
+
+def _zero_normaliser(tensors):  # the row sees keys (region_count kept) but its weights sum to 0
+    tensors["normaliser"] = tensors["normaliser"].clone()
+    tensors["normaliser"][:, 2] = 0
+
+
+@pytest.mark.parametrize("edit, rows", [(_unrecorded_row, 1), (_zero_normaliser, 1)])
+def test_unrecorded_or_empty_rows_are_unhealthy(planted, tmp_path, edit, rows):
+    """A row whose Z is 0, or a row that was never recorded, fails the check (it once passed: only rows that saw
+    a key were checked). Ground truth: every row of a causal single-input trace sees itself, so Z = 1 everywhere."""
+    from workbench.traces.health import health, stored_health
+
+    _, _, clean = planted
+    clean.save(tmp_path / "hole.wbtrace")
+    _edit_shard(tmp_path / "hole.wbtrace", layer=1, edit=edit)
+    found = stored_health(workbench.load(tmp_path / "hole.wbtrace"))
+    assert not found.healthy and found.flagged == ["text layer 1"] and found.unrecorded_rows == rows
+    assert found.max_normaliser_error == pytest.approx(1.0)
+    assert not health(workbench.load(tmp_path / "hole.wbtrace")).healthy
+    code, out, err = run_cli("info", tmp_path / "hole.wbtrace")
+    assert code == 0 and "UNHEALTHY" in out and "never recorded" in " ".join(err.split()), (out, err)
+
+
+def test_every_row_of_a_clean_trace_has_z_one(planted):
+    """The independent count: Z = 1 within the tolerance on every stored row, and the capture's verdict agrees."""
+    from workbench.traces.health import Z_TOLERANCE, stored_health
+
+    _, _, clean = planted
+    for layer in range(clean.n_layers()):
+        z = clean.layer(layer)["normaliser"].double()
+        assert z.shape[-1] == len(clean.tokens) and ((z - 1).abs() < Z_TOLERANCE).all()
+    assert clean.checks["unrecorded_rows"] == 0 and clean.checks["healthy"]
+    assert stored_health(clean).healthy and stored_health(clean).unrecorded_rows == 0
+
+
+def test_capture_flags_a_layer_it_never_recorded(models, monkeypatch):
+    """A capture whose attention call of one layer is lost (as on a sliding-window model whose calls bypassed
+    the recorder) writes an unhealthy manifest naming that layer."""
+    from workbench.capture.recorder import Recorder
+
+    original = Recorder._record
+
+    def losing(self, call, stats, **kwargs):
+        if call["stack"] == "text" and call["layer"] == 1 and call["start"] == 0:
+            self._layer_buffers("text", 1)  # the layer exists in the bundle, its prompt rows stay empty
+            return
+        original(self, call, stats, **kwargs)
+
+    monkeypatch.setattr(Recorder, "_record", losing)
+    trace = workbench.trace(models("tiny-llama"), "Rows can go missing", max_new_tokens=1)
+    assert trace.checks["healthy"] is False and trace.checks["unrecorded_rows"] > 0
+    assert "text layer 1" in trace.checks["flagged"]
