@@ -87,7 +87,7 @@ def read_prompt_lines(path: Path, *, images: Path | None = None, what: str = "--
 def _line(record: Record, index: int, path: Path, image_root: Path, default_name, seen: dict[str, int]) -> PromptLine:
     where, data = record.where(path), record.data
     if "name" in data and "id" in data and data["name"] != data["id"]:
-        raise InputError(f'{where}: fields "name" and "id" disagree; give one of them')
+        raise InputError(f'{where}: field "name" and field "id" disagree; give one of them')
     raw = data.get("name", data.get("id"))
     name = default_name(index) if raw is None else str(raw)
     key = name.lower()
