@@ -166,6 +166,34 @@ def test_planted_circuit_is_found_exactly(models):
         assert firing["q_upstream"] == []
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.2])
+def test_firings_are_every_entry_at_or_above_the_threshold(models, threshold):
+    """Every (i, j) with A_ij >= threshold fires, not only a row's argmax: planted-induction's early rows split
+    exactly 0.5/0.5 between key 0 and another key (the other key fires although it is not the first maximum),
+    and low thresholds give rows several firings. The
+    expected set comes from HF eager's dense maps and scores rebuilt from the model's own projections."""
+    loaded = models("planted-induction")
+    trace = workbench.trace(loaded, "f x r c e l f x r c e l", raw=True, decomposition=True)
+    hidden, maps = _reference(loaded, trace)
+    expected = set()
+    for layer, attention in enumerate(maps):
+        scores = independent_scores(loaded, hidden, layer)
+        chosen = (attention.double() >= threshold) & (scores >= 0)
+        chosen[..., 0] = False  # key 0 skipped, as in the reference
+        expected |= {(layer, head, i, j) for head, i, j in chosen.nonzero().tolist()}
+    result = circuits.analyse(trace, model=loaded, firing_threshold=threshold)
+    found = [(f["layer"], f["head"], f["query"], f["key"]) for f in result.firings]
+    assert len(found) == len(set(found)) == result.stats["firings"]
+    assert set(found) == expected
+    if threshold < 0.5:
+        rows = [(layer, head, i) for layer, head, i, _ in found]
+        assert len(set(rows)) < len(rows)  # some rows fire on more than one key
+    else:  # exact 0.5/0.5 ties whose first maximum is another key (key 0 here) still fire
+        ties = [(layer, head, i, j) for layer, head, i, j in found if maps[layer][head, i, j] == 0.5
+                and int(maps[layer][head, i].argmax()) != j]
+        assert len(ties) >= 6
+
+
 def test_unsupported_attention_is_refused_with_what_is_supported():
     from transformers import Phi3Config, Phi3ForCausalLM
 

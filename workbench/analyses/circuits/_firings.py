@@ -37,23 +37,23 @@ class Firing:
 
 
 def find_firings(trace, layer: int, *, firing_threshold: float, skip_first_key: bool) -> list[tuple]:
-    """(head, query, key, attention, score) of every firing of the layer (the argmax key of a row; with a
-    threshold >= 0.5 a row has at most one)."""
+    """(head, query, key, attention, score) of every firing of the layer: every visible (i, j) with
+    A_ij >= firing_threshold, not only a row's argmax (a row splitting 0.5/0.5 fires twice; below 0.5 a row
+    may fire several times), with a non-negative score and, when skip_first_key, j > 0 (the reference's
+    rules). Ordered by head, then query, then key."""
     query, key = layer_tensor(trace, layer, "query"), layer_tensor(trace, layer, "key")
     n = query.shape[1]
     found = []
     for start in range(0, n, _ROW_CHUNK):
         rows = torch.arange(start, min(start + _ROW_CHUNK, n))
-        attention = attention_rows(query, key, rows)  # [head, row, key_pos]
+        attention = attention_rows(query, key, rows)  # [head, row, key_pos]; masked keys are exactly 0
         scores = scores_rows(query, key, rows)
-        best, index = attention.max(-1)  # [head, row]
-        for head, row in (best >= firing_threshold).nonzero().tolist():
-            j = int(index[head, row])
-            score = float(scores[head, row, j])
-            if (skip_first_key and j == 0) or score < 0:
-                continue
-            found.append((head, int(rows[row]), j, float(best[head, row]), score))
-    return found
+        firing = (attention >= firing_threshold) & (scores >= 0)
+        if skip_first_key:
+            firing[..., 0] = False
+        for head, row, j in firing.nonzero().tolist():
+            found.append((head, int(rows[row]), j, float(attention[head, row, j]), float(scores[head, row, j])))
+    return sorted(found, key=lambda item: item[:3])
 
 
 def decompose(form, x_i: torch.Tensor, x_j: torch.Tensor, offsets: list[int], *, component_threshold: float,
