@@ -52,6 +52,9 @@ def app_command(
             raise InputError(f"--allow-model-dir {folder} is not a folder")
     if not 0 <= port <= 65535:
         raise InputError("--port must be between 0 and 65535")
+    from workbench.cli import options
+
+    options.count("--cache-mb", cache_mb, low=1, high=1_000_000)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as probe:  # a busy port or a bad address is a one-line error, not a traceback
         try:

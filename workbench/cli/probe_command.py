@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ probe_app = typer.Typer(help="Hallucination probes: build a dataset from traces,
                              "detectors, measure held-out AUROC (docs/probes.md).", no_args_is_help=True)
 
 TASKS = ("kv", "facts")
+MAX_SEED = 2**31 - 1  # numpy seeds must fit 32 bits, and the split derives seed + 1000 from it
 
 
 def _command() -> str:
@@ -59,16 +61,21 @@ def build(
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
 ) -> None:
     """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
+    from workbench.cli import options
     from workbench.probes import dataset, tasks
 
     if sum(x is not None for x in (task, prompts, scenes)) > 1:
         raise InputError("give one of --task kv|facts, --prompts FILE.jsonl or --scenes FOLDER")
     if task is not None and task not in TASKS:
-        raise InputError(f"unknown --task {task!r}; use kv or facts (or --scenes FOLDER for images)")
-    if limit is not None and limit < 1:
-        raise InputError("--limit must be at least 1")
-    if top_k < 1:
-        raise InputError("--top-k must be at least 1: the attention graph is built from the top-k lists")
+        raise InputError(f"unknown --task {task[:40]!r}; use kv or facts (or --scenes FOLDER for images)")
+    # Every number is checked before the inputs are read or the model loads.
+    options.count("--limit", limit, low=1)
+    options.count("--n", n, low=1, high=1_000_000)
+    options.count("--seed", seed, high=MAX_SEED)
+    options.count("--max-new-tokens", max_new_tokens, low=1, high=100_000)
+    options.count("--top-k", top_k, low=1, high=1_000_000)  # the attention graph is built from the top-k lists
+    options.count("--edges-per-node", edges_per_node, low=1, high=1_000_000)
+    options.count("--threads", threads, low=1, high=4096)
     dataset.check_output(out, force)
     if scenes is not None:
         items = tasks.scene_items(scenes)
@@ -89,8 +96,6 @@ def build(
     from workbench.models import load_model
 
     if threads is not None:
-        if threads < 1:
-            raise InputError("--threads must be at least 1")
         __import__("torch").set_num_threads(threads)
     console = SafeConsole(stderr=True, soft_wrap=True)
     with console.status(f"loading {model}"):
@@ -155,33 +160,66 @@ def train(
 
     if out.exists() and not force:
         raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
-    if not 0 < test_fraction < 1:
-        raise InputError("--test-fraction must be between 0 and 1")
+    chosen = _train_options(detector, c=c, features=features, window=window, span=span, variant=variant,
+                            embedding=embedding, hidden_layer=hidden_layer, edges=edges, threshold=threshold, k=k,
+                            contrastive=contrastive, epochs=epochs, seed=seed, test_fraction=test_fraction)
     data = dataset.load(data_path)
-    if detector == "lookback":
-        try:
-            chosen_c = c if c == "auto" else float(c)
-        except ValueError:
-            raise InputError("--C takes a positive number or auto") from None
-        options = dict(features=features, variant=variant, window=window, span=span, C=chosen_c)
-    elif detector == "nonkes":
-        options = dict(embedding=embedding, hidden_layer=hidden_layer, edges=edges, threshold=threshold, k=k,
-                       contrastive=contrastive, **({"epochs": epochs} if epochs else {}))
-    elif detector == "attention-graph":
-        options = {"epochs": epochs} if epochs else {}
-    else:
-        raise InputError(f"unknown --detector {detector!r}; use lookback, nonkes or attention-graph")
     from workbench.cli.printing import SafeConsole
 
     console = SafeConsole(stderr=True, soft_wrap=True)
     with console.status(f"training {detector} on {data_path}"):
         probe, report = run_train(data, detector, seed=seed, test_fraction=test_fraction, tasks=tasks,
-                                  shuffle_labels=shuffle_labels, **options)
+                                  shuffle_labels=shuffle_labels, **chosen)
     probe.config["command"] = _command()
     probe.save(out, force=force)
     _print_report(console, f"{detector} -> {out}", report)
     _write_json(json_out, {"probe": str(out), "config": {k: v for k, v in probe.config.items() if k != "metrics"},
                            "report": report})
+
+
+def _train_options(detector: str, *, c: str, features: str, window: int, span: str, variant: str, embedding: str,
+                   hidden_layer: int | None, edges: str, threshold: float, k: int, contrastive: bool,
+                   epochs: int | None, seed: int, test_fraction: float) -> dict:
+    """Check every option of `probe train` before the dataset loads; the detector's keyword options."""
+    from workbench.cli import options
+
+    def one_of(option: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            raise InputError(f"unknown {option} {value[:40]!r}; use {', '.join(choices)}")
+
+    one_of("--detector", detector, ("lookback", "nonkes", "attention-graph"))
+    options.real("--test-fraction", test_fraction, above=0, high=1)
+    if test_fraction == 1:
+        raise InputError("--test-fraction must be below 1: some groups must be left to train on")
+    options.count("--seed", seed, high=MAX_SEED)
+    options.count("--epochs", epochs, low=1, high=100_000)
+    if detector == "lookback":
+        one_of("--features", features, ("span", "window"))
+        one_of("--span", span, ("answer", "claims"))
+        options.count("--window", window, low=1, high=100_000)
+        return dict(features=features, variant=variant, window=window, span=span, C=_regularisation(c))
+    if detector == "nonkes":
+        one_of("--embedding", embedding, ("hidden", "minilm"))
+        one_of("--edges", edges, ("threshold", "knn"))
+        options.count("--hidden-layer", hidden_layer, high=100_000)  # the model's depth is checked with the data
+        options.real("--threshold", threshold, low=-1, high=1)  # a cosine similarity
+        options.count("--k", k, low=1, high=100_000)
+        return dict(embedding=embedding, hidden_layer=hidden_layer, edges=edges, threshold=threshold, k=k,
+                    contrastive=contrastive, **({"epochs": epochs} if epochs else {}))
+    return {"epochs": epochs} if epochs else {}
+
+
+def _regularisation(c: str) -> float | str:
+    """--C: auto, or a finite positive number (C is an inverse regularisation strength)."""
+    if c == "auto":
+        return c
+    try:
+        value = float(c)
+    except ValueError:
+        raise InputError(f"--C takes a positive number or auto, not {c[:40]!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"--C must be a finite number above 0 (or auto), not {c[:40]}")
+    return value
 
 
 @probe_app.command("eval")
