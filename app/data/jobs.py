@@ -117,7 +117,10 @@ def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None,
         raise InputError("the maps spec must be text like '0-3:all'")
     maps = (maps or "").strip() or None
     # The one parser of map specs: bounded by the spec's length, never by the numbers written in it.
-    plan = CapturePlan.build(maps=maps, max_map_memory=MAX_MAP_MEMORY)
+    try:
+        plan = CapturePlan.build(maps=maps, max_map_memory=MAX_MAP_MEMORY)
+    except InputError as error:  # the plan names the CLI flag; the form calls the field "keep maps"
+        raise InputError(str(error).replace("--maps", "keep maps", 1)) from None
     if not isinstance(name, (str, type(None))):
         raise InputError("the name must be text")
     name = (name or "").strip() or None

@@ -43,8 +43,9 @@ def folders(tmp_path_factory):
     return root
 
 
-def _head_map(client, bundle: str, layer: int = 1, head: int = 0) -> str:
-    """The Head page's map callback, as the Dash client POSTs it; returns the answer's text."""
+def _head_map(client, bundle: str, layer: int = 1, head: int = 0, raw: bool = False):
+    """The Head page's map callback, as the Dash client POSTs it; returns the text of its message panel (raw: the
+    response)."""
     sel = lambda key, value: {"id": {"key": key, "type": "wb-sel"}, "property": "value", "value": value}
     body = {"output": "..head-map.figure...head-source.children..",
             "outputs": [{"id": "head-map", "property": "figure"}, {"id": "head-source", "property": "children"}],
@@ -54,7 +55,7 @@ def _head_map(client, bundle: str, layer: int = 1, head: int = 0) -> str:
             "changedPropIds": ['{"key":"bundle","type":"wb-sel"}.value'], "state": []}
     response = client.post("/_dash-update-component", json=body)
     assert response.status_code == 200
-    return _strings(response.get_json()["response"]["head-source"])
+    return response if raw else _strings(response.get_json()["response"]["head-source"])
 
 
 def _strings(value) -> str:

@@ -48,6 +48,13 @@ def workspace(tmp_path_factory, models):
     (root / "stuff").mkdir()
     (root / "stuff" / "notes.txt").write_text("not a sweep")
     (root / "exists.probe").write_text("old")
+    buffer = __import__("io").BytesIO()
+    Image.new("1", (30_000, 30_000)).save(buffer, format="PNG")  # about 100 kB on disk, 900 M pixels
+    (root / "bomb.png").write_bytes(buffer.getvalue())
+    import transformers
+
+    transformers.Dinov2Config(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                              intermediate_size=64).save_pretrained(root / "dinov2")
     good = workbench.trace(models("tiny-gpt2"), "hello there", max_new_tokens=2)
     good.save(root / "good.wbtrace")
     return root
@@ -124,6 +131,9 @@ def cli_cases(root: Path) -> list[tuple[str, list]]:
         ("image for a text-only model", ["trace", "-m", "tiny-gpt2", "-p", "x", "--image", root / "cat.png"]),
         ("image that is not an image", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "notes.png"]),
         ("image that does not exist", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "nope.png"]),
+        ("image of 30000 x 30000 pixels (a decompression bomb)", ["trace", "-m", "tiny-llava", "-p", "x", "--image",
+                                                                  root / "bomb.png"]),
+        ("model folder of a class the workbench cannot trace (DINOv2)", ["trace", "-m", root / "dinov2", "-p", "x"]),
         ("generation from an encoder", ["trace", "-m", "tiny-bert", "-p", "x", "-n", "3"]),
         ("info on a missing bundle", ["info", root / "missing.wbtrace"]),
         ("info on a folder without manifest", ["info", root / "empty.wbtrace"]),
@@ -147,6 +157,8 @@ def cli_cases(root: Path) -> list[tuple[str, list]]:
         ("probe output already exists", ["probe", "train", "--data", root / "none.parquet", "--out",
                                          root / "exists.probe"]),
         ("app on a missing traces folder", ["app", "--traces", root / "nowhere"]),
+        ("app allowed a model folder that does not exist", ["app", "--traces", root, "--allow-model-dir",
+                                                            root / "nowhere"]),
     ]
 
 
@@ -175,6 +187,23 @@ def app_cases(root: Path):
             b"<script>alert(1)</script>").decode(), "x.png")),
         ("request body over the HTTP limit", lambda c: c.post("/_dash-update-component", data=b"x" * (20 << 20),
                                                                content_type="application/json")),
+    ]
+
+
+def serving_cases(root: Path):
+    """Bad input to an app that traces and recomputes (the default `workbench app`)."""
+    from tests.app.test_limits import _head_map, _submit
+    from tests.app.test_security import _png_url, _upload
+
+    damaged(root, "foreign-model", edit_manifest(lambda m: m["model"].update(name="/home/someone/private-model")))
+    return [
+        ("trace form keeping maps `0-30000000`", lambda c: _submit(c, "0-30000000")),
+        ("trace form keeping maps `0:0-2000000`", lambda c: _submit(c, "0:0-2000000")),
+        ("trace form naming a server path as the model", lambda c: _submit(c, "", model="/etc")),
+        ("Head view of a statistics-only bundle whose manifest names a model folder the server was not given "
+         "(`--allow-model-dir`)", lambda c: _head_map(c, "foreign-model", raw=True)),
+        ("image upload of 30000 x 30000 pixels", lambda c: _upload(c, _png_url((root / "bomb.png").read_bytes()),
+                                                                   "bomb.png")),
     ]
 
 
@@ -227,6 +256,9 @@ def generate(root: Path) -> str:
     client = create_app(root, allow_trace=False, allow_recompute=False).server.test_client()
     for label, request in app_cases(root):
         lines.append(f"| {label} | {_cell(_app_text(request(client)), root)} |")
+    serving = create_app(root).server.test_client()
+    for label, request in serving_cases(root):
+        lines.append(f"| {label} | {_cell(_app_text(request(serving)), root)} |")
     return "\n".join(lines) + "\n"
 
 
