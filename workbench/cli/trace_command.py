@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,60 +13,42 @@ from workbench.errors import InputError
 
 
 def read_prompts(path: Path) -> list[dict]:
-    """Lines of {"prompt": ..., "image": optional path (relative to the file), "name", "system", "max_new_tokens"}."""
-    if not path.is_file():
-        raise InputError(f"prompts file {path} does not exist")
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{number}: not valid JSON ({error.msg}); write one JSON object per line") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-            raise InputError(f'{path}:{number}: each line needs a "prompt" string')
-        if item.get("image"):
-            item["image"] = str((path.parent / item["image"]).resolve())
-        item.setdefault("name", f"{len(items):04d}")
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(item["name"])):
-            raise InputError(f"{path}:{number}: name {item['name']!r} may only use letters, digits, '.', '_' and '-'")
-        items.append(item)
-    if not items:
-        raise InputError(f"{path} holds no prompts")
-    return items
+    """Every line of a prompt set, checked before anything is traced (format: workbench/datasets/prompt_lines.py)."""
+    from workbench.datasets.prompt_lines import read_prompt_lines
+
+    return [line.as_item() for line in read_prompt_lines(path)]
 
 
 def trace(
     model: str = typer.Option(..., "--model", "-m", help="Registry name (see `workbench models`), local dir or hub id."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt text."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from a text file."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL file of prompts (one bundle each)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Image for a vision-language model."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n",
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt text."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt from a text file."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="JSONL file of prompts (one bundle each)."),
+    image: Path | None = typer.Option(None, "--image", help="Image for a vision-language model."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", "-n",
                                                  help="Tokens to generate greedily [default: 16; 0 for encoders]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle path (a folder for --prompts)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON export here ('-': stdout)."),
-    maps: Optional[str] = typer.Option(None, "--maps", help="Keep full maps: LAYERS:HEADS, e.g. 'all', '0-3:all', '5:0,2'."),
-    vision_maps: Optional[str] = typer.Option(None, "--vision-maps", help="Same for the vision tower."),
-    max_map_memory: Optional[str] = typer.Option(None, "--max-map-memory",
+    out: Path | None = typer.Option(None, "--out", "-o", help="Bundle path (a folder for --prompts)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the JSON export here ('-': stdout)."),
+    maps: str | None = typer.Option(None, "--maps", help="Keep full maps: LAYERS:HEADS, e.g. 'all', '0-3:all', '5:0,2'."),
+    vision_maps: str | None = typer.Option(None, "--vision-maps", help="Same for the vision tower."),
+    max_map_memory: str | None = typer.Option(None, "--max-map-memory",
                                                  help="Refuse --maps estimated above this (e.g. 2GB, unlimited) "
                                                       "[default: $WORKBENCH_MAX_MAP_MEMORY or half the free RAM]."),
     hidden: bool = typer.Option(False, "--hidden", help="Keep the residual stream entering every layer."),
-    head_outputs: Optional[str] = typer.Option(None, "--head-outputs",
+    head_outputs: str | None = typer.Option(None, "--head-outputs",
                                                help="Keep per-head outputs at 'all', 'generated', 'last' or '3,7,9'."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most attended keys of every query."),
     decomposition: bool = typer.Option(False, "--decomposition",
                                        help="Keep queries, keys, values, attention outputs and W_O per layer "
                                             "(needed by `workbench routes` and `workbench circuits`)."),
-    intervene: Optional[str] = typer.Option(None, "--intervene",
+    intervene: str | None = typer.Option(None, "--intervene",
                                             help="Intervene on attention while tracing: 'act:beta=0.4' (ACT) or "
                                                  "'var:rho=0.5,p=0.6' (VAR); its effect goes to "
                                                  "results/intervention.json. See docs/analyses/sinks.md."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
+    system: str | None = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
-    rope_scaling: Optional[str] = typer.Option(None, "--rope-scaling",
+    max_length: int | None = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
+    rope_scaling: str | None = typer.Option(None, "--rope-scaling",
                                                help="Scale RoPE to --max-length: linear, dynamic or yarn."),
     kernel: str = typer.Option("auto", "--kernel", help=(
         "auto: one-pass CPU kernel (output + statistics) where it applies, else two-pass; "
@@ -78,7 +58,7 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
-    probe: Optional[Path] = typer.Option(None, "--probe", help="Lookback Lens probe: store per-token hallucination "
+    probe: Path | None = typer.Option(None, "--probe", help="Lookback Lens probe: store per-token hallucination "
                                                                "scores as results/lookback.json."),
 ) -> None:
     """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
@@ -117,9 +97,8 @@ def trace(
 
         check_before_loading(plan, model)
     lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
-    from workbench.cli.printing import SafeConsole
-
     from workbench.capture import Tracer
+    from workbench.cli.printing import SafeConsole
 
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
     with SafeConsole(stderr=True).status(f"loading {model}"):

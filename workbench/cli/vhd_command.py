@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,23 +11,23 @@ from workbench.errors import InputError
 
 def vhd_command(
     model: str = typer.Option(..., "--model", "-m", help="A vision-language model (registry name or directory)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt (with --image)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="The image the prompt is about."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Score a traced bundle's generation (teacher-"
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt (with --image)."),
+    image: Path | None = typer.Option(None, "--image", help="The image the prompt is about."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Score a traced bundle's generation (teacher-"
                                                                  "forced) and store results/vhd.json in it."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL of {prompt, image}: rank the vision-aware "
+    prompts: Path | None = typer.Option(None, "--prompts", help="JSONL of {prompt, image}: rank the vision-aware "
                                                                    "heads over the set."),
-    scenes: Optional[Path] = typer.Option(None, "--scenes", help="A scene QA folder (data/scenes): T-VHD AUROC for "
+    scenes: Path | None = typer.Option(None, "--scenes", help="A scene QA folder (data/scenes): T-VHD AUROC for "
                                                                  "hallucinated answers, rates with and without VHR."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="With --scenes: a seeded sample of this many questions."),
+    limit: int | None = typer.Option(None, "--limit", help="With --scenes: a seeded sample of this many questions."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate greedily."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Heads averaged in T-VHD [default: 10% of heads]."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Heads averaged in T-VHD [default: 10% of heads]."),
     distance: str = typer.Option("cosine", "--distance", help="'cosine' (1 - cos) or 'l2'."),
     vhr: bool = typer.Option(False, "--vhr", help="Reinforce vision-aware heads while generating (VHR)."),
     alpha: float = typer.Option(1.5, "--alpha", help="VHR's scale for the selected heads."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message for chat templates."),
+    system: str | None = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Vision-aware head divergence: per generated token, how much each head's output changes without the image; VHR."""
@@ -46,10 +45,9 @@ def vhd_command(
     check.count("--top-k", top_k, low=1, high=65535)
     check.real("--alpha", alpha, above=0.0, high=1000.0)
     json_out = check_json_output(json_out, force=force)
-    from workbench.cli.printing import SafeConsole
-
     from workbench.analyses import divergence
     from workbench.capture import Tracer
+    from workbench.cli.printing import SafeConsole
 
     with SafeConsole(stderr=True).status(f"loading {model}"):
         tracer = Tracer.open(model)
