@@ -3,12 +3,17 @@
 - Gu et al. 2025, "When Attention Sink Emerges in Language Models" (sail-sg/Attention-Sink,
   eval_sink_open_source.py::compute_attention_sink): alpha_k = key_mass / key_count per (layer, head) (the mean
   over the queries that see k), Sink_k^eps = 100 * fraction of (layer, head) with alpha_k > eps (eps = 0.3).
+  query_rows "prompt" (default, the reference's prompt forward): only the prompt's query rows, over the prompt's
+  keys; "all": the generated rows too, over every key (`traces.metrics.key_columns`).
 - ACT, Yu et al. 2024, "Unveiling and Harnessing Hidden Attention Sinks" (GATECH-EIC/ACT): hidden sinks are keys
-  other than position 0 with alpha_k above an absolute threshold (released code: 0.1, the default here) or above
-  factor / n (the paper's alpha / n rule, factor 5; it also flags early keys of near-uniform causal heads, whose
-  alpha is about H_n / n). The column mean is the same alpha as Gu's, as in the released code.
+  other than position 0 with alpha_k above factor / n (the paper's alpha / n rule, factor 5, the default here) or
+  above an absolute threshold (the released script's rule, 0.1). The absolute rule is degenerate on short inputs:
+  a near-uniform causal head gives early keys alpha about (H_n - H_k) / (n - k), above 0.1 for n below ~30. The
+  relative rule in turn flags early keys of near-uniform heads on long inputs (H_n > factor + 1, n above ~230).
+  The column mean is the same alpha as Gu's, as in the released code.
 - VAR, Kang et al. 2025 (MICV-yonsei/VisAttnSink): sink dimensions, visual sink tokens, image-centric heads
-  (see visual_sinks.py).
+  (see visual_sinks.py); var_layers "reference" (default) searches from layer 2 on and forks heads only in layers
+  with a visual sink, "all" searches every layer and scores heads in every layer.
 - Ruscio et al., "What are you sinking? A geometric approach on attention sink": the sink kind (rule below).
 
 Statistics needed: key_mass and key_count (always kept) for alpha, Sink^eps, hidden sinks and the kind;
@@ -38,7 +43,7 @@ from workbench.analyses import visual_sinks as visual
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
 from workbench.interventions import VAR, effective_min_queries
-from workbench.traces.metrics import SINK_EPSILON, sink_mask, sink_percent
+from workbench.traces.metrics import QUERY_ROWS, SINK_EPSILON, key_columns, sink_mask, sink_percent
 from workbench.traces.metrics import alpha as layer_alpha
 
 __all__ = ["SinksResult", "analyse", "calibrate_var", "gu_alpha", "sink_percent"]
@@ -116,25 +121,30 @@ class SinksResult(Result):
             return values
 
         rule = self.hidden_sinks.get("rule")
+        rows = f"{self.options.get('query_rows', 'all')} rows"  # which query rows the alphas average
         counts = np.zeros(shape)
         for entry in self.hidden_sinks.get(rule) or []:
             counts[entry["layer"], entry["head"]] += 1
         out = {
             "top_alpha": HeadMetric(grid((h["layer"], h["head"], h["top_alpha"]) for h in self.heads),
-                                    "max alpha over keys", "largest Gu et al. alpha of any key (sinks analysis)",
+                                    f"max alpha over keys ({rows})",
+                                    f"largest Gu et al. alpha of any key, averaged over the {rows} (sinks analysis)",
                                     self.stack, 0, 1),
             "sink_keys": HeadMetric(grid((h["layer"], h["head"], len(h["sink_keys"])) for h in self.heads),
-                                    "sink keys (alpha > eps)", "number of keys with alpha above eps (sinks analysis)",
+                                    f"sink keys (alpha > eps, {rows})",
+                                    f"number of keys with alpha above eps, alpha over the {rows} (sinks analysis)",
                                     self.stack),
-            "hidden_sinks": HeadMetric(counts, "hidden sinks (ACT)",
-                                       f"keys after position 0 above the {rule} threshold (ACT hidden sinks)", self.stack),
+            "hidden_sinks": HeadMetric(counts, f"hidden sinks (ACT, {rule} rule)",
+                                       f"keys after position 0 above the {rule} threshold, alpha over the {rows} "
+                                       "(ACT hidden sinks)", self.stack),
         }
         centric = self.image_centric or {}
         if centric.get("available") and centric.get("heads"):
             out["image_centric_rows"] = HeadMetric(
-                grid((h["layer"], h["head"], h["centric_rows"]) for h in centric["heads"]), "image-centric rows (VAR)",
-                f"share of text rows where the head is image-centric (paper rho = {centric.get('rho')})", self.stack,
-                0, 1)
+                grid((h["layer"], h["head"], h["centric_rows"]) for h in centric["heads"]),
+                f"image-centric rows (VAR, {centric.get('layers', 'all')} layers)",
+                f"share of text rows where the head is image-centric (paper rho = {centric.get('rho')}; layers: "
+                f"{centric.get('layers', 'all')})", self.stack, 0, 1)
         return out
 
     def token_sets(self) -> dict[str, list[int]]:
@@ -145,23 +155,52 @@ class SinksResult(Result):
         return out
 
 
-def gu_alpha(trace, stack: str = "text") -> torch.Tensor:
-    """alpha [layer, head, key_pos] of every layer (Gu et al.), from key_mass / key_count."""
-    layers = []
+def gu_alpha(trace, stack: str = "text", query_rows: Literal["prompt", "all"] = "prompt") -> torch.Tensor:
+    """alpha [layer, head, key_pos] of every layer (Gu et al.), key mass / key count over the chosen query rows:
+    "prompt" (the reference's prompt forward: the prompt's rows and keys only) or "all" (every row and key)."""
+    return _alpha_and_count(trace, stack, query_rows)[0]
+
+
+def _prompt_length(trace, stack: str) -> int | None:
+    """Number of prompt positions when the trace has generated rows (else None: every row is a prompt row)."""
+    start, end = int(trace.generation.get("start", 0)), int(trace.generation.get("end", 0))
+    return start if stack == "text" and end > start >= 1 else None
+
+
+def _alpha_and_count(trace, stack: str, query_rows: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha [layer, head, key_pos], key_count [key_pos] of layer 0) over the chosen query rows."""
+    if query_rows not in QUERY_ROWS:
+        raise InputError(f"query_rows takes {' or '.join(repr(q) for q in QUERY_ROWS)}, not {query_rows!r}")
+    prompt = _prompt_length(trace, stack)
+    layers, count = [], None
     for layer in range(trace.n_layers(stack)):
         stats = trace.layer(layer, stack)
         if "key_mass" not in stats:
             raise InputError(f"the trace has no attention statistics for {stack} layer {layer}; trace it again")
-        layers.append(layer_alpha(stats["key_mass"], stats["key_count"]))
-    return torch.stack(layers)
+        columns = key_columns(stats, query_rows, generated=prompt is not None)
+        if columns is None:
+            raise InputError("this bundle has generated tokens but no prompt-row statistics (it was traced by an "
+                             "older workbench): trace it again, or pass --query-rows all (Python: query_rows='all') "
+                             "to average over the prompt and generated rows")
+        mass, counts = columns
+        if query_rows == "prompt" and prompt is not None:  # the reference sees the prompt's keys only
+            mass, counts = mass[..., :prompt], counts[..., :prompt]
+        layers.append(layer_alpha(mass, counts))
+        count = counts if count is None else count
+    return torch.stack(layers), count
 
 
 def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"] = "text",
-            hidden_rule: Literal["absolute", "relative"] = "absolute", hidden_threshold: float = 0.1,
+            query_rows: Literal["prompt", "all"] = "prompt",
+            hidden_rule: Literal["relative", "absolute"] = "relative", hidden_threshold: float = 0.1,
             hidden_factor: float = 5.0, min_queries: int = 16, central_share: float = 2 / 3,
             dims: tuple[int, ...] | None = None, contrast: float = 10.0, floor: float = 5.0, tau: float = 20.0,
-            visual_first_layer: int = 2, rho: float = 0.5, summ: float = 0.2) -> SinksResult:
+            var_layers: Literal["reference", "all"] = "reference", visual_first_layer: int = 2, rho: float = 0.5,
+            summ: float = 0.2) -> SinksResult:
     """Attention sinks of `trace` (see the module docstring for every rule and which statistics it needs).
+
+    Conventions by name, the reference's the default: query_rows "prompt" | "all" (Gu alpha), hidden_rule
+    "relative" | "absolute" (ACT), var_layers "reference" | "all" (VAR; "reference" starts at visual_first_layer).
 
     >>> import workbench
     >>> probe = ("Attention sinks are easy to see in a planted model. "
@@ -169,22 +208,27 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
     >>> result = analyse(workbench.trace("planted-sink", probe, raw=True))
     >>> [(s["text"], round(s["sink_percent"], 1)) for s in result.sink_tokens]   # Sink^0.3 in percent
     [('<|bos|>', 16.7), ('.', 8.3)]
-    >>> result.kind["kind"], result.hidden_sinks["heads"]      # the planted hidden sink head (2, 2)
-    ('distributed', [(2, 2)])
+    >>> result.kind["kind"], result.hidden_sinks["absolute"][0]["key"]   # the planted hidden sink: the '.'
+    ('distributed', 51)
     """
     if stack not in trace.stacks:
         raise InputError(f"the trace has no {stack!r} stack; it has {', '.join(trace.stacks)}")
-    alpha = gu_alpha(trace, stack)
+    if hidden_rule not in ("relative", "absolute"):
+        raise InputError(f"hidden_rule takes 'relative' or 'absolute', not {hidden_rule!r}")
+    if var_layers not in ("reference", "all"):
+        raise InputError(f"var_layers takes 'reference' or 'all', not {var_layers!r}")
+    alpha, count = _alpha_and_count(trace, stack, query_rows)
     n = alpha.shape[-1]
-    count = trace.layer(0, stack)["key_count"]
     guard = count >= effective_min_queries(min_queries, n)
     listed = sink_mask(alpha, eps) & guard
     percent = sink_percent(alpha, eps)
     tokens = trace.tokens if stack == "text" else None
-    options = {"eps": eps, "hidden_rule": hidden_rule, "hidden_threshold": hidden_threshold,
+    options = {"eps": eps, "query_rows": query_rows, "query_rows_count": int(count[0]) if n else 0, "keys": n,
+               "hidden_rule": hidden_rule, "hidden_threshold": hidden_threshold,
                "hidden_factor": hidden_factor, "min_queries": effective_min_queries(min_queries, n),
                "central_share": central_share, "contrast": contrast, "floor": floor, "tau": tau,
-               "visual_first_layer": visual_first_layer, "rho": rho, "code_rho": round(1 - rho, 6), "summ": summ}
+               "var_layers": var_layers, "visual_first_layer": visual_first_layer if var_layers == "reference" else 0,
+               "rho": rho, "code_rho": round(1 - rho, 6), "summ": summ}
     notes = []
     result = {
         "model": trace.model.get("name", "?"), "stack": stack, "options": options, "alpha": alpha.float(),
@@ -194,8 +238,9 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
         "kind": _kind(alpha, listed, count, central_share, tokens),
     }
     if stack == "text":
-        extra, extra_notes = _visual_part(trace, result["sink_tokens"], dims, contrast, floor, tau,
-                                          visual_first_layer, rho, summ)
+        first = visual_first_layer if var_layers == "reference" else 0
+        extra, extra_notes = _visual_part(trace, result["sink_tokens"], dims, contrast, floor, tau, first,
+                                          var_layers == "reference", rho, summ)
         result.update(extra)
         notes += extra_notes
     return SinksResult(**result, notes=tuple(notes))
@@ -271,7 +316,7 @@ def _kind(alpha, listed, count, central_share, tokens) -> dict:
     return {"kind": kind, "reason": reason, "causal": causal, "frame": frame, "rule": "see workbench.analyses.sinks"}
 
 
-def _visual_part(trace, sink_tokens, dims, contrast, floor, tau, first_layer, rho, summ):
+def _visual_part(trace, sink_tokens, dims, contrast, floor, tau, first_layer, need_visual_sink, rho, summ):
     notes = []
     has_image = any(t.region == "image" for t in trace.tokens)
     if not visual.hidden_layers(trace):
@@ -282,7 +327,8 @@ def _visual_part(trace, sink_tokens, dims, contrast, floor, tau, first_layer, rh
     if d_model ** 0.5 <= tau:
         notes.append(f"phi <= sqrt(d_model) = {d_model ** 0.5:.1f} in this model, so tau = {tau:g} can never be "
                      "exceeded: pass a smaller tau to look for visual sinks")
-    found = visual.sink_dimensions(trace, [t["position"] for t in sink_tokens], contrast=contrast, floor=floor)
+    found = visual.sink_dimensions(trace, [t["position"] for t in sink_tokens], contrast=contrast, floor=floor,
+                                   first_layer=first_layer)
     if dims:
         found["dims"], found["given"] = list(dims), True
     out = {"sink_dims": found}
@@ -293,7 +339,8 @@ def _visual_part(trace, sink_tokens, dims, contrast, floor, tau, first_layer, rh
         phis = {}
         notes.append("no sink dimension found, so no token can be a VAR sink")
     if has_image:
-        out["image_centric"] = visual.image_centric_heads(trace, phis, tau=tau, rho=rho, summ=summ)
+        out["image_centric"] = visual.image_centric_heads(trace, phis, tau=tau, rho=rho, summ=summ,
+                                                          first_layer=first_layer, need_visual_sink=need_visual_sink)
     return out, notes
 
 
@@ -306,7 +353,7 @@ def calibrate_var(tracer, prompt: str, image=None, spec: VAR | None = None, *, s
     if spec.dims:
         return spec
     probe = tracer.trace(prompt, image, hidden_states=True, system=system, raw=raw)
-    found = analyse(probe, tau=spec.tau).sink_dims or {}
+    found = analyse(probe, tau=spec.tau, visual_first_layer=spec.first_layer).sink_dims or {}
     if not found.get("dims"):
         raise InputError("no sink dimension stands out on this input, so VAR has nothing to act on; pass them "
                          "explicitly, e.g. --intervene var:dims=1415,2533")

@@ -10,6 +10,12 @@ al.'s massive activations are ~1000x the median) and r[t, d] >= floor (it carrie
 norm). D_sink = the dimensions massive on a sink token in at least half as many layers as the best dimension.
 The contrast matters: small models (SmolLM2) carry outlier channels that are large on every token, and those
 are not sink dimensions.
+
+Layers (the reference's rule, the default of `sinks.analyse`): its DimProspector looks for sink tokens only in the
+hidden states entering layers 2 and later of the prompt forward, and HeadFork forks heads (image-centric) only in
+a layer where a visual sink was found; layers 0-1 and layers without a visual sink have none. The wider rule
+("all" layers) searches from layer 0 and scores heads in every layer, a layer without a visual sink counting the
+whole image attention as non-sink.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ def hidden_layers(trace) -> list[int]:
 
 
 def sink_dimensions(trace, candidates: list[int], *, contrast: float = 10.0, floor: float = 5.0,
-                    min_layer_share: float = 0.5) -> dict:
-    """D_sink from the residual stream entering every layer (needs hidden_in) at the high-attention tokens."""
+                    min_layer_share: float = 0.5, first_layer: int = 0) -> dict:
+    """D_sink from the residual stream entering every layer >= first_layer (needs hidden_in) at the
+    high-attention tokens."""
     found: dict[int, dict] = {}
-    layers = hidden_layers(trace)
+    layers = [layer for layer in hidden_layers(trace) if layer >= first_layer]
     for layer in layers:
         hidden = trace.tensor(tensor_name("text", layer, "hidden_in")).float()
         if not candidates:
@@ -109,10 +116,13 @@ def _sink_mass_rows(trace, layer: int, rows: torch.Tensor, keys: list[int]) -> t
     return None, "unavailable"
 
 
-def image_centric_heads(trace, phis: dict[int, torch.Tensor], *, tau: float, rho: float, summ: float) -> dict:
+def image_centric_heads(trace, phis: dict[int, torch.Tensor], *, tau: float, rho: float, summ: float,
+                        first_layer: int = 2, need_visual_sink: bool = True) -> dict:
     """Per (layer, head): over the text query rows after the image, the share of rows where the head is
     image-centric (image attention >= summ and non-sink share of it >= rho, paper convention). Image attention
     comes from the always-on region_mass; the sink part needs maps, the decomposition or top-k (see module doc).
+    Heads are forked only in layers >= first_layer, and with need_visual_sink only where the layer has a visual
+    sink (the reference); other layers' heads get centric_rows 0 and `forked` False.
     """
     regions = trace.regions
     image_positions = (regions == IMAGE).nonzero().flatten()
@@ -125,8 +135,9 @@ def image_centric_heads(trace, phis: dict[int, torch.Tensor], *, tau: float, rho
     for layer in range(trace.n_layers()):
         stats = trace.layer(layer)
         image_mass = stats["region_mass"].float()[:, rows, IMAGE]  # [head, row]
-        values = phis.get(layer)
+        values = phis.get(layer) if layer >= first_layer else None
         sinks = [] if values is None else [p for p in image_positions.tolist() if float(values[p]) > tau]
+        forked = layer >= first_layer and (bool(sinks) or not need_visual_sink)
         sink_mass, source = _sink_mass_rows(trace, layer, rows, sinks)
         sources.add(source)
         if sink_mass is None:
@@ -134,13 +145,14 @@ def image_centric_heads(trace, phis: dict[int, torch.Tensor], *, tau: float, rho
                     "reason": "the per-row attention on the visual sinks needs maps, the decomposition or top-k "
                               "statistics: trace with --top-k 8 (or --maps / --decomposition)"}
         non_sink = 1 - sink_mass / image_mass.clamp_min(1e-30)
-        centric = (image_mass >= summ) & (non_sink >= rho)
+        centric = (image_mass >= summ) & (non_sink >= rho) & forked
         for head in range(image_mass.shape[0]):
-            heads.append({"layer": layer, "head": head, "visual_sinks": sinks,
+            heads.append({"layer": layer, "head": head, "visual_sinks": sinks, "forked": forked,
                           "image_share": round(float(image_mass[head].mean()), 6),
                           "non_sink_share": round(float(non_sink[head][image_mass[head] > 0].mean()), 6)
                           if bool((image_mass[head] > 0).any()) else None,
                           "centric_rows": round(float(centric[head].float().mean()), 6)})
     return {"available": True, "rows": [int(rows[0]), int(rows[-1]) + 1], "rho": rho,
+            "layers": "reference" if need_visual_sink else "all", "first_layer": first_layer,
             "code_rho": round(1 - rho, 6), "summ": summ, "sources": sorted(sources),
             "image_centric": [[h["layer"], h["head"]] for h in heads if h["centric_rows"] >= 0.5], "heads": heads}

@@ -4,6 +4,9 @@ The recorder is fed by the attention implementation (one call per layer per forw
 pre-hooks on the layer modules. With a KV cache, every forward adds the query rows of its new tokens and
 adds their attention to the column sums, so a traced generation yields the same statistics as one
 forward over the final sequence. Only one layer's attention statistics are computed at a time.
+
+A trace with generated tokens also keeps the column sums of the prompt's query rows alone (prompt_key_mass,
+prompt_key_count): Gu et al. measure alpha on the prompt forward, and the generated rows would move it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import torch
 from workbench.capture.decomposition import DecompositionStore
 from workbench.capture.layout import ModelLayout
 from workbench.capture.plan import CapturePlan
-from workbench.capture.statistics import layer_statistics
-from workbench.kernels import MaskSpec
+from workbench.capture.statistics import layer_statistics, rows_of
+from workbench.kernels import MaskSpec, attention_statistics
 from workbench.traces.names import tensor_name, vision_regions
 from workbench.traces.tokens import REGIONS
 
@@ -22,6 +25,8 @@ from workbench.traces.tokens import REGIONS
 STAT_AXES = {
     "key_mass": ("head", "key_pos"),
     "key_count": ("key_pos",),
+    "prompt_key_mass": ("head", "key_pos"),
+    "prompt_key_count": ("key_pos",),
     "region_mass": ("head", "query_pos", "region"),
     "region_count": ("query_pos", "region"),
     "entropy": ("head", "query_pos"),
@@ -94,15 +99,16 @@ class Recorder:
                      log_normaliser=None, value=None, kernel: str = "torch") -> None:
         """Record one attention call (located by `locate_call`) whose output was computed elsewhere (SDPA):
         two-pass statistics by `kernel`."""
+        mask = mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         stats = layer_statistics(
-            query.detach(), key.detach(), scaling=scaling,
-            mask=mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2]),
+            query.detach(), key.detach(), scaling=scaling, mask=mask,
             key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS),
             top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=kernel,
             log_normaliser=log_normaliser,
         )
         self._count_kernel(call["stack"], kernel)
-        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output)
+        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output,
+                     mask=mask)
 
     def attend_fused(self, call: dict, *, query, key, value, scaling, causal):
         """The layer output [batch, query_pos, head, d_head] and its statistics from one pass of the one-pass CPU
@@ -115,7 +121,7 @@ class Recorder:
             key_regions=call["key_regions"], n_regions=len(REGIONS),
         )
         self._count_kernel(call["stack"], "one-pass")
-        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output)
+        self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output, mask=mask)
         return output
 
     def _count_kernel(self, stack: str, kernel: str) -> None:
@@ -136,11 +142,13 @@ class Recorder:
         return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
                 "n_keys": n_keys, "map_heads": map_heads, "key_regions": self.key_regions[stack][:n_keys]}
 
-    def _record(self, call: dict, stats, *, query, key, value, scaling, attn_output) -> None:
+    def _record(self, call: dict, stats, *, query, key, value, scaling, attn_output, mask: MaskSpec) -> None:
         stack, layer, rows, n_keys = call["stack"], call["layer"], call["rows"], call["n_keys"]
         buffer = self._layer_buffers(stack, layer)
         buffer["key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
         buffer["key_count"][:n_keys] += stats.key_count[0].cpu()
+        if stack == "text":
+            self._record_prompt_columns(buffer, call, stats, query=query, key=key, scaling=scaling, mask=mask)
         buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
         buffer["region_count"][rows] = stats.region_count[0].cpu()
         buffer["entropy"][:, rows] = stats.entropy[0].cpu()
@@ -156,6 +164,20 @@ class Recorder:
         if stack == "text" and self.decomposition is not None:
             self.decomposition.on_attention(layer, call["start"], query, key, value, scaling)
 
+    def _record_prompt_columns(self, buffer, call: dict, stats, *, query, key, scaling, mask: MaskSpec) -> None:
+        """Add the column sums of this call's prompt query rows to prompt_key_mass / prompt_key_count. A call that
+        mixes prompt and generated rows (one forward over the whole sequence) computes its prompt rows' part again."""
+        n_queries, n_keys = query.shape[2], call["n_keys"]
+        prompt_rows = min(n_queries, self.prompt_length - call["start"])
+        if prompt_rows <= 0:
+            return
+        if prompt_rows < n_queries:
+            stats = attention_statistics(
+                query.detach()[:, :, :prompt_rows], key.detach(), scaling=scaling, mask=rows_of(mask, 0, prompt_rows),
+                key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS), implementation="torch")
+        buffer["prompt_key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
+        buffer["prompt_key_count"][:n_keys] += stats.key_count[0].cpu()
+
     # -- internals -------------------------------------------------------------------------------------
     def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
         key = (stack, layer)
@@ -169,6 +191,8 @@ class Recorder:
         buffer = {
             "key_mass": torch.zeros(heads, n),
             "key_count": torch.zeros(n, dtype=torch.long),
+            **({"prompt_key_mass": torch.zeros(heads, n), "prompt_key_count": torch.zeros(n, dtype=torch.long)}
+               if stack == "text" else {}),
             "region_mass": torch.zeros(heads, n, regions),
             "region_count": torch.zeros(n, regions, dtype=torch.long),
             "entropy": torch.zeros(heads, n),
@@ -238,6 +262,8 @@ class Recorder:
         for (stack, layer), buffer in sorted(self._buffers.items()):
             n = self.length[stack]
             for stat, tensor in buffer.items():
+                if stat.startswith("prompt_key_") and n <= self.prompt_length:
+                    continue  # no generated row: the prompt's columns are key_mass / key_count themselves
                 axes = STAT_AXES[stat]
                 trimmed = tensor
                 for dim, axis in enumerate(axes):

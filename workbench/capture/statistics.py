@@ -42,7 +42,7 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, *, mask: MaskSpec, 
     def run(bound):
         start, end = bound
         torch.set_num_threads(1)  # this thread's OpenMP team; the caller's setting is restored below
-        return attention_statistics(query[:, :, start:end], key, mask=_rows_of(mask, start, end),
+        return attention_statistics(query[:, :, start:end], key, mask=rows_of(mask, start, end),
                                     log_normaliser=log_normaliser[:, :, start:end], **kwargs)
 
     previous = torch.get_num_threads()
@@ -55,7 +55,7 @@ def layer_statistics(query: torch.Tensor, key: torch.Tensor, *, mask: MaskSpec, 
     return _combine(parts)
 
 
-def _rows_of(mask: MaskSpec, start: int, end: int) -> MaskSpec:
+def rows_of(mask: MaskSpec, start: int, end: int) -> MaskSpec:
     """The mask of query rows [start, end) as seen from a call that gets only those rows."""
     if mask.dense is not None:
         return replace(mask, dense=mask.dense[:, :, start:end])

@@ -26,13 +26,19 @@ def sinks(
                                                              "workbench.traces.metrics.SINK_EPSILON]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     stack: str = typer.Option("text", "--stack", help="'text' (language model / encoder) or 'vision' (tower)."),
-    hidden_rule: str = typer.Option("absolute", "--hidden-rule",
-                                    help="Hidden sinks (ACT): 'absolute' (alpha > --threshold, released code) or "
-                                         "'relative' (alpha > --factor / n, paper)."),
+    query_rows: str = typer.Option("prompt", "--query-rows",
+                                   help="Query rows alpha averages: 'prompt' (Gu et al.'s prompt forward) or 'all' "
+                                        "(prompt and generated rows)."),
+    hidden_rule: str = typer.Option("relative", "--hidden-rule",
+                                    help="Hidden sinks (ACT): 'relative' (alpha > --factor / n, paper) or "
+                                         "'absolute' (alpha > --threshold, released script)."),
     threshold: float = typer.Option(0.1, "--threshold", help="Absolute hidden-sink threshold."),
     factor: float = typer.Option(5.0, "--factor", help="Relative hidden-sink factor (alpha / n rule)."),
     min_queries: int = typer.Option(16, "--min-queries", help="Keys seen by fewer query rows are not listed."),
     tau: float = typer.Option(20.0, "--tau", help="VAR's threshold on phi for visual sink tokens."),
+    var_layers: str = typer.Option("reference", "--var-layers",
+                                   help="VAR: 'reference' (sink dims and visual sinks from layer 2, image-centric "
+                                        "heads only in layers with a visual sink) or 'all' (every layer)."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Sink dimensions to use instead of finding them."),
     rho: float = typer.Option(0.5, "--rho", help="Image-centric heads: non-sink share of image attention >= rho "
                                                  "(paper convention; the released code's rho is 1 - rho)."),
@@ -44,7 +50,11 @@ def sinks(
     from workbench.analyses import sinks as analysis
 
     if hidden_rule not in ("absolute", "relative"):
-        raise InputError("--hidden-rule takes 'absolute' or 'relative'")
+        raise InputError("--hidden-rule takes 'relative' or 'absolute'")
+    if query_rows not in ("prompt", "all"):
+        raise InputError("--query-rows takes 'prompt' or 'all'")
+    if var_layers not in ("reference", "all"):
+        raise InputError("--var-layers takes 'reference' or 'all'")
     from workbench.cli import options as check
     from workbench.cli.paths import check_json_output, write_json
 
@@ -60,8 +70,9 @@ def sinks(
         from workbench.traces.metrics import SINK_EPSILON
 
         eps = SINK_EPSILON
-    result = analysis.analyse(trace, eps=eps, stack=stack, hidden_rule=hidden_rule, hidden_threshold=threshold,
-                              hidden_factor=factor, min_queries=min_queries, tau=tau, dims=_dims(dims), rho=rho)
+    result = analysis.analyse(trace, eps=eps, stack=stack, query_rows=query_rows, hidden_rule=hidden_rule,
+                              hidden_threshold=threshold, hidden_factor=factor, min_queries=min_queries, tau=tau,
+                              dims=_dims(dims), var_layers=var_layers, rho=rho)
     data = result.to_json()
     name = "sinks" if stack == "text" else f"sinks_{stack}"
     if store:
@@ -79,7 +90,8 @@ def _summary(result) -> None:
     console = SafeConsole()
     o = result.options
     console.print(f"sinks {result.model} ({result.stack}): kind {result.kind['kind']} "
-                  f"({result.kind['reason']}); eps={o['eps']}")
+                  f"({result.kind['reason']}); eps={o['eps']}; alpha over {o['query_rows']} query rows "
+                  f"({o['keys']} keys)")
     for token in result.sink_tokens[:8]:
         console.print(f"  position {token['position']:>4} {token['text']!r:<14} Sink^eps {token['sink_percent']:6.2f}% "
                       f"({token['heads']} heads, mean alpha {token['mean_alpha']:.3f})")
@@ -90,10 +102,12 @@ def _summary(result) -> None:
         console.print(f"sink dimensions {result.sink_dims['dims']}")
     if result.visual_sinks is not None:
         found = [(v["position"], v["patch"], v["max_phi"]) for v in result.visual_sinks["visual"]]
-        console.print(f"visual sinks (phi > {result.visual_sinks['tau']:g}): {found or 'none'}")
+        console.print(f"visual sinks (phi > {result.visual_sinks['tau']:g}, layers >= "
+                      f"{result.visual_sinks['first_layer']}): {found or 'none'}")
     if result.image_centric is not None:
         centric = result.image_centric
-        console.print(f"image-centric heads: {centric.get('image_centric') if centric['available'] else centric['reason']}")
+        console.print(f"image-centric heads ({o['var_layers']} layers): "
+                      f"{centric.get('image_centric') if centric['available'] else centric['reason']}")
     for note in result.notes:
         console.print(f"note {note}")
 

@@ -9,6 +9,7 @@ refer to a generated token store the token's position; the row that predicts it 
 
 Quantities (inputs are a layer's statistics, torch tensors or numpy arrays; outputs are float64 tensors):
     alpha, sink_mask, sink_percent, SINK_EPSILON     Gu et al. 2025's attention sinks
+    QUERY_ROWS, key_columns                          which query rows enter alpha (prompt rows by default)
     lookback_ratio, mean_lookback_ratio              Lookback Lens (Chuang et al. 2024), C / (C + N) per row
     region_shares, mean_over_rows, seen_rows         per-row attention mass on each region, averaged over rows
     normalised_entropy                               row entropy / log(visible keys)
@@ -58,6 +59,25 @@ def alpha(key_mass, key_count) -> torch.Tensor:
     see it (Gu et al. 2025, "When Attention Sink Emerges in Language Models"). Inputs key_mass [head, key_pos]
     and key_count [key_pos]; a key no query sees gets 0. float64."""
     return _f64(key_mass) / _f64(key_count).clamp_min(1)
+
+
+QUERY_ROWS = ("prompt", "all")
+"""Query rows whose attention enters alpha: "prompt" (the default: the prompt's rows only, as Gu et al.'s
+compute_attention_sink measures on the prompt forward) or "all" (the prompt's and the generated tokens' rows)."""
+
+
+def key_columns(stats: dict, query_rows: str = "prompt", *, generated: bool) -> tuple | None:
+    """(key_mass [head, key_pos], key_count [key_pos]) summed over the chosen query rows of one layer's
+    statistics. `generated`: whether the trace has generated rows. Without them every row is a prompt row and
+    key_mass / key_count are the prompt's sums; with them "prompt" reads prompt_key_mass / prompt_key_count,
+    which the capture stores for that case. None when the statistics lack them (a bundle written before)."""
+    if query_rows not in QUERY_ROWS:
+        raise ValueError(f"query_rows must be one of {QUERY_ROWS}, not {query_rows!r}")
+    if query_rows == "all" or not generated:
+        return stats["key_mass"], stats["key_count"]
+    if "prompt_key_mass" not in stats:
+        return None
+    return stats["prompt_key_mass"], stats["prompt_key_count"]
 
 
 def sink_mask(alpha_values, eps: float = SINK_EPSILON) -> torch.Tensor:
