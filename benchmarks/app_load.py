@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/app_load.py                       # 20 users, 60 s, bundles traced now
     .venv/bin/python benchmarks/app_load.py --users 5 --seconds 10 --traces out/demo
+    .venv/bin/python benchmarks/app_load.py --users 5 --seconds 30 --hostile     # + a hostile client, side by side
 
 What a user does is recorded, not guessed: one real Chromium session (playwright) opens every page of every
 bundle and the script records every HTTP request the Dash client makes (page shell, /_dash-layout,
@@ -9,12 +10,21 @@ bundle and the script records every HTTP request the Dash client makes (page she
 those page visits in random order against `workbench app` running in its own process (so the load generator
 does not share the server's interpreter). An error is a failed connection, a status >= 400, or a callback
 answer carrying the app's "internal error" panel. Prints a table of error count and latency percentiles.
+
+--hostile runs two phases of --seconds each on the same server (trace form on): the users alone, then the
+users beside hostile clients that loop over what issue reports found: trace-form map specs that expand to
+millions of indices, 7.5 MB uploads of fresh random pixels (each a new file), a 30000 x 30000 PNG, and as many
+trace jobs as the queue takes. It samples the server's RSS every 0.1 s and prints both phases side by side:
+the users' latency percentiles, their ratio, the server's peak RSS, and what the hostile requests got.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import collections
 import http.client
+import json
 import os
 import platform
 import random
@@ -56,11 +66,11 @@ def build_bundles(folder: Path) -> list[str]:
     return ["llama-maps", "llama-stats", "llava"]
 
 
-def start_server(traces: Path) -> tuple[subprocess.Popen, str]:
+def start_server(traces: Path, *, trace_form: bool = False) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "workbench.cli.main", "app", "--traces", str(traces),
-                                "--port", "0", "--no-trace"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env=env)
+                                "--port", "0", *([] if trace_form else ["--no-trace"])], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env)
     line = process.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
     if not match:
@@ -144,6 +154,157 @@ def user(base: str, visits, deadline: float, results: Results, seed: int) -> Non
             results.add(method, time.perf_counter() - started, error)
 
 
+# ---------------------------------------------------------------------------------------------- hostile client
+HUGE_SPECS = ["0-30000000", "0:0-2000000", "0-99999999999999999999", "9" * 5000]
+
+
+def _callback(outputs: list[tuple[str, str]], inputs: list[tuple[str, str, object]],
+              state: list[tuple[str, str, object]]) -> bytes:
+    """A Dash callback POST body with two or more outputs, the shape the browser sends."""
+    body = {"output": ".." + "...".join(f"{i}.{p}" for i, p in outputs) + "..",
+            "outputs": [{"id": i, "property": p} for i, p in outputs],
+            "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+            "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+            "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"]}
+    return json.dumps(body).encode()
+
+
+def submit_body(maps: str | None, model: str = "tiny-gpt2", new_tokens: int = 8, image: str | None = None) -> bytes:
+    return _callback([("runs-job", "data"), ("runs-interval", "disabled"), ("runs-form-message", "children"),
+                      ("runs-progress-box", "style")], [("runs-submit", "n_clicks", 1)],
+                     [("runs-model", "value", model), ("runs-prompt", "value", "The cat sat on the mat. " * 8),
+                      ("runs-new-tokens", "value", new_tokens), ("runs-maps", "value", maps),
+                      ("runs-name", "value", None), ("runs-image", "data", image)])
+
+
+def upload_body(data: bytes, filename: str) -> bytes:
+    contents = "data:image/png;base64," + base64.b64encode(data).decode()
+    return _callback([("runs-image", "data"), ("runs-upload-status", "children")],
+                     [("runs-upload", "contents", contents)], [("runs-upload", "filename", filename)])
+
+
+def noise_png(seed: int, side: int = 1580) -> bytes:
+    """Random pixels: PNG cannot compress them, so the file is about side * side * 3 bytes (7.5 MB here)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(
+        buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def bomb_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (30_000, 30_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def hostile_client(base: str, deadline: float, tally: collections.Counter, latency: list[float],
+                   files: tuple[list[bytes], bytes]) -> None:
+    """Loop over hostile requests; tally what each got (refused with a panel, accepted, HTTP error)."""
+    parts = urlsplit(base)
+    (noise, bomb), counter = files, 0
+    while time.monotonic() < deadline:
+        counter += 1
+        action = counter % 4
+        if action == 0:
+            label, body = "huge map spec", submit_body(HUGE_SPECS[counter // 4 % len(HUGE_SPECS)])
+        elif action == 1:
+            label, body = "7.5 MB upload", upload_body(noise[counter // 4 % len(noise)], "noise.png")
+        elif action == 2:
+            label, body = "30000 x 30000 upload", upload_body(bomb, "bomb.png")
+        else:
+            label, body = "trace job (maps all)", submit_body("all")
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        started = time.perf_counter()
+        try:
+            connection.request("POST", "/_dash-update-component", body=body,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read()
+            outcome = f"HTTP {response.status}" if response.status >= 400 else \
+                "refused (panel)" if b"wb-error" in data else "accepted"
+        except (OSError, http.client.HTTPException) as error:
+            outcome = type(error).__name__
+        finally:
+            connection.close()
+        latency.append(time.perf_counter() - started)
+        tally[(label, outcome)] += 1
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process, sampled every `every` seconds from /proc."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.last = pid, every, 0, 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                with open(f"/proc/{self.pid}/status") as status:
+                    kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                return
+            self.last, self.peak = kb * 1024, max(self.peak, kb * 1024)
+            time.sleep(self.every)
+
+    def reset(self) -> None:
+        self.peak = self.last
+
+
+def run_phase(base: str, visits, users: int, seconds: float, sampler: RssSampler, hostile: int = 0):
+    """(Results of the users, hostile tally, hostile latencies, elapsed, server peak RSS) of one timed phase."""
+    results, tally, hostile_latency = Results(), collections.Counter(), []
+    # Files made before the clock starts (the load generator shares the server's cores): 12 distinct uploads,
+    # more than the uploads folder keeps, so every round stores a new file.
+    files = ([noise_png(seed) for seed in range(12)], bomb_png()) if hostile else None
+    deadline = time.monotonic() + seconds
+    sampler.reset()
+    threads = [threading.Thread(target=user, args=(base, visits, deadline, results, seed)) for seed in range(users)]
+    threads += [threading.Thread(target=hostile_client, args=(base, deadline, tally, hostile_latency, files))
+                for _ in range(hostile)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, tally, hostile_latency, time.monotonic() - started, (sampler.peak, sampler.last)
+
+
+def print_side_by_side(phases: dict, traces: Path) -> None:
+    print("\n| users' requests | phase | count | errors | p50 ms | p95 ms | p99 ms | server RSS MB: peak / end |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (results, _, _, elapsed, (peak, end)) in phases.items():
+        every = results.latency["GET"] + results.latency["POST"]
+        for label, values in (("callbacks (POST)", results.latency["POST"]), ("all", every)):
+            print(f"| {label} | {name} | {len(values)} | {len(results.errors)} | {1000 * percentile(values, 50):.0f} | "
+                  f"{1000 * percentile(values, 95):.0f} | {1000 * percentile(values, 99):.0f} | "
+                  f"{peak / 2**20:.0f} / {end / 2**20:.0f} |")
+    (quiet, *_), (loud, tally, hostile_latency, *_) = phases["users alone"], phases["with hostile client"]
+    for label in ("POST", "all"):
+        a = quiet.latency["POST"] if label == "POST" else quiet.latency["GET"] + quiet.latency["POST"]
+        b = loud.latency["POST"] if label == "POST" else loud.latency["GET"] + loud.latency["POST"]
+        print(f"ratio hostile / alone, {label}: p50 {percentile(b, 50) / percentile(a, 50):.2f}x, "
+              f"p95 {percentile(b, 95) / percentile(a, 95):.2f}x")
+    print("\n| hostile request | outcome | count |\n|---|---|---|")
+    for (label, outcome), count in sorted(tally.items()):
+        print(f"| {label} | {outcome} | {count} |")
+    uploads = traces / ".uploads"
+    stored = sum(p.stat().st_size for p in uploads.iterdir()) if uploads.is_dir() else 0
+    print(f"hostile requests: p50 {1000 * percentile(hostile_latency, 50):.0f} ms, max "
+          f"{1000 * max(hostile_latency, default=0):.0f} ms; uploads folder at the end {stored / 2**20:.1f} MB; "
+          f"bundles written by trace jobs {len(list(traces.glob('tiny-gpt2-*.wbtrace')))}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
@@ -165,18 +326,34 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--traces", type=Path, help="a folder of bundles [default: tiny bundles traced now]")
+    parser.add_argument("--hostile", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="also run a phase with N hostile clients (default 1) and compare side by side")
     args = parser.parse_args()
+    if args.hostile and args.traces is not None:
+        parser.error("--hostile writes uploads and bundles: run it on the bundles traced now (no --traces)")
     with tempfile.TemporaryDirectory() as scratch:
         traces = args.traces or Path(scratch)
         bundles = build_bundles(traces) if args.traces is None else \
             sorted(p.relative_to(traces).as_posix()[:-8] for p in traces.rglob("*.wbtrace"))[:3]
         print(f"machine: {machine()}", file=sys.stderr)
-        process, base = start_server(traces)
+        process, base = start_server(traces, trace_form=bool(args.hostile))
         try:
             visits = record(base, page_urls(bundles))
             n_requests = sum(len(v) for v in visits)
             print(f"recorded {len(visits)} page visits, {n_requests} requests; replaying with {args.users} users for "
                   f"{args.seconds:.0f} s", file=sys.stderr)
+            if args.hostile:
+                sampler = RssSampler(process.pid)
+                sampler.start()
+                phases = {"users alone": run_phase(base, visits, args.users, args.seconds, sampler),
+                          "with hostile client": run_phase(base, visits, args.users, args.seconds, sampler,
+                                                           hostile=args.hostile)}
+                sampler.running = False
+                print_side_by_side(phases, traces)
+                errors = [e for phase in phases.values() for e in phase[0].errors]
+                for error in sorted(set(errors))[:10]:
+                    print(f"error: {error}", file=sys.stderr)
+                sys.exit(1 if errors else 0)
             results = Results()
             deadline = time.monotonic() + args.seconds
             threads = [threading.Thread(target=user, args=(base, visits, deadline, results, seed))

@@ -85,6 +85,7 @@ def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None,
     """A TraceRequest from raw form values, or an InputError saying what to fix. access: the server's
     ModelAccess (None: registry models only)."""
     from workbench.app.data.model_access import ModelAccess
+
     from workbench.capture import CapturePlan
 
     access = access or ModelAccess()
