@@ -3,7 +3,8 @@
 Every metric is a [layer, head] float array; the quantities come from `workbench.traces.metrics`, the one
 definition the JSON export, sweeps and probes also use. Conventions (docs/app.md repeats them):
 - sink: Gu et al. 2025 alpha of position 0 = key_mass[h, 0] / key_count[0] (mean attention position 0
-  receives from the queries that see it).
+  receives from the queries that see it), over every query row, generated ones included; the sinks analysis
+  (results/sinks.json) defaults to the prompt rows, as Gu et al.'s reference code, and its labels say so.
 - entropy: mean over query rows (that see at least one key) of the row's attention entropy, nats.
 - entropy_norm: the same divided by log(number of visible keys), rows seeing one key excluded: 0 = one key,
   1 = uniform; comparable across positions and lengths.
@@ -96,8 +97,10 @@ def _layer_values(trace, stack: str, layer: int, rows: np.ndarray) -> dict[str, 
 
 
 _LABELS = {
-    "sink": ("sink score (alpha of position 0)", ("Gu et al. 2025: mean attention position 0 receives from the "
-                                                  "queries that see it"), 0.0, 1.0, "Viridis"),
+    "sink": ("sink score (alpha of position 0, all rows)", ("Gu et al. 2025: mean attention position 0 receives from "
+                                                            "every query row that sees it, prompt and generated (the "
+                                                            "sinks analysis defaults to the prompt rows)"),
+             0.0, 1.0, "Viridis"),
     "entropy": ("attention entropy (nats)", "mean over query rows of the row's attention entropy", 0.0, None,
                 "Cividis"),
     "entropy_norm": ("normalised entropy", ("row entropy / log(visible keys), mean over rows: 0 = one key, "

@@ -119,7 +119,8 @@ def head_statistics(alpha: np.ndarray, entropy: np.ndarray, *, texts: list[str],
     positions = np.arange(n)
     labels = np.array([token_label(t) for t in texts[:n]], dtype=object)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("alpha: mean attention each key receives", "entropy of each query row (nats)"))
+                        subplot_titles=("alpha: mean attention each key receives (all query rows)",
+                                        "entropy of each query row (nats)"))
     hover = "key %{x} <b>%{customdata}</b><br>alpha %{y:.4f}<extra></extra>"
     if n <= 600:  # one bar per key, coloured by region
         fig.add_trace(go.Bar(x=positions, y=alpha, marker_color=[REGION_COLORS.get(r, "#999") for r in regions[:n]],

@@ -128,8 +128,8 @@ def test_sinks_head_metrics_equal_alpha_from_eager_maps(models):
     metrics = read_result("sinks", data).head_metrics()
     np.testing.assert_allclose(metrics["top_alpha"].values, alpha.max(-1), atol=2e-5)
     np.testing.assert_array_equal(metrics["sink_keys"].values, ((alpha > 0.2) & seen_enough).sum(-1))
-    hidden = (alpha > 0.1) & seen_enough
-    hidden[..., 0] = False  # ACT: keys after position 0, absolute threshold 0.1 (the default rule)
+    hidden = (alpha > 5 / n) & seen_enough
+    hidden[..., 0] = False  # ACT: keys after position 0 above 5 / n (the paper's relative rule, the default)
     np.testing.assert_array_equal(metrics["hidden_sinks"].values, hidden.sum(-1))
     assert as_json(read_result("sinks_copy", data).to_json()) == as_json(data)
     assert read_result("sinks", data).token_sets()["sink_tokens"] == sorted(e["position"] for e in data["sink_tokens"])
