@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -42,7 +41,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     rows = [{"name": s.name, "kind": s.kind, "source": s.hub_id or s.source, "available": _availability(s),
              "description": s.description} for s in REGISTRY.values()]
     if as_json:
-        print(json.dumps(rows, indent=1))
+        from workbench.traces import strict_json
+
+        print(strict_json.dumps(rows, indent=1))
         return
     table = Table("name", "kind", "weights", "available", "description")
     for row in rows:
@@ -63,7 +64,9 @@ def info(
 
     trace = workbench.load(bundle, verify=verify)
     if as_json:
-        print(json.dumps(trace.to_json(), ensure_ascii=False, indent=1))
+        from workbench.traces import strict_json
+
+        print(strict_json.dumps(trace.to_json(), indent=1))  # NaN in a summary or result becomes null
         return
     console = SafeConsole()
     counts: dict[str, int] = {}
