@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,8 @@ HEADER = """# Bad inputs and what you see
 Every row below was produced by running it: `tests/workbench/cli/test_bad_inputs_doc.py` feeds each bad input to
 the real CLI entry point, the Python API, a damaged bundle or the running app, and fails when this page no
 longer matches (regenerate with `WORKBENCH_UPDATE_DOCS=1 .venv/bin/pytest tests/workbench/cli/test_bad_inputs_doc.py`).
-`DIR` stands for the folder the test ran in. The rules: a user error is one `error: ...` line on stderr that
+`DIR` stands for the folder the test ran in, `PID` for a process id and `RANDOM` for the random end of a
+sweep part's name. The rules: a user error is one `error: ...` line on stderr that
 says what to do, exit status 2, no traceback, and nothing the user had is changed; the app shows the same
 message in a panel and keeps serving. A numerics problem is not a user error: `info` exits 0 and warns.
 
@@ -48,6 +50,7 @@ def workspace(tmp_path_factory, models):
     (root / "stuff").mkdir()
     (root / "stuff" / "notes.txt").write_text("not a sweep")
     (root / "exists.probe").write_text("old")
+    _input_files(root)
     buffer = __import__("io").BytesIO()
     Image.new("1", (30_000, 30_000)).save(buffer, format="PNG")  # about 100 kB on disk, 900 M pixels
     (root / "bomb.png").write_bytes(buffer.getvalue())
@@ -58,6 +61,35 @@ def workspace(tmp_path_factory, models):
     good = workbench.trace(models("tiny-gpt2"), "hello there", max_new_tokens=2)
     good.save(root / "good.wbtrace")
     return root
+
+
+JSONL_LINES = {  # the second line of a two-line input file
+    "latin1": b'{"prompt": "caf\xe9"}',
+    "nan": b'{"prompt": "x", "max_new_tokens": NaN}',
+    "deep": b'{"prompt": "x", "truth": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+    "type": b'{"prompt": "x", "max_new_tokens": "3"}',
+    "dotdot": b'{"prompt": "x", "name": ".."}',
+    "hidden": b'{"prompt": "x", "name": ".hidden"}',
+    "duplicate": b'{"prompt": "x", "name": "first"}',
+    "dupkey": b'{"prompt": "x", "prompt": "y"}',
+}
+
+
+def _input_files(root: Path) -> None:
+    """JSONL files with one bad line each, two sweeps to tamper with, a folder another sweep holds."""
+    from workbench.scale import SweepStore, run_sweep
+
+    for name, line in JSONL_LINES.items():
+        (root / f"{name}.jsonl").write_bytes(b'{"prompt": "fine", "name": "first"}\n' + line + b"\n")
+    (root / "kv-missing.jsonl").write_text('{"prompt": "What is 2+2?", "answerable": true}\n')
+    for name in ("escape", "truncated"):
+        run_sweep("tiny-gpt2", root / "good.jsonl", root / f"sweep-{name}", threads=1)
+    record = sorted((root / "sweep-escape" / "_commits").glob("*.json"))[0]
+    written = json.loads(record.read_text())
+    record.write_text(json.dumps({**written, "files": [*written["files"], "inputs/../../x.parquet"]}))
+    part = root / "sweep-truncated" / SweepStore(root / "sweep-truncated").commits()[0]["files"][0]
+    part.write_bytes(part.read_bytes()[:100])
+    (root / "busy").mkdir()
 
 
 def damaged(root: Path, name: str, damage) -> Path:
@@ -152,6 +184,32 @@ def cli_cases(root: Path) -> list[tuple[str, list]]:
                                             root / "s", "--executor", "slurm"]),
         ("sweep into a folder that holds something else", ["sweep", "-m", "tiny-gpt2", "--data",
                                                           root / "good.jsonl", "--out", root / "stuff"]),
+        *[(f"sweep input file: {label}", ["sweep", "-m", "tiny-gpt2", "--data", root / f"{name}.jsonl", "--out",
+                                          root / "s"])
+          for label, name in (("invalid UTF-8 on line 2", "latin1"), ("NaN", "nan"), ("nested 10000 deep", "deep"),
+                              ("a string where a number belongs", "type"), ("an input named `..`", "dotdot"),
+                              ("an input named `.hidden`", "hidden"), ("a name used twice", "duplicate"),
+                              ("a key given twice", "dupkey"))],
+        ("trace --prompts with an input named `..`", ["trace", "-m", "tiny-gpt2", "--prompts", root / "dotdot.jsonl",
+                                                     "--out", root / "many"]),
+        ("probe prompts missing a field", ["probe", "build", "-m", "tiny-llama", "--prompts",
+                                           root / "kv-missing.jsonl", "--out", root / "kv.parquet"]),
+        ("sweep into a folder another sweep is writing", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
+                                                          "--out", root / "busy"]),
+        ("sweep --force on a folder of the user's files", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
+                                                           "--out", root / "stuff", "--force"]),
+        ("sweep resumed with a commit record naming `inputs/../../x.parquet`",
+         ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl", "--out", root / "sweep-escape"]),
+        ("sweep resumed with a truncated part (not an error: the part is traced again)",
+         ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl", "--out", root / "sweep-truncated",
+          "--threads", "1"]),
+        *[(f"probe option {' '.join(option)}", ["probe", "train", "--data", root / "none.parquet", "--out",
+                                                root / "new.probe", *option])
+          for option in (("--C", "-1"), ("--C", "nan"), ("--epochs", "-5"), ("--detector", "nonkes", "--k", "0"),
+                         ("--detector", "nonkes", "--threshold", "nan"), ("--test-fraction", "1"))],
+        ("probe option --top-k 0", ["probe", "build", "-m", "tiny-llama", "--out", root / "kv.parquet",
+                                    "--top-k", "0"]),
+        ("app --cache-mb -5", ["app", "--traces", root, "--cache-mb", "-5"]),
         ("probe training on a missing dataset", ["probe", "train", "--data", root / "none.parquet", "--out",
                                                  root / "new.probe"]),
         ("probe output already exists", ["probe", "train", "--data", root / "none.parquet", "--out",
@@ -208,7 +266,9 @@ def serving_cases(root: Path):
 
 
 def _cell(text: str, root: Path) -> str:
-    text = text.replace(str(root), "DIR").replace("|", "\\|").replace("\n", "<br>")
+    text = text.replace(str(root), "DIR").replace(f"pid {os.getpid()}", "pid PID")
+    text = re.sub(r"part-([0-9]{8})-[0-9a-f]{10}", r"part-\1-RANDOM", text)  # sweep part names end in a uuid
+    text = text.replace("|", "\\|").replace("\n", "<br>")
     return f"`{text}`" if text else "(nothing)"
 
 
@@ -238,9 +298,14 @@ def generate(root: Path) -> str:
     from workbench.app import create_app
 
     lines = [HEADER, "## Command line\n", "| bad input | exit | what you see (stderr) |", "|---|---|---|"]
-    for label, args in cli_cases(root):
-        code, _, err = run_cli(*args)
+    from workbench.scale.lock import SweepLock
+
+    with SweepLock(root / "busy"):  # this process holds the folder that one row sweeps into
+        cli_rows = [(label, *run_cli(*args)) for label, args in cli_cases(root)]
+    for label, code, _, err in cli_rows:
         shown = [line for line in err.splitlines() if line.strip()]
+        if "not an error" in label:  # what it warns about; progress lines carry timings
+            shown = [line for line in shown if line.startswith("warning: ")]
         assert "Traceback" not in err, (label, err)
         if "not an error" not in label:
             assert code == 2 and len(shown) == 1 and shown[0].startswith("error: "), (label, code, err)
