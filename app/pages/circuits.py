@@ -51,11 +51,13 @@ def register(app) -> None:
             return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
                                                    f"`{results_mod.ANALYSES['circuits'].command}`")])
         elements = circuit_elements(parsed.value)
+        options = getattr(found.result, "options", {}) or {}
         n_nodes = len(parsed.value.nodes)
         return html.Div(warnings + [
             html.P(f"{n_nodes} heads, {len(parsed.value.edges)} edges. Node = (layer, head), placed at x = head, "
                    "y = layer; edges from upstream heads, orange through the query side, green through the key side, "
                    "purple both; width = share of the contribution. Click a head to open it.", className="wb-muted"),
+            html.P(basis_line(options), className="wb-muted", id="circuits-basis"),
             cyto.Cytoscape(id="circuits-graph", elements=elements, layout={"name": "preset"}, stylesheet=STYLESHEET,
                            style={"width": "100%", "height": "640px"}, minZoom=0.1, maxZoom=4),
         ])
@@ -67,6 +69,20 @@ def register(app) -> None:
         if not node or node.get("layer") is None or node.get("head") is None:
             return no_update
         return link("/head", bundle=bundle, stack="text", layer=node["layer"], head=node["head"])
+
+
+def basis_line(options: dict) -> str:
+    """Which convention produced the numbers: Omega's basis and the firing threshold, from the result's options."""
+    basis = options.get("basis")
+    if basis == "reference":
+        text = "Omega basis: reference (the released code's TransformerLens-folded weights on ln1.hook_normalized)"
+    elif basis == "raw":
+        text = "Omega basis: raw (the norm's output with the model's own W_Q, W_K)"
+    else:
+        text = "Omega basis: raw (this result predates named bases; rerun `workbench circuits` for the reference's)"
+    threshold = options.get("firing_threshold")
+    return text + (f"; firings A_ij >= {threshold}, attribution {options.get('attribution', 'score')}."
+                   if threshold is not None else ".")
 
 
 PAGE = Page(module="workbench.app.pages.circuits", path="/circuits", name="Circuits", order=5, layout=layout,

@@ -66,3 +66,12 @@ def test_pages_are_pluggable():
     paths = [page.path for page in PAGES]
     assert paths[0] == "/" and len(set(paths)) == len(paths)
     assert {"routes", "circuits", "probe", "vhd", "sinks"} <= {need for page in PAGES for need in page.needs}
+
+
+def test_circuits_page_names_the_basis_that_produced_the_numbers():
+    from workbench.app.pages.circuits import basis_line
+
+    assert basis_line({"basis": "reference", "firing_threshold": 0.5}).startswith("Omega basis: reference")
+    assert "A_ij >= 0.5" in basis_line({"basis": "reference", "firing_threshold": 0.5})
+    assert basis_line({"basis": "raw"}).startswith("Omega basis: raw (the norm's output")
+    assert "predates named bases" in basis_line({})  # results stored before the option existed were raw

@@ -17,6 +17,9 @@ def circuits(
     min_share: float = typer.Option(0.02, "--min-share", help="Smallest share of a side an upstream edge may carry."),
     attribution: str = typer.Option("score", "--attribution",
                                     help="'score' (additive share of the kept score) or 'projection' (reference)."),
+    basis: str = typer.Option("reference", "--basis",
+                              help="Omega's basis: 'reference' (the released code's TransformerLens-folded weights on "
+                                   "ln1.hook_normalized) or 'raw' (the norm's output with the model's own W_Q, W_K)."),
     model: str | None = typer.Option(None, "--model", "-m",
                                         help="The traced model's weights [default: the model named in the bundle]."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
@@ -27,10 +30,17 @@ def circuits(
     from workbench.analyses import circuits as analysis
     from workbench.cli.paths import store_result
 
+    from workbench.analyses.circuits import check_basis
+    from workbench.errors import InputError
+
+    check_basis(basis)  # before the bundle and the weights load
+    if attribution not in ("score", "projection"):
+        raise InputError(f"--attribution must be 'score' or 'projection', got {attribution!r}")
     trace = workbench.load(bundle)
     loaded = _load_model(model, trace)
     result = analysis.analyse(trace, model=loaded, firing_threshold=firing_threshold, coverage=coverage,
-                              component_threshold=component_threshold, min_share=min_share, attribution=attribution)
+                              component_threshold=component_threshold, min_share=min_share, attribution=attribution,
+                              basis=basis)
     data = result.to_json()
     if store:
         store_result(trace, "circuits", data)
@@ -63,7 +73,7 @@ def _summary(result, trace) -> None:
 
     console = SafeConsole()
     stats = result.stats
-    console.print(f"circuits {result.model}: {stats['firings']} firings, "
+    console.print(f"circuits {result.model} ({result.options.get('basis', 'raw')} basis): {stats['firings']} firings, "
                   f"{stats['components_kept_mean']} singular components kept on average "
                   f"(max {stats['components_kept_max']}), RoPE {'offset-dependent Omega' if stats['rope'] else 'no'}, "
                   f"score reconstruction error {stats['max_reconstruction_error']:.1e}")

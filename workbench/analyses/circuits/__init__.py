@@ -31,11 +31,11 @@ import torch
 
 from workbench.analyses.decomposed import check_trace, layer_tensor
 from workbench.analyses.circuits._firings import Firing, decompose, find_firings, head_outputs
-from workbench.analyses.circuits._omega import SUPPORTED, omega_forms
+from workbench.analyses.circuits._omega import BASES, SUPPORTED, check_basis, omega_forms
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import InputError, WorkbenchError
 
-__all__ = ["CircuitsResult", "analyse", "omega_forms"]
+__all__ = ["BASES", "CircuitsResult", "analyse", "check_basis", "omega_forms"]
 
 METHOD = "Franco & Crovella 2024, sparse attention decomposition (SVD of the augmented Omega)"
 MAX_RECONSTRUCTION_ERROR = 1e-3  # relative to the largest |score| of the firings
@@ -110,9 +110,10 @@ def _covectors(firings: list[Firing], forms, trace) -> dict:
     return {"w": out, "const": const}
 
 
-def _upstream(trace, firings: list[Firing], covectors: dict, n_layers: int, n_heads: int) -> dict:
+def _upstream(trace, forms, firings: list[Firing], covectors: dict, n_layers: int, n_heads: int) -> dict:
     """Contributions [F, layer, head] of every upstream head on each side, plus the rest (MLPs, biases,
-    embeddings, constants) [F] for the completeness check."""
+    embeddings, constants) [F] for the completeness check. In the reference basis a head's output excludes
+    its value bias (fold_value_biases moves b_V W_O into the output bias, part of the rest)."""
     count = len(firings)
     layers = torch.tensor([f.layer for f in firings])
     positions = {"q": torch.tensor([f.query for f in firings]), "k": torch.tensor([f.key for f in firings])}
@@ -127,11 +128,13 @@ def _upstream(trace, firings: list[Firing], covectors: dict, n_layers: int, n_he
             continue
         needed = torch.unique(torch.cat([positions["q"][chosen], positions["k"][chosen]]))  # sorted
         outputs = head_outputs(trace, upstream, needed)  # [head, len(needed), d_model]
+        moved = torch.einsum("he,dhe->hd", forms.value_bias(upstream), layer_tensor(trace, upstream, "o_weight"))
+        outputs = outputs - moved[:, None]  # rows of A sum to 1: A (V - b_V) W_O = A V W_O - b_V W_O
         after = layer_tensor(trace, upstream + 1, "hidden_in")
         before = layer_tensor(trace, upstream, "hidden_in")
         attn_out = layer_tensor(trace, upstream, "attn_out")
         mlp = (after - before - attn_out)[needed]
-        bias = layer_tensor(trace, upstream, "o_bias")
+        bias = layer_tensor(trace, upstream, "o_bias") + moved.sum(0)
         for side in ("q", "k"):
             for start in range(0, len(chosen), _FIRING_CHUNK):
                 block = chosen[start:start + _FIRING_CHUNK]
@@ -156,7 +159,7 @@ def _covering(values: torch.Tensor, coverage: float) -> list[int]:
 
 def analyse(trace, *, model, firing_threshold: float = 0.5, component_threshold: float = 1.0,
             coverage: float = 0.7, min_share: float = 0.02, attribution: Literal["score", "projection"] = "score",
-            skip_first_key: bool = True) -> CircuitsResult:
+            skip_first_key: bool = True, basis: Literal["reference", "raw"] = "reference") -> CircuitsResult:
     """Trace head-to-head communication through the firings of every head (see the module docstring).
 
     model: the traced model's weights (LoadedModel or transformers model). firing_threshold: minimum A_ij.
@@ -165,6 +168,10 @@ def analyse(trace, *, model, firing_threshold: float = 0.5, component_threshold:
     min_share: drop kept upstream heads carrying less than this share of the side's whole (x~ . covector),
         so that rounding noise on a side no head writes to never becomes an edge.
     attribution: "score" (additive share of the kept score) or "projection" (the reference code's form).
+    basis: the coordinates of Omega (_omega.py): "reference", the released code's TransformerLens-folded basis
+        (x = the norm's normalised input, gain and bias folded into centred W_Q, W_K; b_V in the output
+        bias), or "raw" (x = the norm's output, the model's own W_Q, W_K). Scores are the same; singular
+        values, kept components and upstream shares are not.
 
     >>> import workbench
     >>> model = workbench.load_model("planted-induction")
@@ -177,7 +184,7 @@ def analyse(trace, *, model, firing_threshold: float = 0.5, component_threshold:
         raise InputError("--firing-threshold, --coverage and --component-threshold must be in (0, 1]")
     if attribution not in ("score", "projection"):
         raise InputError(f"attribution must be 'score' or 'projection', got {attribution!r}")
-    forms = omega_forms(model)
+    forms = omega_forms(model, check_basis(basis))
     stack = forms.stack
     n_layers, n_heads = trace.n_layers(), trace.n_heads()
     if (stack.n_layers, stack.n_heads, stack.d_model) != (n_layers, n_heads, trace.dims["stacks"]["text"]["d_model"]):
@@ -209,7 +216,7 @@ def analyse(trace, *, model, firing_threshold: float = 0.5, component_threshold:
     kept_counts = torch.tensor([len(f.components) for f in firings], dtype=torch.float64)
     options = {"firing_threshold": firing_threshold, "component_threshold": component_threshold,
                "coverage": coverage, "min_share": min_share, "attribution": attribution,
-               "skip_first_key": skip_first_key}
+               "skip_first_key": skip_first_key, "basis": basis}
     stats = {"firings": len(firings), "rope": forms.head(0, 0).inv_freq is not None,
              "components_kept_mean": round(float(kept_counts.mean()), 4) if len(firings) else None,
              "components_kept_max": int(kept_counts.max()) if len(firings) else None,
@@ -223,7 +230,7 @@ def _graph(trace, forms, firings, coverage, min_share, attribution, n_layers, n_
     if not firings:
         return graph, records, completeness
     covectors = _covectors(firings, forms, trace)
-    upstream = _upstream(trace, firings, covectors, n_layers, n_heads)
+    upstream = _upstream(trace, forms, firings, covectors, n_layers, n_heads)
     fired: dict[tuple[int, int], int] = {}
     for firing in firings:
         fired[(firing.layer, firing.head)] = fired.get((firing.layer, firing.head), 0) + 1
