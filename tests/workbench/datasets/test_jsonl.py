@@ -156,11 +156,25 @@ def records(draw):
 
 
 @st.composite
+def good_records(draw) -> dict:
+    record = {"prompt": draw(st.text(min_size=1, max_size=12).filter(str.strip))}
+    if draw(st.booleans()):
+        record["name"] = draw(st.text("abAB01._-", min_size=1, max_size=4))
+    if draw(st.booleans()):
+        record["max_new_tokens"] = draw(st.integers(0, 2))
+    return record
+
+
+@st.composite
 def files(draw) -> list[bytes]:
+    """1-5 lines: all well-formed (half the files), or mixed with wrong records, random JSON and random bytes."""
     lines = []
+    clean = draw(st.booleans())
     for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["record", "record", "record", "bytes", "json"]))
-        if kind == "record":
+        kind = "good" if clean else draw(st.sampled_from(["good", "record", "record", "bytes", "json"]))
+        if kind == "good":
+            lines.append(json.dumps(draw(good_records())).encode())
+        elif kind == "record":
             lines.append(json.dumps(draw(records()), allow_nan=True).encode())
         elif kind == "json":
             lines.append(json.dumps(draw(JSON_VALUES), allow_nan=True).encode())
