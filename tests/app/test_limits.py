@@ -224,3 +224,22 @@ def test_an_upload_is_checked_without_decoding_its_pixels(monkeypatch):
     contents = "data:image/png;base64," + base64.b64encode(png_bytes(seed=5)).decode()
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     assert decode_upload(contents, "photo.png")[1] == ".png"
+
+
+def test_the_form_traces_allowed_folders_and_refuses_others_alike(folders, tmp_path):
+    from workbench.app.data.jobs import TraceJobs, validate
+    from workbench.app.data.model_access import ModelAccess
+    from workbench.app.data.recompute import ModelPool
+
+    access = ModelAccess([folders / "allowed"])
+    jobs = TraceJobs(tmp_path, ModelPool(access=access))
+    done = jobs.wait(jobs.submit(validate(str(folders / "allowed" / "sink"), "The cat sat.", 2, access=access)),
+                     timeout=120)
+    assert done["state"] == "done" and done["bundle_id"].startswith("sink-")
+    assert workbench.load(tmp_path / f"{done['bundle_id']}.wbtrace").model["name"] == str(folders / "allowed" / "sink")
+    messages = set()
+    for name in (str(folders / "outside" / "sink"), str(folders / "outside" / "nothing-here"), "/etc"):
+        with pytest.raises(InputError) as raised:
+            validate(name, "The cat sat.", 2, access=access)
+        messages.add(str(raised.value))
+    assert len(messages) == 1 and "choose a model from the list" in messages.pop()
