@@ -80,7 +80,17 @@ class BundleTensors:
 
         file = self._root / entry["file"]
         try:
-            with safe_open(str(file), framework="pt") as shard:
+            handle = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as error:
+            raise BundleError(f"{file}: unreadable ({error.strerror}); the bundle is incomplete, trace again") from None
+        pinned = str(file)
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise BundleError(f"{file}: is not a plain file; bundles hold plain files only")
+            # safetensors reads the header through one open and maps the data through a second open of the same
+            # name: naming the file by our handle makes both the same file even if a save replaces the bundle.
+            pinned = f"/proc/self/fd/{handle}" if os.path.isdir("/proc/self/fd") else str(file)
+            with safe_open(pinned, framework="pt") as shard:
                 _check_identity(file, entry["file"], shard.metadata() or {}, self._bundle_id)
                 if entry["key"] not in shard.keys():
                     raise BundleError(f"{file}: has no tensor {_shown(entry['key'])}; the bundle is corrupt, trace again")
@@ -91,8 +101,10 @@ class BundleTensors:
                     piece = shard.get_slice(entry["key"])
                     shape, tensor = list(piece.get_shape()), piece[index]
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise BundleError(f"{file}: unreadable ({str(error).splitlines()[0]}); the bundle is corrupt, "
-                              "trace again") from None
+            said = str(error).splitlines()[0].replace(pinned, str(file))
+            raise BundleError(f"{file}: unreadable ({said}); the bundle is corrupt, trace again") from None
+        finally:
+            os.close(handle)
         if str(tensor.dtype).removeprefix("torch.") != entry["dtype"] or shape != entry["shape"]:
             raise BundleError(f"{file}: {entry['key']} is {tensor.dtype} {shape} but the manifest "
                               f"says {entry['dtype']} {entry['shape']}; the bundle is corrupt, trace again")

@@ -217,7 +217,7 @@ def _held_by_tensors(manifest: dict) -> dict[str, tuple[int, int, int]]:
         match = re.match(r"^(?:(.+)\.)?layer_(\d+)\.key_mass$", name)
         if match:
             stack = match[1] or "text"
-            layers, heads, positions = held.get(stack, [0, 0, 0])
+            layers = held.get(stack, [0])[0]
             held[stack] = [max(layers, int(match[2]) + 1), entry["shape"][0], entry["shape"][1]]
     return {stack: tuple(values) for stack, values in held.items()}
 
