@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -45,7 +44,9 @@ def circuits(
     if store:
         store_result(trace, "circuits", data)
     if as_json:
-        print(json.dumps(data, ensure_ascii=False))
+        from workbench import strict_json
+
+        print(strict_json.dumps(data))
         return
     _summary(result, trace)
 

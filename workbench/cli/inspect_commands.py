@@ -41,7 +41,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     rows = [{"name": s.name, "kind": s.kind, "source": s.hub_id or s.source, "available": _availability(s),
              "description": s.description} for s in REGISTRY.values()]
     if as_json:
-        from workbench.traces import strict_json
+        from workbench import strict_json
 
         print(strict_json.dumps(rows, indent=1))
         return
@@ -64,7 +64,7 @@ def info(
 
     trace = workbench.load(bundle, verify=verify)
     if as_json:
-        from workbench.traces import strict_json
+        from workbench import strict_json
 
         print(strict_json.dumps(trace.to_json(), indent=1))  # NaN in a summary or result becomes null
         return

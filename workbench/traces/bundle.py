@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from workbench import strict_json
 from workbench.errors import OutputExistsError
-from workbench.traces import strict_json
 from workbench.traces.reading import (  # noqa: F401  (the reader's public names, re-exported)
     DTYPES,
     MAX_MANIFEST_BYTES,

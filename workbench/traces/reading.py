@@ -25,8 +25,9 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from workbench import strict_json
 from workbench.errors import BundleError
-from workbench.traces import shards, strict_json
+from workbench.traces import shards
 from workbench.traces.manifest import check_metadata
 from workbench.traces.schema import FORMAT, MANIFEST, SCHEMA_VERSION
 
