@@ -120,7 +120,8 @@ def test_old_bundle_without_prompt_statistics_says_what_to_do(generated_sink, tm
         relative = f"tensors/layer_{layer:02d}.safetensors"
         with safe_open(str(tmp_path / "old.wbtrace" / relative), framework="pt") as shard:
             metadata = shard.metadata()
-            tensors = {k: shard.get_tensor(k) for k in shard.keys() if not k.startswith("prompt_key_")}
+            tensors = {k: shard.get_tensor(k) for k in shard.keys()  # noqa: SIM118 (safe_open has no __iter__)
+                       if not k.startswith("prompt_key_")}
         save_file(tensors, str(tmp_path / "old.wbtrace" / relative), metadata=metadata)
         for stat in ("prompt_key_mass", "prompt_key_count"):
             manifest["tensors"].pop(f"layer_{layer:02d}.{stat}")
@@ -133,7 +134,7 @@ def test_old_bundle_without_prompt_statistics_says_what_to_do(generated_sink, tm
     with pytest.raises(InputError, match="--query-rows all"):
         sinks.analyse(old)
     assert sinks.analyse(old, query_rows="all").options["query_rows"] == "all"
-    code, out, err = run_cli("sinks", tmp_path / "old.wbtrace", "--no-store")
+    code, _, err = run_cli("sinks", tmp_path / "old.wbtrace", "--no-store")
     assert code == 2 and err.startswith("error: ") and "--query-rows all" in err
 
 
@@ -177,7 +178,9 @@ def test_hidden_sink_rules_against_eager_maps(models):
     n = alpha.shape[-1]
     result = sinks.analyse(trace)
     assert result.hidden_sinks["rule"] == "relative" and result.options["hidden_rule"] == "relative"
-    found = lambda rule: {(e["layer"], e["head"], e["key"]) for e in result.hidden_sinks[rule]}  # noqa: E731
+    def found(rule):
+        return {(e["layer"], e["head"], e["key"]) for e in result.hidden_sinks[rule]}
+
     assert found("relative") == reference_hidden(alpha, 5 / n)
     assert found("absolute") == reference_hidden(alpha, 0.1)
     assert {(e["layer"], e["head"]) for e in result.hidden_sinks["relative"]} == set(result.hidden_sinks["heads"])
