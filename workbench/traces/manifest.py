@@ -167,8 +167,10 @@ def _tokens(where: Path, raw: list, positions: int) -> list[Token]:
         token_id, text, region, patch = data.get("id"), data.get("text"), data.get("region"), data.get("patch")
         if data.get("i") != position or not _is_int(data.get("i")):
             raise _fail(where, f"has tokens out of order (token i must equal its position {position})")
-        if not _is_int(token_id) or not 0 <= token_id < 2**32 or not isinstance(text, str):
-            raise _fail(where, f"has invalid metadata (token {position}: id or text)")
+        if not _is_int(token_id) or not 0 <= token_id < 2**32:
+            raise _fail(where, f"has invalid metadata (token {position}: id {_shown(token_id)} is not a token id)")
+        if not isinstance(text, str):
+            raise _fail(where, f"has invalid metadata (token {position}: text is not a string)")
         if region not in REGIONS:
             raise _fail(where, f"has invalid metadata (token {position}: unknown region {_shown(region)})")
         if patch is not None and patch != [] and not (

@@ -141,6 +141,19 @@ def unhealthy(bundle):
                                                flagged=["text layer 1"]))(bundle)
 
 
+def fewer_tokens(manifest):
+    """Tokens, dims and generation agree with each other; only the tensors hold one position more."""
+    manifest["tokens"].pop()
+    manifest["dims"]["tokens"] -= 1
+    manifest["dims"]["stacks"]["text"]["positions"] -= 1
+    manifest["generation"]["end"] -= 1
+
+
+def infinity(bundle):
+    path = bundle / "manifest.json"
+    path.write_text(path.read_text().replace('"max_normaliser_error": ', '"max_normaliser_error": Infinity, "x": ', 1))
+
+
 def cli_cases(root: Path) -> list[tuple[str, list]]:
     b = lambda name, damage: damaged(root, name, damage)
     return [
@@ -178,6 +191,17 @@ def cli_cases(root: Path) -> list[tuple[str, list]]:
             lambda m: m["files"].update({"../../etc/passwd": {"bytes": 1}})))]),
         ("manifest declares an absurd shape", ["info", b("absurd", edit_manifest(
             lambda m: m["tensors"]["layer_00.key_mass"].update(shape=[10**12, 10**12])))]),
+        ("manifest claims 10^9 layers (its shards hold 3)", ["info", b("layers", edit_manifest(
+            lambda m: m["dims"]["stacks"]["text"].update(layers=10**9)))]),
+        ("manifest lists one token fewer than the tensors hold", ["info", b("fewer-tokens",
+                                                                            edit_manifest(fewer_tokens))]),
+        ("Infinity in the manifest's checks", ["info", b("infinity", infinity)]),
+        ("a count of the wrong type (checks.non_finite is a string)", ["info", b("string-count", edit_manifest(
+            lambda m: m["checks"].update(non_finite="3")))]),
+        ("a negative count (a token id of -1)", ["info", b("negative", edit_manifest(
+            lambda m: m["tokens"][1].update(id=-1)))]),
+        ("more non-finite values claimed than the tensors hold", ["info", b("too-many", edit_manifest(
+            lambda m: m["checks"].update(non_finite=10**15)))]),
         ("token text that is not valid Unicode", ["info", b("surrogate", surrogate)]),
         ("bundle whose numerics check failed (not an error)", ["info", b("unhealthy", unhealthy)]),
         ("sweep with an unknown executor", ["sweep", "-m", "tiny-gpt2", "--data", root / "bad.jsonl", "--out",
@@ -228,6 +252,9 @@ def api_cases(root: Path):
         ("`workbench.load` of a missing path", lambda: workbench.load(root / "missing.wbtrace")),
         ("`workbench.load` of a swapped-shard bundle, reading a layer",
          lambda: workbench.load(root / "swapped.wbtrace").layer(1)),
+        ("`workbench.load` of a bundle whose manifest claims 10^9 layers",
+         lambda: workbench.load(root / "layers.wbtrace")),
+        ("`workbench.load` of a bundle with Infinity in its checks", lambda: workbench.load(root / "infinity.wbtrace")),
     ]
 
 
@@ -238,6 +265,8 @@ def app_cases(root: Path):
     return [
         ("page URL with `bundle=../../etc/passwd`", lambda c: _page(c, "/model", "?bundle=../../etc/passwd")),
         ("page URL naming a corrupt bundle", lambda c: _page(c, "/model", "?bundle=truncated-manifest")),
+        ("page URL naming a bundle whose manifest claims 10^9 layers", lambda c: _page(c, "/model", "?bundle=layers")),
+        ("page URL naming a bundle with Infinity in its checks", lambda c: _page(c, "/model", "?bundle=infinity")),
         ("static path `/_dash-component-suites/dash/../../../etc/passwd`",
          lambda c: c.get("/_dash-component-suites/dash/../../../etc/passwd")),
         ("image upload over 8 MB", lambda c: _upload(c, big, "big.png")),
