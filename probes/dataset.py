@@ -39,8 +39,8 @@ from workbench.errors import InputError, OutputExistsError, WorkbenchError
 FORMAT = "workbench-probe-dataset"
 SCHEMA_VERSION = 1
 META_KEY = b"workbench.probes"
-PER_TOKEN = ("lookback_context", "lookback_image_prompt", "lookback_image", "lookback_prompt", "share_image",
-             "entropy")
+PER_TOKEN = ("lookback_context", "lookback_image_prompt", "lookback_image", "lookback_prompt", "lookback_reference",
+             "share_image", "entropy")
 
 
 def trace_item(loaded, item, *, max_new_tokens: int, top_k: int, edges_per_node: int, vhd: bool = False) -> dict:

@@ -12,6 +12,8 @@ Examples, from a dataset built by `workbench.probes.dataset` (ratios per generat
   j-7..j, label = 1 if any token in the window is hallucinated (the reference's min-pool over its
   inverted labels). Deviation: windows at the start of a generation are shorter than 8 (the reference
   drops them), so answers of a few tokens still give examples. A generation's score is its highest window.
+- variant "reference" (probes.features): the released code's ratio convention; its undefined ratios (NaN) are
+  left out of span and window means, and a span or window of undefined ratios only gives no example.
 Classifier: StandardScaler + LogisticRegression (max_iter 1000); C chosen by grouped cross-validation on
 the training groups only (C="auto"), so no test input ever influences the fit.
 Baselines on the same examples, higher = more suspicious: mean -log p of the tokens ("logprob"), the largest
@@ -48,13 +50,17 @@ class Examples:
 
 
 def window_means(values: np.ndarray, window: int) -> np.ndarray:
-    """[token, ...] -> [token, ...] mean over tokens max(0, j - window + 1)..j (shorter windows at the start)."""
-    n = values.shape[0]
-    cumulative = np.concatenate([np.zeros((1, *values.shape[1:]), np.float64), np.cumsum(values, 0, dtype=np.float64)])
-    end = np.arange(1, n + 1)
+    """[token, ...] -> [token, ...] mean over tokens max(0, j - window + 1)..j (shorter windows at the start),
+    leaving NaN values out (the reference convention's undefined ratios); NaN where a window holds no value."""
+    defined = ~np.isnan(values)
+    zero = np.zeros((1, *values.shape[1:]), np.float64)
+    cumulative = np.concatenate([zero, np.cumsum(np.where(defined, values, 0.0), 0, dtype=np.float64)])
+    seen = np.concatenate([zero, np.cumsum(defined, 0, dtype=np.float64)])
+    end = np.arange(1, values.shape[0] + 1)
     begin = np.maximum(0, end - window)
-    counts = (end - begin).reshape(-1, *([1] * (values.ndim - 1)))
-    return (cumulative[end] - cumulative[begin]) / counts
+    counts = seen[end] - seen[begin]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, (cumulative[end] - cumulative[begin]) / np.maximum(counts, 1), np.nan)
 
 
 def claim_runs(claim: np.ndarray, token_labels: np.ndarray) -> list[tuple[int, int, int]]:
@@ -110,7 +116,7 @@ def examples(data, *, features: str = "span", variant: str = "context", window: 
             continue
         segments = claim_runs(claims[row], token_labels[row]) if span == "claims" else [(0, len(r), int(labels[row]))]
         for start, end, label in segments:
-            X.append(r[start:end].mean(0, keepdims=True))
+            X.append(window_means(r[start:end], end - start)[-1:])  # the span's mean, undefined ratios left out
             y.append(np.array([label]))
             owner.append(np.array([row]))
             base["logprob"].append(nll[start:end].mean(keepdims=True))
@@ -121,9 +127,14 @@ def examples(data, *, features: str = "span", variant: str = "context", window: 
     if not X:
         raise InputError(f"{data.path}: no generated tokens in the selected rows")
     X_all = np.concatenate(X)
-    baselines = {name: np.concatenate(values) for name, values in base.items() if values}
-    baselines["lookback_mean"] = 1 - X_all.mean(1)
-    return Examples(X_all, np.concatenate(y).astype(np.int64), np.concatenate(owner), baselines)
+    # The reference convention leaves a ratio undefined where no new key is visible: a span or window made only
+    # of such tokens has no feature and gives no example (the reference raises on NaN features instead).
+    keep = ~np.isnan(X_all).any(1)
+    if not keep.any():
+        raise InputError(f"{data.path}: every example's {variant} ratios are undefined")
+    baselines = {name: np.concatenate(values)[keep] for name, values in base.items() if values}
+    baselines["lookback_mean"] = 1 - X_all[keep].mean(1)
+    return Examples(X_all[keep], np.concatenate(y).astype(np.int64)[keep], np.concatenate(owner)[keep], baselines)
 
 
 def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, C="auto", seed: int = 0):
@@ -226,10 +237,15 @@ class LookbackProbe:
         lookback = [] if variant in OTHER_FEATURES else [variant]
         ratios = token_features(trace, variants=lookback)[feature_column(variant)].reshape(len(rows), -1)
         window = self.config["window"] if self.config["features"] == "window" else len(rows)
-        scores = self.score(window_means(ratios.astype(np.float64), window))
+        features = window_means(ratios.astype(np.float64), window)
+        defined = ~np.isnan(features).any(1)  # the reference variant's undefined first ratio: no score there
+        if not defined.any():
+            return LookbackScores(self.summary()).to_json()
+        scores = np.full(len(rows), np.nan)
+        scores[defined] = self.score(features[defined])
         token_scores = tuple({"pos": start + i, "score": round(float(s), 6), "text": trace.tokens[start + i].text}
-                             for i, s in enumerate(scores))  # pos: the generated token's position
-        generation = round(float(scores.max() if self.config["features"] == "window" else scores[-1]), 6)
+                             for i, s in enumerate(scores) if defined[i])  # pos: the generated token's position
+        generation = round(float(np.nanmax(scores) if self.config["features"] == "window" else scores[defined][-1]), 6)
         return LookbackScores(self.summary(), token_scores, generation).to_json()
 
     def summary(self) -> dict:

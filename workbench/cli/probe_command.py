@@ -137,7 +137,9 @@ def train(
     window: int = typer.Option(8, "--window", help="Lookback Lens sliding-window length."),
     span: str = typer.Option("answer", "--span", help="Span-mean over the whole answer or over each claim run."),
     variant: str = typer.Option("context", "--variant", help="Lookback context: context, image_prompt, image, prompt; "
-                                                            "or share_image / vhd features (not Lookback Lens)."),
+                                                            "reference (the released code's convention: response "
+                                                            "header counted as new tokens, undefined first ratio left "
+                                                            "out); or share_image / vhd features (not Lookback Lens)."),
     c: str = typer.Option("auto", "--C", help="Logistic-regression C, or auto (grouped CV on the training split)."),
     embedding: str = typer.Option("hidden", "--embedding", help="Nonkes node embedding: hidden or minilm."),
     hidden_layer: Optional[int] = typer.Option(None, "--hidden-layer", help="Layer of the hidden embedding [L // 2]."),

@@ -11,6 +11,7 @@ Quantities (inputs are a layer's statistics, torch tensors or numpy arrays; outp
     alpha, sink_mask, sink_percent, SINK_EPSILON     Gu et al. 2025's attention sinks
     QUERY_ROWS, key_columns                          which query rows enter alpha (prompt rows by default)
     lookback_ratio, mean_lookback_ratio              Lookback Lens (Chuang et al. 2024), C / (C + N) per row
+    lookback_ratio_reference                         the same in the released code's convention (header = new)
     region_shares, mean_over_rows, seen_rows         per-row attention mass on each region, averaged over rows
     normalised_entropy                               row entropy / log(visible keys)
     predicting_row, predicted_position, predicting_rows   token position <-> the row that predicts it
@@ -149,8 +150,7 @@ def lookback_ratio(region_mass, region_count, context: tuple[str, ...] = CONTEXT
     Edge cases, one convention everywhere:
     - a row that sees no generated key (the row predicting the first generated token) has N = 0, so its ratio
       is 1 when it attends to the context at all. The reference code counts its response header
-      ("\\n#Answer#:") among the new tokens instead; region statistics cannot separate a chat template's header
-      from the rest of its scaffolding, so the paper's definition is used.
+      ("\\n#Answer#:") among the new tokens instead: `lookback_ratio_reference`.
     - C + N = 0 gives `LOOKBACK_UNDEFINED` (0.5).
     float64."""
     mass, count = _f64(region_mass), _f64(region_count)
@@ -167,3 +167,24 @@ def mean_lookback_ratio(region_mass, region_count, rows, context: tuple[str, ...
     the rows that predicted generated tokens); NaN when `rows` is empty."""
     rows = torch.as_tensor(rows, dtype=torch.long)
     return lookback_ratio(_f64(region_mass)[:, rows], _f64(region_count)[rows], context).mean(-1)
+
+
+def lookback_ratio_reference(region_mass, region_count, header_mass, header_count) -> torch.Tensor:
+    """Lookback ratio [head, query_pos] in the convention of Lookback Lens' released code (step01_extract_attns.py):
+    the input splits by position at the response header, C = mean attention per key before it (the whole input
+    but the header) and N = mean attention per key from the header on (the header's keys and the generated keys
+    the row sees), ratio = C / (C + N). header_mass [head, query_pos] is each row's attention on the header's
+    keys, header_count [query_pos] how many of them it sees (0 and 0 without a header).
+
+    Undefined (NaN), as the reference's empty mean is: a row that sees no key from the header on (without a
+    header, the row predicting the first generated token) and a row with C + N = 0. float64."""
+    mass, count = _f64(region_mass), _f64(region_count)
+    header_mass, header_count = _f64(header_mass), _f64(header_count)
+    ids = [REGIONS.index(name) for name in CONTEXT_REGIONS]
+    new_count = count[..., GENERATED] + header_count
+    new = (mass[..., GENERATED] + header_mass) / torch.where(new_count > 0, new_count, 1.0)
+    context_count = count[..., ids].sum(-1) - header_count
+    context = (mass[..., ids].sum(-1) - header_mass) / torch.where(context_count > 0, context_count, 1.0)
+    total = context + new
+    ratio = context / torch.where(total > 0, total, 1.0)
+    return torch.where((new_count > 0) & (total > 0), ratio, float("nan"))
