@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -16,25 +15,31 @@ from workbench.errors import InputError, OutputExistsError
 from workbench.scale import SweepStore, run_sweep
 from workbench.scale.lock import LOCK_NAME, SweepLock
 
-# Each process waits for the other at a file barrier, then runs the real CLI; whoever gets the lock holds it
-# for a few seconds after its resume check (before tracing), so the two runs certainly overlap.
+# Each process waits for the other at a file barrier, then runs the real CLI; whoever gets the lock keeps it,
+# after its resume check and before tracing, until the other process has finished (at most two minutes), so
+# the two runs certainly overlap however slowly the machine schedules them.
 RACER = textwrap.dedent("""
     import os, sys, time
     barrier, me, other = sys.argv[1], sys.argv[2], sys.argv[3]
     from workbench.scale import store
     recover = store.SweepStore.recover
-    def slow_recover(self, notify=None):
+    def held_recover(self, notify=None):
         done = recover(self, notify)
-        time.sleep(4)
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(barrier, "done-" + other)) and time.time() < deadline:
+            time.sleep(0.05)
         return done
-    store.SweepStore.recover = slow_recover
+    store.SweepStore.recover = held_recover
     from workbench.cli.main import main
     print(os.getpid(), flush=True)
     open(os.path.join(barrier, me), "w").close()
     while not os.path.exists(os.path.join(barrier, other)):
         time.sleep(0.01)
     sys.argv = ["workbench", *sys.argv[4:]]
-    main()
+    try:
+        main()
+    finally:
+        open(os.path.join(barrier, "done-" + me), "w").close()
 """)
 
 

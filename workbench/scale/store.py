@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from workbench.errors import InputError, OutputExistsError
@@ -80,7 +81,13 @@ class SweepStore:
         never a user's files."""
         if self.out.is_symlink() or (self.out.exists() and not self.out.is_dir()):
             raise OutputExistsError(f"--out {self.out} exists and is not a folder; choose another --out")
-        if not self.out.exists() or is_sweep_folder(self.out):
+        if is_sweep_folder(self.out):
+            linked = [folder for folder in FOLDERS if (self.out / folder).is_symlink()]
+            if linked:  # a resume deletes uncommitted parts in these: never follow a link out of the folder
+                raise OutputExistsError(f"{self.out / linked[0]} is a symbolic link; a sweep keeps its parts inside "
+                                        "its folder, so choose another --out")
+            return
+        if not self.out.exists():
             return
         if (self.out / "sweep.json").exists():
             raise OutputExistsError(f"{self.out / 'sweep.json'} is not a sweep record the workbench wrote (damaged "
@@ -123,11 +130,9 @@ class SweepStore:
                 path.unlink()
             elif path.parent == self.out / "bundles" and path.suffix == ".wbtrace" and looks_like_bundle(path):
                 shutil.rmtree(path)
-        for folder in ("heads", *FOLDERS):
-            for path in sorted((self.out / folder).rglob("*"), key=lambda p: len(p.parts), reverse=True) + \
-                    [self.out / folder]:
-                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-                    path.rmdir()
+        for path in [*(self.out / "heads").glob("stack=*"), *(self.out / folder for folder in FOLDERS)]:
+            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
 
     # -- commits ----------------------------------------------------------------------------------------
     def commits(self) -> list[dict]:
@@ -159,7 +164,7 @@ class SweepStore:
                 refuse(f"it names {str(file)[:80]!r}, which is not one of this part's files in the sweep folder")
         return record
 
-    def recover(self, notify=None) -> set[int]:
+    def recover(self, notify: Callable[[str], None] | None = None) -> set[int]:
         """Drop damaged parts (truncated or garbage Parquet: `notify` says which, their inputs are traced again),
         delete uncommitted files and temporaries; return the indices of committed inputs."""
         records = [record for record in self.commits() if not self._damaged(record, notify)]
@@ -179,7 +184,7 @@ class SweepStore:
             done.update(record["inputs"])
         return done
 
-    def _damaged(self, record: dict, notify) -> bool:
+    def _damaged(self, record: dict, notify: Callable[[str], None] | None) -> bool:
         """Uncommit (record first, then files) a part whose files do not read back as its rows."""
         import pyarrow.parquet as pq
 
