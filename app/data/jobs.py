@@ -42,6 +42,7 @@ class TraceRequest:
     image: Path | None = None  # a stored upload under the traces directory
     plan: object = None  # the CapturePlan (maps spec checked, map memory bounded)
     name: str | None = None
+    raw: bool = False  # True: the prompt as plain text; False: wrapped in the model's chat template, if it has one
 
     @property
     def label(self) -> str:
@@ -81,7 +82,8 @@ def traceable_models(access=None) -> list[dict]:
     return models
 
 
-def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None, access=None) -> TraceRequest:
+def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None, access=None,
+             raw=False) -> TraceRequest:
     """A TraceRequest from raw form values, or an InputError saying what to fix. access: the server's
     ModelAccess (None: registry models only)."""
     from workbench.app.data.model_access import ModelAccess
@@ -127,7 +129,9 @@ def validate(model, prompt, max_new_tokens, *, image=None, maps=None, name=None,
     name = (name or "").strip() or None
     if name is not None and not _NAME.match(name):
         raise InputError("the name may use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')")
-    return TraceRequest(model, prompt, new_tokens, image, plan, name)
+    if not isinstance(raw, bool):
+        raise InputError("the prompt format must be 'plain text' or 'chat template'")
+    return TraceRequest(model, prompt, new_tokens, image, plan, name, raw)
 
 
 def _registry():
@@ -249,7 +253,8 @@ class TraceJobs:
 
         with lock:
             trace = tracer.trace(request.prompt, str(request.image) if request.image else None,
-                                 max_new_tokens=request.max_new_tokens, plan=request.plan, progress=progress)
+                                 max_new_tokens=request.max_new_tokens, plan=request.plan, raw=request.raw,
+                                 progress=progress)
         self._update(job, state="saving", message=f"writing {path.name}")
         trace.save(path)
         if self.catalog is not None:

@@ -37,7 +37,7 @@ ANALYSES: dict[str, Analysis] = {a.key: a for a in [
     Analysis("vhd", "vhd", "vision-aware head divergence (VHD, T-VHD)",
              "workbench vhd --bundle {bundle} --model MODEL --image IMAGE"),
     Analysis("routes", "routes", "information-flow routes (Ferrando & Voita 2024)",
-             "workbench routes {bundle} --position -1 --threshold 0.04"),
+             "workbench routes {bundle}"),
     Analysis("circuits", "circuits", "SVD head-to-head circuits (Franco & Crovella 2024)",
              "workbench circuits {bundle}"),
     Analysis("probe", "lookback", "hallucination probe scores (Lookback Lens)", "workbench trace ... --probe PROBE"),
@@ -82,9 +82,17 @@ def find(results: dict, key: str) -> Found | None:
     return Found(names[0], result, tuple(warnings))
 
 
-def hint(key: str, bundle_path=None) -> str:
-    """'run `workbench ...` to produce this' for a missing analysis."""
+def hint(key: str, bundle_path=None, trace=None) -> str:
+    """'run `workbench ...` to produce this' for a missing analysis; given the trace, an analysis this bundle
+    cannot feed (routes and circuits without the residual decomposition) names the re-trace that can."""
     analysis = ANALYSES[key]
+    if trace is not None and key in ("routes", "circuits"):
+        from workbench.analyses.decomposed import check_trace
+
+        try:
+            check_trace(trace, key)
+        except WorkbenchError as error:  # says which flag is missing and prints the full trace command
+            return f"This bundle has no {analysis.title}, and {error}."
     command = analysis.command.replace("{bundle}", str(bundle_path) if bundle_path else "BUNDLE")
     return f"This bundle has no {analysis.title}. Run `{command}` to produce it (results/{analysis.analysis}.json)."
 

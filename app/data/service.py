@@ -96,7 +96,7 @@ class AppData:
                     continue
                 if results_mod.ANALYSES[key].analysis not in present:
                     metrics[f"missing:{key}"] = Metric(f"missing:{key}", label, "", None, source=key,
-                                                       hint=results_mod.hint(key, info.path))
+                                                       hint=results_mod.hint(key, info.path, trace))
             return metrics, warnings
 
         return self.cache.get_or_compute((info.key, "metrics", stack), compute)

@@ -42,7 +42,7 @@ def register(app) -> None:
         trace = store.trace(bundle)
         found = results_mod.find(trace.results, "circuits")
         if found is None:
-            return hint_panel(results_mod.hint("circuits", store.info(bundle).path))
+            return hint_panel(results_mod.hint("circuits", store.info(bundle).path, trace))
         name = found.name
         parsed = results_mod.graph_of(found.result.graph) if found.result is not None else results_mod.Parsed()
         warnings = [note(w, warning=True) for w in found.warnings]

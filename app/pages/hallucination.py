@@ -76,7 +76,8 @@ def series_for(trace) -> tuple[dict[str, dict[int, float]], list]:
     for key, values_name, label in (("probe", "score", "probe"), ("vhd", "t_vhd", "vhd")):
         found = results_mod.find(trace.results, key)
         if found is None:
-            notes.append(hint_panel(results_mod.hint(key, trace.path)))
+            if key != "vhd" or trace.meta.get("inputs", {}).get("image") is not None:  # VHD compares with/without image
+                notes.append(hint_panel(results_mod.hint(key, trace.path)))
             continue
         notes += [note(w, warning=True) for w in found.warnings]
         values = found.result.token_values().get(values_name) if found.result is not None else None

@@ -151,7 +151,23 @@ def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[li
     marked = [where[int(patch_positions[i])] for i in heavy]
     return marked, (f"outlined: {len(marked)} patches receiving over {HEAVY_PATCH_FACTOR:g}x the mean image attention "
                     "(averaged over layers and heads; a statistics heuristic). " + (
-                        results_mod.hint("sinks", trace.path) if stack == "text" else ""))
+                        _no_visual_sinks(found, trace) if stack == "text" else ""))
+
+
+def _no_visual_sinks(found, trace) -> str:
+    """Why no VAR visual sinks are outlined: no sinks result at all, or one that could not find them."""
+    if found is None or found.result is None:
+        return results_mod.hint("sinks", trace.path)
+    from workbench.analyses.visual_sinks import hidden_layers
+    from workbench.traces.retrace import retrace
+
+    why = "; ".join(found.result.notes) or "it lists none"
+    if hidden_layers(trace):
+        return f"results/{found.name}.json has attention sinks but no VAR visual sinks ({why})."
+    again = retrace(trace.meta, trace.path, ["--hidden"])
+    return (f"results/{found.name}.json has attention sinks but no VAR visual sinks: finding them needs the "
+            f"residual stream, which this bundle was traced without. Trace its input again with it: "
+            f"{again.describe()}, then run `workbench sinks {again.out}`.")
 
 
 PAGE = Page(module="workbench.app.pages.image", path="/image", name="Image", order=4, layout=layout,

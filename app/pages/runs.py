@@ -5,6 +5,8 @@ from __future__ import annotations
 from dash import Input, Output, State, dcc, html, no_update
 from workbench.app.pages.common import Page, data, error_panel, guarded, guarded_layout, link, note
 
+DEFAULT_MODEL = "smollm2"  # the form's first choice when the server offers it
+
 
 def _short(text: str, limit: int) -> str:
     text = " ".join(text.split())
@@ -52,12 +54,21 @@ def trace_form() -> html.Div:
 
     options = [{"label": f"{m['name']} ({m['kind']}) — {m['description']}", "value": m["name"]}
                for m in traceable_models(data().access)]
+    names = [option["value"] for option in options]
+    # a real model by default: the tiny-* fixtures have random weights and generate gibberish
+    default = next((name for name in (DEFAULT_MODEL, *names) if name in names and not name.startswith("tiny-")),
+                   names[0] if names else None)
     return html.Div([
         html.H3("Trace a new input"),
         html.Div([
-            html.Label(["model", dcc.Dropdown(id="runs-model", options=options, value="tiny-llama", clearable=False)]),
+            html.Label(["model", dcc.Dropdown(id="runs-model", options=options, value=default, clearable=False)]),
             html.Label(["prompt", dcc.Textarea(id="runs-prompt", value="", placeholder="The capital of France is",
                                                style={"width": "100%", "height": "70px"})]),
+            dcc.RadioItems(id="runs-raw", inline=True, value="raw", options=[
+                {"label": "plain text: the model continues it (\"The capital of France is\" -> \" Paris.\")",
+                 "value": "raw"},
+                {"label": "chat message: wrapped in the model's chat template, the model answers it (chat models)",
+                 "value": "chat"}]),
             html.Div([
                 html.Label(["max new tokens", dcc.Input(id="runs-new-tokens", type="number", min=0,
                                                         max=MAX_NEW_TOKENS, step=1, value=12)]),
@@ -119,9 +130,9 @@ def register(app) -> None:
                   Input("runs-submit", "n_clicks"),
                   State("runs-model", "value"), State("runs-prompt", "value"), State("runs-new-tokens", "value"),
                   State("runs-maps", "value"), State("runs-name", "value"), State("runs-image", "data"),
-                  prevent_initial_call=True)
+                  State("runs-raw", "value"), prevent_initial_call=True)
     @guarded("skip", "skip", "panel", "skip")
-    def submit(_clicks, model, prompt, new_tokens, maps, name, image_name):
+    def submit(_clicks, model, prompt, new_tokens, maps, name, image_name, prompt_format="raw"):
         from workbench.app.data.jobs import validate
 
         store = data()
@@ -132,7 +143,8 @@ def register(app) -> None:
             image = store.uploads.get(image_name)
             if image is None:
                 return None, True, error_panel("the uploaded image is gone; upload it again"), {"display": "none"}
-        request = validate(model, prompt, new_tokens, image=image, maps=maps, name=name, access=store.access)
+        request = validate(model, prompt, new_tokens, image=image, maps=maps, name=name, access=store.access,
+                           raw=prompt_format != "chat")
         job_id = store.jobs.submit(request)
         return job_id, False, note(f"tracing {request.model}…"), {"display": "block"}
 

@@ -160,7 +160,7 @@ def register(app) -> None:
         trace = store.trace(bundle)
         found = results_mod.find(trace.results, "routes")
         if found is None:
-            return hint_panel(results_mod.hint("routes", store.info(bundle).path))
+            return hint_panel(results_mod.hint("routes", store.info(bundle).path, trace))
         name = found.name
         parsed = results_mod.route_graphs(found.result, len(trace.tokens)) if found.result is not None \
             else results_mod.Parsed({})

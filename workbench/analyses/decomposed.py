@@ -8,6 +8,7 @@ import torch
 
 from workbench.errors import InputError
 from workbench.traces.names import tensor_name
+from workbench.traces.retrace import retrace
 
 REQUIRED = ("query", "key", "value", "hidden_in", "attn_out", "o_weight", "o_bias")
 
@@ -16,9 +17,10 @@ def check_trace(trace, analysis: str) -> None:
     """Raise a user-facing error when the trace lacks the decomposition tensors."""
     missing = [stat for stat in REQUIRED if not trace.has(f"layer_00.{stat}")]
     if missing:
+        again = retrace(trace.meta, trace.path, ["--decomposition"])
         raise InputError(f"{analysis} needs a trace with the residual decomposition (missing "
-                         f"{', '.join(missing)}); trace again with `workbench trace --decomposition` (or "
-                         "workbench.trace(..., decomposition=True))")
+                         f"{', '.join(missing)}); trace this input again with it: {again.describe()}, then run "
+                         f"`workbench {analysis} {again.out}` (in Python: workbench.trace(..., decomposition=True))")
 
 
 def layer_tensor(trace, layer: int, stat: str) -> torch.Tensor:

@@ -132,15 +132,19 @@ class RoutesResult(Result):
 
 
 def resolve_positions(trace, position) -> list[int]:
-    """int (negative counts from the end), a sequence of ints, "generated" (rows that predicted generated
-    tokens) or "all" -> sorted absolute query rows."""
+    """"last" (the row that predicted the trace's last token: the last generated token, or the last prompt
+    token without a generation), int (negative counts from the end; -1 is the last row, whose prediction lies
+    past the trace), a sequence of ints, "generated" (rows that predicted generated tokens) or "all" ->
+    sorted absolute query rows."""
     n = len(trace.tokens)
+    if position == "last":  # a one-token trace has no predicted token: its only row is all there is
+        return [predicting_row(n - 1) if n > 1 else 0]
     if position == "all":
         return list(range(n))
     if position == "generated":
         start, end = trace.generation["start"], trace.generation["end"]
         if end <= start:
-            raise InputError("this trace generated no tokens; pass --position -1 or explicit positions")
+            raise InputError("this trace generated no tokens; pass --position last or explicit positions")
         return [predicting_row(token) for token in range(start, end)]
     items = [position] if isinstance(position, int) else list(position)
     resolved = []
@@ -170,10 +174,12 @@ def _label(graph: nx.DiGraph, tokens) -> None:
         data["token"], data["region"] = token.text, token.region
 
 
-def analyse(trace, *, position: int | Sequence[int] | Literal["generated", "all"] = -1, threshold: float = 0.04,
-            renormalise: bool = True, bias: Bias = "share", reference_padding: bool = False,
+def analyse(trace, *, position: int | Sequence[int] | Literal["last", "generated", "all"] = "last",
+            threshold: float = 0.04, renormalise: bool = True, bias: Bias = "share",
+            reference_padding: bool = False,
             head_types: bool = True, type_threshold: float = 0.4, chunk: int = 32) -> RoutesResult:
-    """Information-flow routes of the predictions at `position` (see the module docstring).
+    """Information-flow routes of the predictions at `position` (see the module docstring; the default
+    "last" explains the trace's last token, a prediction the trace holds).
 
     threshold: the contribution threshold tau (reference app default 0.04). renormalise: zero parts <= tau
     and renormalise (the reference app's default) instead of cutting raw edges at tau. head_types: also score
