@@ -124,7 +124,7 @@ def _import_checkout() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _errors(got, want, tolerance) -> tuple[float, float]:
+def tolerance_errors(got, want, tolerance) -> tuple[float, float]:
     """(max |got - want|, worst |got - want| / (atol + rtol |want|)) over all entries. Non-finite entries must
     match exactly (NaN with NaN: e.g. a log-probability with no predicting row); anything else is inf."""
     import torch
@@ -220,7 +220,7 @@ def _correctness_rows(sizes: Sizes, n: int, heads: tuple[int, int], dtype_name: 
                "counts_equal": counts_equal}
         for stat in STATISTICS:
             if getattr(want, stat) is not None:
-                row["errors"][stat], worst = _errors(getattr(got, stat), getattr(want, stat), tolerance)
+                row["errors"][stat], worst = tolerance_errors(getattr(got, stat), getattr(want, stat), tolerance)
                 row["worst"] = max(row["worst"], worst)
         row["ok"] = counts_equal and row["worst"] <= 1.0
         rows.append(row)
@@ -440,7 +440,7 @@ def _compare_traces(got, want) -> list[dict]:
         for name in members:
             g, w = got.tensor(name), want.tensor(name)
             if w.is_floating_point():
-                e, r = _errors(g, w, CAPTURE_TOLERANCE)
+                e, r = tolerance_errors(g, w, CAPTURE_TOLERANCE)
             else:
                 e = r = 0.0 if g.shape == w.shape and torch.equal(g, w) else float("inf")
             error, worst = max(error, e), max(worst, r)
