@@ -31,6 +31,21 @@ def check_image(data: bytes, *, what: str = "the image") -> str:
     return _read(data, what, decode=False)[1]
 
 
+def read_image_file(path, *, what: str | None = None) -> bytes:
+    """The bytes of an image file that exists and is at most MAX_FILE_BYTES (checked before reading)."""
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    what = what or f"image {path}"
+    if not path.is_file():
+        raise InputError(f"{what} does not exist; pass the path of a PNG or JPEG file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{what} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB the "
+                         "workbench reads; resize it")
+    return path.read_bytes()
+
+
 def _read(data: bytes, what: str, *, decode: bool) -> tuple[object, str]:
     from PIL import Image, UnidentifiedImageError
 

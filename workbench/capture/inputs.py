@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import InputError
-from workbench.images import MAX_FILE_BYTES, open_rgb
+from workbench.images import open_rgb, read_image_file
 from workbench.models.loaded import LoadedModel
 from workbench.traces.tokens import Token
 
@@ -55,12 +55,7 @@ def load_image(image):
         return rgb, {"sha256": hashlib.sha256(rgb.tobytes()).hexdigest(), "source": "in-memory image",
                      "width": rgb.width, "height": rgb.height}
     path = Path(os.fspath(image)).expanduser()
-    if not path.is_file():
-        raise InputError(f"image {path} does not exist; pass the path of a PNG or JPEG file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(f"image {path} is {path.stat().st_size / 2**20:.0f} MB, more than the "
-                         f"{MAX_FILE_BYTES // 2**20} MB the workbench reads; resize it")
-    data = path.read_bytes()
+    data = read_image_file(path)
     rgb, _ = open_rgb(data, what=str(path))
     return rgb, {"sha256": hashlib.sha256(data).hexdigest(), "source": str(path), "width": rgb.width,
                  "height": rgb.height}

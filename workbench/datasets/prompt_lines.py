@@ -103,17 +103,14 @@ def _line(record: Record, index: int, path: Path, image_root: Path, default_name
 
 
 def _checked_image(path: Path, where: str, root: Path) -> str:
-    """The resolved path of an image that exists and whose header reads as an image (no pixels decoded)."""
+    """The resolved path of an image that exists and whose header reads as an image within the workbench's size
+    limits (workbench/images.py; no pixels decoded)."""
+    from workbench.images import check_image, read_image_file
+
     resolved = path.expanduser()
     if not resolved.is_file():
         raise InputError(f'{where}: field "image": {resolved} does not exist (relative paths are resolved '
                          f"against {root}; pass --images DIR to change that)")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(resolved) as opened:
-            opened.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f'{where}: field "image": {resolved} is not a readable image '
-                         f"({type(error).__name__})") from None
+    check_image(read_image_file(resolved, what=f'{where}: field "image": {resolved}'),
+                what=f'{where}: field "image": {resolved}')
     return str(resolved.resolve())
