@@ -143,13 +143,6 @@ def tolerance_errors(got, want, tolerance) -> tuple[float, float]:
     return float(diff.max()), float((diff / (atol + rtol * want[finite].abs())).max())
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _free(device: str) -> None:
     import gc
 
@@ -191,6 +184,8 @@ def correctness(sizes: Sizes) -> list[dict]:
             for case in _mask_cases(n, sizes.device):
                 rows += _correctness_rows(sizes, n, heads, dtype_name, *case)
                 _free(sizes.device)
+            worst = max(r["worst"] for r in rows if r["n"] == n and r["dtype"] == dtype_name)
+            print(f"  correctness n={n} {dtype_name}: worst / tol {worst:.2f}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -417,7 +412,8 @@ def llava(sizes: Sizes) -> list[dict]:
     rows = [{"what": "tokens (prompt + 3 greedy)", "compared": len(reference.tokens), "error": 0.0, "worst": 0.0,
              "ok": same_tokens, "note": "equal" if same_tokens else "DIFFER"},
             {"what": "statistics kernels run", "compared": 0, "error": 0.0, "worst": 0.0,
-             "ok": all(set(c) == {"triton"} for c in ran.values()), "note": f"device {ran}; CPU {cpu_ran}"}]
+             "ok": all(set(c) == {"triton"} for c in ran.values()), "note": f"device {ran}; CPU {cpu_ran}",
+             "device_kernels": ran, "cpu_kernels": cpu_ran}]
     return rows + _compare_traces(on_device, reference)
 
 
@@ -512,11 +508,18 @@ def main() -> int:
         print("error: no CUDA device; use --dry-run for the CPU check", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 dense reference must be IEEE fp32
+    import transformers
     from kernels_memory import machine
 
+    try:
+        import triton
+
+        versions = f"triton {triton.__version__}, transformers {transformers.__version__}"
+    except ImportError:
+        versions = f"no triton, transformers {transformers.__version__}"
     args.out.mkdir(parents=True, exist_ok=True)
     header = ["# GPU check (`benchmarks/gpu_check.py`)", "",
-              f"Machine: {machine()}; mode {'dry run (CPU, Triton interpreted)' if args.dry_run else 'GPU'}",
+              f"Machine: {machine()}; {versions}; mode {'dry run (CPU, Triton interpreted)' if args.dry_run else 'GPU'}",
               f"Command: python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}",
               (f"Tolerances (rtol, atol): kernel lse {KERNEL_TOLERANCE}, SDPA forward lse {FORWARD_LSE_TOLERANCE}, "
                f"capture device vs CPU {CAPTURE_TOLERANCE}; worst / tol <= 1 passes")]
