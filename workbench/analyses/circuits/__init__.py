@@ -86,8 +86,10 @@ class CircuitsResult(Result):
         values = np.full((1 + max(n["layer"] for n in nodes), 1 + max(n["head"] for n in nodes)), np.nan)
         for node in nodes:
             values[node["layer"], node["head"]] = node.get("firings", np.nan)
-        return {"circuit_firings": HeadMetric(values, "circuit firings", "firings (A_ij >= threshold) of each head "
-                                              "in the SVD circuit analysis; blank = none", sparse=True)}
+        threshold, basis = self.options.get("firing_threshold", "threshold"), self.options.get("basis", "raw")
+        return {"circuit_firings": HeadMetric(values, "circuit firings", f"firings (A_ij >= {threshold}) of each head "
+                                              f"in the SVD circuit analysis ({basis} Omega basis); blank = none",
+                                              sparse=True)}
 
 
 def _covectors(firings: list[Firing], forms, trace) -> dict:
