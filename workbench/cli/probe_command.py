@@ -272,3 +272,16 @@ def _print_report(console, title: str, report: dict) -> None:
             table.add_row("  per generation (max window)", str(generation["n"]), str(generation["hallucinated"]),
                           _fmt(generation["auroc"]), baselines)
     console.print(table)
+    for split_name, values in report.items():
+        if isinstance(values, dict) and values.get("auroc") is None and "n" in values:
+            console.print(_no_auroc(split_name, values), markup=False, soft_wrap=True)
+
+
+def _no_auroc(split_name: str, values: dict) -> str:
+    """Why an AUROC is n/a (one class only in that split) and what to do about it."""
+    missing = "hallucinated" if not values.get("hallucinated") else "grounded"
+    advice = ("the held-out split takes whole groups (scenes, documents) by a seeded hash, so with few groups of "
+              f"the rarer outcome it can miss them all: raise --test-fraction, try another --seed, or add "
+              f"examples with {missing} answers") if split_name == "test" else (
+              "evaluate on data that holds both outcomes (another --data or --tasks)")
+    return f"{split_name} AUROC n/a: its {values['n']} examples hold no {missing} one; {advice}."
