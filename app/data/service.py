@@ -126,19 +126,22 @@ class AppData:
         n = trace.dims["stacks"][stack]["positions"]
         all_heads = n * n * trace.n_heads(stack) * 2 <= RECOMPUTE_LAYER_BYTES
         key = (info.key, "recomputed", stack, layer) if all_heads else (info.key, "recomputed", stack, layer, head)
-        started = time.perf_counter()
+        ran = []  # filled when this call runs the forward (not when another head's request already did)
 
         def compute():
+            started = time.perf_counter()
             image = self.image(info.id) if trace.meta["inputs"].get("image") else None
-            return layer_maps(trace, layer, stack=stack, heads=None if all_heads else [head], image=image,
-                              map_dtype=torch.float16, pool=self.pool)
+            result = layer_maps(trace, layer, stack=stack, heads=None if all_heads else [head], image=image,
+                                map_dtype=torch.float16, pool=self.pool)
+            ran.append(True)
+            return result, time.perf_counter() - started  # the time stays with the maps for later cache hits
 
-        layer_result = self.cache.get_or_compute(key, compute)
-        elapsed = time.perf_counter() - started
+        layer_result, seconds = self.cache.get_or_compute(key, compute)
         values = layer_result.maps[layer_result.heads.index(head)].float()
         mismatch = layer_result.mismatch
+        when = f"{seconds:.2f} s" if ran else f"{seconds:.2f} s for the whole layer earlier, served from the server's cache"
         note = (f"recomputed on the server with {trace.model.get('name')} (one forward, stopped after layer {layer}; "
-                f"{elapsed:.2f} s); the bundle stores statistics only")
+                f"{when}); the bundle stores statistics only")
         warning = None
         if not math.isnan(mismatch) and mismatch > MISMATCH_WARNING:
             warning = (f"the recomputed map does NOT match the bundle's statistics (max relative key-mass "

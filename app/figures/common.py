@@ -8,6 +8,7 @@ HTML in labels, and token text is untrusted input).
 from __future__ import annotations
 
 import html
+import math
 
 import plotly.graph_objects as go
 
@@ -36,6 +37,13 @@ def token_text(text: str, limit: int = 14) -> str:
 def token_label(text: str, limit: int = 14) -> str:
     """token_text, HTML-escaped: for plotly ticks and hover (plotly renders a subset of HTML there)."""
     return html.escape(token_text(text, limit), quote=False)
+
+
+def layer_ticks(n_layers: int, *, max_ticks: int = 32) -> dict:
+    """Axis settings that label whole layers only (plotly's automatic ticks put 0.5, 1.5 on a 3-layer axis):
+    every layer up to `max_ticks` layers, else every k-th from 0."""
+    step = max(1, math.ceil(n_layers / max_ticks))
+    return dict(tickmode="linear", tick0=0, dtick=step)
 
 
 def message_figure(text: str, *, height: int = 320, title: str | None = None) -> go.Figure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from workbench.app.figures.common import FONT
+from workbench.app.figures.common import FONT, layer_ticks
 
 
 def head_grid(values: np.ndarray, *, label: str, zmin: float | None = None, zmax: float | None = None,
@@ -34,8 +34,7 @@ def head_grid(values: np.ndarray, *, label: str, zmin: float | None = None, zmax
         margin=dict(l=60, r=20, t=50 if title else 20, b=50), clickmode="event",
         xaxis=dict(title="head", tickmode="linear" if n_heads <= 32 else "auto", dtick=1 if n_heads <= 16 else None,
                    constrain="domain"),
-        yaxis=dict(title="layer", autorange="reversed", tickmode="linear" if n_layers <= 40 else "auto",
-                   dtick=1 if n_layers <= 32 else None),
+        yaxis=dict(title="layer", autorange="reversed", **layer_ticks(n_layers)),
     )
     return fig
 
@@ -62,7 +61,8 @@ def layer_curves(curves: dict[str, np.ndarray], *, title: str | None = None, hei
                                  hovertemplate="layer %{x}: %{y:.4f}<extra>" + name + "</extra>"))
     used = [name for name in curves if name in secondary]
     fig.update_layout(title=title, template="plotly_white", font=FONT, height=height,
-                      margin=dict(l=60, r=60 if used else 20, t=50 if title else 20, b=50), xaxis=dict(title="layer"),
+                      margin=dict(l=60, r=60 if used else 20, t=50 if title else 20, b=50),
+                      xaxis=dict(title="layer", **layer_ticks(max((len(v) for v in curves.values()), default=1))),
                       legend=dict(orientation="h", y=-0.25),
                       yaxis2=dict(title=", ".join(used), overlaying="y", side="right", showgrid=False,
                                   tickmode="auto") if used else None)

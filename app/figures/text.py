@@ -7,7 +7,7 @@ import math
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from workbench.app.figures.common import FONT, token_label
+from workbench.app.figures.common import FONT, layer_ticks, token_label
 
 
 def score_colors(tokens: list[tuple[int, str]], scores: dict[int, float], *, vmin: float, vmax: float,
@@ -68,5 +68,5 @@ def lookback_heatmap(values: np.ndarray, *, positions: list[int], texts: list[st
                       height=height or int(min(800, max(300, 16 * values.shape[0] + 150))),
                       margin=dict(l=60, r=20, t=50, b=80),
                       xaxis=dict(title="generated token (position)", **ticks, tickangle=-60 if ticks else 0),
-                      yaxis=dict(title="layer", autorange="reversed"))
+                      yaxis=dict(title="layer", autorange="reversed", **layer_ticks(values.shape[0])))
     return fig

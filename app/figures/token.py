@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from workbench.app.figures.common import (
     FONT,
     REGION_COLORS,
+    layer_ticks,
     position_ticks,
     region_band_shapes,
     token_label,
@@ -43,7 +44,7 @@ def token_layers(rows: np.ndarray, *, position: int, texts: list[str], regions: 
         margin=dict(l=60, r=20, t=60 if title else 30, b=80),
         xaxis=dict(title="key position", range=[-0.5, n - 0.5], showgrid=False, **position_ticks(texts, 0, n),
                    tickangle=-60 if n <= 32 else 0),
-        yaxis=dict(title="layer", autorange="reversed", showgrid=False),
+        yaxis=dict(title="layer", autorange="reversed", showgrid=False, **layer_ticks(n_layers)),
     )
     return fig
 
@@ -61,7 +62,8 @@ def token_regions(shares: np.ndarray, *, region_names: list[str], title: str | N
                              marker_color=REGION_COLORS.get(region, "#999"),
                              hovertemplate="layer %{x}: %{y:.3f} on " + region + "<extra></extra>"))
     fig.update_layout(barmode="stack", title=title, template="plotly_white", font=FONT, height=height,
-                      margin=dict(l=60, r=20, t=50 if title else 20, b=50), xaxis=dict(title="layer"),
+                      margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+                      xaxis=dict(title="layer", **layer_ticks(shares.shape[0])),
                       yaxis=dict(title="attention share", range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
     return fig
 

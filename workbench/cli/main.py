@@ -39,6 +39,25 @@ app.add_typer(probe_app, name="probe")
 app.command("app")(app_command)
 
 
+def _plain_help(typer_app) -> None:
+    """Option help texts are plain text: typer renders them as rich markup, where a "[default: 16; ...]" reads
+    as a style tag and vanishes ("Tokens to generate greedily ."). Escape every such bracket once, here."""
+    import inspect
+
+    from rich.markup import escape
+
+    for command in typer_app.registered_commands:
+        for parameter in inspect.signature(command.callback).parameters.values():
+            info = parameter.default
+            if isinstance(info, typer.models.ParameterInfo) and info.help and not getattr(info, "_escaped", False):
+                info.help, info._escaped = escape(info.help), True
+    for group in typer_app.registered_groups:
+        _plain_help(group.typer_instance)
+
+
+_plain_help(app)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings

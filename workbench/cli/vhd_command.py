@@ -92,13 +92,16 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
     from workbench.cli.printing import SafeConsole
 
     console = SafeConsole()
+    def shown(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     for key, score in data["scores"].items():
-        console.print(f"{key}: AUROC incorrect vs correct {score['auroc_incorrect_vs_correct']} "
+        console.print(f"{key}: AUROC incorrect vs correct {shown(score['auroc_incorrect_vs_correct'])} "
                       f"({score['n_incorrect']} vs {score['n_correct']}); prior-answer hallucinations vs correct on "
-                      f"conflicting {score['auroc_prior_vs_correct_on_conflicting']}; absent object yes vs no "
-                      f"{score['auroc_absent_yes_vs_no']}")
-    for name, rates in data["rates"].items():
-        console.print(f"{name}: {rates}")
+                      f"conflicting {shown(score['auroc_prior_vs_correct_on_conflicting'])}; absent object yes vs no "
+                      f"{shown(score['auroc_absent_yes_vs_no'])}", markup=False)
+    for line in vhd_scenes.rate_lines(data["rates"]):
+        console.print(line, markup=False)
     _print_ranking(data["ranking"])
     return data
 

@@ -111,3 +111,21 @@ def _rates(rows: list[dict], with_vhr: bool) -> dict:
         out["vhr"] = measures("vhr_answer", "vhr_correct")
         out["answers_changed"] = sum(r["answer"] != r["vhr_answer"] for r in rows)
     return out
+
+
+RATE_NAMES = {"accuracy": "accuracy", "absent_object_yes": "'yes' with the object absent",
+              "prior_answer_on_conflicting": "prior answer on conflicting questions", "incorrect": "incorrect"}
+
+
+def rate_lines(rates: dict) -> list[str]:
+    """The hallucination rates as sentences ("plain: accuracy 62.5% (5/8); ..."), one per answer mode."""
+    def shown(rate: dict) -> str:
+        if rate["rate"] is None:
+            return "n/a (no such question)"
+        return f"{rate['rate']:.1%} ({round(rate['rate'] * rate['n'])}/{rate['n']})"
+
+    lines = [f"{mode}: " + "; ".join(f"{RATE_NAMES.get(name, name)} {shown(rate)}" for name, rate in measures.items())
+             for mode, measures in rates.items() if isinstance(measures, dict)]
+    if "answers_changed" in rates:
+        lines.append(f"answers changed by VHR: {rates['answers_changed']}")
+    return lines
