@@ -3,8 +3,8 @@
 
 Python's json module writes NaN and Infinity by default, which is not JSON: other tools (jq, browsers,
 pandas in strict mode) refuse the whole document. `dumps` never writes them: a non-finite number becomes
-null. `loads` refuses them, so a manifest carrying one is named as damaged instead of crashing a later
-`int(...)` or comparison.
+null. `loads` refuses them (and integers beyond 64 bits), so a manifest carrying one is named as damaged instead of
+crashing a later `int(...)`, comparison or JavaScript reader.
 """
 
 from __future__ import annotations
@@ -32,22 +32,29 @@ def finite(value):
     return value
 
 
-class NonFiniteNumber(ValueError):
-    """A JSON text holds NaN, Infinity or -Infinity (Python's extension, not JSON)."""
+class UnsafeNumber(ValueError):
+    """A JSON text holds NaN, Infinity or -Infinity (Python's extension, not JSON), a float that overflows, or an
+    integer outside 64 bits (which no other JSON reader keeps exact)."""
 
 
 def _refuse(constant: str):
-    raise NonFiniteNumber(f"{constant} is not a JSON number")
+    raise UnsafeNumber(f"{constant} is not a JSON number")
 
 
 def _float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 is valid JSON syntax but overflows to inf
-        raise NonFiniteNumber(f"{text[:20]} is too large for a float")
+        raise UnsafeNumber(f"{text[:20]} is too large for a float")
     return value
 
 
+def _int(text: str) -> int:
+    if len(text) > 20 or not -(2**63) <= int(text) < 2**63:  # length first: int() of 5,000 digits is slow
+        raise UnsafeNumber(f"{text[:20]}{'...' if len(text) > 20 else ''} is outside the 64-bit range")
+    return int(text)
+
+
 def loads(text: str | bytes):
-    """Parse strict JSON: NaN / Infinity / -Infinity and numbers that overflow a float (1e999) raise
-    NonFiniteNumber (a ValueError), as other parse errors raise json.JSONDecodeError (also a ValueError)."""
-    return json.loads(text, parse_constant=_refuse, parse_float=_float)
+    """Parse strict JSON: NaN / Infinity / -Infinity, floats that overflow (1e999) and integers outside 64 bits
+    raise UnsafeNumber (a ValueError), as other parse errors raise json.JSONDecodeError (also a ValueError)."""
+    return json.loads(text, parse_constant=_refuse, parse_float=_float, parse_int=_int)

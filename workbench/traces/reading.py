@@ -183,9 +183,9 @@ def read_manifest(root: Path, folder: Path | None = None) -> dict:
         raise _fail(manifest_path, "is larger than any manifest can be; the bundle is corrupt")
     try:
         manifest = strict_json.loads((folder / MANIFEST).read_bytes().decode("utf-8"))
-    except strict_json.NonFiniteNumber:
-        raise _fail(manifest_path, "holds a number that is NaN, Infinity or too large (not JSON); the bundle is "
-                                   "corrupt, trace again") from None
+    except strict_json.UnsafeNumber as error:
+        raise _fail(manifest_path, f"holds a number JSON readers cannot take ({error}); the bundle is corrupt, "
+                                   "trace again") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSON, and 5,000-digit ints
         raise _fail(manifest_path, f"is not valid JSON ({type(error).__name__}); the bundle is truncated or "
                                    "corrupt, trace again") from None

@@ -146,7 +146,9 @@ TAMPERING = {
     "map layers past the stack": ("llava", _set("capture", "maps", "text", "layers", value=[10**9]), None),
     "head outputs past the positions": ("llava", _set("capture", "head_outputs", value=[10**9]), None),
     "10^5 flagged layers": ("gpt2", _set("checks", "flagged", value=["text layer 0"] * 10**5), None),
-    "a 5,000-digit count": ("gpt2", None, _text_replace('"non_finite": 0', '"non_finite": ' + "9" * 4000)),
+    "a 4,000-digit count": ("gpt2", None, _text_replace('"non_finite": 0', '"non_finite": ' + "9" * 4000)),
+    "a count beyond 64 bits": ("gpt2", None, _text_replace('"non_finite": 0', '"non_finite": 18446744073709551616')),
+    "a token id beyond 64 bits": ("gpt2", None, _text_replace('"id": ', '"id": -18446744073709551616, "z": ')),
 }
 
 
@@ -190,7 +192,7 @@ def test_a_tampered_bundle_is_listed_as_corrupt_by_the_app(originals, tmp_path):
     shutil.copytree(originals / "llava.wbtrace", tmp_path / "fine.wbtrace")
     infos = {info.id: info for info in Catalog(tmp_path).scan(force=True)}
     assert infos["fine"].ok and infos["fine"].healthy is True
-    assert not infos["gpt2"].ok and "NaN, Infinity" in infos["gpt2"].error
+    assert not infos["gpt2"].ok and "Infinity is not a JSON number" in infos["gpt2"].error
 
 
 # --------------------------------------------------------------------------- property: hostile numbers
