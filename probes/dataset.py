@@ -43,8 +43,11 @@ PER_TOKEN = ("lookback_context", "lookback_image_prompt", "lookback_image", "loo
              "share_image", "entropy")
 
 
-def trace_item(loaded, item, *, max_new_tokens: int, top_k: int, edges_per_node: int, vhd: bool = False) -> dict:
-    """Trace one input and return its table row (without the text embedding)."""
+def trace_item(loaded, item, *, max_new_tokens: int, top_k: int, edges_per_node: int, vhd: bool = False,
+               reference_lookback: bool = False) -> dict:
+    """Trace one input and return its table row (without the text embedding). reference_lookback: also capture
+    the --decomposition tensors, so `lookback_reference` (the released code's convention) can be computed on a
+    chat-template input (its response header needs each generated row's attention on single keys)."""
     from workbench.probes.features import hidden_means, token_features
     from workbench.probes.graphs import attention_graph
     from workbench.probes.tasks import label
@@ -52,7 +55,8 @@ def trace_item(loaded, item, *, max_new_tokens: int, top_k: int, edges_per_node:
     from workbench.capture import trace
 
     start_time = time.perf_counter()
-    result = trace(loaded, item.prompt, item.image, max_new_tokens=max_new_tokens, hidden_states=True, top_k=top_k)
+    result = trace(loaded, item.prompt, item.image, max_new_tokens=max_new_tokens, hidden_states=True, top_k=top_k,
+                   decomposition=reference_lookback)
     seconds = time.perf_counter() - start_time
     start, end = int(result.generation["start"]), int(result.generation["end"])
     generated = result.tokens[start:end]
@@ -120,7 +124,8 @@ def embedding_text(row: dict) -> str:
 
 
 def build(model: str, items: list, out: Path, *, max_new_tokens: int = 16, top_k: int = 4, edges_per_node: int = 8,
-          embed: bool = True, vhd: bool = False, force: bool = False, command: str = "",
+          embed: bool = True, vhd: bool = False, reference_lookback: bool = False, force: bool = False,
+          command: str = "",
           on_start: Callable[[str, int], None] | None = None,
           on_advance: Callable[[str, int, int], None] | None = None) -> dict:
     """Trace `items` through `model` and write the dataset table to `out`; returns its metadata.
@@ -146,7 +151,7 @@ def build(model: str, items: list, out: Path, *, max_new_tokens: int = 16, top_k
         on_start("trace", len(items))
     for done, item in enumerate(items, start=1):
         row = trace_item(loaded, item, max_new_tokens=max_new_tokens, top_k=top_k, edges_per_node=edges_per_node,
-                         vhd=vhd)
+                         vhd=vhd, reference_lookback=reference_lookback)
         rows.append(row)
         tokens += row["n_tokens"]
         if on_advance:

@@ -105,3 +105,28 @@ def test_window_and_span_means_leave_undefined_ratios_out():
             chunk = chunk[~np.isnan(chunk).any(1)]
             expected.append(chunk.mean(0) if len(chunk) else np.full(3, np.nan))
         np.testing.assert_allclose(window_means(values, window), np.stack(expected))
+
+
+def test_dataset_with_reference_lookback_holds_the_variant_and_gives_examples(models, tmp_path):
+    """`probe build --reference-lookback` captures what the chat-template header needs; the column then equals
+    the released definition on eager maps of the same tokens, and span / window examples are all finite."""
+    from tests.probes.conftest import short_kv_items
+    from workbench.probes import dataset
+    from workbench.probes.lookback import examples
+
+    llama = models("tiny-llama")
+    items = short_kv_items(6, seed=3)
+    plain = dataset.build(llama, items, tmp_path / "plain.parquet", max_new_tokens=4, embed=False)
+    assert "reference" not in plain["variants"]  # statistics alone cannot split the header from the context
+    meta = dataset.build(llama, items, tmp_path / "reference.parquet", max_new_tokens=4, embed=False,
+                         reference_lookback=True)
+    assert "reference" in meta["variants"]
+    data = dataset.load(tmp_path / "reference.parquet")
+    ratios = data.per_token("lookback_reference")
+    trace = workbench.trace(llama, items[0].prompt, max_new_tokens=4)
+    start, end = trace.generation["start"], trace.generation["end"]
+    expected = reference_ratios(eager_maps(llama, trace), start, end, len(response_header(trace)))
+    np.testing.assert_allclose(ratios[0], expected, rtol=1e-4, atol=1e-5)
+    for features in ("span", "window"):
+        found = examples(data, features=features, variant="reference", window=2)
+        assert len(found.y) and np.isfinite(found.X).all()

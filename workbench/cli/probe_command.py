@@ -56,6 +56,10 @@ def build(
     edges_per_node: int = typer.Option(8, "--edges-per-node", help="Attention-graph edges kept per token."),
     embed: bool = typer.Option(True, "--embed/--no-embed", help="Add MiniLM embeddings of question + answer."),
     vhd: bool = typer.Option(False, "--vhd", help="Also VHD / T-VHD per token (VLMs; two extra forwards per token)."),
+    reference_lookback: bool = typer.Option(False, "--reference-lookback",
+                                            help="Also capture what the released Lookback Lens convention needs on "
+                                                 "chat-template inputs (--variant reference): the decomposition "
+                                                 "tensors; slower."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest for small models "
                                                                   "on a busy machine) [default: torch's]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
@@ -115,7 +119,8 @@ def build(
             bars.update(handles[stage], completed=done, tokens=tokens)
 
         meta = dataset.build(loaded, items, out, max_new_tokens=new_tokens, top_k=top_k, edges_per_node=edges_per_node,
-                             embed=embed, vhd=vhd, force=force, command=_command(), on_start=on_start,
+                             embed=embed, vhd=vhd, reference_lookback=reference_lookback, force=force,
+                             command=_command(), on_start=on_start,
                              on_advance=on_advance)
     data = dataset.load(out)
     labels = data.labels
