@@ -1,8 +1,9 @@
 """SVD circuit tracing (Franco & Crovella 2024, "Sparse Attention Decomposition Applied to Circuit Tracing";
 reference: gaabrielfranco/sparse-attention-decomposition, utils.py, full_tracing_*.py).
 
-For every firing of every head (A_ij >= firing_threshold, score >= 0, key 0 skipped like the reference), the
-score is decomposed in the singular basis of the head's augmented Omega (see _omega.py; RoPE models use the
+For every firing of every head (every (i, j) with A_ij >= firing_threshold, score >= 0, key 0 skipped, like
+the reference), the score is decomposed in the singular basis of the head's augmented Omega (see _omega.py:
+`basis="reference"`, the released code's TransformerLens-folded coordinates, or "raw"; RoPE models use the
 offset-dependent Omega(j - i)), the few components that explain it are kept, and each upstream head's
 output at the query position (Q side) and key position (K side) is scored against the kept directions
 (_firings.py). Per firing and side, the upstream heads that cover `coverage` of the summed upstream-head
