@@ -187,3 +187,29 @@ def test_cli_basis_option_is_recorded_and_checked_first(tmp_path, models):
         assert code == 0 and json.loads(out)["options"]["basis"] == expected
     code, out, err = run_cli("circuits", tmp_path / "missing.wbtrace", "--basis", "folded")
     assert code == 2 and out == "" and err.strip().count("\n") == 0 and "--basis must be one of" in err
+
+
+def test_reference_basis_on_rope_with_rmsnorm_gains(models):
+    """RoPE + RMSNorm (no reference implementation): the folded basis (x = r / rms, gain folded into W_Q and
+    W_K, nothing centred) still reproduces the model's pre-softmax scores at every offset, and its Omega is
+    diag(gain) Omega_raw diag(gain) on the d_model block (checked on heads' offset-0 forms)."""
+    from workbench.models.tiny import tiny_llama
+
+    loaded = tiny_llama()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if "norm" in name:
+                parameter.mul_(1 + 0.5 * torch.rand(parameter.shape, generator=generator))
+    trace = workbench.trace(loaded, "abcabd abcabd", raw=True, decomposition=True)
+    reference = circuits.analyse(trace, model=loaded, firing_threshold=0.3)
+    raw = circuits.analyse(trace, model=loaded, firing_threshold=0.3, basis="raw")
+    assert reference.stats["max_reconstruction_error"] < 1e-5 and reference.stats["max_completeness_error"] < 1e-4
+    assert any(a["components"] != b["components"] for a, b in zip(reference.firings, raw.firings))
+    for layer in range(trace.n_layers()):
+        gain = loaded.model.model.layers[layer].input_layernorm.weight.detach().double()
+        scale = torch.cat([gain, torch.ones(1, dtype=torch.float64)])
+        for head in (0, trace.n_heads() - 1):
+            folded = circuits.omega_forms(loaded).head(layer, head).omega(0)
+            expected = scale[:, None] * circuits.omega_forms(loaded, "raw").head(layer, head).omega(0) * scale[None]
+            assert torch.allclose(folded, expected, atol=1e-6 * float(expected.abs().max()))
