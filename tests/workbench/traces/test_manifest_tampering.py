@@ -280,7 +280,7 @@ def test_saved_manifest_and_results_are_strict_json(originals, tmp_path):
     trace.meta["inputs"]["temperature"] = math.inf
     trace.add_result("planted", {"score": math.nan})
     path = trace.save(tmp_path / "again.wbtrace")
-    refuse = lambda constant: pytest.fail(f"wrote {constant}")  # noqa: E731
+    refuse = lambda constant: pytest.fail(f"wrote {constant}")
     manifest = json.loads((path / "manifest.json").read_text(), parse_constant=refuse)
     assert manifest["inputs"]["temperature"] is None
     assert json.loads((path / "results" / "planted.json").read_text(), parse_constant=refuse) == {"score": None}
