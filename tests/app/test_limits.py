@@ -130,7 +130,7 @@ def _submit(client, maps: str, model: str = "tiny-llama"):
             "inputs": [{"id": "runs-submit", "property": "n_clicks", "value": 1}],
             "state": [state("runs-model", model), state("runs-prompt", "Hello"), state("runs-new-tokens", 1),
                       state("runs-maps", maps), state("runs-name", None),
-                      {"id": "runs-image", "property": "data", "value": None}],
+                      {"id": "runs-image", "property": "data", "value": None}, state("runs-raw", "raw")],
             "changedPropIds": ["runs-submit.n_clicks"]}
     return client.post("/_dash-update-component", json=body)
 
