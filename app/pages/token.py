@@ -170,8 +170,10 @@ def register(app) -> None:
         if pos not in parsed.value:
             available = sorted(parsed.value)
             links = [dcc.Link(str(p), href=link("/token", bundle=bundle, pos=p), className="wb-chip") for p in available]
-            return html.Div(warnings + [hint_panel(f"results/{name}.json has no route for position {pos}; routes exist "
-                                                   f"for: "), html.Div(links)])
+            return html.Div(warnings + [hint_panel(f"results/{name}.json has no route rooted at position {pos} (a route "
+                                                   "rooted at p explains the prediction of token p + 1; `workbench "
+                                                   "routes` explains the last token by default). Routes exist for: "),
+                                        html.Div(links)])
         elements = route_elements(parsed.value[pos], texts=[t.text for t in trace.tokens], target=pos)
         return html.Div(warnings + [
             html.P("Nodes: embedding (grey), after attention (blue), after FFN (green) of each layer; edge width = "
