@@ -179,13 +179,28 @@ def build(model: str, items: list, out: Path, *, max_new_tokens: int = 16, top_k
     return meta
 
 
-def check_output(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; choose another --out or pass --force to replace it")
-    if not out.parent.resolve().is_dir():
-        raise OutputExistsError(f"cannot write {out}: the folder {out.parent} does not exist")
+def check_output(out: Path, force: bool) -> Path:
+    """Where a dataset table may be written (the policy of workbench/output_paths.py: with force, only a table
+    this module wrote is replaced)."""
+    from workbench.output_paths import check_output as check_path
+
+    out = Path(out).expanduser()
     if out.suffix != ".parquet":
         raise InputError(f"--out {out} should end in .parquet (the dataset is one Parquet table)")
+    return check_path(out, force=force, what="dataset table", ours=is_dataset_table, ours_is="a probe dataset table")
+
+
+def is_dataset_table(path: Path) -> bool:
+    """True for a Parquet file whose schema carries our metadata key (a table `build` wrote)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not Parquet, or damaged: not something we can tell is ours
+        return False
+    return META_KEY in metadata
 
 
 def _list_column(values: list, dtype):

@@ -37,14 +37,32 @@ class StoredProbe:
         return self.config["detector"]
 
 
+def check_output_path(path: str | Path, *, force: bool) -> Path:
+    """Where a probe may be written (workbench/output_paths.py: with force, only a probe file is replaced)."""
+    from workbench.output_paths import check_output
+
+    return check_output(Path(path), force=force, what="probe", ours=is_probe_file, ours_is="a probe file")
+
+
+def is_probe_file(path: Path) -> bool:
+    """True for a safetensors file whose metadata names our format (a probe `save` wrote)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return False
+        size = int.from_bytes(head, "little")
+        if size > 16 * 1024 * 1024:  # a probe's header is a few KB
+            return False
+        header = handle.read(size)
+    return f'"format":"{FORMAT}"'.encode() in header.replace(b" ", b"")
+
+
 def save(probe: StoredProbe, path: str | Path, *, force: bool = False) -> Path:
     from safetensors.numpy import save_file
 
-    path = Path(path).expanduser()
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; choose another --out or pass --force to replace it")
-    if not path.parent.resolve().is_dir():
-        raise OutputExistsError(f"cannot write {path}: the folder {path.parent} does not exist")
+    path = check_output_path(path, force=force)
     tensors = {name: np.ascontiguousarray(value) for name, value in probe.tensors.items()}
     metadata = {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "probe": json.dumps(probe.config)}
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -30,7 +30,7 @@ COMPONENTS = {
     "workbench": "api",
     "workbench.errors": "base", "workbench.threads": "base", "workbench.peak_rss": "base",
     "workbench.lazy": "base", "workbench.version": "base", "workbench.images": "base",
-    "workbench.strict_json": "base",
+    "workbench.strict_json": "base", "workbench.output_paths": "base",
     "workbench.kernels": "kernels",
     "workbench.models": "models", "workbench.traces": "traces", "workbench.datasets": "datasets",
     "workbench.capture": "capture",

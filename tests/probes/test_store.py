@@ -84,3 +84,33 @@ def test_damaged_or_foreign_files_fail_in_one_line(tmp_path):
         with pytest.raises(WorkbenchError, match=fragment) as error:
             probes.load_probe(path)
         assert "\n" not in str(error.value)
+
+
+def test_force_replaces_only_a_probe_the_workbench_wrote(kv_dataset, tmp_path):
+    """--force / force=True replaces an earlier probe, never a user's file of the same name."""
+    from workbench.errors import OutputExistsError
+
+    probe, _ = probes.train(kv_dataset, "lookback", features="span", seed=0)
+    mine = tmp_path / "notes.probe"
+    mine.write_text("my own notes, not a probe")
+    with pytest.raises(OutputExistsError, match="not a probe file"):
+        probe.save(mine, force=True)
+    assert mine.read_text() == "my own notes, not a probe"
+    ours = probe.save(tmp_path / "ok.probe")
+    probe.save(ours, force=True)  # an earlier probe is replaced
+    assert probes.Probe.load(ours).detector == "lookback"
+
+
+def test_force_replaces_only_a_dataset_table_the_workbench_wrote(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workbench.errors import OutputExistsError
+    from workbench.probes.dataset import check_output
+
+    foreign = tmp_path / "results.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    with pytest.raises(OutputExistsError, match="not a probe dataset table"):
+        check_output(foreign, force=True)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_output(foreign, force=False)

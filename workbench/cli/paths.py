@@ -1,71 +1,23 @@
-"""The one output-path policy of the CLI, applied before any model loads or any work starts.
+"""The CLI's outputs, checked before any model loads (the policy itself: workbench/output_paths.py).
 
-- `-` means standard output wherever a JSON file is expected (and is refused where a folder is).
-- The folder an output goes into must exist, be writable and not be a system folder (/proc, /sys, /dev),
-  so a run never does its work and then fails to save it.
-- Something already at the path is refused without `--force`; with `--force` it is replaced only when the
-  workbench wrote it (a bundle whose manifest names our format, a JSON file we export): a user's own
-  files and folders are never deleted or overwritten.
+`-` means standard output wherever a JSON file is expected (and is refused where a folder is); a bundle is
+replaced with `--force` only when it is one (its manifest names our format), a JSON file only when it
+holds JSON. JSON is written strict (no NaN or Infinity).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from workbench.errors import OutputExistsError
+from workbench.output_paths import check_output, check_place, output_folder  # noqa: F401  (re-exported)
 
 STDOUT = "-"
-SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def is_stdout(path: Path | str | None) -> bool:
     return path is not None and str(path) == STDOUT
-
-
-def check_place(path: Path, *, what: str) -> Path:
-    """Check that something may be created at `path`: its folder exists, is writable and is not a system
-    folder. Returns `path` with `~` expanded."""
-    path = Path(path).expanduser()
-    parent = path.resolve().parent
-    if any(parent == folder or folder in parent.parents for folder in SYSTEM_FOLDERS):
-        raise OutputExistsError(f"cannot write {what} {path}: {parent} is a system folder; choose a path in "
-                                "your own folders")
-    if not parent.is_dir():
-        raise OutputExistsError(f"cannot write {what} {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputExistsError(f"cannot write {what} {path}: the folder {parent} is not writable")
-    return path
-
-
-def check_output(path: Path, *, force: bool, what: str, ours: Callable[[Path], bool], ours_is: str) -> Path:
-    """check_place, then the rule for what is already there: refused without `force`; with it, replaced only
-    when `ours(path)` says the workbench wrote it (`ours_is` names such a thing in the refusal)."""
-    path = check_place(path, what=what)
-    if path.exists() or path.is_symlink():
-        if not force:
-            raise OutputExistsError(f"{what} {path} already exists; choose another path or pass --force to "
-                                    "replace it")
-        if not ours(path):
-            raise OutputExistsError(f"{path} is not {ours_is}; --force replaces only what the workbench wrote, so "
-                                    "choose another path")
-    return path
-
-
-def output_folder(folder: Path, *, what: str) -> Path:
-    """A folder that outputs go into (e.g. one bundle per prompt): an existing folder is used as it is (each
-    output in it is checked on its own), a missing one is created in a writable place."""
-    folder = Path(folder).expanduser()
-    if folder.is_dir() and not folder.is_symlink():
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputExistsError(f"cannot write into {what} {folder}: it is not writable")
-        return folder
-    if folder.exists() or folder.is_symlink():
-        raise OutputExistsError(f"{what} {folder} exists and is not a folder; choose another path")
-    check_place(folder, what=what).mkdir()
-    return folder
 
 
 def check_bundle_output(path: Path, *, force: bool) -> Path:
@@ -97,20 +49,9 @@ def _is_json_file(path: Path) -> bool:
 
 def json_text(data) -> str:
     """Strict JSON (no NaN or Infinity, which other tools reject): non-finite numbers become null."""
-    try:
-        return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(data), ensure_ascii=False, indent=1, allow_nan=False)
+    from workbench import strict_json
 
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+    return strict_json.dumps(data, indent=1)
 
 
 def write_json(path: Path | None, data) -> None:

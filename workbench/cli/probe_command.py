@@ -26,15 +26,10 @@ def _command() -> str:
 
 
 def _write_json(target: Optional[Path], data: dict) -> None:
-    if target is None:
-        return
-    text = json.dumps(data, indent=1, default=float)
-    if str(target) == "-":
-        print(text)
-    else:
-        from workbench.cli.paths import write_text_atomic
+    """Strict JSON of a report (numpy numbers as plain ones) to `target`, checked before the work."""
+    from workbench.cli.paths import write_json
 
-        write_text_atomic(target, text + "\n")
+    write_json(target, json.loads(json.dumps(data, default=float)))
 
 
 @probe_app.command("build")
@@ -165,8 +160,11 @@ def train(
     from workbench.probes import dataset
     from workbench.probes.probe import train as run_train
 
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    from workbench.cli.paths import check_json_output
+    from workbench.probes.store import check_output_path
+
+    out = check_output_path(out, force=force)
+    json_out = check_json_output(json_out, force=force)
     chosen = _train_options(detector, c=c, features=features, window=window, span=span, variant=variant,
                             embedding=embedding, hidden_layer=hidden_layer, edges=edges, threshold=threshold, k=k,
                             contrastive=contrastive, epochs=epochs, seed=seed, test_fraction=test_fraction)
@@ -237,6 +235,7 @@ def evaluate(
                                                               "another: every row, i.e. transfer)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Evaluate on these task prefixes [the probe's own]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here ('-': stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Held-out (or transfer) AUROC of trained probes, with the probability baselines beside Lookback Lens."""
     from workbench.cli.printing import SafeConsole
@@ -244,6 +243,9 @@ def evaluate(
     from workbench.probes import dataset
     from workbench.probes.probe import Probe
 
+    from workbench.cli.paths import check_json_output
+
+    json_out = check_json_output(json_out, force=force)
     probes = [(path, Probe.load(path)) for path in probe_paths]
     data = dataset.load(data_path)
     console = SafeConsole(stderr=True, soft_wrap=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from workbench import strict_json
 from workbench.errors import InputError
 
 
@@ -72,7 +72,7 @@ def routes(
 
         store_result(trace, "routes", data)
     if as_json:
-        print(json.dumps(data, ensure_ascii=False))
+        print(strict_json.dumps(data))
         return
     _summary(result, trace)
 
