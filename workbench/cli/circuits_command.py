@@ -32,7 +32,13 @@ def circuits(
     from workbench.analyses.circuits import check_basis
     from workbench.errors import InputError
 
+    from workbench.cli import options as check
+
     check_basis(basis)  # before the bundle and the weights load
+    check.real("--firing-threshold", firing_threshold, above=0.0, high=1.0)
+    check.real("--coverage", coverage, above=0.0, high=1.0)
+    check.real("--component-threshold", component_threshold, above=0.0, high=1.0)
+    check.real("--min-share", min_share, low=0.0, high=1.0)
     if attribution not in ("score", "projection"):
         raise InputError(f"--attribution must be 'score' or 'projection', got {attribution!r}")
     trace = workbench.load(bundle)

@@ -106,8 +106,9 @@ def _summary(result) -> None:
                       f"{result.visual_sinks['first_layer']}): {found or 'none'}")
     if result.image_centric is not None:
         centric = result.image_centric
+        heads = ", ".join(f"L{layer}H{head}" for layer, head in centric.get("image_centric") or []) or "none"
         console.print(f"image-centric heads ({o['var_layers']} layers): "
-                      f"{centric.get('image_centric') if centric['available'] else centric['reason']}")
+                      f"{heads if centric['available'] else centric['reason']}")
     for note in result.notes:
         console.print(f"note {note}")
 
