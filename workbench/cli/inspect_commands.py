@@ -74,7 +74,7 @@ def info(
         counts[token.region] = counts.get(token.region, 0) + 1
     model, inputs = trace.model, trace.meta["inputs"]
     console.print(f"{bundle}  (created {trace.meta.get('created', '?')}, workbench "
-                  f"{trace.meta.get('workbench_version', '?')})", markup=True, highlight=False)
+                  f"{trace.meta.get('workbench_version', '?')})", highlight=False)
     console.print(f"model      {model.get('name', '?')} ({model.get('architecture', '?')}, {model.get('kind', '?')}, "
                   f"{model.get('dtype', '?')})", markup=False)
     console.print(f"tokens     {len(trace.tokens)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

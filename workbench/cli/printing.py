@@ -43,6 +43,10 @@ class SafeConsole(Console):
             options.setdefault("width", 1000)
         super().__init__(stderr=stderr, **options)
 
+    def print(self, *objects, **options) -> None:
+        options["markup"] = False  # no caller may turn parsing back on for text it did not write
+        super().print(*objects, **options)
+
     def render_str(self, text: str, **options):
         return super().render_str(visible(text), **options)
 

@@ -29,6 +29,8 @@ longer matches (regenerate with `WORKBENCH_UPDATE_DOCS=1 .venv/bin/pytest tests/
 sweep part's name. The rules: a user error is one `error: ...` line on stderr that
 says what to do, exit status 2, no traceback, and nothing the user had is changed; the app shows the same
 message in a panel and keeps serving. A numerics problem is not a user error: `info` exits 0 and warns.
+Anything else (a bug) prints `internal error: ...; details in FILE` and exits 70, with the traceback in FILE
+under the workbench cache. The rows are grouped by the class of mistake; the table counts them.
 
 """
 
@@ -154,107 +156,158 @@ def infinity(bundle):
     path.write_text(path.read_text().replace('"max_normaliser_error": ', '"max_normaliser_error": Infinity, "x": ', 1))
 
 
-def cli_cases(root: Path) -> list[tuple[str, list]]:
+def cli_cases(root: Path) -> list[tuple[int, str, list]]:
+    """(class of mistake, what the user did, the argument vector)."""
     b = lambda name, damage: damaged(root, name, damage)
     return [
-        ("unknown model name", ["trace", "-m", "lama", "-p", "x"]),
-        ("empty prompt", ["trace", "-m", "tiny-gpt2", "-p", "   "]),
-        ("prompt longer than the context", ["trace", "-m", "tiny-llama", "-p", "word " * 120]),
-        ("no prompt at all", ["trace", "-m", "tiny-gpt2"]),
-        ("prompt file that is not UTF-8", ["trace", "-m", "tiny-gpt2", "--prompt-file", root / "latin1.txt"]),
-        ("JSONL prompts with a broken line", ["trace", "-m", "tiny-gpt2", "--prompts", root / "bad.jsonl",
+        (1, "bare `workbench`", []),
+        (1, "unknown command", ["frobnicate"]),
+        (1, "unknown option", ["trace", "-m", "tiny-gpt2", "-p", "x", "--frobnicate"]),
+        (1, "a number that is not an integer (`-n 1e3`)", ["trace", "-m", "tiny-gpt2", "-p", "x", "-n", "1e3"]),
+        (1, "`app --port abc`", ["app", "--port", "abc"]),
+        (1, "a command group without its command (`probe`)", ["probe"]),
+        (2, "--device bogus", ["trace", "-m", "tiny-gpt2", "-p", "x", "--device", "bogus"]),
+        (2, "--device cuda on a machine without CUDA", ["trace", "-m", "tiny-gpt2", "-p", "x", "--device", "cuda"]),
+        (2, "--kernel bogus", ["trace", "-m", "tiny-gpt2", "-p", "x", "--kernel", "bogus"]),
+        (2, "--top-k -3", ["trace", "-m", "tiny-gpt2", "-p", "x", "--top-k", "-3"]),
+        (2, "--head-outputs 9999", ["trace", "-m", "tiny-gpt2", "-p", "x", "--head-outputs", "9999",
+                                    "--out", root / "ho.wbtrace"]),
+        (2, "--max-map-memory of 330 digits", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "all",
+                                               "--max-map-memory", "9" * 330]),
+        (2, "--max-length -5", ["trace", "-m", "tiny-gpt2", "-p", "x", "--max-length", "-5"]),
+        (2, "--max-new-tokens of 40 digits", ["trace", "-m", "tiny-gpt2", "-p", "x", "-n", "9" * 40]),
+        (2, "--maps 99:0 on a 3-layer model", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "99:0",
+                                               "--out", root / "l99.wbtrace"]),
+        (2, "--maps 5-2 (a falling range)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "5-2"]),
+        (2, "--dtype float8", ["trace", "-m", "tiny-gpt2", "-p", "x", "--dtype", "float8"]),
+        (2, "sinks --eps nan", ["sinks", root / "good.wbtrace", "--eps", "nan"]),
+        (2, "routes --threshold nan", ["routes", root / "good.wbtrace", "--threshold", "nan"]),
+        (2, "circuits --firing-threshold 0", ["circuits", root / "good.wbtrace", "--firing-threshold", "0"]),
+        (2, "vhd --alpha nan", ["vhd", "-m", "tiny-llava", "--scenes", root, "--alpha", "nan"]),
+        (3, "--maps 0-30000000", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0-30000000"]),
+        (3, "--maps 0:0-2000000 (the message stays short)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps",
+                                                             "0:0-2000000"]),
+        (3, "--maps of 5,000 characters", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0," * 2500]),
+        (3, "routes --position of 4,000 characters", ["routes", root / "good.wbtrace", "-p", "1," * 2000]),
+        (4, "trace --force onto a folder of the user's files", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out",
+                                                                root / "keep.wbtrace", "--force"]),
+        (4, "trace --force onto a user's regular file", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out",
+                                                         root / "latin1.txt", "--force"]),
+        (4, "trace --json --force onto a user's text file", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out",
+                                                            root / "j.wbtrace", "--json", root / "latin1.txt",
+                                                            "--force"]),
+        (4, "probe train --force onto a file that is not a probe", ["probe", "train", "--data",
+                                                                   root / "none.parquet", "--out",
+                                                                   root / "exists.probe", "--force"]),
+        (5, "an output under /proc", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", "/proc/x.wbtrace"]),
+        (5, "--json naming a folder", ["trace", "-m", "tiny-gpt2", "-p", "x", "--json", root / "stuff"]),
+        (5, "--json - with --prompts (standard output cannot hold one file per prompt)",
+         ["trace", "-m", "tiny-gpt2", "--prompts", root / "good.jsonl", "--json", "-"]),
+        (5, "--out - (a bundle is a folder)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", "-"]),
+        (5, "sinks --json into a missing folder", ["sinks", root / "good.wbtrace", "--json",
+                                                   root / "no" / "s.json"]),
+        (6, "a path holding rich markup and a terminal escape", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out",
+                                                                 root / "no[/]\x1b[2J" / "x.wbtrace"]),
+        (6, "info on a bundle whose manifest holds a terminal escape (not an error: shown escaped)",
+         ["info", b("escape-sequence", edit_manifest(lambda m: m.update(created="\x1b]0;pwned\x07 [/]")))]),
+        (0, "unknown model name", ["trace", "-m", "lama", "-p", "x"]),
+        (0, "empty prompt", ["trace", "-m", "tiny-gpt2", "-p", "   "]),
+        (0, "prompt longer than the context", ["trace", "-m", "tiny-llama", "-p", "word " * 120]),
+        (1, "no prompt at all", ["trace", "-m", "tiny-gpt2"]),
+        (7, "prompt file that is not UTF-8", ["trace", "-m", "tiny-gpt2", "--prompt-file", root / "latin1.txt"]),
+        (7, "JSONL prompts with a broken line", ["trace", "-m", "tiny-gpt2", "--prompts", root / "bad.jsonl",
                                               "--out", root / "many"]),
-        ("output bundle already exists", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", root / "keep.wbtrace"]),
-        ("output folder missing", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", root / "no" / "dir.wbtrace"]),
-        ("unreadable --maps", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "zero:1"]),
-        ("--maps head out of range", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0:99", "--out",
+        (4, "output bundle already exists", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", root / "keep.wbtrace"]),
+        (5, "output folder missing", ["trace", "-m", "tiny-gpt2", "-p", "x", "--out", root / "no" / "dir.wbtrace"]),
+        (2, "unreadable --maps", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "zero:1"]),
+        (2, "--maps head out of range", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0:99", "--out",
                                       root / "h.wbtrace"]),
-        ("full maps above the memory budget", ["trace", "-m", "tiny-llama", "-p", "Memory guard", "-n", "2",
+        (3, "full maps above the memory budget", ["trace", "-m", "tiny-llama", "-p", "Memory guard", "-n", "2",
                                                "--maps", "all", "--max-map-memory", "4KB", "--out",
                                                root / "m.wbtrace"]),
-        ("unreadable memory size", ["trace", "-m", "tiny-gpt2", "-p", "x", "--max-map-memory", "lots"]),
-        ("image for a text-only model", ["trace", "-m", "tiny-gpt2", "-p", "x", "--image", root / "cat.png"]),
-        ("image that is not an image", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "notes.png"]),
-        ("image that does not exist", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "nope.png"]),
-        ("image of 30000 x 30000 pixels (a decompression bomb)", ["trace", "-m", "tiny-llava", "-p", "x", "--image",
+        (2, "unreadable memory size", ["trace", "-m", "tiny-gpt2", "-p", "x", "--max-map-memory", "lots"]),
+        (0, "image for a text-only model", ["trace", "-m", "tiny-gpt2", "-p", "x", "--image", root / "cat.png"]),
+        (11, "image that is not an image", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "notes.png"]),
+        (0, "image that does not exist", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "nope.png"]),
+        (11, "image of 30000 x 30000 pixels (a decompression bomb)", ["trace", "-m", "tiny-llava", "-p", "x", "--image",
                                                                   root / "bomb.png"]),
-        ("model folder of a class the workbench cannot trace (DINOv2)", ["trace", "-m", root / "dinov2", "-p", "x"]),
-        ("generation from an encoder", ["trace", "-m", "tiny-bert", "-p", "x", "-n", "3"]),
-        ("info on a missing bundle", ["info", root / "missing.wbtrace"]),
-        ("info on a folder without manifest", ["info", root / "empty.wbtrace"]),
-        ("truncated shard", ["info", b("truncated-shard", truncate("tensors/layer_01.safetensors"))]),
-        ("truncated manifest", ["info", b("truncated-manifest", truncate("manifest.json", 100))]),
-        ("bundle from a newer workbench", ["info", b("newer", edit_manifest(lambda m: m.update(schema_version=7)))]),
-        ("two shards swapped", ["info", b("swapped", swap), "--no-verify"]),
-        ("shard is a symbolic link out of the bundle", ["info", b("linked", link_outside)]),
-        ("manifest names a file outside the bundle", ["info", b("escape", edit_manifest(
+        (11, "model folder of a class the workbench cannot trace (DINOv2)", ["trace", "-m", root / "dinov2", "-p", "x"]),
+        (0, "generation from an encoder", ["trace", "-m", "tiny-bert", "-p", "x", "-n", "3"]),
+        (8, "info on a missing bundle", ["info", root / "missing.wbtrace"]),
+        (8, "info on a folder without manifest", ["info", root / "empty.wbtrace"]),
+        (8, "truncated shard", ["info", b("truncated-shard", truncate("tensors/layer_01.safetensors"))]),
+        (8, "truncated manifest", ["info", b("truncated-manifest", truncate("manifest.json", 100))]),
+        (8, "bundle from a newer workbench", ["info", b("newer", edit_manifest(lambda m: m.update(schema_version=7)))]),
+        (8, "two shards swapped", ["info", b("swapped", swap), "--no-verify"]),
+        (8, "shard is a symbolic link out of the bundle", ["info", b("linked", link_outside)]),
+        (8, "manifest names a file outside the bundle", ["info", b("escape", edit_manifest(
             lambda m: m["files"].update({"../../etc/passwd": {"bytes": 1}})))]),
-        ("manifest declares an absurd shape", ["info", b("absurd", edit_manifest(
+        (8, "manifest declares an absurd shape", ["info", b("absurd", edit_manifest(
             lambda m: m["tensors"]["layer_00.key_mass"].update(shape=[10**12, 10**12])))]),
-        ("manifest claims 10^9 layers (its shards hold 3)", ["info", b("layers", edit_manifest(
+        (8, "manifest claims 10^9 layers (its shards hold 3)", ["info", b("layers", edit_manifest(
             lambda m: m["dims"]["stacks"]["text"].update(layers=10**9)))]),
-        ("manifest lists one token fewer than the tensors hold", ["info", b("fewer-tokens",
+        (8, "manifest lists one token fewer than the tensors hold", ["info", b("fewer-tokens",
                                                                             edit_manifest(fewer_tokens))]),
-        ("Infinity in the manifest's checks", ["info", b("infinity", infinity)]),
-        ("a count of the wrong type (checks.non_finite is a string)", ["info", b("string-count", edit_manifest(
+        (8, "Infinity in the manifest's checks", ["info", b("infinity", infinity)]),
+        (8, "a count of the wrong type (checks.non_finite is a string)", ["info", b("string-count", edit_manifest(
             lambda m: m["checks"].update(non_finite="3")))]),
-        ("a negative count (a token id of -1)", ["info", b("negative", edit_manifest(
+        (8, "a negative count (a token id of -1)", ["info", b("negative", edit_manifest(
             lambda m: m["tokens"][1].update(id=-1)))]),
-        ("more non-finite values claimed than the tensors hold", ["info", b("too-many", edit_manifest(
+        (8, "more non-finite values claimed than the tensors hold", ["info", b("too-many", edit_manifest(
             lambda m: m["checks"].update(non_finite=10**15)))]),
-        ("token text that is not valid Unicode", ["info", b("surrogate", surrogate)]),
-        ("bundle whose numerics check failed (not an error)", ["info", b("unhealthy", unhealthy)]),
-        ("sweep with an unknown executor", ["sweep", "-m", "tiny-gpt2", "--data", root / "bad.jsonl", "--out",
+        (8, "token text that is not valid Unicode", ["info", b("surrogate", surrogate)]),
+        (11, "bundle whose numerics check failed (not an error)", ["info", b("unhealthy", unhealthy)]),
+        (2, "sweep with an unknown executor", ["sweep", "-m", "tiny-gpt2", "--data", root / "bad.jsonl", "--out",
                                             root / "s", "--executor", "slurm"]),
-        ("sweep into a folder that holds something else", ["sweep", "-m", "tiny-gpt2", "--data",
+        (4, "sweep into a folder that holds something else", ["sweep", "-m", "tiny-gpt2", "--data",
                                                           root / "good.jsonl", "--out", root / "stuff"]),
-        *[(f"sweep input file: {label}", ["sweep", "-m", "tiny-gpt2", "--data", root / f"{name}.jsonl", "--out",
+        *[(7, f"sweep input file: {label}", ["sweep", "-m", "tiny-gpt2", "--data", root / f"{name}.jsonl", "--out",
                                           root / "s"])
           for label, name in (("invalid UTF-8 on line 2", "latin1"), ("NaN", "nan"), ("nested 10000 deep", "deep"),
                               ("a string where a number belongs", "type"), ("an input named `..`", "dotdot"),
                               ("an input named `.hidden`", "hidden"), ("a name used twice", "duplicate"),
                               ("a key given twice", "dupkey"))],
-        ("trace --prompts with an input named `..`", ["trace", "-m", "tiny-gpt2", "--prompts", root / "dotdot.jsonl",
+        (7, "trace --prompts with an input named `..`", ["trace", "-m", "tiny-gpt2", "--prompts", root / "dotdot.jsonl",
                                                      "--out", root / "many"]),
-        ("probe prompts missing a field", ["probe", "build", "-m", "tiny-llama", "--prompts",
+        (7, "probe prompts missing a field", ["probe", "build", "-m", "tiny-llama", "--prompts",
                                            root / "kv-missing.jsonl", "--out", root / "kv.parquet"]),
-        ("sweep into a folder another sweep is writing", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
+        (9, "sweep into a folder another sweep is writing", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
                                                           "--out", root / "busy"]),
-        ("sweep --force on a folder of the user's files", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
+        (4, "sweep --force on a folder of the user's files", ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl",
                                                            "--out", root / "stuff", "--force"]),
-        ("sweep resumed with a commit record naming `inputs/../../x.parquet`",
+        (9, "sweep resumed with a commit record naming `inputs/../../x.parquet`",
          ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl", "--out", root / "sweep-escape"]),
-        ("sweep resumed with a truncated part (not an error: the part is traced again)",
+        (9, "sweep resumed with a truncated part (not an error: the part is traced again)",
          ["sweep", "-m", "tiny-gpt2", "--data", root / "good.jsonl", "--out", root / "sweep-truncated",
           "--threads", "1"]),
-        *[(f"probe option {' '.join(option)}", ["probe", "train", "--data", root / "none.parquet", "--out",
+        *[(2, f"probe option {' '.join(option)}", ["probe", "train", "--data", root / "none.parquet", "--out",
                                                 root / "new.probe", *option])
           for option in (("--C", "-1"), ("--C", "nan"), ("--epochs", "-5"), ("--detector", "nonkes", "--k", "0"),
                          ("--detector", "nonkes", "--threshold", "nan"), ("--test-fraction", "1"))],
-        ("probe option --top-k 0", ["probe", "build", "-m", "tiny-llama", "--out", root / "kv.parquet",
+        (2, "probe option --top-k 0", ["probe", "build", "-m", "tiny-llama", "--out", root / "kv.parquet",
                                     "--top-k", "0"]),
-        ("app --cache-mb -5", ["app", "--traces", root, "--cache-mb", "-5"]),
-        ("probe training on a missing dataset", ["probe", "train", "--data", root / "none.parquet", "--out",
+        (2, "app --cache-mb -5", ["app", "--traces", root, "--cache-mb", "-5"]),
+        (5, "probe training on a missing dataset", ["probe", "train", "--data", root / "none.parquet", "--out",
                                                  root / "new.probe"]),
-        ("probe output already exists", ["probe", "train", "--data", root / "none.parquet", "--out",
+        (4, "probe output already exists", ["probe", "train", "--data", root / "none.parquet", "--out",
                                          root / "exists.probe"]),
-        ("app on a missing traces folder", ["app", "--traces", root / "nowhere"]),
-        ("app allowed a model folder that does not exist", ["app", "--traces", root, "--allow-model-dir",
+        (10, "app on a missing traces folder", ["app", "--traces", root / "nowhere"]),
+        (10, "app allowed a model folder that does not exist", ["app", "--traces", root, "--allow-model-dir",
                                                             root / "nowhere"]),
     ]
 
 
 def api_cases(root: Path):
     return [
-        ("`workbench.trace(..., max_new_tokens=-1)`", lambda: workbench.trace("tiny-llama", "x", max_new_tokens=-1)),
-        ("`workbench.trace(..., maps='all', max_map_memory='1KB')`",
+        (2, "`workbench.trace(..., max_new_tokens=-1)`", lambda: workbench.trace("tiny-llama", "x", max_new_tokens=-1)),
+        (3, "`workbench.trace(..., maps='all', max_map_memory='1KB')`",
          lambda: workbench.trace("tiny-llama", "x", maps="all", max_map_memory="1KB")),
-        ("`workbench.load` of a missing path", lambda: workbench.load(root / "missing.wbtrace")),
-        ("`workbench.load` of a swapped-shard bundle, reading a layer",
+        (8, "`workbench.load` of a missing path", lambda: workbench.load(root / "missing.wbtrace")),
+        (8, "`workbench.load` of a swapped-shard bundle, reading a layer",
          lambda: workbench.load(root / "swapped.wbtrace").layer(1)),
-        ("`workbench.load` of a bundle whose manifest claims 10^9 layers",
+        (8, "`workbench.load` of a bundle whose manifest claims 10^9 layers",
          lambda: workbench.load(root / "layers.wbtrace")),
-        ("`workbench.load` of a bundle with Infinity in its checks", lambda: workbench.load(root / "infinity.wbtrace")),
+        (8, "`workbench.load` of a bundle with Infinity in its checks", lambda: workbench.load(root / "infinity.wbtrace")),
     ]
 
 
@@ -263,16 +316,16 @@ def app_cases(root: Path):
 
     big = _png_url(b"\x89PNG" + b"\0" * (8 * 1024 * 1024 + 4096))
     return [
-        ("page URL with `bundle=../../etc/passwd`", lambda c: _page(c, "/model", "?bundle=../../etc/passwd")),
-        ("page URL naming a corrupt bundle", lambda c: _page(c, "/model", "?bundle=truncated-manifest")),
-        ("page URL naming a bundle whose manifest claims 10^9 layers", lambda c: _page(c, "/model", "?bundle=layers")),
-        ("page URL naming a bundle with Infinity in its checks", lambda c: _page(c, "/model", "?bundle=infinity")),
-        ("static path `/_dash-component-suites/dash/../../../etc/passwd`",
+        (10, "page URL with `bundle=../../etc/passwd`", lambda c: _page(c, "/model", "?bundle=../../etc/passwd")),
+        (8, "page URL naming a corrupt bundle", lambda c: _page(c, "/model", "?bundle=truncated-manifest")),
+        (8, "page URL naming a bundle whose manifest claims 10^9 layers", lambda c: _page(c, "/model", "?bundle=layers")),
+        (8, "page URL naming a bundle with Infinity in its checks", lambda c: _page(c, "/model", "?bundle=infinity")),
+        (10, "static path `/_dash-component-suites/dash/../../../etc/passwd`",
          lambda c: c.get("/_dash-component-suites/dash/../../../etc/passwd")),
-        ("image upload over 8 MB", lambda c: _upload(c, big, "big.png")),
-        ("upload that is not an image", lambda c: _upload(c, "data:text/html;base64," + base64.b64encode(
+        (10, "image upload over 8 MB", lambda c: _upload(c, big, "big.png")),
+        (10, "upload that is not an image", lambda c: _upload(c, "data:text/html;base64," + base64.b64encode(
             b"<script>alert(1)</script>").decode(), "x.png")),
-        ("request body over the HTTP limit", lambda c: c.post("/_dash-update-component", data=b"x" * (20 << 20),
+        (10, "request body over the HTTP limit", lambda c: c.post("/_dash-update-component", data=b"x" * (20 << 20),
                                                                content_type="application/json")),
     ]
 
@@ -284,12 +337,12 @@ def serving_cases(root: Path):
 
     damaged(root, "foreign-model", edit_manifest(lambda m: m["model"].update(name="/home/someone/private-model")))
     return [
-        ("trace form keeping maps `0-30000000`", lambda c: _submit(c, "0-30000000")),
-        ("trace form keeping maps `0:0-2000000`", lambda c: _submit(c, "0:0-2000000")),
-        ("trace form naming a server path as the model", lambda c: _submit(c, "", model="/etc")),
-        ("Head view of a statistics-only bundle whose manifest names a model folder the server was not given "
+        (3, "trace form keeping maps `0-30000000`", lambda c: _submit(c, "0-30000000")),
+        (3, "trace form keeping maps `0:0-2000000`", lambda c: _submit(c, "0:0-2000000")),
+        (10, "trace form naming a server path as the model", lambda c: _submit(c, "", model="/etc")),
+        (10, "Head view of a statistics-only bundle whose manifest names a model folder the server was not given "
          "(`--allow-model-dir`)", lambda c: _head_map(c, "foreign-model", raw=True)),
-        ("image upload of 30000 x 30000 pixels", lambda c: _upload(c, _png_url((root / "bomb.png").read_bytes()),
+        (11, "image upload of 30000 x 30000 pixels", lambda c: _upload(c, _png_url((root / "bomb.png").read_bytes()),
                                                                    "bomb.png")),
     ]
 
@@ -323,37 +376,77 @@ def _app_text(response) -> str:
     return "".join(strings) or "(no error panel: the id is only looked up, never used as a path; the newest bundle opens)"
 
 
+CLASSES = {
+    1: "Usage errors",
+    2: "Option values, checked before any work (against the model's dimensions where they depend on it)",
+    3: "Short specs that would ask for unbounded work",
+    4: "`--force` replaces only what the workbench wrote",
+    5: "Outputs checked before the work",
+    6: "What is printed is shown as text",
+    7: "Input files",
+    8: "Damaged or tampered bundles",
+    9: "Concurrency and resumed sweeps",
+    10: "The app",
+    11: "Images, model classes and numerics advice",
+    0: "Models, prompts and images",
+}
+
+
+def _cli_shown(label: str, code: int, out: str, err: str) -> str:
+    shown = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and "internal error" not in err, (label, err)
+    if "not an error" in label:  # what it warns about (progress lines carry timings), or the line it escaped
+        warned = [line for line in shown if line.startswith("warning: ")]
+        return "\n".join(warned or [line for line in out.splitlines() if "\\x1b" in line])
+    assert code == 2 and len(shown) == 1 and shown[0].startswith("error: "), (label, code, err)
+    return shown[0]
+
+
 def generate(root: Path) -> str:
     from workbench.app import create_app
-
-    lines = [HEADER, "## Command line\n", "| bad input | exit | what you see (stderr) |", "|---|---|---|"]
     from workbench.scale.lock import SweepLock
 
+    rows: list[tuple[int, str, str, str, str]] = []  # (class, where, bad input, outcome, what the user sees)
     with SweepLock(root / "busy"):  # this process holds the folder that one row sweeps into
-        cli_rows = [(label, *run_cli(*args)) for label, args in cli_cases(root)]
-    for label, code, _, err in cli_rows:
-        shown = [line for line in err.splitlines() if line.strip()]
-        if "not an error" in label:  # what it warns about; progress lines carry timings
-            shown = [line for line in shown if line.startswith("warning: ")]
-        assert "Traceback" not in err, (label, err)
-        if "not an error" not in label:
-            assert code == 2 and len(shown) == 1 and shown[0].startswith("error: "), (label, code, err)
-        lines.append(f"| {label} | {code} | {_cell(chr(10).join(shown), root)} |")
+        cli_rows = [(cls, label, *run_cli(*args)) for cls, label, args in cli_cases(root)]
+    for cls, label, code, out, err in cli_rows:
+        rows.append((cls, "CLI", label, f"exit {code}", _cli_shown(label, code, out, err)))
     assert (root / "keep.wbtrace" / "precious.txt").read_text() == "mine" and (root / "exists.probe").read_text() == "old"
-    lines += ["", "## Python API\n", "| call | raises | message |", "|---|---|---|"]
-    for label, call in api_cases(root):
+    assert (root / "latin1.txt").read_bytes() == "caf\xe9".encode("latin-1")
+    for cls, label, call in api_cases(root):
         with pytest.raises(workbench.WorkbenchError) as raised:
             call()
-        lines.append(f"| {label} | `{type(raised.value).__name__}` | {_cell(str(raised.value), root)} |")
-    lines += ["", "## App (HTTP requests as the browser sends them)\n", "| bad input | what the page shows |",
-              "|---|---|"]
+        rows.append((cls, "Python", label, f"`{type(raised.value).__name__}`", str(raised.value)))
     client = create_app(root, allow_trace=False, allow_recompute=False).server.test_client()
-    for label, request in app_cases(root):
-        lines.append(f"| {label} | {_cell(_app_text(request(client)), root)} |")
     serving = create_app(root).server.test_client()
-    for label, request in serving_cases(root):
-        lines.append(f"| {label} | {_cell(_app_text(request(serving)), root)} |")
+    for app, cases in ((client, app_cases(root)), (serving, serving_cases(root))):
+        for cls, label, request in cases:
+            response = request(app)
+            rows.append((cls, "app", label, f"HTTP {response.status_code}", _app_text(response)))
+    return _page(rows, root)
+
+
+def _page(rows, root: Path) -> str:
+    lines = [HEADER, "| | class of mistake | tried | outcome |", "|---|---|---|---|"]
+    for cls, title in CLASSES.items():
+        mine = [row for row in rows if row[0] == cls]
+        worked = sum("not an error" in row[2] for row in mine)
+        failed = len(mine) - worked
+        outcome = (f"{failed} {'ends' if failed == 1 else 'end'} in one line (CLI: exit 2), {worked} "
+                   f"{'works' if worked == 1 else 'work'}") if worked else \
+            f"all {len(mine)} end in one line (CLI: exit 2; Python: a WorkbenchError; app: a panel or an HTTP error)"
+        lines.append(f"| {cls or '-'} | [{title}](#{_anchor(cls, title)}) | {len(mine)} | {outcome} |")
+    for cls, title in CLASSES.items():
+        lines += ["", f"## {f'{cls}. ' if cls else ''}{title}\n", "| where | bad input | outcome | what the user sees |",
+                  "|---|---|---|---|"]
+        lines += [f"| {where} | {label} | {outcome} | {_cell(seen, root)} |"
+                  for row_cls, where, label, outcome, seen in rows if row_cls == cls]
     return "\n".join(lines) + "\n"
+
+
+def _anchor(cls: int, title: str) -> str:
+    text = (f"{cls}. " if cls else "") + title
+    return re.sub(r"[^a-z0-9 -]", "", text.lower()).replace(" ", "-")
 
 
 def test_bad_inputs_page_matches_what_users_see(workspace):
