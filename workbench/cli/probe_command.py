@@ -55,8 +55,8 @@ def build(
                                             help="Also capture what the released Lookback Lens convention needs on "
                                                  "chat-template inputs (--variant reference): the decomposition "
                                                  "tensors; slower."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest for small models "
-                                                                  "on a busy machine) [default: torch's]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs "
+                                                                  "minus the load average, at least 1]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
 ) -> None:
     """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
@@ -94,8 +94,9 @@ def build(
 
     from workbench.models import load_model
 
-    if threads is not None:
-        __import__("torch").set_num_threads(threads)
+    from workbench.threads import apply_threads
+
+    apply_threads(threads)
     console = SafeConsole(stderr=True, soft_wrap=True)
     with console.status(f"loading {model}"):
         loaded = load_model(model)

@@ -58,6 +58,8 @@ def trace(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
+                                                                "the load average, at least 1]."),
     probe: Path | None = typer.Option(None, "--probe", help="Lookback Lens probe: store per-token hallucination "
                                                                "scores as results/lookback.json."),
 ) -> None:
@@ -78,6 +80,7 @@ def trace(
     # Every option is checked here, before any weights load: a typo fails in a second with one line.
     options.count("--max-new-tokens", max_new_tokens, high=1_000_000)
     options.count("--max-length", max_length, low=1, high=options.MAX_COUNT)
+    options.count("--threads", threads, low=1, high=4096)
     _check_model_options(dtype, rope_scaling, max_length)
     check_backend(backend, remote=remote)
     plan = CapturePlan.build(maps=maps, vision_maps=vision_maps, hidden_states=hidden, head_outputs=head_outputs,
@@ -100,6 +103,9 @@ def trace(
     from workbench.capture import Tracer
     from workbench.cli.printing import SafeConsole
 
+    from workbench.threads import apply_threads
+
+    apply_threads(threads)
     # The first SmolLM2 load converts its GGUF weights (~20 s); later loads take about a second.
     with SafeConsole(stderr=True).status(f"loading {model}"):
         tracer = Tracer.open(model, backend=backend, remote=remote, device=device, dtype=dtype,

@@ -29,6 +29,8 @@ def vhd_command(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
+                                                                "the load average, at least 1]."),
 ) -> None:
     """Vision-aware head divergence: per generated token, how much each head's output changes without the image; VHR."""
     if sum(x is not None for x in (prompt, bundle, prompts, scenes)) != 1:
@@ -44,7 +46,11 @@ def vhd_command(
     check.count("--limit", limit, low=1)
     check.count("--top-k", top_k, low=1, high=65535)
     check.real("--alpha", alpha, above=0.0, high=1000.0)
+    check.count("--threads", threads, low=1, high=4096)
     json_out = check_json_output(json_out, force=force)
+    from workbench.threads import apply_threads
+
+    apply_threads(threads)
     from workbench.analyses import divergence
     from workbench.capture import Tracer
     from workbench.cli.printing import SafeConsole

@@ -121,7 +121,8 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     executor: "local" (this process) or "ray" (Ray Data actors; `ray_address` joins a cluster, else one starts
         locally). batch_size: inputs per worker call and per committed part. workers: Ray replicas (0 = fill the
         cluster). gpus_per_worker > 1 spreads each replica over several GPUs. threads: torch threads per replica
-        (default: cpus_per_worker on Ray, torch's default locally); equal threads give bit-identical numbers.
+        (default: cpus_per_worker on Ray; locally the usable CPUs minus the load average, shared by the workers);
+        equal threads give bit-identical numbers.
     bundles: also save full bundles of this many evenly spread inputs. force: delete a previous sweep in `out`.
     remote: run the model on NDIF through nnsight (needs backend "nnsight", NDIF_API_KEY and network; checked
         first, failing at once).
@@ -165,8 +166,11 @@ def _run(inputs, store: SweepStore, done: set[int], *, model, backend, remote, d
          cpus_per_worker, threads, kernel, max_new_tokens, system, raw, bundles, executor, batch_size, workers,
          ray_address, progress) -> SweepResult:
     pending = [item for item in inputs.items if item.index not in done]
-    if threads is None:
-        threads = max(1, int(cpus_per_worker)) if executor == "ray" else 0
+    if threads is None:  # Ray reserves CPUs per replica; locally the replicas share what the machine has free
+        from workbench.threads import default_threads
+
+        local = max(1, default_threads()[0] // max(1, int(workers or 1)))
+        threads = max(1, int(cpus_per_worker)) if executor == "ray" else local
     config = WorkerConfig(model=model, backend=backend, remote=bool(remote), device=device, dtype=dtype,
                           gpus=gpus_per_worker, threads=threads, kernel=kernel, max_new_tokens=max_new_tokens,
                           system=system, raw=raw, out=str(store.out), bundle_indices=_sample(len(inputs), bundles))
