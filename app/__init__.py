@@ -5,7 +5,7 @@ Layers, each importable on its own:
                             (stored or recomputed for one layer), token rows, images, analysis results,
                             background trace jobs. No Dash import.
     workbench.app.figures   pure builders returning `go.Figure` (or plain element lists), shared with notebooks.
-    workbench.app.pages     one module per Dash page (Runs, Model, Head, Token, Image, Circuits,
+    workbench.app.pages     one module per Dash page (Runs, Model, Heads, Head, Token, Image, Circuits,
                             Hallucination); `PAGES` lists them, so a new analysis adds its view there.
     workbench.app.server    `create_app(traces_dir)`: the Dash app with the page shell.
 

@@ -90,20 +90,31 @@ def layer_maps(trace, layer: int, *, stack: str = "text", heads: list[int] | Non
 
     model: a Tracer, a LoadedModel, a model name, or None (the bundle's own model name). image: a PIL image (VLMs).
     """
+    return layers_maps(trace, [layer], stack=stack, heads=heads, model=model, image=image, map_dtype=map_dtype,
+                       pool=pool)[layer]
+
+
+def layers_maps(trace, layers, *, stack: str = "text", heads: list[int] | None = None, model=None, image=None,
+                map_dtype: torch.dtype = torch.float32, pool: ModelPool | None = None) -> dict[int, RecomputedLayer]:
+    """{layer: RecomputedLayer} for several layers from ONE forward (stopped after the last of them); the maps of
+    every wanted layer are held at once, so callers bound len(layers) x heads x n^2 themselves."""
     n_heads = trace.n_heads(stack)
     wanted = list(range(n_heads)) if heads is None else [int(h) for h in heads]
-    if not 0 <= layer < trace.n_layers(stack) or any(not 0 <= h < n_heads for h in wanted):
-        raise InputError(f"layer {layer} / heads {wanted} outside the bundle's {stack} stack")
+    layers = sorted({int(layer) for layer in layers})
+    if any(not 0 <= layer < trace.n_layers(stack) for layer in layers) or any(not 0 <= h < n_heads for h in wanted):
+        raise InputError(f"layers {layers} / heads {wanted} outside the bundle's {stack} stack")
     tracer, lock = _tracer(trace, model, pool or _DEFAULT_POOL)
     with lock:
-        replayed = tracer.replay(trace, layers=[layer], stack=stack, heads=wanted, image=image,
-                                 map_dtype=map_dtype)[layer]
-    stored = stat(trace, stack, layer, "key_mass")
-    mismatch = float("nan")
-    if stored is not None:
-        stored = stored[wanted].float()
-        mismatch = float((replayed.key_mass - stored).abs().max() / stored.abs().max().clamp_min(1e-12))
-    return RecomputedLayer(replayed.maps, wanted, mismatch)
+        replayed = tracer.replay(trace, layers=layers, stack=stack, heads=wanted, image=image, map_dtype=map_dtype)
+    out = {}
+    for layer in layers:
+        stored = stat(trace, stack, layer, "key_mass")
+        mismatch = float("nan")
+        if stored is not None:
+            stored = stored[wanted].float()
+            mismatch = float((replayed[layer].key_mass - stored).abs().max() / stored.abs().max().clamp_min(1e-12))
+        out[layer] = RecomputedLayer(replayed[layer].maps, wanted, mismatch)
+    return out
 
 
 def token_rows(trace, position: int, *, stack: str = "text", model=None, image=None,

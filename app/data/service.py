@@ -19,8 +19,9 @@ from workbench.app.data.images import ImageFinder, data_uri, model_view
 from workbench.app.data.jobs import TraceJobs
 from workbench.app.data.metrics import Metric, statistics_metrics
 from workbench.app.data.model_access import ModelAccess
-from workbench.app.data.recompute import ModelPool, layer_maps, token_rows
+from workbench.app.data.recompute import ModelPool, layer_maps, layers_maps, token_rows
 from workbench.app.data.tensors import read_first_axis, stored_map_heads, tensor_name
+from workbench.app.data.thumbnails import THUMBNAIL_SIDE, LayerThumbnails, pool_heads
 from workbench.app.data.uploads import Uploads
 
 from workbench.errors import InputError
@@ -149,6 +150,58 @@ class AppData:
         elif not math.isnan(mismatch):
             note += f"; matches the stored statistics (max relative key-mass difference {mismatch:.1e})"
         return HeadMap(values, "recomputed", note, warning)
+
+    # -- every head at once ------------------------------------------------------------------------
+    def thumbnails(self, bundle_id, stack: str, layers, side: int = THUMBNAIL_SIDE) -> list[LayerThumbnails]:
+        """Pooled maps of every head of `layers` (stored maps, else recomputed: one forward for as many layers
+        as fit the recompute budget at once); cached per layer, so the full maps are never kept for this."""
+        info = self.info(bundle_id)
+        trace = self.trace(bundle_id)
+        layers = [int(layer) for layer in layers]
+        if stack not in trace.stacks or any(not 0 <= layer < trace.n_layers(stack) for layer in layers):
+            raise InputError(f"no {stack} layers {layers} in this bundle")
+
+        def key(layer):
+            return info.key, "thumbnails", stack, layer, side
+
+        missing = [layer for layer in layers if self.cache.get(key(layer)) is None]
+        if missing:
+            for layer, pooled in self._pooled_layers(info, trace, stack, missing, side).items():
+                self.cache.put(key(layer), pooled)
+        return [self.cache.get_or_compute(key(layer), lambda layer=layer: self._pooled_layers(
+            info, trace, stack, [layer], side)[layer]) for layer in layers]
+
+    def _pooled_layers(self, info, trace, stack, layers, side) -> dict[int, LayerThumbnails]:
+        n_heads = trace.n_heads(stack)
+        out, replay = {}, []
+        for layer in layers:
+            recomputed = self.cache.get((info.key, "recomputed", stack, layer))  # a Head page opened it earlier
+            if stored_map_heads(trace, stack, layer) == list(range(n_heads)):
+                name = tensor_name(stack, layer, "maps")
+                out[layer] = pool_heads(layer, [read_first_axis(trace, name, h) for h in range(n_heads)], side=side,
+                                        source="stored")
+            elif recomputed is not None:
+                out[layer] = pool_heads(layer, recomputed[0].maps, side=side, source="recomputed",
+                                        mismatch=recomputed[0].mismatch)
+            else:
+                replay.append(layer)
+        if replay and not self.allow_recompute:
+            raise InputError("this bundle stores statistics only and the app runs with --no-recompute; trace again "
+                             "with --maps all to store the maps")
+        n = trace.dims["stacks"][stack]["positions"]
+        layer_bytes = n * n * n_heads * 2
+        at_once = max(1, RECOMPUTE_LAYER_BYTES // layer_bytes)
+        image = self.image(info.id) if replay and trace.meta["inputs"].get("image") else None
+        for start in range(0, len(replay), at_once):
+            began = time.perf_counter()
+            part = layers_maps(trace, replay[start:start + at_once], stack=stack, image=image,
+                               map_dtype=torch.float16, pool=self.pool)
+            seconds = time.perf_counter() - began
+            for layer, result in part.items():
+                out[layer] = pool_heads(layer, result.maps, side=side, source="recomputed", mismatch=result.mismatch)
+                if len(replay) == 1 and layer_bytes <= RECOMPUTE_LAYER_BYTES:  # its Head page is one click away
+                    self.cache.put((info.key, "recomputed", stack, layer), (result, seconds))
+        return out
 
     # -- token view ---------------------------------------------------------------------------------
     def token_rows(self, bundle_id, position: int, stack: str = "text"):

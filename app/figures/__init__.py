@@ -1,11 +1,12 @@
 """Pure figure builders shared by the app and the notebooks: inputs are arrays and lists, outputs `go.Figure`
-(or plain element lists for cytoscape graphs and coloured text). No Dash, no bundle access here."""
+(or plain element lists for cytoscape graphs and coloured text, PNG data URIs for thumbnails). No Dash, no bundle access here."""
 
 from workbench.app.figures.graphs import circuit_elements, route_elements
 from workbench.app.figures.head import attention_map, line_view
 from workbench.app.figures.image import patch_overlay
 from workbench.app.figures.model import head_grid, layer_curves
 from workbench.app.figures.text import lookback_heatmap, score_colors, token_series
+from workbench.app.figures.thumbnails import thumbnail_uri
 from workbench.app.figures.token import token_layers, token_regions
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
            "patch_overlay",
            "route_elements",
            "score_colors",
+           "thumbnail_uri",
            "token_layers",
            "token_regions",
            "token_series",

@@ -1,8 +1,8 @@
 """Shared pieces of the figure builders: region colours, safe token labels, message figures, region bands.
 
 Token text never becomes a categorical axis (duplicates would collapse): axes are integer positions and
-text appears only as tick labels of small windows and in hover text, escaped (plotly renders a subset of
-HTML in labels, and token text is untrusted input).
+text appears as tick labels (thinned to what fits the axis) and in hover text, escaped (plotly renders a
+subset of HTML in labels, and token text is untrusted input).
 """
 
 from __future__ import annotations
@@ -82,9 +82,29 @@ def region_band_shapes(regions: list[str], start: int, end: int, *, axis: str, m
     return shapes
 
 
+LABEL_PIXELS = 14  # one tick label per this many pixels of axis: 12 px text plus a little air
+
+
+def labels_that_fit(axis_pixels: int) -> int:
+    """How many token labels an axis of `axis_pixels` pixels can carry without overlapping."""
+    return max(2, int(axis_pixels) // LABEL_PIXELS)
+
+
+def thinned_positions(start: int, end: int, max_labels: int) -> list[int]:
+    """Evenly spaced positions of start..end-1, at most `max_labels`: every position when they fit, else the
+    multiples of the smallest step that fits (multiples, so a zoomed window keeps the labels it had)."""
+    span = end - start
+    if span <= 0:
+        return []
+    step = max(1, math.ceil(span / max(1, max_labels)))
+    first = -(-start // step) * step
+    return list(range(first, end, step))
+
+
 def position_ticks(texts: list[str], start: int, end: int, *, max_labels: int = 32) -> dict:
-    """Axis ticks for positions start..end-1: token text when few enough, otherwise plain numbers."""
-    if end - start <= max_labels:
-        return dict(tickmode="array", tickvals=list(range(start, end)),
-                    ticktext=[f"{token_label(texts[p], 10)} {p}" for p in range(start, end)])
-    return dict(tickmode="auto")
+    """Axis ticks for positions start..end-1 labelled `text position`, thinned evenly to at most `max_labels`.
+
+    The axis values stay integer positions, so two tokens with the same text keep two ticks (a categorical
+    axis would merge them)."""
+    shown = thinned_positions(start, end, max_labels)
+    return dict(tickmode="array", tickvals=shown, ticktext=[f"{token_label(texts[p], 10)} {p}" for p in shown])

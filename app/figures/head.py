@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 from workbench.app.data.maps import Window
-from workbench.app.figures.common import FONT, REGION_COLORS, position_ticks, region_band_shapes, token_label
+from workbench.app.figures.common import (
+    FONT,
+    REGION_COLORS,
+    labels_that_fit,
+    position_ticks,
+    region_band_shapes,
+    token_label,
+)
 
 from workbench.traces.metrics import SINK_EPSILON
 
-HOVER_TEXT_CELLS = 96  # per side: windows up to this size carry token text in every cell's hover
+HOVER_TEXT_CELLS = 160 * 160  # full-resolution windows up to this many cells carry token text in every cell's hover
+HOVER_TEXT_LIMIT = 60  # characters of a token shown in hover (tick labels are cut at 10)
+MARGIN_TOP, MARGIN_BOTTOM = 70, 100
 
 
 def attention_map(win: Window, *, texts: list[str], regions: list[str], sink_keys: list[int] = (),
@@ -17,6 +26,7 @@ def attention_map(win: Window, *, texts: list[str], regions: list[str], sink_key
                   height: int = 700, uirevision=None) -> go.Figure:
     """Heatmap of a map window: x = key position, y = query position (0 at the top), both integer axes.
 
+    Both axes carry `text position` tick labels at any length, thinned evenly to what fits the plot's height.
     Cells of a pooled window (long sequences) show the block MAXIMUM. Region strips run along the top
     (keys) and the left (queries); `sink_keys` get dashed column markers; `selected_query` a row marker.
     scale: "linear" or "log" (log10 of the weight, floored at 1e-6).
@@ -34,15 +44,16 @@ def attention_map(win: Window, *, texts: list[str], regions: list[str], sink_key
     if win.pooled:
         trace["hovertemplate"] = (f"queries ~%{{y:.0f}} (blocks of {win.q_step}) → keys ~%{{x:.0f}} (blocks of "
                                   f"{win.k_step})<br>block max {value}<extra>zoom in for tokens</extra>")
-    elif values.shape[0] <= HOVER_TEXT_CELLS and values.shape[1] <= HOVER_TEXT_CELLS:
-        q_text = np.array([token_label(texts[p]) for p in range(win.q0, win.q1)], dtype=object)
-        k_text = np.array([token_label(texts[p]) for p in range(win.k0, win.k1)], dtype=object)
+    elif values.size <= HOVER_TEXT_CELLS:
+        q_text = np.array([token_label(texts[p], HOVER_TEXT_LIMIT) for p in range(win.q0, win.q1)], dtype=object)
+        k_text = np.array([token_label(texts[p], HOVER_TEXT_LIMIT) for p in range(win.k0, win.k1)], dtype=object)
         trace["customdata"] = np.stack(np.broadcast_arrays(q_text[:, None], k_text[None, :]), axis=-1)
         trace["hovertemplate"] = ("query %{y} <b>%{customdata[0]}</b> → key %{x} <b>%{customdata[1]}</b><br>"
                                   + value + "<extra></extra>")
     else:
         trace["hovertemplate"] = "query %{y} → key %{x}<br>" + value + "<extra>zoom in for tokens</extra>"
     fig = go.Figure(go.Heatmap(**trace))
+    fitting = labels_that_fit(height - MARGIN_TOP - MARGIN_BOTTOM)  # square cells: both axes about this long
     shapes = region_band_shapes(regions, win.k0, win.k1, axis="x") + region_band_shapes(regions, win.q0, win.q1,
                                                                                          axis="y")
     for key in [k for k in sink_keys if win.k0 <= k < win.k1][:24]:
@@ -55,12 +66,12 @@ def attention_map(win: Window, *, texts: list[str], regions: list[str], sink_key
                            y1=selected_query + 0.5, line=dict(color="#ff7f0e", width=1.5)))
     fig.update_layout(
         title=title, template="plotly_white", font=FONT, height=height, shapes=shapes, uirevision=uirevision,
-        margin=dict(l=110, r=20, t=70, b=100), clickmode="event", dragmode="zoom",
+        margin=dict(l=110, r=20, t=MARGIN_TOP, b=MARGIN_BOTTOM), clickmode="event", dragmode="zoom",
         xaxis=dict(title="key position", range=[win.k0 - 0.5, win.k1 - 0.5], showgrid=False, zeroline=False,
-                   **position_ticks(texts, win.k0, win.k1), tickangle=-60 if win.k1 - win.k0 <= 32 else 0,
+                   **position_ticks(texts, win.k0, win.k1, max_labels=fitting), tickangle=-60,
                    constrain="domain"),
         yaxis=dict(title="query position", range=[win.q1 - 0.5, win.q0 - 0.5], showgrid=False, zeroline=False,
-                   **position_ticks(texts, win.q0, win.q1), ticklabelstandoff=16, constrain="domain",
+                   **position_ticks(texts, win.q0, win.q1, max_labels=fitting), ticklabelstandoff=16, constrain="domain",
                    scaleanchor="x" if square else None),
     )
     return fig

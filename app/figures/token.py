@@ -43,7 +43,7 @@ def token_layers(rows: np.ndarray, *, position: int, texts: list[str], regions: 
         height=height or int(min(900, max(300, 18 * n_layers + 150))), shapes=shapes,
         margin=dict(l=60, r=20, t=60 if title else 30, b=80),
         xaxis=dict(title="key position", range=[-0.5, n - 0.5], showgrid=False, **position_ticks(texts, 0, n),
-                   tickangle=-60 if n <= 32 else 0),
+                   tickangle=-60),
         yaxis=dict(title="layer", autorange="reversed", showgrid=False, **layer_ticks(n_layers)),
     )
     return fig

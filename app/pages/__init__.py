@@ -7,9 +7,10 @@ bundle without it shows that command), and append the module here.
 
 from __future__ import annotations
 
-from workbench.app.pages import circuits, hallucination, head, image, model, runs, token
+from workbench.app.pages import circuits, hallucination, head, heads, image, model, runs, token
 from workbench.app.pages.common import Page
 
-PAGES: list[Page] = [runs.PAGE, model.PAGE, head.PAGE, token.PAGE, image.PAGE, circuits.PAGE, hallucination.PAGE]
+PAGES: list[Page] = [runs.PAGE, model.PAGE, heads.PAGE, head.PAGE, token.PAGE, image.PAGE, circuits.PAGE,
+                     hallucination.PAGE]
 
 __all__ = ["PAGES", "Page"]
