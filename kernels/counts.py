@@ -50,9 +50,9 @@ def visibility_counts(
     block_q: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """key_count [batch, key_pos] (queries per key), region_count [batch, query_pos, region]; int64."""
-    regions = key_regions.to(device=device, dtype=torch.long)
-    one_hot = torch.nn.functional.one_hot(regions, n_regions)  # [key_pos, region] int64
     if mask.dense is not None:
+        regions = key_regions.to(device=device, dtype=torch.long)
+        one_hot = torch.nn.functional.one_hot(regions, n_regions)  # [key_pos, region] int64
         dense = mask.dense[:, 0].to(device=device, dtype=torch.bool).expand(batch, n_queries, n_keys)
         key_count = dense.sum(dim=1)
         region_count = torch.empty(batch, n_queries, n_regions, dtype=torch.long, device=device)
@@ -68,18 +68,44 @@ def visibility_counts(
         if mask.sliding_window is not None
         else torch.zeros_like(rows)
     )
-    hi = torch.maximum(hi, lo)
-    if mask.key_padding is not None:
-        weight = mask.key_padding.to(device=device, dtype=torch.long)  # [batch, key_pos]
-    else:
-        weight = torch.ones(1, n_keys, dtype=torch.long, device=device)
+    weight = mask.key_padding.to(device=device, dtype=torch.long) if mask.key_padding is not None else None
+    return interval_counts(lo[None], torch.maximum(hi, lo)[None], batch=batch, n_keys=n_keys,
+                           key_regions=key_regions, n_regions=n_regions, device=device, key_weight=weight)
+
+
+def interval_counts(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    *,
+    batch: int,
+    n_keys: int,
+    key_regions: torch.Tensor,
+    n_regions: int,
+    device,
+    key_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """key_count [batch, key_pos] and region_count [batch, query_pos, region] (int64) when query row i sees the
+    keys [start_i, end_i) (`MaskSpec.key_intervals`; start, end: [batch|1, query_pos], end >= start), less the
+    keys whose key_weight [batch, key_pos] is 0. Prefix sums over the keys: no [query_pos, key_pos] tensor."""
+    regions = key_regions.to(device=device, dtype=torch.long)
+    one_hot = torch.nn.functional.one_hot(regions, n_regions)  # [key_pos, region] int64
+    start, end = start.to(device), end.to(device)
+    weight = key_weight if key_weight is not None else torch.ones(1, n_keys, dtype=torch.long, device=device)
     prefix = torch.zeros(weight.shape[0], n_keys + 1, n_regions, dtype=torch.long, device=device)
     prefix[:, 1:] = torch.cumsum(weight[:, :, None] * one_hot[None], dim=1)
-    region_count = (prefix[:, hi] - prefix[:, lo]).expand(batch, n_queries, n_regions).contiguous()
-    # Queries per key from a difference array over the row intervals [lo_i, hi_i).
-    delta = torch.zeros(n_keys + 1, dtype=torch.long, device=device)
-    delta.index_add_(0, lo, torch.ones_like(lo))
-    delta.index_add_(0, hi, -torch.ones_like(hi))
-    rows_per_key = torch.cumsum(delta, dim=0)[:n_keys]
-    key_count = (weight * rows_per_key[None]).expand(batch, n_keys).contiguous()
+    # rows of batch b read prefix b (or the shared prefix 0); each row's count is prefix[end] - prefix[start]
+    rows_batch = max(start.shape[0], weight.shape[0])
+    prefix = prefix.expand(rows_batch, -1, -1)
+    start_x, end_x = start.expand(rows_batch, -1), end.expand(rows_batch, -1)
+
+    def prefix_at(positions: torch.Tensor) -> torch.Tensor:
+        return torch.gather(prefix, 1, positions[:, :, None].expand(-1, -1, n_regions))
+
+    region_count = (prefix_at(end_x) - prefix_at(start_x)).expand(batch, -1, -1).contiguous()
+    # Queries per key from a difference array over the row intervals [start_i, end_i), per batch row.
+    delta = torch.zeros(start.shape[0], n_keys + 1, dtype=torch.long, device=device)
+    delta.scatter_add_(1, start, torch.ones_like(start))
+    delta.scatter_add_(1, end, -torch.ones_like(end))
+    rows_per_key = torch.cumsum(delta, dim=1)[:, :n_keys]
+    key_count = (weight * rows_per_key).expand(batch, n_keys).contiguous()
     return key_count, region_count

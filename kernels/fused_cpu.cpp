@@ -1,7 +1,7 @@
 // One-pass CPU attention: the layer output and the attention statistics from the same scores.
 //
 // Per (batch, head) and block of query rows: S = scaling * Q K^T over every key the block may see (one
-// GEMM into a [rows, keys] scratch that stays in cache), then per row the max, exp(s - max) with the
+// GEMM into a [rows, keys] scratch that stays in cache; the keys are the union of the rows' intervals), then per row the max, exp(s - max) with the
 // row sum split by key region and sum e * (s - max) for the entropy, then p = e / Z written back while
 // the column sums accumulate, and finally O = P V (a second GEMM) straight into the [batch, query_pos,
 // head, d_head] layout transformers expects. The scores are computed once instead of twice (SDPA
@@ -10,6 +10,10 @@
 // Column sums without atomics: the query blocks of a head are dealt round-robin to CHUNKS fixed chunks,
 // each with its own column-sum row; the rows are added in chunk order at the end. The result does not
 // depend on the number of threads or on which thread ran what.
+//
+// The mask is one key interval [key_start_i, key_end_i) per query row: causal (with a KV-cache offset),
+// sliding-window, chunked-local and prefix-LM masks all have this form, and a block only touches the keys
+// between its rows' smallest start and largest end.
 //
 // Registered as torch.ops.workbench.fused_attention_statistics; the Python side is kernels/fused_cpu.py.
 
@@ -166,13 +170,15 @@ struct Run {
 
 }  // namespace
 
-// query [B, H, q, d], key / value [B, Hkv, k, d] fp32 with unit stride on d; causal: key j visible to
-// row i iff j <= i + query_offset. runs [n_runs, 3] int64 (start, end, region) cover [0, k).
+// query [B, H, q, d], key / value [B, Hkv, k, d] fp32 with unit stride on d; key_start / key_end
+// [B or 1, q] int64: row i of batch b sees keys [key_start[b, i], key_end[b, i]) (0 <= start <= end <= k).
+// runs [n_runs, 3] int64 (start, end, region) cover [0, k).
 // Returns output [B, q, H, d], lse [B, H, q], key_mass [B, H, k], region_mass [B, H, q, R],
 // entropy [B, H, q], normaliser [B, H, q]. Rows that see no key get zeros everywhere.
 std::vector<at::Tensor> fused_attention_statistics(
     const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in, double scaling,
-    bool causal, int64_t query_offset, const at::Tensor& runs_in, int64_t n_regions, int64_t block_q) {
+    const at::Tensor& key_start_in, const at::Tensor& key_end_in, const at::Tensor& runs_in, int64_t n_regions,
+    int64_t block_q) {
   TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
   TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
                   value_in.scalar_type() == at::kFloat, "fused_attention_statistics takes fp32");
@@ -184,6 +190,18 @@ std::vector<at::Tensor> fused_attention_statistics(
   const int64_t kv_heads = key.size(1), n_keys = key.size(2), d_value = value.size(3);
   TORCH_CHECK(heads % kv_heads == 0 && value.size(1) == kv_heads && value.size(2) == n_keys, "bad kv shapes");
   const int64_t group = heads / kv_heads;
+
+  const at::Tensor key_start = key_start_in.to(at::kLong).contiguous();
+  const at::Tensor key_end = key_end_in.to(at::kLong).contiguous();
+  TORCH_CHECK(key_start.dim() == 2 && key_start.sizes() == key_end.sizes() && key_start.size(1) == n_queries &&
+                  (key_start.size(0) == 1 || key_start.size(0) == batch),
+              "key_start / key_end must be [batch or 1, query_pos]");
+  const int64_t* start_data = key_start.data_ptr<int64_t>();
+  const int64_t* end_data = key_end.data_ptr<int64_t>();
+  for (int64_t r = 0; r < key_start.numel(); ++r)
+    TORCH_CHECK(0 <= start_data[r] && start_data[r] <= end_data[r] && end_data[r] <= n_keys,
+                "key intervals must satisfy 0 <= start <= end <= key_pos");
+  const int64_t bounds_batch_stride = key_start.size(0) == 1 ? 0 : n_queries;
 
   const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
   std::vector<Run> runs(runs_t.size(0));
@@ -227,26 +245,38 @@ std::vector<at::Tensor> fused_attention_statistics(
       const float* k_head = k_data + b * key.stride(0) + kvh * key.stride(1);
       const float* v_head = v_data + b * value.stride(0) + kvh * value.stride(1);
       float* column = parts_data + (bh * CHUNKS + chunk) * n_keys;
+      const int64_t* row_start = start_data + b * bounds_batch_stride;
+      const int64_t* row_end = end_data + b * bounds_batch_stride;
       for (int64_t block = chunk; block < n_blocks; block += CHUNKS) {
         const int64_t q0 = block * block_q, rows = std::min(block_q, n_queries - q0);
-        const int64_t width = causal ? std::clamp<int64_t>(q0 + rows + query_offset, 0, n_keys) : n_keys;
-        if (width == 0) continue;  // no row of the block sees a key: zeros
+        int64_t k0 = n_keys, k1 = 0;  // the keys any row of the block sees: [k0, k1)
+        for (int64_t i = q0; i < q0 + rows; ++i)
+          if (row_end[i] > row_start[i]) {
+            k0 = std::min(k0, row_start[i]);
+            k1 = std::max(k1, row_end[i]);
+          }
+        if (k1 <= k0) continue;  // no row of the block sees a key: zeros
+        const int64_t width = k1 - k0;
         float* s = scores.data();
-        // S [rows, width] row-major = (K [width, d])(Q [rows, d])^T in BLAS's column-major terms.
-        gemm(sgemm, true, false, width, rows, d, scale, k_head, key.stride(2), q_head + q0 * query.stride(2),
-             query.stride(2), 0.0f, s, width);
+        // S [rows, width] row-major = (K [k0:k1, d])(Q [rows, d])^T in BLAS's column-major terms.
+        gemm(sgemm, true, false, width, rows, d, scale, k_head + k0 * key.stride(2), key.stride(2),
+             q_head + q0 * query.stride(2), query.stride(2), 0.0f, s, width);
         for (int64_t i = 0; i < rows; ++i) {
           float* row = s + i * width;
-          const int64_t seen = causal ? std::clamp<int64_t>(q0 + i + query_offset + 1, 0, width) : width;
+          const int64_t lo = row_start[q0 + i], hi = std::max(row_end[q0 + i], lo);
+          const int64_t a = std::clamp<int64_t>(lo - k0, 0, width), z = std::clamp<int64_t>(hi - k0, a, width);
           const int64_t stat = (b * heads + h) * n_queries + q0 + i;
-          std::fill(row + seen, row + width, 0.0f);  // hidden keys add nothing to P V
-          if (seen == 0) continue;
-          const float m = row_max(row, seen);
+          std::fill(row, row + a, 0.0f);  // hidden keys add nothing to P V
+          std::fill(row + z, row + width, 0.0f);
+          if (z == a) continue;
+          float* seen = row + a;
+          const int64_t n_seen = z - a;
+          const float m = row_max(seen, n_seen);
           std::fill(masses.begin(), masses.end(), 0.0);
           double e_log_e = 0.0;
           for (const Run& run : runs) {
-            const int64_t a = std::min(run.start, seen), z = std::min(run.end, seen);
-            if (z > a) exp_in_place(row + a, z - a, m, &masses[run.region], &e_log_e);
+            const int64_t ra = std::max(run.start, lo), rz = std::min(run.end, hi);
+            if (rz > ra) exp_in_place(row + (ra - k0), rz - ra, m, &masses[run.region], &e_log_e);
           }
           double z_sum = 0.0;
           for (double v : masses) z_sum += v;
@@ -255,11 +285,11 @@ std::vector<at::Tensor> fused_attention_statistics(
           entropy_data[stat] = static_cast<float>(std::log(z_sum) - e_log_e * inv_z);
           for (int64_t r = 0; r < n_regions; ++r)
             region_data[stat * n_regions + r] = static_cast<float>(masses[r] * inv_z);
-          z_data[stat] = normalise_and_add_columns(row, seen, static_cast<float>(inv_z), column);
+          z_data[stat] = normalise_and_add_columns(seen, n_seen, static_cast<float>(inv_z), column + lo);
         }
-        // O [rows, d_value] = P [rows, width] V [width, d_value], written to output[b, q0 + i, h, :].
-        gemm(sgemm, false, false, d_value, rows, width, 1.0f, v_head, value.stride(2), s, width, 0.0f,
-             out_data + ((b * n_queries + q0) * heads + h) * d_value, heads * d_value);
+        // O [rows, d_value] = P [rows, width] V [k0:k1, d_value], written to output[b, q0 + i, h, :].
+        gemm(sgemm, false, false, d_value, rows, width, 1.0f, v_head + k0 * value.stride(2), value.stride(2), s,
+             width, 0.0f, out_data + ((b * n_queries + q0) * heads + h) * d_value, heads * d_value);
       }
     }
     if (set_local_threads) set_local_threads(previous_threads);  // 0 restores the global setting
@@ -270,7 +300,7 @@ std::vector<at::Tensor> fused_attention_statistics(
 
 TORCH_LIBRARY(workbench, m) {
   m.def(
-      "fused_attention_statistics(Tensor query, Tensor key, Tensor value, float scaling, bool causal, "
-      "int query_offset, Tensor runs, int n_regions, int block_q) -> Tensor[]");
+      "fused_attention_statistics(Tensor query, Tensor key, Tensor value, float scaling, Tensor key_start, "
+      "Tensor key_end, Tensor runs, int n_regions, int block_q) -> Tensor[]");
   m.impl("fused_attention_statistics", c10::DispatchKey::CPU, &fused_attention_statistics);
 }

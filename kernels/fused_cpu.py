@@ -7,8 +7,10 @@ reduces the statistics and multiplies by V: measured 1.0-1.1x the fused SDPA for
 at n = 2,048-32,768 on 2 cores (benchmarks/attention_stats.py has the whole-model numbers). Its output
 equals SDPA's up to fp32 rounding (summation order), not bit for bit.
 
-Scope: fp32 CPU tensors, no mask or a causal one (with `query_offset`), no top-k, no maps, no
-soft-capping. `applies()` says whether an input qualifies; callers fall back to the two-pass path.
+Scope: fp32 CPU tensors, a mask under which every query row sees one contiguous interval of keys
+(`MaskSpec.key_intervals`: none, causal with `query_offset`, sliding window, chunked-local, prefix-LM, as a
+MaskSpec or as a dense mask of that shape), no key padding with holes, no top-k, no maps, no soft-capping.
+`unsupported()` says why an input does not qualify (None: it does); callers fall back to the two-pass path.
 
 The C++ source is compiled once per machine with torch's extension builder (g++, `-march=native`) into
 `$WORKBENCH_CACHE/extensions/` (default ~/.cache/workbench) on first use or by `python -m
@@ -32,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from workbench.kernels.counts import visibility_counts
+from workbench.kernels.counts import interval_counts
 from workbench.kernels.result import AttentionStatistics
 from workbench.kernels.blockwise import region_runs
 from workbench.kernels.mask import MaskSpec
@@ -116,15 +118,32 @@ def _build_and_load() -> bool:
         return False
 
 
+MASK_OUT_OF_SCOPE = "a mask under which some query row sees keys that are not one contiguous run"
+
+
+def _scope(query, key, value, mask: MaskSpec):
+    """(None, key intervals) for inputs the kernel runs, else (why not, None). The intervals are computed once:
+    for a dense mask that is a pass over [query_pos, key_pos]."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.ndim == 4 for t in (query, key, value)):
+        return "inputs that are not fp32 CPU tensors", None
+    if query.shape[1] % key.shape[1] or key.shape[2] == 0:
+        return "no keys, or query heads that do not share key heads evenly", None
+    intervals = mask.key_intervals(query.shape[2], key.shape[2])
+    if intervals is None:
+        return MASK_OUT_OF_SCOPE, None
+    if not load():
+        return "the one-pass kernel is not built here", None
+    return None, intervals
+
+
+def unsupported(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: MaskSpec) -> str | None:
+    """Why these inputs are outside the kernel's scope (see the module docstring), or None when it runs them."""
+    return _scope(query, key, value, mask)[0]
+
+
 def applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: MaskSpec) -> bool:
     """Whether these inputs are in the kernel's scope (see the module docstring) and the kernel loads."""
-    tensors = (query, key, value)
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 and t.ndim == 4 for t in tensors)
-        and mask.dense is None and mask.key_padding is None and mask.sliding_window is None
-        and query.shape[1] % key.shape[1] == 0 and key.shape[2] > 0
-        and load()
-    )
+    return unsupported(query, key, value, mask) is None
 
 
 def fused_attention(
@@ -141,9 +160,10 @@ def fused_attention(
     """softmax(scaling * q k^T + mask) v with its row log-sum-exp and statistics, all from one pass.
 
     query: [batch, head, query_pos, d_head]; key, value: [batch, kv_head, key_pos, d_head] (GQA: consecutive
-    query heads share a kv head); mask: no mask or causal (see `applies`). Returns output [batch, query_pos,
+    query heads share a kv head); mask: see `applies`. Returns output [batch, query_pos,
     head, d_value] (the layout attention modules hand to their output projection), lse [batch, head,
-    query_pos] and the statistics (top-k and maps None). Rows that see no key get zeros.
+    query_pos] and the statistics (top-k and maps None). Rows that see no key get zeros. The mask is read as
+    one key interval per row (`MaskSpec.key_intervals`), shared by all heads.
 
     >>> import torch
     >>> from workbench.kernels import MaskSpec
@@ -156,16 +176,18 @@ def fused_attention(
     ...     assert torch.allclose(out.transpose(1, 2), sdpa, atol=1e-5)
     ...     assert torch.allclose(stats.normaliser, torch.ones(1, 4, 6), atol=1e-5)
     """
-    if not applies(query, key, value, mask):
-        raise ValueError("fused_attention needs fp32 CPU tensors, no mask or a causal one, and the built kernel")
-    batch, _, n_queries, _ = query.shape
-    n_keys = key.shape[2]
+    reason, intervals = _scope(query, key, value, mask)
+    if reason is not None:
+        raise ValueError(f"fused_attention needs fp32 CPU tensors, one key interval per query row and the built "
+                         f"kernel; got {reason}")
+    batch, n_keys = query.shape[0], key.shape[2]
+    key_start, key_end = intervals
     output, lse, key_mass, region_mass, entropy, normaliser = torch.ops.workbench.fused_attention_statistics(
-        query, key, value, float(scaling), bool(mask.causal), int(mask.query_offset),
+        query, key, value, float(scaling), key_start, key_end,
         torch.tensor(region_runs(key_regions), dtype=torch.long).reshape(-1, 3), int(n_regions), int(block_q),
     )
-    key_count, region_count = visibility_counts(
-        mask, batch=batch, n_queries=n_queries, n_keys=n_keys, key_regions=key_regions, n_regions=n_regions,
+    key_count, region_count = interval_counts(
+        key_start, key_end, batch=batch, n_keys=n_keys, key_regions=key_regions, n_regions=n_regions,
         device=query.device,
     )
     stats = AttentionStatistics(key_mass=key_mass, key_count=key_count, region_mass=region_mass,

@@ -43,3 +43,36 @@ class MaskSpec:
         if self.key_padding is not None:
             visible = visible & self.key_padding[:, None, None, k_start:k_end].to(torch.bool)
         return visible
+    def key_intervals(self, n_queries: int, n_keys: int, *, block_q: int = 1024):
+        """Per query row the keys it sees as one interval [start, end), or None when some row's visible keys
+        are not contiguous (holes from key padding or an irregular dense mask).
+
+        Returns (start, end), each [batch|1, query_pos] int64; rows that see no key get start = end = 0.
+        Causal, sliding-window, chunked-local and prefix-LM masks are all one interval per row, so a kernel
+        that takes these bounds covers them without the [query_pos, key_pos] mask. A dense mask is read in
+        blocks of `block_q` rows (no copy of the whole mask).
+        """
+        if self.dense is None:
+            if self.key_padding is not None:
+                return None
+            rows = torch.arange(n_queries) + self.query_offset
+            end = torch.clamp(rows + 1, 0, n_keys) if self.causal else torch.full_like(rows, n_keys)
+            start = (torch.clamp(rows - self.sliding_window + 1, 0, n_keys) if self.sliding_window is not None
+                     else torch.zeros_like(rows))
+            empty = end <= start
+            return start.masked_fill(empty, 0)[None], end.masked_fill(empty, 0)[None]
+        visible = self.dense[:, 0].to(torch.bool)  # [batch|1, query_pos, key_pos]
+        batch = visible.shape[0]
+        start = torch.zeros(batch, n_queries, dtype=torch.long, device=visible.device)
+        end = torch.zeros_like(start)
+        for q0 in range(0, n_queries, block_q):
+            block = visible[:, q0:q0 + block_q].view(torch.uint8)
+            count = block.sum(-1)
+            first = block.argmax(-1)  # the first visible key (argmax returns the first maximum)
+            last = n_keys - block.flip(-1).argmax(-1)  # one past the last visible key
+            seen = count > 0
+            if not torch.equal(count[seen], (last - first)[seen]):
+                return None
+            start[:, q0:q0 + block_q] = first.masked_fill(~seen, 0)
+            end[:, q0:q0 + block_q] = last.masked_fill(~seen, 0)
+        return start, end

@@ -18,11 +18,16 @@ def eager_forward(model, **inputs):
         model.set_attn_implementation(previous)
 
 
-def statistics_from_maps(maps: torch.Tensor, regions: torch.Tensor, *, causal: bool) -> dict[str, torch.Tensor]:
-    """Statistics computed directly from dense reference maps [head, query_pos, key_pos] (fp32)."""
+def statistics_from_maps(maps: torch.Tensor, regions: torch.Tensor, *, causal: bool,
+                         visible: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Statistics computed directly from dense reference maps [head, query_pos, key_pos] (fp32).
+
+    visible: [query_pos, key_pos] bool, which keys each query may see (for the counts); default: causal or all.
+    """
     n = maps.shape[-1]
     maps = maps.double()
-    visible = torch.tril(torch.ones(n, n, dtype=torch.bool)) if causal else torch.ones(n, n, dtype=torch.bool)
+    if visible is None:
+        visible = torch.tril(torch.ones(n, n, dtype=torch.bool)) if causal else torch.ones(n, n, dtype=torch.bool)
     one_hot = torch.nn.functional.one_hot(regions, len(REGIONS)).double()
     plogp = torch.where(maps > 0, maps * maps.clamp_min(1e-300).log(), torch.zeros_like(maps))
     return {

@@ -8,8 +8,9 @@ from workbench.kernels import MaskSpec, attention_statistics, fused_cpu
 
 pytestmark = pytest.mark.skipif(not fused_cpu.load(), reason="the fused CPU kernel could not be built here")
 
-# The CASES entries inside the kernel's scope (no padding, dense masks, sliding windows, softcap, bf16).
-IN_SCOPE = ("causal_gqa_6_2", "bidirectional_gqa_9_3", "decode_one_row", "chunked_prefill", "one_region")
+# The CASES entries inside the kernel's scope (no key padding, irregular dense masks, softcap, bf16).
+IN_SCOPE = ("causal_gqa_6_2", "bidirectional_gqa_9_3", "decode_one_row", "chunked_prefill", "one_region",
+            "sliding_window", "sliding_window_decode")
 
 
 def _reference_output(query, key, value, scaling, mask: MaskSpec):
@@ -39,6 +40,46 @@ def test_equals_dense_reference(case, block_q, stats_equal):
     dense = attention_statistics(query, key, implementation="dense", **{**kwargs, "top_k": 0, "map_heads": None})
     stats_equal(stats, dense)
     want_out, want_lse = _reference_output(query, key, value, kwargs["scaling"], kwargs["mask"])
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-5)
+
+
+def _dense(visible: torch.Tensor) -> MaskSpec:
+    return MaskSpec(dense=visible[None, None])
+
+
+def _interval_masks(n_queries: int, n_keys: int, offset: int) -> dict[str, MaskSpec]:
+    """Masks whose rows each see one run of keys, written out densely the way a model hands them over (query row
+    i sits at position i + offset): chunked-local attention (Llama 4), a prefix-LM (PaliGemma), a sliding window."""
+    q = torch.arange(n_queries)[:, None] + offset
+    k = torch.arange(n_keys)[None, :]
+    causal = k <= q
+    prefix = 12
+    return {
+        "chunked_local": _dense(causal & (k // 16 == q // 16)),
+        "prefix_lm": _dense(causal | ((k < prefix) & (q < prefix))),
+        "sliding_dense": _dense(causal & (q - k < 9)),
+        "bidirectional_window": _dense((q - k).abs() <= 5),
+    }
+
+
+@pytest.mark.parametrize("shape", [(70, 70, 0), (5, 70, 65), (1, 70, 69)], ids=["prefill", "chunk", "decode"])
+@pytest.mark.parametrize("name", ["chunked_local", "prefix_lm", "sliding_dense", "bidirectional_window"])
+@pytest.mark.parametrize("block_q", [7, fused_cpu.DEFAULT_BLOCK_Q])
+def test_dense_interval_masks_equal_dense_reference(name, shape, block_q, stats_equal):
+    from tests.kernels.conftest import Case
+
+    n_queries, n_keys, offset = shape
+    mask = _interval_masks(n_queries, n_keys, offset)[name]
+    query, key, kwargs = Case(1, 6, 2, n_queries, n_keys, regions="runs").build(seed=5)
+    kwargs = {**kwargs, "mask": mask, "top_k": 0, "map_heads": None}
+    value = torch.randn(key.shape, generator=torch.Generator().manual_seed(6))
+    assert fused_cpu.applies(query, key, value, mask)
+    out, lse, stats = fused_cpu.fused_attention(query, key, value, scaling=kwargs["scaling"], mask=mask,
+                                                key_regions=kwargs["key_regions"], n_regions=kwargs["n_regions"],
+                                                block_q=block_q)
+    stats_equal(stats, attention_statistics(query, key, implementation="dense", **kwargs))
+    want_out, want_lse = _reference_output(query, key, value, kwargs["scaling"], mask)
     torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-5)
 
@@ -99,7 +140,7 @@ def test_results_do_not_depend_on_thread_count():
         assert torch.equal(getattr(s1, name), getattr(s2, name)), name
 
 
-@pytest.mark.parametrize("change", ["bf16", "padding", "dense", "window"])
+@pytest.mark.parametrize("change", ["bf16", "padding", "dense_with_holes"])
 def test_out_of_scope_inputs_are_declined(change):
     query, key, value = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
     mask = MaskSpec(causal=True)
@@ -107,11 +148,13 @@ def test_out_of_scope_inputs_are_declined(change):
         query = query.bfloat16()
     elif change == "padding":
         mask = MaskSpec(causal=True, key_padding=torch.ones(1, 8, dtype=torch.bool))
-    elif change == "dense":
-        mask = MaskSpec(dense=torch.ones(1, 1, 8, 8, dtype=torch.bool))
-    else:
-        mask = MaskSpec(causal=True, sliding_window=4)
+    else:  # row 5 sees keys 0-1 and 4-5: two runs, which one interval per row cannot express
+        visible = torch.ones(8, 8, dtype=torch.bool).tril()
+        visible[5, 2:4] = False
+        mask = _dense(visible)
     assert not fused_cpu.applies(query, key, value, mask)
+    if change == "dense_with_holes":
+        assert fused_cpu.unsupported(query, key, value, mask) == fused_cpu.MASK_OUT_OF_SCOPE
     with pytest.raises(ValueError, match="fused_attention needs"):
         fused_cpu.fused_attention(query, key, value, scaling=1.0, mask=mask,
                                   key_regions=torch.zeros(8, dtype=torch.long), n_regions=1)

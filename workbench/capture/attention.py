@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 
 from workbench.capture.kernel_choice import choose
+from workbench.capture.recorder import mask_adds_bias, mask_spec
 from workbench.errors import InputError
 
 IMPLEMENTATION_NAME = "workbench"
@@ -42,11 +43,15 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     call = recorder.locate_call(module, query, key)
-    kernel = choose(recorder.plan.kernel, query, key, value, plain_mask=attention_mask is None,
+    # The statistics read the very mask SDPA gets (for a sliding-window layer transformers' mask holds the
+    # window; with a sliding KV cache `key` holds only the cached window, which locate_call places).
+    mask = mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
+    choice = choose(recorder.plan.kernel, query, key, value, mask=mask, biased_mask=mask_adds_bias(attention_mask),
                     wants_maps=call["map_heads"] is not None, top_k=recorder.plan.top_k, editing=edit is not None,
                     dropout=dropout)
+    kernel = choice.implementation
     if kernel == "one-pass":
-        return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, causal=causal), None
+        return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, mask=mask), None
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
     if output is None:  # a case the CPU lse path does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -55,7 +60,7 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         output = _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output)
     recorder.on_attention(
         call, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
-        attn_output=output, log_normaliser=log_normaliser, value=value, kernel=kernel,
+        attn_output=output, log_normaliser=log_normaliser, value=value, kernel=kernel, fallback=choice.fallback,
     )
     return output, None
 

@@ -70,8 +70,9 @@ class DecompositionStore:
         handles.append(self.stack.layers[last].register_forward_hook(on_last_layer))
         return handles
 
-    def on_attention(self, layer: int, start: int, query, key, value, scaling: float) -> None:
-        """query [batch, head, new query_pos, d_head]; key/value [batch, kv_head, key_pos, d_head] (all keys so far)."""
+    def on_attention(self, layer: int, start: int, key_start: int, query, key, value, scaling: float) -> None:
+        """query [batch, head, new query_pos, d_head] from position `start`; key/value [batch, kv_head, key_pos,
+        d_head] from position `key_start` (all keys so far, or a sliding-window cache's last window)."""
         if value is None:
             raise RuntimeError("decomposition capture needs the attention values; this backend does not pass them")
         buffer = self._layer(layer)
@@ -82,8 +83,8 @@ class DecompositionStore:
             buffer["value"] = torch.zeros(kv_heads, self.capacity, value.shape[-1])
         n_queries, n_keys = query.shape[2], key.shape[2]
         buffer["query"][:, start:start + n_queries] = (query[0].detach().float() * scaling).cpu()
-        buffer["key"][:, :n_keys] = key[0].detach().float().cpu()
-        buffer["value"][:, :n_keys] = value[0].detach().float().cpu()
+        buffer["key"][:, key_start:key_start + n_keys] = key[0].detach().float().cpu()
+        buffer["value"][:, key_start:key_start + n_keys] = value[0].detach().float().cpu()
 
     def tensors(self, length: int, name) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Everything kept, trimmed to `length` positions, plus W_O and its bias; name(layer, stat) -> tensor name."""

@@ -5,6 +5,10 @@ pre-hooks on the layer modules. With a KV cache, every forward adds the query ro
 adds their attention to the column sums, so a traced generation yields the same statistics as one
 forward over the final sequence. Only one layer's attention statistics are computed at a time.
 
+A sliding-window (or chunked) layer's KV cache keeps only the last window of keys, so a decode step's `key`
+does not start at position 0: every call is placed by the absolute position of its first query (announced by
+`begin_step`) and its first key (the query start + query rows - key rows), never by the key count alone.
+
 A trace with generated tokens also keeps the column sums of the prompt's query rows alone (prompt_key_mass,
 prompt_key_count): Gu et al. measure alpha on the prompt forward, and the generated rows would move it.
 """
@@ -51,6 +55,15 @@ def mask_spec(attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> M
     return MaskSpec(dense=visible[:, :1])
 
 
+def mask_adds_bias(attention_mask) -> bool:
+    """Whether a float mask adds finite non-zero values to the scores (a position bias riding in the mask),
+    beyond hiding keys: MaskSpec keeps only the visibility, so such a mask must stay with SDPA's output."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        return False
+    hidden = attention_mask <= torch.finfo(attention_mask.dtype).min / 2
+    return bool((attention_mask.masked_fill(hidden, 0) != 0).any())
+
+
 class Recorder:
     """Collects everything a trace stores about one input; see CapturePlan for the options."""
 
@@ -69,6 +82,7 @@ class Recorder:
         self.non_finite = 0
         self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
         self.kernels_run: dict[str, dict[str, int]] = {}  # stack -> implementation -> attention calls
+        self.kernel_fallbacks: dict[str, dict[str, int]] = {}  # stack -> why not one-pass -> attention calls
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -96,9 +110,10 @@ class Recorder:
 
     # -- driven by the attention implementation --------------------------------------------------------
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, attn_output,
-                     log_normaliser=None, value=None, kernel: str = "torch") -> None:
+                     log_normaliser=None, value=None, kernel: str = "torch", fallback: str | None = None) -> None:
         """Record one attention call (located by `locate_call`) whose output was computed elsewhere (SDPA):
-        two-pass statistics by `kernel`."""
+        two-pass statistics by `kernel`; fallback: why "auto" did not take the one-pass kernel (None: it was not
+        asked to)."""
         mask = mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling, mask=mask,
@@ -106,16 +121,15 @@ class Recorder:
             top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=kernel,
             log_normaliser=log_normaliser,
         )
-        self._count_kernel(call["stack"], kernel)
+        self._count_kernel(call["stack"], kernel, fallback)
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output,
                      mask=mask)
 
-    def attend_fused(self, call: dict, *, query, key, value, scaling, causal):
+    def attend_fused(self, call: dict, *, query, key, value, scaling, mask: MaskSpec):
         """The layer output [batch, query_pos, head, d_head] and its statistics from one pass of the one-pass CPU
-        kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass"."""
+        kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass" (mask: from `mask_spec`)."""
         from workbench.kernels import fused_cpu
 
-        mask = mask_spec(None, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
             key_regions=call["key_regions"], n_regions=len(REGIONS),
@@ -124,29 +138,38 @@ class Recorder:
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output, mask=mask)
         return output
 
-    def _count_kernel(self, stack: str, kernel: str) -> None:
+    def _count_kernel(self, stack: str, kernel: str, fallback: str | None = None) -> None:
         counts = self.kernels_run.setdefault(stack, {})
         counts[kernel] = counts.get(kernel, 0) + 1
+        if fallback is not None:
+            reasons = self.kernel_fallbacks.setdefault(stack, {})
+            reasons[fallback] = reasons.get(fallback, 0) + 1
 
     def locate_call(self, module, query, key) -> dict:
-        """Where one attention call belongs: stack, layer, rows it fills, heads whose maps are kept (None: no
-        maps of this layer), regions. Located once per call; `on_attention` / `attend_fused` take it."""
+        """Where one attention call belongs: stack, layer, rows it fills (`start`: its first query's position),
+        its keys' positions (`keys`; a sliding-window cache holds only the last window), heads whose maps are
+        kept (None: no maps of this layer), regions. Located once per call; `on_attention` / `attend_fused` take it."""
         stack, layer = self.layout.locate(module)
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
             self.set_regions(stack, vision_regions(n_keys))
             self.length[stack] = n_keys
-        start = n_keys - n_queries if stack == "text" else 0
+        start = self.step_start if stack == "text" else 0
+        key_start = start + n_queries - n_keys  # the cache returns the latest keys, ending with this call's own
+        if key_start < 0 or start + n_queries > self.capacity[stack]:
+            raise RuntimeError(f"{stack} layer {layer}: {n_queries} queries over {n_keys} keys do not fit a forward "
+                               f"announced at position {start} (begin_step) of a {self.capacity[stack]}-position trace")
         selection = self.plan.maps.get(stack)
         map_heads = selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None
         return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
-                "n_keys": n_keys, "map_heads": map_heads, "key_regions": self.key_regions[stack][:n_keys]}
+                "keys": slice(key_start, key_start + n_keys), "n_keys": n_keys, "map_heads": map_heads,
+                "key_regions": self.key_regions[stack][key_start:key_start + n_keys]}
 
     def _record(self, call: dict, stats, *, query, key, value, scaling, attn_output, mask: MaskSpec) -> None:
-        stack, layer, rows, n_keys = call["stack"], call["layer"], call["rows"], call["n_keys"]
+        stack, layer, rows, keys = call["stack"], call["layer"], call["rows"], call["keys"]
         buffer = self._layer_buffers(stack, layer)
-        buffer["key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
-        buffer["key_count"][:n_keys] += stats.key_count[0].cpu()
+        buffer["key_mass"][:, keys] += stats.key_mass[0].cpu()
+        buffer["key_count"][keys] += stats.key_count[0].cpu()
         if stack == "text":
             self._record_prompt_columns(buffer, call, stats, query=query, key=key, scaling=scaling, mask=mask)
         buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
@@ -155,19 +178,19 @@ class Recorder:
         buffer["normaliser"][:, rows] = stats.normaliser[0].cpu()
         self._check_numerics(stats, stack, layer)
         if self.plan.top_k:
-            buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu()
+            buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu() + keys.start
             buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()
         if call["map_heads"] is not None:
-            buffer["maps"][:, rows, :n_keys] = stats.maps[0].cpu().to(buffer["maps"].dtype)
+            buffer["maps"][:, rows, keys] = stats.maps[0].cpu().to(buffer["maps"].dtype)
         if stack == "text" and self.plan.head_outputs is not None:
             self._record_head_outputs(layer, call["start"], attn_output)
         if stack == "text" and self.decomposition is not None:
-            self.decomposition.on_attention(layer, call["start"], query, key, value, scaling)
+            self.decomposition.on_attention(layer, call["start"], keys.start, query, key, value, scaling)
 
     def _record_prompt_columns(self, buffer, call: dict, stats, *, query, key, scaling, mask: MaskSpec) -> None:
         """Add the column sums of this call's prompt query rows to prompt_key_mass / prompt_key_count. A call that
         mixes prompt and generated rows (one forward over the whole sequence) computes its prompt rows' part again."""
-        n_queries, n_keys = query.shape[2], call["n_keys"]
+        n_queries = query.shape[2]
         prompt_rows = min(n_queries, self.prompt_length - call["start"])
         if prompt_rows <= 0:
             return
@@ -175,8 +198,8 @@ class Recorder:
             stats = attention_statistics(
                 query.detach()[:, :, :prompt_rows], key.detach(), scaling=scaling, mask=rows_of(mask, 0, prompt_rows),
                 key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS), implementation="torch")
-        buffer["prompt_key_mass"][:, :n_keys] += stats.key_mass[0].cpu()
-        buffer["prompt_key_count"][:n_keys] += stats.key_count[0].cpu()
+        buffer["prompt_key_mass"][:, call["keys"]] += stats.key_mass[0].cpu()
+        buffer["prompt_key_count"][call["keys"]] += stats.key_count[0].cpu()
 
     # -- internals -------------------------------------------------------------------------------------
     def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:

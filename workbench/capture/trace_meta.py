@@ -31,8 +31,10 @@ def trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, 
                        "note": "the token at position p was predicted by query row p - 1"},
         "dims": {"tokens": len(tokens), "regions": list(REGIONS), "stacks": stacks},
         # kernels_run: per stack, how many attention calls each statistics implementation served; "one-pass"
-        # calls computed the layer output too (equal to SDPA's up to fp32 rounding, not bit-identical)
-        "capture": {**plan.to_json(), "kernels_run": recorder.kernels_run},
+        # calls computed the layer output too (equal to SDPA's up to fp32 rounding, not bit-identical);
+        # kernel_fallbacks: per stack, why calls that "auto" would have given the one-pass kernel took two passes
+        "capture": {**plan.to_json(), "kernels_run": recorder.kernels_run,
+                    "kernel_fallbacks": recorder.kernel_fallbacks},
         "checks": numerics_checks(recorder),
     }
 

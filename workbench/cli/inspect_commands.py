@@ -100,6 +100,11 @@ def info(
     console.print(f"attention  --kernel {requested} ran {served or 'kernels not recorded'}; " + (
         f"{one_pass} calls one-pass (output and statistics together, output = SDPA's up to fp32 rounding)"
         if one_pass else "outputs from the model's own attention (logits as without capture)"), markup=False)
+    fallbacks = capture.get("kernel_fallbacks") or {}
+    if fallbacks:
+        console.print("two-pass   where the one-pass kernel did not apply: " + "; ".join(
+            f"{stack} " + ", ".join(f"{calls} calls: {reason}" for reason, calls in sorted(reasons.items()))
+            for stack, reasons in fallbacks.items()), markup=False)
     _print_health(console, trace)
     console.print(f"results    {', '.join(trace.results) or 'none'}", markup=False)
 

@@ -27,6 +27,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny-llama", "tiny", "causal", "random 3-layer Llama with GQA and a chat template (test fixture)"),
         ModelSpec("tiny-bert", "tiny", "encoder", "random 3-layer BERT encoder (test fixture)"),
         ModelSpec("tiny-llava", "tiny", "vlm", "random LLaVA: tiny CLIP tower + tiny Llama, offline processor"),
+        ModelSpec("tiny-gemma3", "tiny", "causal", "random 6-layer Gemma 3: 5 sliding-window (8) : 1 full layers, "
+                  "4 query heads : 1 KV head (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
         ModelSpec("planted-sink", "data", "causal", "3-layer Llama with a planted BOS sink head and a hidden sink "

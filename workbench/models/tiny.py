@@ -1,8 +1,11 @@
 """Tiny random-weight fixtures built from config in milliseconds (seeded, so every build is identical).
 
 They exercise exactly the transformers code paths of the real families: GPT-2 (absolute positions, Conv1D),
-Llama with GQA and RoPE (the SmolLM2 / LLaVA language model), BERT (bidirectional encoder) and LLaVA
-(CLIP vision tower + projector + Llama). A larger initialiser than HF's default keeps the attention maps
+Llama with GQA and RoPE (the SmolLM2 / LLaVA language model), BERT (bidirectional encoder), LLaVA
+(CLIP vision tower + projector + Llama) and Gemma 3 (sliding-window layers with a sliding KV cache, 5 local :
+1 global like Gemma 3 270M, one KV head). `tiny_qwen2_window` (Qwen2 with a sliding window in its upper
+layers) and `tiny_llama4_chunked` (Llama 4 text with chunked-local layers) are further windowed families for
+the tests, not registry names. A larger initialiser than HF's default keeps the attention maps
 far from uniform, so map comparisons are meaningful.
 """
 
@@ -100,4 +103,58 @@ def tiny_llava() -> LoadedModel:
     return LoadedModel("tiny-llava", model, tokenizer, "vlm", "tiny-llava", processor=processor)
 
 
-BUILDERS = {"tiny-gpt2": tiny_gpt2, "tiny-llama": tiny_llama, "tiny-bert": tiny_bert, "tiny-llava": tiny_llava}
+# Short enough that test prompts run below, at and past it; Gemma 3 270M's layers use 512.
+TINY_SLIDING_WINDOW = 8
+
+
+def tiny_gemma3() -> LoadedModel:
+    """Gemma 3 text model: 6 layers (5 sliding-window, 1 full, as in Gemma 3 270M), 4 query heads : 1 KV head."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+        max_position_embeddings=512, sliding_window=TINY_SLIDING_WINDOW, sliding_window_pattern=6,
+        initializer_range=INIT_STD, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LoadedModel("tiny-gemma3", _seeded(lambda: Gemma3ForCausalLM(config)), tokenizer, "causal", "tiny-gemma3")
+
+
+def tiny_qwen2_window() -> LoadedModel:
+    """Qwen2 with GQA whose layers 1 and 2 use a sliding window (layer 0 attends to everything)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=96, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=True,
+        sliding_window=TINY_SLIDING_WINDOW, max_window_layers=1, initializer_range=INIT_STD,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    return LoadedModel("tiny-qwen2-window", _seeded(lambda: Qwen2ForCausalLM(config)), tokenizer, "causal",
+                       "tiny-qwen2-window")
+
+
+def tiny_llama4_chunked() -> LoadedModel:
+    """Llama 4 text model: layers 0-2 chunked-local (a query sees the earlier keys of its own chunk of
+    TINY_SLIDING_WINDOW), layer 3 global without RoPE; GQA; a 2-expert MoE in every other layer."""
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    config = Llama4TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, intermediate_size_mlp=128,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=2,
+        num_experts_per_tok=1, interleave_moe_layer_step=2, max_position_embeddings=512,
+        attention_chunk_size=TINY_SLIDING_WINDOW, no_rope_layer_interval=4, initializer_range=INIT_STD,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    return LoadedModel("tiny-llama4-chunked", _seeded(lambda: Llama4ForCausalLM(config)), tokenizer, "causal",
+                       "tiny-llama4-chunked")
+
+
+BUILDERS = {"tiny-gpt2": tiny_gpt2, "tiny-llama": tiny_llama, "tiny-bert": tiny_bert, "tiny-llava": tiny_llava,
+            "tiny-gemma3": tiny_gemma3}

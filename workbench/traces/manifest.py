@@ -252,6 +252,15 @@ def _check_capture(where: Path, capture: dict, stacks: dict, n_tokens: int) -> N
     for stack, counts in ran.items():
         for number in counts.values():
             _count(where, number, f"capture.kernels_run.{stack} calls", at_most=calls)
+    fallbacks = capture.get("kernel_fallbacks", {})
+    if not isinstance(fallbacks, dict) or not all(stack in stacks and isinstance(reasons, dict) and
+                                                  all(isinstance(reason, str) and len(reason) <= 200
+                                                      for reason in reasons)
+                                                  for stack, reasons in fallbacks.items()):
+        raise _fail(where, "has capture.kernel_fallbacks that is not an object of stacks and reasons")
+    for stack, reasons in fallbacks.items():
+        for number in reasons.values():
+            _count(where, number, f"capture.kernel_fallbacks.{stack} calls", at_most=calls)
 
 
 def _check_checks(where: Path, checks: dict, stacks: dict, index: dict[str, dict]) -> None:

@@ -144,8 +144,8 @@ def _replay(recorder: ReplayRecorder, layout, calls: list[AttentionCall], *, hid
         seen.add((call.stack, call.layer))
         # The layer module itself locates to (stack, layer) in the layout, whichever module the library ran.
         query, key = call.query.float(), call.key.float()
-        chosen = choose(kernel, query, key, key, plain_mask=False, wants_maps=False, top_k=recorder.plan.top_k,
-                        editing=False, dropout=0.0)  # the output exists already: a two-pass kernel
+        chosen = choose(kernel, query, key, key, mask=None, wants_maps=False, top_k=recorder.plan.top_k,
+                        editing=False, dropout=0.0).implementation  # the output exists already: a two-pass kernel
         located = recorder.locate_call(stack.layers[call.layer], query, key)
         recorder.on_attention(located, query=query, key=key, attention_mask=call.attention_mask,
                               scaling=float(call.scaling), causal=call.causal, attn_output=call.attn_output,
