@@ -26,7 +26,7 @@ from workbench.app.pages.common import (
 )
 
 ALL_LAYERS_SIDE = 32  # the all-layers view draws 270 thumbnails: half the side, a quarter of the bytes
-LAYER_PIXELS, ALL_LAYERS_PIXELS = 150, 46  # displayed size (the browser scales the PNG up, pixels kept sharp)
+LAYER_PIXELS, ALL_LAYERS_PIXELS = 136, 46  # displayed size (the browser scales the PNG up, pixels kept sharp)
 PIXELATED = {"imageRendering": "pixelated", "border": "1px solid #d1d5db", "background": "#fff", "display": "block"}
 
 
