@@ -1,11 +1,12 @@
 // One-pass CPU attention: the layer output and the attention statistics from the same scores.
 //
 // Per (batch, head) and block of query rows: S = scaling * Q K^T over every key the block may see (one
-// GEMM into a [rows, keys] scratch that stays in cache; the keys are the union of the rows' intervals), then per row the max, exp(s - max) with the
-// row sum split by key region and sum e * (s - max) for the entropy, then p = e / Z written back while
-// the column sums accumulate, and finally O = P V (a second GEMM) straight into the [batch, query_pos,
-// head, d_head] layout transformers expects. The scores are computed once instead of twice (SDPA
-// forward + statistics pass), which is what makes capture cost close to the plain forward.
+// GEMM into a [rows, keys] scratch that stays in cache; the keys span the union of the rows' intervals),
+// then per row the max, exp(s - max) with the row sum split by key region and sum e * (s - max) for the
+// entropy, then p = e / Z written back while the column sums accumulate, and finally O = P V (a second
+// GEMM) straight into the [batch, query_pos, head, d_head] layout transformers expects. The scores are
+// computed once instead of twice (SDPA forward + statistics pass), which is what makes capture cost close
+// to the plain forward.
 //
 // Column sums without atomics: the query blocks of a head are dealt round-robin to CHUNKS fixed chunks,
 // each with its own column-sum row; the rows are added in chunk order at the end. The result does not

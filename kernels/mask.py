@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,8 @@ class MaskSpec:
     sliding_window: int | None = None
     key_padding: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    # key_intervals' results for this instance; `dataclasses.replace` starts a fresh one (init=False)
+    _intervals: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def block(self, q_start: int, q_end: int, k_start: int, k_end: int, device=None) -> torch.Tensor:
         """Visibility of keys [k_start, k_end) to query rows [q_start, q_end): [batch|1, 1, q, k] bool."""
@@ -50,8 +52,13 @@ class MaskSpec:
         Returns (start, end), each [batch|1, query_pos] int64; rows that see no key get start = end = 0.
         Causal, sliding-window, chunked-local and prefix-LM masks are all one interval per row, so a kernel
         that takes these bounds covers them without the [query_pos, key_pos] mask. A dense mask is read in
-        blocks of `block_q` rows (no copy of the whole mask).
+        blocks of `block_q` rows (no copy of the whole mask), once per instance and shape.
         """
+        if (n_queries, n_keys) not in self._intervals:
+            self._intervals[n_queries, n_keys] = self._find_intervals(n_queries, n_keys, block_q)
+        return self._intervals[n_queries, n_keys]
+
+    def _find_intervals(self, n_queries: int, n_keys: int, block_q: int):
         if self.dense is None:
             if self.key_padding is not None:
                 return None

@@ -83,6 +83,7 @@ class Recorder:
         self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
         self.kernels_run: dict[str, dict[str, int]] = {}  # stack -> implementation -> attention calls
         self.kernel_fallbacks: dict[str, dict[str, int]] = {}  # stack -> why not one-pass -> attention calls
+        self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec)
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -92,6 +93,7 @@ class Recorder:
         self.key_regions[stack][start:start + len(regions)] = regions
 
     def begin_step(self, start: int, length: int) -> None:
+        self._masks.clear()  # a new forward builds new masks
         self.step_start = start
         self.length["text"] = max(self.length["text"], start + length)
 
@@ -114,7 +116,7 @@ class Recorder:
         """Record one attention call (located by `locate_call`) whose output was computed elsewhere (SDPA):
         two-pass statistics by `kernel`; fallback: why "auto" did not take the one-pass kernel (None: it was not
         asked to)."""
-        mask = mask_spec(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
+        mask = self.mask_for(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling, mask=mask,
             key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS),
@@ -137,6 +139,17 @@ class Recorder:
         self._count_kernel(call["stack"], "one-pass")
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output, mask=mask)
         return output
+
+    def mask_for(self, attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
+        """`mask_spec` of one call, shared by every layer handed the same mask tensor in this forward (transformers
+        builds one per layer type), so a dense mask's key intervals are read once per forward, not per layer."""
+        if attention_mask is None:
+            return mask_spec(None, causal=causal, n_queries=n_queries, n_keys=n_keys)
+        key = (id(attention_mask), causal, n_queries, n_keys)  # masks are built per forward, never edited in place
+        if key not in self._masks:  # the tensor is kept with its spec, so its id is not reused meanwhile
+            self._masks[key] = (attention_mask, mask_spec(attention_mask, causal=causal, n_queries=n_queries,
+                                                          n_keys=n_keys))
+        return self._masks[key][1]
 
     def _count_kernel(self, stack: str, kernel: str, fallback: str | None = None) -> None:
         counts = self.kernels_run.setdefault(stack, {})

@@ -58,6 +58,9 @@ class _LayerProbe:
         stack, layer = self.layout.locate(module)
         return {"stack": stack, "layer": layer, "map_heads": "replayed"}
 
+    def mask_for(self, attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
+        return mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys)
+
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, **_) -> None:
         stack, layer = call["stack"], call["layer"]
         if stack != self.stack or layer not in self.pending:
