@@ -15,6 +15,7 @@ from tests.helpers import assert_close, eager_forward, statistics_from_maps
 
 import workbench
 from workbench.models.tiny import TINY_SLIDING_WINDOW, tiny_gemma3, tiny_llama4_chunked, tiny_qwen2_window
+from workbench.traces.health import health
 
 WINDOW = TINY_SLIDING_WINDOW
 NEW_TOKENS = 4
@@ -86,8 +87,9 @@ def test_statistics_equal_eager(family, name, where, kernel):
         # the prompt rows' own column sums (Gu et al.'s alpha is measured on the prompt forward)
         assert_close(stats["prompt_key_mass"], eager_maps[0, :, :start].sum(1), what=f"layer {layer} prompt mass")
         assert_close(stats["prompt_key_count"], visible[:start].sum(0), what=f"layer {layer} prompt count")
-    checks = trace.meta["checks"]
+    checks = trace.meta["checks"]  # the capture's verdict, and the one recomputed from the stored statistics
     assert checks["healthy"] and checks["unrecorded_rows"] == 0, checks
+    assert health(trace).healthy
     ran = trace.meta["capture"]["kernels_run"]["text"]
     calls = (NEW_TOKENS + 1) * config.num_hidden_layers  # the prompt and one step per generated token
     expected_kernel = kernel if kernel != "auto" else ("one-pass" if fused_cpu.load() else "torch")
