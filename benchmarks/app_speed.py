@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/app_speed.py                 # server side: data slice + figure + JSON
     .venv/bin/python benchmarks/app_speed.py --browser       # also real Chromium, click to drawn plot
     .venv/bin/python benchmarks/app_speed.py --real-long     # also a real 4k-token SmolLM2 statistics-only bundle
+    .venv/bin/python benchmarks/app_speed.py --views heads   # only the Heads view (every head at once)
 
 Bundles: SmolLM2 (30 layers x 9 heads; out/demo/capital.wbtrace or traced now), a LLaVA-7B-shaped synthetic
 bundle (32 x 32, 576 image tokens, statistics only) and a 4,096-token synthetic bundle (30 x 9) storing the
-maps of layer 5, heads 0-3. Each row is the time of one interaction (median of --repeat runs unless marked
+maps of layer 5, heads 0-3; for the Heads view, a 2,048-token synthetic bundle (30 x 9) storing every map
+(2.3 GB) and the SmolLM2 bundle's maps recomputed. Each row is the time of one interaction (median of --repeat runs unless marked
 cold), its ratio to the 1 s target, and for the head view the ratio to the naive alternative of shipping
 the full-resolution map (what inline-data tools do).
 """
@@ -34,7 +36,7 @@ def timed(function, repeat: int = 1):
     return statistics.median(times), result
 
 
-def build_bundles(folder: Path, real_long: bool) -> dict[str, str]:
+def build_bundles(folder: Path, real_long: bool, views=("model", "head", "heads")) -> dict[str, str]:
     import shutil
 
     from workbench.app.data.synthetic import synthetic_trace
@@ -46,11 +48,19 @@ def build_bundles(folder: Path, real_long: bool) -> dict[str, str]:
         shutil.copytree(demo, folder / "smollm2.wbtrace")
     else:
         workbench.trace("smollm2", "The capital of France is", max_new_tokens=12).save(folder / "smollm2.wbtrace")
-    synthetic_trace(layers=32, heads=32, tokens=640, n_image=576, n_generated=32, seed=1,
-                    model="synthetic-llava-7b").save(folder / "llava7b.wbtrace")
-    synthetic_trace(layers=30, heads=9, tokens=4096, n_generated=64, map_layers=(5,), map_heads=(0, 1, 2, 3), seed=2,
-                    model="synthetic-4k").save(folder / "long4k.wbtrace")
-    names = {"smollm2": "smollm2", "llava7b": "llava7b", "long": "long4k"}
+    names = {"smollm2": "smollm2"}
+    if "model" in views:
+        synthetic_trace(layers=32, heads=32, tokens=640, n_image=576, n_generated=32, seed=1,
+                        model="synthetic-llava-7b").save(folder / "llava7b.wbtrace")
+        names["llava7b"] = "llava7b"
+    if "head" in views:
+        synthetic_trace(layers=30, heads=9, tokens=4096, n_generated=64, map_layers=(5,), map_heads=(0, 1, 2, 3),
+                        seed=2, model="synthetic-4k").save(folder / "long4k.wbtrace")
+        names["long"] = "long4k"
+    if "heads" in views:
+        synthetic_trace(layers=30, heads=9, tokens=2048, n_generated=64, map_layers=tuple(range(30)), seed=3,
+                        model="synthetic-2k").save(folder / "every2k.wbtrace")
+        names["every"] = "every2k"
     if real_long:
         words = (ROOT / "README.md").read_text().split()
         prompt = " ".join((words * 20)[:2050])  # about 4,100 SmolLM2 tokens
@@ -59,6 +69,42 @@ def build_bundles(folder: Path, real_long: bool) -> dict[str, str]:
         trace.save(folder / "smollm2-long.wbtrace")
         names["real_long"] = "smollm2-long"
     return names
+
+
+def heads_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    """The Heads view: pooled maps of every head (one layer, or all 30) rendered to PNG thumbnails + layout JSON."""
+    import json
+
+    from workbench.app.data.service import AppData
+    from workbench.app.data.thumbnails import THUMBNAIL_SIDE
+    from workbench.app.pages.heads import ALL_LAYERS_SIDE, layer_grid, model_grid
+
+    rows = []
+    for key, label in (("every", "30 x 9 x 2,048 tokens, stored maps"), ("smollm2", "SmolLM2 demo, statistics only")):
+        store = AppData(folder)
+        bundle = names[key]
+        n_layers = store.trace(bundle).n_layers()
+
+        def one_layer(layer, store=store, bundle=bundle):
+            [thumbs] = store.thumbnails(bundle, "text", [layer], THUMBNAIL_SIDE)
+            return len(json.dumps(layer_grid(bundle, "text", thumbs).to_plotly_json(), default=_plotly_json))
+
+        def all_layers(store=store, bundle=bundle, n_layers=n_layers):
+            layers = store.thumbnails(bundle, "text", range(n_layers), ALL_LAYERS_SIDE)
+            return len(json.dumps(model_grid(bundle, "text", layers).to_plotly_json(), default=_plotly_json))
+
+        for what, action, count in (("one layer (layer 5) [cold]", lambda: one_layer(5), 1),
+                                    ("one layer again (cached pooled maps)", lambda: one_layer(5), repeat),
+                                    ("switch to layer 6 [cold]", lambda: one_layer(6), 1),
+                                    ("all layers [cold]", all_layers, 1),
+                                    ("all layers again (cached pooled maps)", all_layers, repeat)):
+            seconds, size = timed(action, count)
+            rows.append((f"Heads view {label}: {what}", seconds, None, size))
+    return rows
+
+
+def _plotly_json(value):
+    return value.to_plotly_json() if hasattr(value, "to_plotly_json") else str(value)
 
 
 def server_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
@@ -80,12 +126,16 @@ def server_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
         return sum(len(pio.to_json(f)) for f in figures)
 
     for key, label in (("smollm2", "30 x 9 (SmolLM2)"), ("llava7b", "32 x 32 (LLaVA-7B shape)")):
+        if key not in names:
+            continue
         store = AppData(folder)
         cold, size = timed(lambda store=store, key=key: model_view(store, names[key]))
         warm, _ = timed(lambda store=store, key=key: model_view(store, names[key]), repeat)
         rows.append((f"Model view {label}, first open", cold, None, size))
         rows.append((f"Model view {label}, again", warm, None, size))
 
+    if "long" not in names:
+        return rows
     store = AppData(folder)
     bundle = names["long"]
     trace = store.trace(bundle)
@@ -217,22 +267,65 @@ def browser_side(folder: Path, names: dict, repeat: int) -> list[tuple]:
     return rows
 
 
+def heads_browser(folder: Path, names: dict) -> list[tuple]:
+    """Real Chromium: the Heads view of the 2,048-token bundle, navigation to every thumbnail decoded."""
+    import logging
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+    from workbench.app import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server("127.0.0.1", 0, create_app(folder).server, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+    rows = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(180_000)
+            for label, path, grid, count in (
+                    ("one layer", f"/heads?bundle={names['every']}&layer=5", "heads-layer-grid", 9),
+                    ("all layers", f"/heads?bundle={names['every']}&scope=all", "heads-model-grid", 270)):
+                drawn = (f"() => {{ const i = document.querySelectorAll('#{grid} img'); return i.length === {count} "
+                         "&& Array.from(i).every(x => x.complete && x.naturalWidth > 0); }")
+                for state in ("cold", "warm"):
+                    start = time.perf_counter()
+                    page.goto(url + path)
+                    page.wait_for_function(drawn)
+                    name = f"Browser: Heads view 30 x 9 x 2,048, {label}, page load to drawn thumbnails [{state}]"
+                    rows.append((name, time.perf_counter() - start, None, 0))
+            browser.close()
+    finally:
+        server.shutdown()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--browser", action="store_true", help="also time real Chromium (needs /usr/bin/chromium)")
     parser.add_argument("--real-long", action="store_true", help="also trace and recompute a 4k-token SmolLM2 bundle")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads"], default=["model", "head", "heads"],
+                        help="which views to time (default: all)")
     parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="app-bench-") as temporary:
         folder = options.keep or Path(temporary)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        names = build_bundles(folder, options.real_long)
+        names = build_bundles(folder, options.real_long, options.views)
         print(f"bundles built in {time.perf_counter() - start:.1f} s under {folder}", file=sys.stderr)
-        rows = server_side(folder, names, options.repeat)
-        if options.browser:
+        rows = server_side(folder, names, options.repeat) if {"model", "head"} & set(options.views) else []
+        if "heads" in options.views:
+            rows += heads_view(folder, names, options.repeat)
+        if options.browser and {"model", "head"} <= set(options.views):
             rows += browser_side(folder, names, options.repeat)
+        if options.browser and "heads" in options.views:
+            rows += heads_browser(folder, names)
     width = max(len(r[0]) for r in rows)
     print(f"{'interaction':<{width}}  {'seconds':>8}  {'/ 1 s target':>12}  {'/ naive':>8}  {'JSON kB':>8}")
     for label, seconds, naive, size in rows:
