@@ -102,6 +102,10 @@ def describe(thumbs: list[LayerThumbnails], n: int) -> str:
 
 
 def register(app) -> None:
+    # the layer picker means nothing while every layer is shown (in the browser: no server round trip)
+    app.clientside_callback("function(scope) { return scope === 'all'; }", Output(sel("layer"), "disabled"),
+                            Input("heads-scope", "value"))
+
     @app.callback(Output("heads-grid", "children"), Output("heads-note", "children"),
                   Input(sel("bundle"), "value"), Input(sel("stack"), "value"), Input(sel("layer"), "value"),
                   Input("heads-scope", "value"))
