@@ -36,3 +36,28 @@ def check_lengths(loaded: LoadedModel, prompt_length: int, max_new_tokens: int, 
 def _learned_positions(loaded: LoadedModel) -> bool:
     config = loaded.text_config
     return not (getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None))
+
+
+def local_attention_span(loaded: LoadedModel) -> int | None:
+    """The shortest key span a layer of this model attends over (sliding window or attention chunk), or None
+    when every layer sees the whole past."""
+    config = loaded.text_config
+    spans = []
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        spans.append(int(window))
+    chunk = getattr(config, "attention_chunk_size", None)
+    if chunk:
+        spans.append(int(chunk))
+    return min(spans) if spans else None
+
+
+def check_intervention_length(loaded: LoadedModel, total_positions: int) -> None:
+    """Interventions edit keys by their absolute position; a sliding-window (or chunked) layer's cache holds only
+    the latest keys, so past the span a decode step's keys no longer start at 0. Refuse rather than edit the
+    wrong keys."""
+    span = local_attention_span(loaded)
+    if span is not None and total_positions > span:
+        raise InputError(f"{loaded.name} has sliding-window or chunked attention over {span} positions and this "
+                         f"input reaches {total_positions}; interventions (--intervene) are supported only within "
+                         f"that span: shorten the prompt or lower --max-new-tokens")

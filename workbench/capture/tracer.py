@@ -27,7 +27,7 @@ from workbench.capture.backends import open_backend
 from workbench.capture.generation import CachedDecoder, eos_ids, forward_inputs, greedy
 from workbench.capture.inputs import prepare_input
 from workbench.capture.plan import CapturePlan
-from workbench.capture.preflight import check_lengths
+from workbench.capture.preflight import check_intervention_length, check_lengths
 from workbench.capture.trace_meta import trace_meta
 from workbench.traces.trace import MemoryTensors, Trace
 
@@ -95,6 +95,7 @@ class Tracer:
         plan.check(loaded, self.layout, positions=prompt_length + max_new_tokens)
         runtime = None
         if intervention is not None:
+            check_intervention_length(loaded, prompt_length + max_new_tokens)
             runtime = intervention.start(self.layout, image_positions=prepared.image_positions())
         captured = self._backend.capture(prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
                                          edit=runtime, progress=progress)
