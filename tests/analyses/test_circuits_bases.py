@@ -183,7 +183,7 @@ def test_cli_basis_option_is_recorded_and_checked_first(tmp_path, models):
     workbench.trace(models("planted-induction"), "f x r c e l f x r c e l", raw=True,
                     decomposition=True).save(bundle)
     for extra, expected in (((), "reference"), (("--basis", "raw"), "raw")):
-        code, out, _ = run_cli("circuits", bundle, "--json", "--no-store", *extra)
+        code, out, _ = run_cli("circuits", bundle, "--json", "-", "--no-store", *extra)
         assert code == 0 and json.loads(out)["options"]["basis"] == expected
     code, out, err = run_cli("circuits", tmp_path / "missing.wbtrace", "--basis", "folded")
     assert code == 2 and out == "" and err.strip().count("\n") == 0 and "--basis must be one of" in err

@@ -340,7 +340,7 @@ def test_cli_routes_and_circuits_on_a_bundle(models, tmp_path):
 
     bundle = workbench.trace(models("planted-induction"), "f x r c e l f x r c e l", raw=True,
                              decomposition=True).save(tmp_path / "p.wbtrace")
-    result = run("routes", bundle, "--position", "-1", "--threshold", "0.04", "--json")
+    result = run("routes", bundle, "--position", "-1", "--threshold", "0.04", "--json", "-")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["routes"][0]["position"] == 12 and (bundle / "results" / "routes.json").is_file()

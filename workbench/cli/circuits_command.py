@@ -21,7 +21,8 @@ def circuits(
                                    "ln1.hook_normalized) or 'raw' (the norm's output with the model's own W_Q, W_K)."),
     model: str | None = typer.Option(None, "--model", "-m",
                                         help="The traced model's weights [default: the model named in the bundle]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/circuits.json into the bundle."),
 ) -> None:
     """Circuits: which upstream heads feed each head's firings through its query (Q) or key (K) side."""
@@ -35,6 +36,9 @@ def circuits(
     from workbench.cli import options as check
 
     check_basis(basis)  # before the bundle and the weights load
+    from workbench.cli.paths import check_json_output, is_stdout, write_json
+
+    json_out = check_json_output(json_out, force=force)
     check.real("--firing-threshold", firing_threshold, above=0.0, high=1.0)
     check.real("--coverage", coverage, above=0.0, high=1.0)
     check.real("--component-threshold", component_threshold, above=0.0, high=1.0)
@@ -49,12 +53,9 @@ def circuits(
     data = result.to_json()
     if store:
         store_result(trace, "circuits", data)
-    if as_json:
-        from workbench import strict_json
-
-        print(strict_json.dumps(data))
-        return
-    _summary(result, trace)
+    write_json(json_out, data)
+    if not is_stdout(json_out):
+        _summary(result, trace)
 
 
 def _load_model(name: str | None, trace):
@@ -80,8 +81,9 @@ def _summary(result, trace) -> None:
 
     console = SafeConsole()
     stats = result.stats
+    mean = stats["components_kept_mean"]
     console.print(f"circuits {result.model} ({result.options.get('basis', 'raw')} basis): {stats['firings']} firings, "
-                  f"{stats['components_kept_mean']} singular components kept on average "
+                  f"{'no' if mean is None else f'{mean:.1f}'} singular components kept on average "
                   f"(max {stats['components_kept_max']}), RoPE {'offset-dependent Omega' if stats['rope'] else 'no'}, "
                   f"score reconstruction error {stats['max_reconstruction_error']:.1e}")
     graph = result.graph

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from workbench import strict_json
 from workbench.errors import InputError
 
 
@@ -52,7 +51,8 @@ def routes(
     bias: str = typer.Option("share", "--bias", help="'share' b_O among the parts or 'exclude' it (reference)."),
     head_types: bool = typer.Option(True, "--head-types/--no-head-types",
                                     help="Also score previous-token / induction / subword-merging patterns."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a summary."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/routes.json into the bundle."),
 ) -> None:
     """Routes: the subgraph of token representations a prediction draws on, with head usage and typed heads."""
@@ -62,6 +62,9 @@ def routes(
     from workbench.cli import options as check
 
     check.real("--threshold", threshold, low=0.0, high=1.0)
+    from workbench.cli.paths import check_json_output, is_stdout, write_json
+
+    json_out = check_json_output(json_out, force=force)
     position = parse_position(position)
     trace = workbench.load(bundle)
     result = analysis.analyse(trace, position=position, threshold=threshold,
@@ -71,10 +74,9 @@ def routes(
         from workbench.cli.paths import store_result
 
         store_result(trace, "routes", data)
-    if as_json:
-        print(strict_json.dumps(data))
-        return
-    _summary(result, trace)
+    write_json(json_out, data)
+    if not is_stdout(json_out):
+        _summary(result, trace)
 
 
 def _summary(result, trace) -> None:
