@@ -15,23 +15,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import workbench
 from workbench.analyses import circuits
-
-
-def biased_tiny_gpt2():
-    """tiny-gpt2 with norm gains, norm biases and projection biases moved off 1 / 0 (seeded), as in the tests."""
-    from workbench.models.tiny import tiny_gpt2
-
-    loaded = tiny_gpt2()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-    return loaded
+from workbench.models.tiny import tiny_gpt2_biased
 
 
 def singular_value_gap(loaded, trace) -> float:
@@ -69,7 +55,7 @@ def main() -> None:
     print(f"{'model':<22} {'tokens':>6} {'firings':>7} {'s gap':>8} {'same components':>13} {'same upstream':>13} "
           f"{'edges':>5} {'(raw)':>5} {'shared':>6} {'kept ref':>8} {'kept raw':>8}")
     compare("planted-induction", workbench.load_model("planted-induction"), "f x r c e l f x r c e l")
-    compare("tiny-gpt2 + biases", biased_tiny_gpt2(), "abcabd abcabd xyzxyz", threshold=0.3)
+    compare("tiny-gpt2 + biases", tiny_gpt2_biased(), "abcabd abcabd xyzxyz", threshold=0.3)
     if args.smollm2:
         compare("smollm2", workbench.load_model("smollm2"),
                 "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.")

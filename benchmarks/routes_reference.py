@@ -28,6 +28,7 @@ import torch
 
 import workbench
 from workbench.analyses import routes
+from workbench.models.tiny import tiny_gpt2_biased
 from workbench.traces.names import tensor_name
 
 EPS = 1e-5  # the released get_contributions' floor
@@ -128,16 +129,6 @@ def compare(label: str, loaded, tau: float = 0.04) -> None:
     print(f"{label:<20} {len(trace.tokens):>3} | as released: {cells[0]} | two bugs mended: {cells[1]}")
 
 
-def biased_tiny_gpt2():
-    from workbench.models.tiny import tiny_gpt2
-
-    loaded = tiny_gpt2()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter_name, parameter in loaded.model.named_parameters():
-            if parameter_name.endswith("bias") or ".ln_" in parameter_name:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-    return loaded
 
 
 def main() -> None:
@@ -146,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     print("model                  n | route edge sets, then max |ours - theirs| per edge kind")
     compare("tiny-llama", workbench.load_model("tiny-llama"))
-    compare("tiny-gpt2 + biases", biased_tiny_gpt2())
+    compare("tiny-gpt2 + biases", tiny_gpt2_biased())
     if args.smollm2:
         compare("smollm2", workbench.load_model("smollm2"))
 

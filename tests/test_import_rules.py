@@ -31,6 +31,7 @@ COMPONENTS = {
     "workbench.errors": "base", "workbench.threads": "base", "workbench.peak_rss": "base",
     "workbench.lazy": "base", "workbench.version": "base", "workbench.images": "base",
     "workbench.strict_json": "base", "workbench.output_paths": "base",
+    "workbench.option_checks": "base",
     "workbench.kernels": "kernels",
     "workbench.models": "models", "workbench.traces": "traces", "workbench.datasets": "datasets",
     "workbench.capture": "capture",

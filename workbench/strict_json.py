@@ -13,11 +13,14 @@ import json
 import math
 
 
-def dumps(data, *, indent: int | None = None) -> str:
-    """`data` as strict JSON text (UTF-8 kept, not escaped); NaN and +-Infinity become null."""
+def dumps(data, *, indent: int | None = None, default=None) -> str:
+    """`data` as strict JSON text (UTF-8 kept, not escaped); NaN and +-Infinity become null. `default` converts
+    values json does not know (e.g. `float` for numpy scalars), as in json.dumps."""
     try:
-        return json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
+        return json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False, default=default)
     except ValueError:  # only a non-finite float makes allow_nan=False fail; the walk is paid only then
+        if default is not None:  # numpy scalars become floats first, so the walk sees them
+            data = json.loads(json.dumps(data, default=default))
         return json.dumps(finite(data), ensure_ascii=False, indent=indent, allow_nan=False)
 
 

@@ -26,15 +26,9 @@ PROMPT = "abcabd abcabd xyzxyz"
 @pytest.fixture(scope="module")
 def biased_gpt2():
     """tiny-gpt2 with every norm gain, norm bias and projection bias moved away from 1 / 0 (seeded)."""
-    from workbench.models.tiny import tiny_gpt2
+    from workbench.models.tiny import tiny_gpt2_biased
 
-    loaded = tiny_gpt2()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
-    return loaded
+    return tiny_gpt2_biased()
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def app_command(
             raise InputError(f"--allow-model-dir {folder} is not a folder")
     if not 0 <= port <= 65535:
         raise InputError("--port must be between 0 and 65535")
-    from workbench.cli import options
+    from workbench import option_checks as options
 
     options.count("--cache-mb", cache_mb, low=1, high=1_000_000)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -27,13 +27,11 @@ def circuits(
 ) -> None:
     """Circuits: which upstream heads feed each head's firings through its query (Q) or key (K) side."""
     import workbench
+    from workbench import option_checks as check
     from workbench.analyses import circuits as analysis
-    from workbench.cli.paths import store_result
-
     from workbench.analyses.circuits import check_basis
+    from workbench.cli.paths import store_result
     from workbench.errors import InputError
-
-    from workbench.cli import options as check
 
     check_basis(basis)  # before the bundle and the weights load
     from workbench.cli.paths import check_json_output, is_stdout, write_json
@@ -60,7 +58,6 @@ def circuits(
 
 def _load_model(name: str | None, trace):
     from workbench.cli.printing import SafeConsole
-
     from workbench.errors import WorkbenchError
     from workbench.models import load_model
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 
 def summarise(folder: Path) -> None:
-    from workbench.cli.printing import SafeConsole
     from rich.table import Table
 
     import workbench
+    from workbench.cli.printing import SafeConsole
     from workbench.traces.summary import stack_summary
 
     bundles = sorted(folder.glob("*.wbtrace"))

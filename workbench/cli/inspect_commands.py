@@ -33,9 +33,9 @@ def _availability(spec) -> str:
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the model names the workbench knows (any local directory or hub id works too)."""
-    from workbench.cli.printing import SafeConsole
     from rich.table import Table
 
+    from workbench.cli.printing import SafeConsole
     from workbench.models.registry import REGISTRY
 
     rows = [{"name": s.name, "kind": s.kind, "source": s.hub_id or s.source, "available": _availability(s),
@@ -58,9 +58,8 @@ def info(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every file's checksum."),
 ) -> None:
     """Summarise a trace bundle: model, tokens by region, generation, stored tensors, health checks, results."""
-    from workbench.cli.printing import SafeConsole
-
     import workbench
+    from workbench.cli.printing import SafeConsole
 
     trace = workbench.load(bundle, verify=verify)
     if as_json:

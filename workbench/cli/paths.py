@@ -47,18 +47,14 @@ def _is_json_file(path: Path) -> bool:
     return head[:1] in (b"{", b"[") or path.stat().st_size == 0
 
 
-def json_text(data) -> str:
-    """Strict JSON (no NaN or Infinity, which other tools reject): non-finite numbers become null."""
+def write_json(path: Path | None, data, *, default=None) -> None:
+    """Write `data` as strict JSON (non-finite numbers as null; `default` as in json.dumps) to `path` (checked
+    earlier by check_json_output); `-` prints it."""
     from workbench import strict_json
 
-    return strict_json.dumps(data, indent=1)
-
-
-def write_json(path: Path | None, data) -> None:
-    """Write `data` as strict JSON to `path` (checked earlier by check_json_output); `-` prints it."""
     if path is None:
         return
-    text = json_text(data)
+    text = strict_json.dumps(data, indent=1, default=default)
     if is_stdout(path):
         print(text)
     else:

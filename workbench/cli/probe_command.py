@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import sys
@@ -29,7 +28,7 @@ def _write_json(target: Optional[Path], data: dict) -> None:
     """Strict JSON of a report (numpy numbers as plain ones) to `target`, checked before the work."""
     from workbench.cli.paths import write_json
 
-    write_json(target, json.loads(json.dumps(data, default=float)))
+    write_json(target, data, default=float)
 
 
 @probe_app.command("build")
@@ -60,7 +59,7 @@ def build(
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
 ) -> None:
     """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
-    from workbench.cli import options
+    from workbench import option_checks as options
     from workbench.probes import dataset, tasks
 
     if sum(x is not None for x in (task, prompts, scenes)) > 1:
@@ -91,9 +90,7 @@ def build(
     items = tasks.sample(items, limit, seed)
     new_tokens = max_new_tokens if max_new_tokens is not None else (20 if scenes is not None else 16)
     from workbench.cli.printing import SafeConsole
-
     from workbench.models import load_model
-
     from workbench.threads import apply_threads
 
     apply_threads(threads)
@@ -158,10 +155,9 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing probe file."),
 ) -> None:
     """Train a detector on the training groups of a dataset and report its held-out AUROC."""
+    from workbench.cli.paths import check_json_output
     from workbench.probes import dataset
     from workbench.probes.probe import train as run_train
-
-    from workbench.cli.paths import check_json_output
     from workbench.probes.store import check_output_path
 
     out = check_output_path(out, force=force)
@@ -187,7 +183,7 @@ def _train_options(detector: str, *, c: str, features: str, window: int, span: s
                    hidden_layer: int | None, edges: str, threshold: float, k: int, contrastive: bool,
                    epochs: int | None, seed: int, test_fraction: float) -> dict:
     """Check every option of `probe train` before the dataset loads; the detector's keyword options."""
-    from workbench.cli import options
+    from workbench import option_checks as options
 
     def one_of(option: str, value: str, choices: tuple[str, ...]) -> None:
         if value not in choices:
@@ -239,12 +235,10 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Held-out (or transfer) AUROC of trained probes, with the probability baselines beside Lookback Lens."""
+    from workbench.cli.paths import check_json_output
     from workbench.cli.printing import SafeConsole
-
     from workbench.probes import dataset
     from workbench.probes.probe import Probe
-
-    from workbench.cli.paths import check_json_output
 
     json_out = check_json_output(json_out, force=force)
     probes = [(path, Probe.load(path)) for path in probe_paths]

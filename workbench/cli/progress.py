@@ -13,8 +13,9 @@ import time
 
 
 def progress_bars():
-    from workbench.cli.printing import SafeConsole, description_column
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+    from workbench.cli.printing import SafeConsole, description_column
 
     return Progress(SpinnerColumn(), description_column(), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), transient=True, console=SafeConsole(stderr=True))
@@ -28,7 +29,6 @@ def _rate_text(counted: int, tokens: int, elapsed: float, unit: str) -> str:
 
 
 def throughput_bars():
-    from workbench.cli.printing import SafeConsole, description_column
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -40,6 +40,8 @@ def throughput_bars():
         TimeRemainingColumn,
     )
     from rich.text import Text
+
+    from workbench.cli.printing import SafeConsole, description_column
 
     class Throughput(ProgressColumn):
         def render(self, task) -> Text:

@@ -57,9 +57,8 @@ def routes(
 ) -> None:
     """Routes: the subgraph of token representations a prediction draws on, with head usage and typed heads."""
     import workbench
+    from workbench import option_checks as check
     from workbench.analyses import routes as analysis
-
-    from workbench.cli import options as check
 
     check.real("--threshold", threshold, low=0.0, high=1.0)
     from workbench.cli.paths import check_json_output, is_stdout, write_json

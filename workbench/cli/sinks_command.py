@@ -55,7 +55,7 @@ def sinks(
         raise InputError("--query-rows takes 'prompt' or 'all'")
     if var_layers not in ("reference", "all"):
         raise InputError("--var-layers takes 'reference' or 'all'")
-    from workbench.cli import options as check
+    from workbench import option_checks as check
     from workbench.cli.paths import check_json_output, write_json
 
     check.real("--eps", eps, above=0.0, high=1.0)

@@ -39,7 +39,6 @@ def sweep(
 ) -> None:
     """Trace every input in statistics mode into per-head and per-input Parquet tables plus aggregates."""
     from workbench.cli.printing import SafeConsole
-
     from workbench.scale import run_sweep
 
     console = SafeConsole(stderr=True)

@@ -73,9 +73,9 @@ def trace(
             prompt = prompt_file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise InputError(f"{prompt_file} is not UTF-8 text") from None
+    from workbench import option_checks as options
     from workbench.capture.backends import check_backend
     from workbench.capture.plan import CapturePlan
-    from workbench.cli import options
 
     # Every option is checked here, before any weights load: a typo fails in a second with one line.
     options.count("--max-new-tokens", max_new_tokens, high=1_000_000)
@@ -102,7 +102,6 @@ def trace(
     lens = __import__("workbench.probes.probe", fromlist=["Probe"]).Probe.load(probe).lookback() if probe else None
     from workbench.capture import Tracer
     from workbench.cli.printing import SafeConsole
-
     from workbench.threads import apply_threads
 
     apply_threads(threads)

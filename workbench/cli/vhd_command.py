@@ -39,7 +39,7 @@ def vhd_command(
         raise InputError("--distance takes 'cosine' or 'l2'")
     if prompt is not None and image is None:
         raise InputError("--prompt needs --image: VHD compares the run with the image to the run without it")
-    from workbench.cli import options as check
+    from workbench import option_checks as check
     from workbench.cli.paths import check_json_output, write_json
 
     check.count("--max-new-tokens", max_new_tokens, low=1, high=4096)

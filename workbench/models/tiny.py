@@ -51,6 +51,20 @@ def tiny_gpt2() -> LoadedModel:
     return LoadedModel("tiny-gpt2", _seeded(lambda: GPT2LMHeadModel(config)), tokenizer, "causal", "tiny-gpt2")
 
 
+def tiny_gpt2_biased() -> LoadedModel:
+    """tiny-gpt2 with every norm gain, norm bias and projection bias moved away from 1 / 0 (seeded): the GPT-2
+    shape on which conventions that fold or drop biases (circuit bases, routes' value bias) differ."""
+    import torch
+
+    loaded = tiny_gpt2()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return loaded
+
+
 def tiny_llama() -> LoadedModel:
     from transformers import LlamaForCausalLM
 

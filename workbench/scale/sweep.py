@@ -11,12 +11,12 @@ The output folder layout and the commit protocol are described in `workbench.sca
 from __future__ import annotations
 
 import datetime
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench import option_checks
 from workbench.capture.backends import check_backend
 from workbench.capture.kernel_choice import check_kernel
 from workbench.errors import InputError
@@ -25,7 +25,6 @@ from workbench.scale.inputs import read_inputs
 from workbench.scale.lock import SweepLock
 from workbench.scale.store import SweepStore
 from workbench.scale.worker import WorkerConfig
-
 
 
 @dataclass
@@ -66,23 +65,13 @@ def _check_model_name(model: str) -> None:
 
 def _check_numbers(*, batch_size, workers, gpus_per_worker, cpus_per_worker, max_new_tokens, bundles,
                    threads) -> None:
-    """Every numeric option in range and finite (nan passes every comparison), before anything starts. The same
-    rules and words as the CLI's option checks; written here because the Python API takes these too."""
+    """Every numeric option in range and finite, before anything starts (the Python API takes these too)."""
     for option, value, low, high in (("--batch-size", batch_size, 1, 10_000_000), ("--workers", workers, 0, 100_000),
                                      ("--max-new-tokens", max_new_tokens, 0, 1_000_000),
                                      ("--bundles", bundles, 0, 10_000_000), ("--threads", threads, 1, 4096)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            shown = str(value) if len(str(value)) <= 20 else f"a {len(str(value))}-digit number"
-            raise InputError(f"{option} must be between {low} and {high:,}, not {shown}")
-    for option, value, low, high in (("--gpus-per-worker", gpus_per_worker, 0, 1024),
-                                     ("--cpus-per-worker", cpus_per_worker, 0, 100_000)):
-        if not math.isfinite(value):
-            raise InputError(f"{option} must be a finite number, not {value}")
-        if not low <= value <= high or (option == "--cpus-per-worker" and value == 0):
-            bound = "above 0 and at most" if option == "--cpus-per-worker" else f"between {low} and"
-            raise InputError(f"{option} must be {bound} {high:g}, not {value:g}")
+        option_checks.count(option, value, low=low, high=high)
+    option_checks.real("--gpus-per-worker", gpus_per_worker, low=0, high=1024)
+    option_checks.real("--cpus-per-worker", cpus_per_worker, above=0, high=100_000)
 
 
 def _check_device_and_dtype(device: str, dtype: str, *, local: bool) -> None:

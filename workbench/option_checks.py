@@ -1,4 +1,4 @@
-"""Range checks for the CLI's numeric options, done before any work starts.
+"""Range checks for numeric options (the CLI's and the Python API's), done before any work starts.
 
 typer turns text into an int or a float; these say whether the number makes sense: counts are bounded on
 both sides (a 330-digit `--max-new-tokens` must not reach a loop), and reals must be finite (`nan` passes
@@ -19,7 +19,7 @@ def count(option: str, value: int | None, *, low: int = 0, high: int = MAX_COUNT
     """`value` if it is a whole number in [low, high] (None passes: the option's default applies)."""
     if value is None:
         return None
-    if not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         shown = str(value) if len(str(value)) <= 20 else f"a {len(str(value))}-digit number"
         raise InputError(f"{option} must be between {low} and {high:,}, not {shown}")
     return value
