@@ -7,10 +7,10 @@ bundle without it shows that command), and append the module here.
 
 from __future__ import annotations
 
-from workbench.app.pages import circuits, hallucination, head, heads, image, model, runs, token
+from workbench.app.pages import circuits, compare, hallucination, head, heads, image, model, runs, token
 from workbench.app.pages.common import Page
 
 PAGES: list[Page] = [runs.PAGE, model.PAGE, heads.PAGE, head.PAGE, token.PAGE, image.PAGE, circuits.PAGE,
-                     hallucination.PAGE]
+                     hallucination.PAGE, compare.PAGE]
 
 __all__ = ["PAGES", "Page"]
