@@ -74,7 +74,7 @@ class Alignment:
         if not self.same_length:
             extra = ""
             if self.image_a != self.image_b:
-                extra = f"; A has {self.image_a} image tokens, B {self.image_b}"
+                extra = f"; image tokens: A {self.image_a}, B {self.image_b}"
             return (f"no map difference: the token sequences have different lengths (A {self.n_a}, B {self.n_b}"
                     f"{extra}), so query and key positions do not correspond")
         return None

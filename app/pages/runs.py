@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from dash import Input, Output, State, dcc, html, no_update
+from dash import ALL, Input, Output, State, dcc, html, no_update
 from workbench.app.pages.common import Page, data, error_panel, guarded, guarded_layout, link, note
 
 DEFAULT_MODEL = "smollm2"  # the form's first choice when the server offers it
+
+# Two ticked runs open the Compare page: A = the older (lower in the table), B = the newer.
+COMPARE_PICKS = """
+function(values) {
+    const ids = dash_clientside.callback_context.inputs_list[0].map(function(item) { return item.id.bundle; });
+    const ticked = ids.filter(function(id, index) { return (values[index] || []).length > 0; });
+    if (ticked.length !== 2) {
+        return ["/compare", "wb-button-light wb-disabled",
+                "tick two runs to compare them (" + ticked.length + " ticked)"];
+    }
+    return ["/compare?" + new URLSearchParams({a: ticked[1], b: ticked[0]}).toString(), "wb-button",
+            "A = " + ticked[1] + ", B = " + ticked[0]];
+}
+"""
 
 
 def _short(text: str, limit: int) -> str:
@@ -19,12 +33,12 @@ def bundle_table() -> html.Div:
     if not infos:
         return note(f"No bundles under {store.root} yet: trace one with the form below, or with "
                     "`workbench trace --model smollm2 --prompt '...' --out DIR/NAME.wbtrace`.")
-    header = html.Tr([html.Th(h) for h in ("", "bundle", "model", "prompt", "generated", "tokens", "created",
+    header = html.Tr([html.Th(h) for h in ("compare", "", "bundle", "model", "prompt", "generated", "tokens", "created",
                                              "maps", "results", "checks")])
     rows = []
     for info in sorted(infos, key=lambda i: (i.created, i.id), reverse=True):
         if not info.ok:
-            rows.append(html.Tr([html.Td("⚠"), html.Td(info.id), html.Td(error_panel(info.error, title="corrupt"),
+            rows.append(html.Tr([html.Td(""), html.Td("⚠"), html.Td(info.id), html.Td(error_panel(info.error, title="corrupt"),
                                                                       colSpan=8)], className="wb-row-error"))
             continue
         thumb = store.thumbnail(info.id) if info.image_sha256 else None
@@ -33,8 +47,12 @@ def bundle_table() -> html.Div:
                       "--images") if info.image_sha256 else "")
         maps = ", ".join(f"{stack} {len(layers)} layers" for stack, layers in info.map_layers.items()) or "stats only"
         rows.append(html.Tr([
+            html.Td(dcc.Checklist(id={"type": "runs-pick", "bundle": info.id}, value=[],
+                                  options=[{"label": "", "value": info.id}])),
             html.Td(image_cell),
-            html.Td(dcc.Link(info.id, href=link("/model", bundle=info.id), className="wb-open")),
+            html.Td([dcc.Link(info.id, href=link("/model", bundle=info.id), className="wb-open"), " ",
+                     dcc.Link("compare…", href=link("/compare", a=info.id), className="wb-muted",
+                              title="compare with the newest other run (pick B there)")]),
             html.Td(f"{info.model} ({info.kind})"),
             html.Td(_short(info.prompt, 70), title=info.prompt),
             html.Td(_short(info.generated, 50), title=info.generated),
@@ -102,11 +120,19 @@ def layout(**_params):
                className="wb-muted"),
         html.Button("Refresh", id="runs-refresh", n_clicks=0, className="wb-button-light"),
         html.Div(bundle_table(), id="runs-table"),
+        html.Div([dcc.Link("Compare the two ticked runs", href="/compare", id="runs-compare",
+                           className="wb-button-light"),
+                  html.Span("tick two runs to compare them", id="runs-compare-status", className="wb-muted")],
+                 className="wb-controls"),
         form,
     ])
 
 
 def register(app) -> None:
+    app.clientside_callback(COMPARE_PICKS, Output("runs-compare", "href"), Output("runs-compare", "className"),
+                            Output("runs-compare-status", "children"),
+                            Input({"type": "runs-pick", "bundle": ALL}, "value"))
+
     @app.callback(Output("runs-table", "children"), Input("runs-refresh", "n_clicks"),
                   Input("runs-finished", "data"), prevent_initial_call=True)
     @guarded("panel")
