@@ -2,42 +2,62 @@
 
 from __future__ import annotations
 
-import dash_cytoscape as cyto  # component libraries must load before the first request
-from dash import Input, Output, State, html, no_update
+from dash import Input, Output, State, dcc, html
 from workbench.app.data import results as results_mod
-from workbench.app.figures.graphs import STYLESHEET, circuit_elements
+from workbench.app.figures.circuits import DEFAULT_TOP_K, TOP_K_CHOICES, circuit_figure
 from workbench.app.pages.common import (
     Page,
+    as_int,
     bundle_picker,
     data,
     first,
+    graph,
     guarded,
     guarded_layout,
     hint_panel,
-    link,
     no_bundle,
     note,
     sel,
 )
 
+# A click on a head (the node trace carries customdata [layer, head]; edge markers carry none) opens it.
+OPEN_HEAD_FROM_CIRCUIT = """
+function(click, bundle) {
+    if (!click || !click.points || !click.points.length) { return dash_clientside.no_update; }
+    const data = click.points[0].customdata;
+    if (!Array.isArray(data) || data.length !== 2) { return dash_clientside.no_update; }
+    const query = new URLSearchParams({bundle: bundle, stack: "text", layer: data[0], head: data[1]});
+    return "/head?" + query.toString();
+}
+"""
+
+
+def top_k_options() -> list[dict]:
+    return [{"label": str(k) if k else "all", "value": k} for k in TOP_K_CHOICES]
+
 
 @guarded_layout
-def layout(bundle=None, **_):
+def layout(bundle=None, top=None, **_):
     store = data()
     bundle = store.resolve(first(bundle))
     if bundle is None:
         return no_bundle()
+    top_k = as_int(top, DEFAULT_TOP_K)
+    top_k = top_k if top_k in TOP_K_CHOICES else DEFAULT_TOP_K
     return html.Div([
         html.H2("Circuits"),
-        html.Div([bundle_picker(bundle)], className="wb-controls"),
+        html.Div([bundle_picker(bundle),
+                  html.Span("strongest edges:", className="wb-muted"),
+                  dcc.RadioItems(id="circuits-top", options=top_k_options(), value=top_k, inline=True)],
+                 className="wb-controls"),
         html.Div(id="circuits-body"),
     ])
 
 
 def register(app) -> None:
-    @app.callback(Output("circuits-body", "children"), Input(sel("bundle"), "value"))
+    @app.callback(Output("circuits-body", "children"), Input(sel("bundle"), "value"), Input("circuits-top", "value"))
     @guarded("panel")
-    def render(bundle):
+    def render(bundle, top_k):
         store = data()
         trace = store.trace(bundle)
         found = results_mod.find(trace.results, "circuits")
@@ -50,25 +70,23 @@ def register(app) -> None:
         if parsed.value is None:
             return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
                                                    f"`{results_mod.ANALYSES['circuits'].command}`")])
-        elements = circuit_elements(parsed.value)
+        top_k = top_k if top_k in TOP_K_CHOICES else DEFAULT_TOP_K
+        figure = circuit_figure(parsed.value, top_k=top_k, n_layers=trace.n_layers(), n_heads=trace.n_heads())
         options = getattr(found.result, "options", {}) or {}
-        n_nodes = len(parsed.value.nodes)
         return html.Div(warnings + [
-            html.P(f"{n_nodes} heads, {len(parsed.value.edges)} edges. Node = (layer, head), placed at x = head, "
-                   "y = layer; edges from upstream heads, orange through the query side, green through the key side, "
-                   "purple both; width = share of the contribution. Click a head to open it.", className="wb-muted"),
+            html.P(f"{len(parsed.value.nodes)} heads, {len(parsed.value.edges)} edges in results/{name}.json. "
+                   "A head (layer, head) reads an upstream head's output through the query or key side of its "
+                   "attention score; weight = that head's mean share of the score over the downstream head's "
+                   "firings. Drawn: the strongest edges only (control above) and the heads they join; width = weight; "
+                   "hover an edge for its contribution, click a head to open it, click a legend entry to hide a side.",
+                   className="wb-muted", id="circuits-summary"),
             html.P(basis_line(options), className="wb-muted", id="circuits-basis"),
-            cyto.Cytoscape(id="circuits-graph", elements=elements, layout={"name": "preset"}, stylesheet=STYLESHEET,
-                           style={"width": "100%", "height": "640px"}, minZoom=0.1, maxZoom=4),
+            graph("circuits-graph", figure),
         ])
 
-    @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("circuits-graph", "tapNodeData"),
-                  State(sel("bundle"), "value"), prevent_initial_call=True)
-    @guarded("skip")
-    def open_head(node, bundle):
-        if not node or node.get("layer") is None or node.get("head") is None:
-            return no_update
-        return link("/head", bundle=bundle, stack="text", layer=node["layer"], head=node["head"])
+    app.clientside_callback(OPEN_HEAD_FROM_CIRCUIT, Output("wb-nav", "href", allow_duplicate=True),
+                            Input("circuits-graph", "clickData"), State(sel("bundle"), "value"),
+                            prevent_initial_call=True)
 
 
 def basis_line(options: dict) -> str:

@@ -136,7 +136,7 @@ def test_image_overlay_on_a_vlm_bundle(server, page):
 
 def test_circuits_and_hallucination_views(server, page):
     page.goto(server.url + "/circuits?bundle=llama-stats")
-    page.locator("#circuits-graph canvas").first.wait_for()
+    wait_figure(page, "circuits-graph", "gd.layout.title.text.includes('1 edges')")
     assert "2 heads, 1 edges" in page.inner_text("#circuits-body")
     shot(page, "circuits")
     page.goto(server.url + "/circuits?bundle=llama-maps")

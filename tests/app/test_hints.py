@@ -66,7 +66,7 @@ def test_token_page_route_hint_gives_a_retrace_command_that_works(app):
 
 
 def test_circuits_page_hint_asks_for_the_decomposition(app):
-    out = _call(app, [("circuits-body", "children")], [(BUNDLE, "value", "plain")])
+    out = _call(app, [("circuits-body", "children")], [(BUNDLE, "value", "plain"), ("circuits-top", "value", 40)])
     text = json.dumps(out["circuits-body"]["children"])
     assert "workbench trace --model tiny-llama --raw" in text and "then run `workbench circuits " in text
 
