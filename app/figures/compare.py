@@ -12,6 +12,7 @@ from workbench.app.figures.common import FONT, labels_that_fit, layer_ticks, pos
 DIVERGING = "RdBu_r"  # red = B higher, blue = B lower, white = equal
 COLORS = {"A": "#1f77b4", "B": "#d62728", "diff": "#555555"}
 HOVER_TEXT_CELLS = 160 * 160  # map cells carrying token text in hover, per panel
+MAP_PANEL_PIXELS = 300  # three square maps share about 1,000 px of a 1,400 px wide window
 
 
 def _symmetric(values: np.ndarray) -> float:
@@ -92,8 +93,9 @@ def layer_profiles(profile_a: np.ndarray, profile_b: np.ndarray, *, label: str, 
     fig.update_layout(template="plotly_white", font=FONT, height=height, title=title,
                       margin=dict(l=60, r=20, t=50 if title else 20, b=50), legend=dict(orientation="h", y=-0.3),
                       xaxis=dict(title="layer" if same else "relative depth (layer / (layers − 1))",
-                                 **(layer_ticks(len(profile_a)) if same else {})),
-                      yaxis=dict(title=f"{label}, mean over heads"))
+                                 **(dict(layer_ticks(len(profile_a)), range=[-0.5, len(profile_a) - 0.5]) if same
+                                    else dict(range=[-0.03, 1.03]))),
+                      yaxis=dict(title="mean over heads"))
     return fig
 
 
@@ -121,9 +123,9 @@ def token_curves(values_a: np.ndarray, values_b: np.ndarray, pairs: np.ndarray, 
                          customdata=custom,
                          hovertemplate=("A %{customdata[0]} <b>%{customdata[2]}</b> · B %{customdata[1]} "
                                         "<b>%{customdata[3]}</b><br>B − A: %{y:+.4f}<extra></extra>")), row=2, col=1)
-    fig.update_layout(template="plotly_white", font=FONT, height=height, title=title, hovermode="closest",
-                      margin=dict(l=60, r=20, t=50 if title else 20, b=50), legend=dict(orientation="h", y=1.08),
-                      bargap=0)
+    fig.update_layout(template="plotly_white", font=FONT, height=height, title=dict(text=title, y=0.97),
+                      hovermode="closest", margin=dict(l=60, r=20, t=80 if title else 40, b=50), bargap=0,
+                      legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
     fig.update_yaxes(title_text=label, row=1, col=1)
     fig.update_yaxes(title_text="B − A", zeroline=True, zerolinecolor="#999", row=2, col=1)
     fig.update_xaxes(title_text="position" if mode == "position" else "text-token index (image tokens dropped)",
@@ -158,7 +160,7 @@ def map_comparison(win_a: Window | None, win_b: Window | None, win_diff: Window 
     titles = [f"A: {names[0]}", f"B: {names[1]}"] + (["B − A"] if win_diff is not None else [])
     fig = make_subplots(rows=1, cols=panels, subplot_titles=titles, horizontal_spacing=0.1)
     peak = max([float(w.values.max(initial=0)) for w in (win_a, win_b) if w is not None] + [1e-6])
-    fitting = labels_that_fit(int(0.5 * (height - 170)))
+    fitting = labels_that_fit(MAP_PANEL_PIXELS)
     for column, (win, texts_q, texts_k, axis) in enumerate(
             ((win_a, texts_a, texts_a, "coloraxis"), (win_b, texts_b, texts_b, "coloraxis"),
              (win_diff, texts_a, texts_b, "coloraxis2")), start=1):

@@ -163,7 +163,7 @@ def metric_view(a: str, b: str, name: str):
                              zmin=metric_a.zmin, zmax=metric_a.zmax, colorscale=metric_a.colorscale,
                              reason=aligned.grid_reason(), title=f"{metric_a.label}: A, B and B − A")
     profile = layer_profiles(cmp.layer_profile(metric_a.values), cmp.layer_profile(metric_b.values),
-                             label=metric_a.label, names=names, title="per layer, mean over heads")
+                             label=metric_a.label, names=names, title=f"{metric_a.label} per layer, mean over heads")
     messages.insert(0, html.Div(metric_a.description, className="wb-muted"))
     if aligned.grid_reason():
         messages.insert(0, note(aligned.grid_reason(), warning=True))
