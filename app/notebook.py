@@ -153,15 +153,13 @@ def route_view(result, position: int | None = None, *, trace) -> go.Figure:
                         title=f"route of the prediction at row {route.position} (predicts {predicted!r})")
 
 
-def circuit_view(result, *, min_weight: float = 0.0, title: str = "head-to-head circuit (SVD tracing)") -> go.Figure:
-    """The head-to-head graph of a `circuits.analyse` result, drawn like the Circuits view; edges lighter than
-    `min_weight` (and heads left without an edge) are dropped."""
+def circuit_view(result, *, top_k: int = 40, min_weight: float = 0.0, n_layers: int | None = None,
+                 n_heads: int | None = None, title: str | None = None) -> go.Figure:
+    """The head-to-head graph of a `circuits.analyse` result, drawn as the Circuits view draws it: the `top_k`
+    heaviest edges (0 = all) of weight >= min_weight and the heads they join, x = layer, y = head (axes span
+    n_layers x n_heads when given, e.g. `trace.n_layers()`, else the graph's heads)."""
     from workbench.app.data.results import graph_of
-    from workbench.app.figures.graphs import circuit_elements
+    from workbench.app.figures.circuits import circuit_figure
 
-    parsed = graph_of(result.graph).value
-    if min_weight > 0:
-        edges = [e for e in parsed.edges if abs(e["weight"]) >= min_weight]
-        used = {e["source"] for e in edges} | {e["target"] for e in edges}
-        parsed = type(parsed)([n for n in parsed.nodes if n["id"] in used], edges, parsed.attrs)
-    return graph_figure(circuit_elements(parsed), title=title)
+    return circuit_figure(graph_of(result.graph).value, top_k=top_k, min_weight=min_weight, n_layers=n_layers,
+                          n_heads=n_heads, title=title)

@@ -1,6 +1,7 @@
 """Pure figure builders shared by the app and the notebooks: inputs are arrays and lists, outputs `go.Figure`
 (or plain element lists for cytoscape graphs and coloured text, PNG data URIs for thumbnails). No Dash, no bundle access here."""
 
+from workbench.app.figures.circuits import circuit_figure
 from workbench.app.figures.graphs import circuit_elements, route_elements
 from workbench.app.figures.head import attention_map, line_view
 from workbench.app.figures.image import patch_overlay
@@ -12,6 +13,7 @@ from workbench.app.figures.token import token_layers, token_regions
 __all__ = [
            "attention_map",
            "circuit_elements",
+           "circuit_figure",
            "head_grid",
            "layer_curves",
            "line_view",

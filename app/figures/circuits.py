@@ -41,9 +41,11 @@ def side_of(edge: dict) -> str:
     return letters if letters and set(raw) <= set("qkv+, ") else (raw or "?")
 
 
-def strongest_edges(graph: Graph, top_k: int = DEFAULT_TOP_K) -> list[dict]:
-    """The `top_k` heaviest edges (|weight|; ties by source then target id), every edge when top_k is 0."""
-    ordered = sorted(graph.edges, key=lambda e: (-abs(e["weight"]), e["source"], e["target"]))
+def strongest_edges(graph: Graph, top_k: int = DEFAULT_TOP_K, min_weight: float = 0.0) -> list[dict]:
+    """The `top_k` heaviest edges (|weight|; ties by source then target id) of those with |weight| >= min_weight;
+    every such edge when top_k is 0."""
+    ordered = sorted((e for e in graph.edges if abs(e["weight"]) >= min_weight),
+                     key=lambda e: (-abs(e["weight"]), e["source"], e["target"]))
     return ordered if top_k <= 0 else ordered[:top_k]
 
 
@@ -107,19 +109,21 @@ def _edge_hover(edge: dict, side: str, firings: dict, incoming: dict) -> str:
     return "<br>".join(parts)
 
 
-def circuit_figure(graph: Graph, *, top_k: int = DEFAULT_TOP_K, n_layers: int | None = None,
-                   n_heads: int | None = None, height: int | None = None, width: int | None = None,
-                   title: str | None = None) -> go.Figure:
-    """The head-to-head graph: the `top_k` heaviest edges (0 = all) and the heads they join, at x = layer,
-    y = head, coloured by side (legend), width by weight; hover an edge for its contribution, a head for its
-    firings. Node markers carry customdata [layer, head] (a click opens that head). n_layers / n_heads: the
-    model's (axes span the whole model), else from the graph."""
+def circuit_figure(graph: Graph, *, top_k: int = DEFAULT_TOP_K, min_weight: float = 0.0,
+                   n_layers: int | None = None, n_heads: int | None = None, height: int | None = None,
+                   width: int | None = None, title: str | None = None) -> go.Figure:
+    """The head-to-head graph: the `top_k` heaviest edges (0 = all) of |weight| >= min_weight and the heads they
+    join, at x = layer, y = head, coloured by side (legend), width by weight; hover an edge for its contribution,
+    a head for its firings. Node markers carry customdata [layer, head] (a click opens that head).
+    n_layers / n_heads: the model's (the axes span the whole model), else the graph's largest + 1."""
     places = {node["id"]: _place(node) for node in graph.nodes}
     usable = [e for e in graph.edges if places.get(e["source"]) and places.get(e["target"])]
     if not usable:
         return message_figure(f"This circuit has no head-to-head edges ({len(graph.nodes)} heads fired, none read "
                               "an upstream head above the coverage and share thresholds).", title=title)
-    edges = strongest_edges(Graph(graph.nodes, usable, graph.attrs), top_k)
+    edges = strongest_edges(Graph(graph.nodes, usable, graph.attrs), top_k, min_weight)
+    if not edges:
+        return message_figure(f"No edge of weight >= {min_weight:g} among the {len(usable)} edges.", title=title)
     firings = {node["id"]: node.get("firings") for node in graph.nodes}
     incoming: dict[str, float] = {}
     for edge in usable:
@@ -191,6 +195,8 @@ def circuit_figure(graph: Graph, *, top_k: int = DEFAULT_TOP_K, n_layers: int | 
     heads = len({e["source"] for e in usable} | {e["target"] for e in usable})
     heading = title or (f"{len(edges)} strongest of {total} edges, {len(used)} of {heads} connected heads"
                         if len(edges) < total else f"all {total} edges, {heads} connected heads")
+    if min_weight > 0 and not title:
+        heading += f" (weight >= {min_weight:g})"
     step = max(1, math.ceil(30 * n_layers / (width - 90 if width else _PLOT_WIDTH)))
     fig.update_layout(
         title=heading, template="plotly_white", font=FONT, height=height, width=width, hovermode="closest",

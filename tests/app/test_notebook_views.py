@@ -59,8 +59,11 @@ def test_route_and_circuit_views_draw_every_edge():
     assert len(fig.data) == graph.number_of_edges() + 1  # one line per edge, one marker trace
     assert len(fig.data[-1].x) == graph.number_of_nodes()
     circuit = circuits.analyse(trace, model=loaded)
-    fig = notebook.circuit_view(circuit)
-    assert len(fig.data) == circuit.graph.number_of_edges() + 1
+    fig = notebook.circuit_view(circuit, n_layers=trace.n_layers(), n_heads=trace.n_heads())
+    hovers = [text for t in fig.data if t.meta == "edges" for text in t.hovertext]  # one per drawn edge
+    assert len(hovers) == circuit.graph.number_of_edges()  # a small graph: all of it under the default top-k
+    heads = next(t for t in fig.data if t.meta == "heads")
+    assert len(heads.x) == len({node for edge in circuit.graph.edges for node in edge})
     heaviest = max(w for _, _, w in circuit.graph.edges(data="weight"))
-    assert len(notebook.circuit_view(circuit, min_weight=heaviest + 1).data) == 1  # nothing left but the markers
-    assert torch.isfinite(torch.tensor(fig.data[-1].x, dtype=torch.float64)).all()
+    assert "No edge" in notebook.circuit_view(circuit, min_weight=heaviest + 1).layout.annotations[0].text
+    assert torch.isfinite(torch.tensor(heads.x, dtype=torch.float64)).all()
