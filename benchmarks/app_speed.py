@@ -4,11 +4,13 @@
     .venv/bin/python benchmarks/app_speed.py --browser       # also real Chromium, click to drawn plot
     .venv/bin/python benchmarks/app_speed.py --real-long     # also a real 4k-token SmolLM2 statistics-only bundle
     .venv/bin/python benchmarks/app_speed.py --views heads   # only the Heads view (every head at once)
+    .venv/bin/python benchmarks/app_speed.py --views compare # only the Compare view (two bundles)
 
 Bundles: SmolLM2 (30 layers x 9 heads; out/demo/capital.wbtrace or traced now), a LLaVA-7B-shaped synthetic
 bundle (32 x 32, 576 image tokens, statistics only) and a 4,096-token synthetic bundle (30 x 9) storing the
 maps of layer 5, heads 0-3; for the Heads view, a 2,048-token synthetic bundle (30 x 9) storing every map
-(2.3 GB) and the SmolLM2 bundle's maps recomputed. Each row is the time of one interaction (median of --repeat runs unless marked
+(2.3 GB) and the SmolLM2 bundle's maps recomputed; for the Compare view, two 2,048-token synthetic bundles
+(30 x 9) storing the maps of layer 5. Each row is the time of one interaction (median of --repeat runs unless marked
 cold), its ratio to the 1 s target, and for the head view the ratio to the naive alternative of shipping
 the full-resolution map (what inline-data tools do).
 """
@@ -61,6 +63,11 @@ def build_bundles(folder: Path, real_long: bool, views=("model", "head", "heads"
         synthetic_trace(layers=30, heads=9, tokens=2048, n_generated=64, map_layers=tuple(range(30)), seed=3,
                         model="synthetic-2k").save(folder / "every2k.wbtrace")
         names["every"] = "every2k"
+    if "compare" in views:
+        for name, seed in (("pair-a", 5), ("pair-b", 6)):
+            synthetic_trace(layers=30, heads=9, tokens=2048, n_generated=64, map_layers=(5,), seed=seed,
+                            model="synthetic-2k").save(folder / f"{name}.wbtrace")
+        names["pair"] = ("pair-a", "pair-b")
     if real_long:
         words = (ROOT / "README.md").read_text().split()
         prompt = " ".join((words * 20)[:2050])  # about 4,100 SmolLM2 tokens
@@ -100,6 +107,88 @@ def heads_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
                                     ("all layers again (cached pooled maps)", all_layers, repeat)):
             seconds, size = timed(action, count)
             rows.append((f"Heads view {label}: {what}", seconds, None, size))
+    return rows
+
+
+def compare_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    """The Compare view of two 30 x 9 x 2,048-token bundles: its layout and its three callbacks (per-head metric
+    grids, token curves, one head's maps and difference), each serialised as Dash sends it; the page's server
+    time is their sum (the browser sends the three callbacks at once)."""
+    import json
+
+    import plotly.io as pio
+    from workbench.app import create_app
+    from workbench.app.pages import compare
+
+    a, b = names["pair"]
+    app = create_app(folder, allow_trace=False, allow_recompute=False)
+
+    def size(*parts) -> int:
+        return sum(len(pio.to_json(p)) if hasattr(p, "to_plotly_json") and hasattr(p, "layout") else
+                   len(json.dumps(p, default=_plotly_json)) for p in parts)
+
+    def layout():
+        return size(compare.layout(a=a, b=b, layer=5, head=0))
+
+    def metric(name="sink"):
+        return size(*compare.metric_view(a, b, name))
+
+    def curves(scope="all", head=0):
+        return size(*compare.curves_view(a, b, "received", scope, 5, head))
+
+    def maps(head=0):
+        return size(*compare.maps_view(a, b, 5, head))
+
+    def page_open():
+        return layout() + metric() + curves() + maps()
+
+    rows = []
+    label = "Compare view 2 x (30 x 9 x 2,048 tokens), layer 5 maps stored"
+    with app.server.app_context():
+        for what, action, count in (("page open: layout + metric grids + token curves + maps [cold]", page_open, 1),
+                                    ("page open again (cached)", page_open, repeat),
+                                    ("metric switch to entropy", lambda: metric("entropy"), repeat),
+                                    ("token curves of one head [cold]", lambda: curves("head", 3), 1),
+                                    ("switch head: both maps + difference [cold read]", lambda: maps(4), 1),
+                                    ("same head again (cached maps)", lambda: maps(4), repeat)):
+            seconds, kb = timed(action, count)
+            rows.append((f"{label}: {what}", seconds, None, kb))
+    return rows
+
+
+def compare_browser(folder: Path, names: dict) -> list[tuple]:
+    """Real Chromium: the Compare page of the two 2,048-token bundles, navigation to all three figures drawn."""
+    import logging
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+    from workbench.app import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server("127.0.0.1", 0, create_app(folder).server, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+    drawn = ("() => ['compare-metric-grid', 'compare-curves', 'compare-maps'].every(id => { const gd = "
+             "document.querySelector(`#${id} .js-plotly-plot`); return gd && gd._fullData && gd._fullData.length "
+             "=== 3; })")
+    a, b = names["pair"]
+    rows = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            for state in ("cold", "warm"):
+                start = time.perf_counter()
+                page.goto(f"{url}/compare?a={a}&b={b}&layer=5")
+                page.wait_for_function(drawn)
+                rows.append((f"Browser: Compare view 2 x (30 x 9 x 2,048), page load to all three figures drawn "
+                             f"[{state}]", time.perf_counter() - start, None, 0))
+            browser.close()
+    finally:
+        server.shutdown()
     return rows
 
 
@@ -309,7 +398,8 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="also time real Chromium (needs /usr/bin/chromium)")
     parser.add_argument("--real-long", action="store_true", help="also trace and recompute a 4k-token SmolLM2 bundle")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads"], default=["model", "head", "heads"],
+    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads", "compare"],
+                        default=["model", "head", "heads", "compare"],
                         help="which views to time (default: all)")
     parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
     options = parser.parse_args()
@@ -320,12 +410,16 @@ def main() -> None:
         names = build_bundles(folder, options.real_long, options.views)
         print(f"bundles built in {time.perf_counter() - start:.1f} s under {folder}", file=sys.stderr)
         rows = server_side(folder, names, options.repeat) if {"model", "head"} & set(options.views) else []
+        if "compare" in options.views:
+            rows += compare_view(folder, names, options.repeat)
         if "heads" in options.views:
             rows += heads_view(folder, names, options.repeat)
         if options.browser and {"model", "head"} <= set(options.views):
             rows += browser_side(folder, names, options.repeat)
         if options.browser and "heads" in options.views:
             rows += heads_browser(folder, names)
+        if options.browser and "compare" in options.views:
+            rows += compare_browser(folder, names)
     width = max(len(r[0]) for r in rows)
     print(f"{'interaction':<{width}}  {'seconds':>8}  {'/ 1 s target':>12}  {'/ naive':>8}  {'JSON kB':>8}")
     for label, seconds, naive, size in rows:

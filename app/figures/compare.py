@@ -12,6 +12,7 @@ from workbench.app.figures.common import FONT, labels_that_fit, layer_ticks, pos
 DIVERGING = "RdBu_r"  # red = B higher, blue = B lower, white = equal
 COLORS = {"A": "#1f77b4", "B": "#d62728", "diff": "#555555"}
 HOVER_TEXT_CELLS = 160 * 160  # map cells carrying token text in hover, per panel
+BAR_LIMIT = 600  # difference of token curves as bars up to this many positions, a filled line above
 MAP_PANEL_PIXELS = 300  # three square maps share about 1,000 px of a 1,400 px wide window
 
 
@@ -119,10 +120,15 @@ def token_curves(values_a: np.ndarray, values_b: np.ndarray, pairs: np.ndarray, 
                                  hovertemplate=(f"{key} position %{{customdata[{column}]}} "
                                                 f"<b>%{{customdata[{column + 2}]}}</b><br>{label}: %{{y:.4f}}"
                                                 "<extra></extra>")), row=1, col=1)
-    fig.add_trace(go.Bar(x=x, y=b - a, name="B − A", marker_color=np.where(b - a >= 0, COLORS["B"], COLORS["A"]),
-                         customdata=custom,
-                         hovertemplate=("A %{customdata[0]} <b>%{customdata[2]}</b> · B %{customdata[1]} "
-                                        "<b>%{customdata[3]}</b><br>B − A: %{y:+.4f}<extra></extra>")), row=2, col=1)
+    hover = ("A %{customdata[0]} <b>%{customdata[2]}</b> · B %{customdata[1]} <b>%{customdata[3]}</b><br>"
+             "B − A: %{y:+.4f}<extra></extra>")
+    if len(x) <= BAR_LIMIT:  # one bar per position, red where B is higher
+        fig.add_trace(go.Bar(x=x, y=b - a, name="B − A", marker_color=np.where(b - a >= 0, COLORS["B"], COLORS["A"]),
+                             customdata=custom, hovertemplate=hover), row=2, col=1)
+    else:  # thousands of SVG bars draw slowly: a filled step line carries the same values
+        fig.add_trace(go.Scatter(x=x, y=b - a, name="B − A", mode="lines", fill="tozeroy", customdata=custom,
+                                 line=dict(shape="hvh", color=COLORS["diff"], width=1), hovertemplate=hover),
+                      row=2, col=1)
     fig.update_layout(template="plotly_white", font=FONT, height=height, title=dict(text=title, y=0.97),
                       hovermode="closest", margin=dict(l=60, r=20, t=80 if title else 40, b=50), bargap=0,
                       legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))

@@ -26,7 +26,7 @@ from workbench.app.pages.common import (
 from workbench.errors import InputError, WorkbenchError
 
 DEFAULT_METRIC = "sink"
-MAP_CELLS = 200  # per panel: three maps share the page's width
+MAP_CELLS = 150  # per panel: a map panel is about 300 px wide, so two pixels per cell
 STACK = "text"
 
 # A new A or B rebuilds the page (its layer and head lists depend on both); Dash fires this when the page
