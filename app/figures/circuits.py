@@ -187,7 +187,8 @@ def circuit_figure(graph: Graph, *, top_k: int = DEFAULT_TOP_K, min_weight: floa
     fig.add_trace(go.Scatter(
         x=[p[0] for p in node_places], y=[p[1] for p in node_places], mode="markers+text",
         text=[f"L{p[0]}H{p[1]}" if keep else "" for p, keep in zip(node_places, shown)], textposition="top center",
-        textfont=dict(size=_LABEL_FONT, color="#111"), customdata=[list(p) for p in node_places],
+        textfont=dict(size=_LABEL_FONT, color="#111", shadow="1px 1px 2px #fff, -1px -1px 2px #fff"),  # over lines
+        customdata=[list(p) for p in node_places],
         hovertext=hovers, hoverinfo="text", name="head (click to open)", showlegend=False, meta="heads",
         marker=dict(size=13, color="#1f2937", line=dict(width=1.5, color="#fff"))))
 

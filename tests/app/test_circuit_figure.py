@@ -10,15 +10,22 @@ import re
 import networkx as nx
 import numpy as np
 import pytest
-
-import workbench
-from tests.app.test_figures import _numeric_axes
-from workbench.analyses import circuits
 from workbench.app.data.results import graph, graph_of
 from workbench.app.figures.circuits import DEFAULT_TOP_K, SIDES, circuit_figure
+
+import workbench
+from workbench.analyses import circuits
 from workbench.models.registry import data_root
 
 EDGE = re.compile(r"<b>(L\d+H\d+) → (L\d+H\d+)</b>")
+
+
+def numeric_axes(fig) -> None:
+    """Positions only (never names as categories): every x, y is a number or a line break (None)."""
+    for trace in fig.data:
+        for values in (trace.x, trace.y):
+            assert all(v is None or isinstance(v, (int, float)) for v in values), trace.name
+    assert fig.layout.xaxis.type in (None, "linear") and fig.layout.yaxis.type in (None, "linear")
 
 
 def drawn_edges(fig) -> list[tuple[str, str, str]]:
@@ -49,12 +56,13 @@ def test_planted_edge_is_the_one_drawn_at_the_default_setting(planted):
     [edge] = truth["circuit"]["edges"]
     upstream, downstream = "L{}H{}".format(*edge["upstream"]), "L{}H{}".format(*edge["downstream"])
     fig = circuit_figure(graph_of(result.graph).value, n_layers=trace.n_layers(), n_heads=trace.n_heads())
-    _numeric_axes(fig)
+    numeric_axes(fig)
     assert drawn_edges(fig) == [(upstream, downstream, SIDES["k"][1])]  # K-composition, nothing else
     assert sorted(drawn_heads(fig)) == sorted([tuple(edge["upstream"]), tuple(edge["downstream"])])
     [nodes] = [t for t in fig.data if t.meta == "heads"]
     assert sorted(nodes.text) == sorted([upstream, downstream])
-    assert list(fig.layout.xaxis.ticktext) == ["L0", "L1"] and list(fig.layout.yaxis.ticktext) == ["H0", "H1", "H2", "H3"]
+    assert list(fig.layout.xaxis.ticktext) == ["L0", "L1"]
+    assert list(fig.layout.yaxis.ticktext) == ["H0", "H1", "H2", "H3"]
     legend = [t.name for t in fig.data if t.showlegend]
     assert legend == [f"{SIDES['k'][0]}: 1"]
     # the app's view of the stored result draws the same (JSON round trip)
@@ -66,8 +74,8 @@ def test_planted_edge_is_the_one_drawn_at_the_default_setting(planted):
 def _random_graph(seed: int = 0, n_layers: int = 30, n_heads: int = 9, n_edges: int = 300) -> dict:
     """Node-link JSON of a random layered graph, distinct weights, every side kind (value included)."""
     rng = np.random.default_rng(seed)
-    nodes = [{"id": f"L{l}H{h}", "layer": l, "head": h, "firings": int(rng.integers(1, 20))}
-             for l in range(n_layers) for h in range(n_heads)]
+    nodes = [{"id": f"L{layer}H{h}", "layer": layer, "head": h, "firings": int(rng.integers(1, 20))}
+             for layer in range(n_layers) for h in range(n_heads)]
     pairs, edges = set(), []
     while len(edges) < n_edges:
         a, b = sorted(rng.choice(n_layers, 2, replace=False))
@@ -92,7 +100,7 @@ def test_top_k_draws_the_heaviest_edges_and_only_the_heads_they_join(top_k):
     ranked = sorted(network.edges(data=True), key=lambda e: -e[2]["weight"])
     kept = ranked[:top_k] if top_k else ranked
     fig = circuit_figure(graph(raw).value, top_k=top_k, n_layers=30, n_heads=9)
-    _numeric_axes(fig)
+    numeric_axes(fig)
     drawn = drawn_edges(fig)
     assert sorted(d[:2] for d in drawn) == sorted((u, v) for u, v, _ in kept)
     colours = {(u, v): SIDES[data["sides"]][1] for u, v, data in kept}
@@ -104,7 +112,7 @@ def test_top_k_draws_the_heaviest_edges_and_only_the_heads_they_join(top_k):
     for _, _, data in kept:
         counts[data["sides"]] = counts.get(data["sides"], 0) + 1
     assert legend == sorted(f"{SIDES[side][0]}: {n}" for side, n in counts.items())
-    assert list(fig.layout.xaxis.ticktext) == [f"L{l}" for l in range(30)]
+    assert list(fig.layout.xaxis.ticktext) == [f"L{layer}" for layer in range(30)]
     assert f"{len(kept)} strongest of 300 edges" in fig.layout.title.text or (not top_k and "all 300" in
                                                                             fig.layout.title.text)
 
