@@ -5,12 +5,15 @@
     .venv/bin/python benchmarks/app_speed.py --real-long     # also a real 4k-token SmolLM2 statistics-only bundle
     .venv/bin/python benchmarks/app_speed.py --views heads   # only the Heads view (every head at once)
     .venv/bin/python benchmarks/app_speed.py --views compare # only the Compare view (two bundles)
+    .venv/bin/python benchmarks/app_speed.py --views circuits # only the Circuits view (SmolLM2 head-to-head graph)
 
 Bundles: SmolLM2 (30 layers x 9 heads; out/demo/capital.wbtrace or traced now), a LLaVA-7B-shaped synthetic
 bundle (32 x 32, 576 image tokens, statistics only) and a 4,096-token synthetic bundle (30 x 9) storing the
 maps of layer 5, heads 0-3; for the Heads view, a 2,048-token synthetic bundle (30 x 9) storing every map
 (2.3 GB) and the SmolLM2 bundle's maps recomputed; for the Compare view, two 2,048-token synthetic bundles
-(30 x 9) storing the maps of layer 5. Each row is the time of one interaction (median of --repeat runs unless marked
+(30 x 9) storing the maps of layer 5; for the Circuits view, a 128-token SmolLM2 bundle traced with the
+residual decomposition and circuit-traced (thousands of edges). Each row is the time of one interaction (median of
+--repeat runs unless marked
 cold), its ratio to the 1 s target, and for the head view the ratio to the naive alternative of shipping
 the full-resolution map (what inline-data tools do).
 """
@@ -68,6 +71,8 @@ def build_bundles(folder: Path, real_long: bool, views=("model", "head", "heads"
             synthetic_trace(layers=30, heads=9, tokens=2048, n_generated=64, map_layers=(5,), seed=seed,
                             model="synthetic-2k").save(folder / f"{name}.wbtrace")
         names["pair"] = ("pair-a", "pair-b")
+    if "circuits" in views:
+        names["circuits"] = circuits_bundle(folder)
     if real_long:
         words = (ROOT / "README.md").read_text().split()
         prompt = " ".join((words * 20)[:2050])  # about 4,100 SmolLM2 tokens
@@ -107,6 +112,50 @@ def heads_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
                                     ("all layers again (cached pooled maps)", all_layers, repeat)):
             seconds, size = timed(action, count)
             rows.append((f"Heads view {label}: {what}", seconds, None, size))
+    return rows
+
+
+def circuits_bundle(folder: Path) -> str:
+    """A 128-token SmolLM2 bundle (README text, raw) with the decomposition and results/circuits.json."""
+    import workbench
+    from workbench.analyses import circuits
+
+    model = workbench.load_model("smollm2")
+    words = (ROOT / "README.md").read_text().split()
+    trace = workbench.trace(model, " ".join(words[:70]), max_new_tokens=4, raw=True, decomposition=True)
+    trace.save(folder / "smollm2-circuits.wbtrace")
+    saved = workbench.load(folder / "smollm2-circuits.wbtrace")
+    saved.add_result("circuits", circuits.analyse(saved, model=model).to_json())
+    return "smollm2-circuits"
+
+
+def circuits_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    """The Circuits view's callback (read results/circuits.json, keep the top-k edges, build the figure) and
+    its JSON as Dash sends it, at each setting of the strongest-edges control."""
+    import json
+
+    from workbench.app import create_app
+    from workbench.app.pages import circuits
+
+    import workbench
+
+    bundle = names["circuits"]
+    app = create_app(folder, allow_trace=False, allow_recompute=False)
+    stored = workbench.load(folder / f"{bundle}.wbtrace")
+    graph = stored.results["circuits"]["graph"]
+    label = (f"Circuits view SmolLM2 {len(stored.tokens)} tokens ({len(graph['nodes'])} heads, "
+             f"{len(graph['edges'])} edges)")
+
+    def view(top_k):
+        return len(json.dumps(circuits.circuits_view(bundle, top_k), default=_plotly_json))
+
+    rows = []
+    with app.server.app_context():
+        for what, top_k, count in (("page open, 40 strongest edges [cold]", 40, 1),
+                                   ("page open again", 40, repeat), ("10 strongest edges", 10, repeat),
+                                   ("160 strongest edges", 160, repeat), ("every edge", 0, repeat)):
+            seconds, size = timed(lambda top_k=top_k: view(top_k), count)
+            rows.append((f"{label}: {what}", seconds, None, size))
     return rows
 
 
@@ -398,8 +447,8 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="also time real Chromium (needs /usr/bin/chromium)")
     parser.add_argument("--real-long", action="store_true", help="also trace and recompute a 4k-token SmolLM2 bundle")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads", "compare"],
-                        default=["model", "head", "heads", "compare"],
+    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads", "compare", "circuits"],
+                        default=["model", "head", "heads", "compare", "circuits"],
                         help="which views to time (default: all)")
     parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
     options = parser.parse_args()
@@ -412,6 +461,8 @@ def main() -> None:
         rows = server_side(folder, names, options.repeat) if {"model", "head"} & set(options.views) else []
         if "compare" in options.views:
             rows += compare_view(folder, names, options.repeat)
+        if "circuits" in options.views:
+            rows += circuits_view(folder, names, options.repeat)
         if "heads" in options.views:
             rows += heads_view(folder, names, options.repeat)
         if options.browser and {"model", "head"} <= set(options.views):

@@ -58,35 +58,40 @@ def register(app) -> None:
     @app.callback(Output("circuits-body", "children"), Input(sel("bundle"), "value"), Input("circuits-top", "value"))
     @guarded("panel")
     def render(bundle, top_k):
-        store = data()
-        trace = store.trace(bundle)
-        found = results_mod.find(trace.results, "circuits")
-        if found is None:
-            return hint_panel(results_mod.hint("circuits", store.info(bundle).path, trace))
-        name = found.name
-        parsed = results_mod.graph_of(found.result.graph) if found.result is not None else results_mod.Parsed()
-        warnings = [note(w, warning=True) for w in found.warnings]
-        warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
-        if parsed.value is None:
-            return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
-                                                   f"`{results_mod.ANALYSES['circuits'].command}`")])
-        top_k = top_k if top_k in TOP_K_CHOICES else DEFAULT_TOP_K
-        figure = circuit_figure(parsed.value, top_k=top_k, n_layers=trace.n_layers(), n_heads=trace.n_heads())
-        options = getattr(found.result, "options", {}) or {}
-        return html.Div(warnings + [
-            html.P(f"{len(parsed.value.nodes)} heads, {len(parsed.value.edges)} edges in results/{name}.json. "
-                   "A head (layer, head) reads an upstream head's output through the query or key side of its "
-                   "attention score; weight = that head's mean share of the score over the downstream head's "
-                   "firings. Drawn: the strongest edges only (control above) and the heads they join; width = weight; "
-                   "hover an edge for its contribution, click a head to open it, click a legend entry to hide a side.",
-                   className="wb-muted", id="circuits-summary"),
-            html.P(basis_line(options), className="wb-muted", id="circuits-basis"),
-            graph("circuits-graph", figure),
-        ])
+        return circuits_view(bundle, top_k)
 
     app.clientside_callback(OPEN_HEAD_FROM_CIRCUIT, Output("wb-nav", "href", allow_duplicate=True),
                             Input("circuits-graph", "clickData"), State(sel("bundle"), "value"),
                             prevent_initial_call=True)
+
+
+def circuits_view(bundle: str, top_k) -> html.Div:
+    """The page body: what results/circuits.json holds, its basis, and the graph of its top_k strongest edges."""
+    store = data()
+    trace = store.trace(bundle)
+    found = results_mod.find(trace.results, "circuits")
+    if found is None:
+        return hint_panel(results_mod.hint("circuits", store.info(bundle).path, trace))
+    name = found.name
+    parsed = results_mod.graph_of(found.result.graph) if found.result is not None else results_mod.Parsed()
+    warnings = [note(w, warning=True) for w in found.warnings]
+    warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+    if parsed.value is None:
+        return html.Div(warnings + [hint_panel(f"results/{name}.json holds no readable graph; rerun "
+                                               f"`{results_mod.ANALYSES['circuits'].command}`")])
+    top_k = top_k if top_k in TOP_K_CHOICES else DEFAULT_TOP_K
+    figure = circuit_figure(parsed.value, top_k=top_k, n_layers=trace.n_layers(), n_heads=trace.n_heads())
+    options = getattr(found.result, "options", {}) or {}
+    return html.Div(warnings + [
+        html.P(f"{len(parsed.value.nodes)} heads, {len(parsed.value.edges)} edges in results/{name}.json. "
+               "A head (layer, head) reads an upstream head's output through the query or key side of its "
+               "attention score; weight = that head's mean share of the score over the downstream head's "
+               "firings. Drawn: the strongest edges only (control above) and the heads they join; "
+               "width = weight; hover an edge for its contribution, click a head to open it, click a legend "
+               "entry to hide a side.", className="wb-muted", id="circuits-summary"),
+        html.P(basis_line(options), className="wb-muted", id="circuits-basis"),
+        graph("circuits-graph", figure),
+    ])
 
 
 def basis_line(options: dict) -> str:
