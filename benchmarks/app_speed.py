@@ -13,9 +13,8 @@ maps of layer 5, heads 0-3; for the Heads view, a 2,048-token synthetic bundle (
 (2.3 GB) and the SmolLM2 bundle's maps recomputed; for the Compare view, two 2,048-token synthetic bundles
 (30 x 9) storing the maps of layer 5; for the Circuits view, a 128-token SmolLM2 bundle traced with the
 residual decomposition and circuit-traced (thousands of edges). Each row is the time of one interaction (median of
---repeat runs unless marked
-cold), its ratio to the 1 s target, and for the head view the ratio to the naive alternative of shipping
-the full-resolution map (what inline-data tools do).
+--repeat runs unless marked cold), its ratio to the 1 s target, and for the head view the ratio to the naive
+alternative of shipping the full-resolution map (what inline-data tools do).
 """
 
 from __future__ import annotations
