@@ -158,11 +158,11 @@ def relative_depth(n_layers: int) -> np.ndarray:
 
 # -- token curves -----------------------------------------------------------------------------------
 TOKEN_QUANTITIES = {
-    "received": ("attention received (alpha)", "mean attention each token receives as a key from the query rows "
-                                               "that see it (Gu et al.'s alpha)"),
+    "received": ("attention received (alpha)", ("mean attention each token receives as a key from the query rows "
+                                                "that see it (Gu et al.'s alpha)")),
     "entropy": ("attention entropy of the row (nats)", "entropy of each token's query row"),
-    "probability": ("p(token | before)", "the model's probability of each token given the tokens before it "
-                                         "(from the row that predicted it)"),
+    "probability": ("p(token | before)", ("the model's probability of each token given the tokens before it "
+                                          "(from the row that predicted it)")),
 }
 
 

@@ -12,6 +12,7 @@ from workbench.app.pages.common import (
     Page,
     as_int,
     data,
+    describe_error,
     error_panel,
     first,
     graph,
@@ -101,10 +102,8 @@ def layout(a=None, b=None, bundle=None, metric=None, layer=None, head=None, **_)
         dcc.Store(id="compare-built", data={"a": a, "b": b}),
     ], className="wb-controls")
     try:
-        trace_a, trace_b, aligned = pair(store, a, b)
+        _, _, aligned = pair(store, a, b)
     except Exception as error:  # noqa: BLE001 - the pickers stay usable to choose another pair
-        from workbench.app.pages.common import describe_error
-
         return html.Div([html.H2("Compare two bundles"), pickers, error_panel(describe_error(error))])
     metrics_a, _ = store.metrics(a, STACK)
     metrics_b, _ = store.metrics(b, STACK)

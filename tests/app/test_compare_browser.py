@@ -2,7 +2,7 @@
 intervention (from layer 2 on), plus a shorter prompt. Ticking both runs on the Runs page leads to the page; it
 draws A, B and B - A for the per-head metric (layers 0-2 equal: the statistics there precede any edit), token
 curves of both with their difference, and one head's maps side by side with their difference; a pair of other
-lengths says why no map difference is drawn. The screenshot is docs/images/app-compare.png's source."""
+lengths says why no map difference is drawn, and picking another B or swapping rebuilds the page. The screenshot is docs/images/app-compare.png's source."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ PANEL_TITLES = "() => Array.from(document.querySelectorAll('#{0} .annotation-tex
 @pytest.fixture(scope="module")
 def pair_server(models, tmp_path_factory):
     from workbench.app import create_app
+
     from workbench.interventions import ACT
 
     root = tmp_path_factory.mktemp("compare") / "traces"
@@ -117,3 +118,12 @@ def test_a_pair_of_other_lengths_says_why_no_map_difference(pair_server, page): 
     assert "no map difference: the token sequences have different lengths" in message
     wait_figure(page, "compare-metric-grid", "gd.data.length === 3")  # same model: the per-head metrics still subtract
     assert "first" in page.inner_text("#compare-summary")
+    # another B from the picker rebuilds the page for the new pair; the swap link exchanges A and B
+    page.click("#compare-b")
+    page.locator(".dash-dropdown-option", has_text="story-act · smollm2").click()
+    page.wait_for_url("**/compare?a=story&b=story-act")
+    wait_figure(page, "compare-maps", "gd.data.length === 3")
+    page.click("#compare-swap")
+    page.wait_for_url("**/compare?a=story-act&b=story")
+    page.wait_for_function("() => (document.querySelector('#compare-about-a')?.innerText || '').startsWith('A: story-act')")
+    wait_figure(page, "compare-metric-grid", "gd.data.length === 3")
