@@ -13,7 +13,7 @@ function(values) {
     const ids = dash_clientside.callback_context.inputs_list[0].map(function(item) { return item.id.bundle; });
     const ticked = ids.filter(function(id, index) { return (values[index] || []).length > 0; });
     if (ticked.length !== 2) {
-        return ["/compare", "wb-button-light wb-disabled",
+        return ["/compare", "wb-button-light",
                 "tick two runs to compare them (" + ticked.length + " ticked)"];
     }
     return ["/compare?" + new URLSearchParams({a: ticked[1], b: ticked[0]}).toString(), "wb-button",
