@@ -4,8 +4,8 @@ The pairs researchers put side by side: a hallucinated vs a grounded answer (sam
 vs without an image (positions shifted by the image tokens), before vs after an intervention (same model,
 often the same tokens), two models of one family (other layer x head grids). Per-head metrics subtract only
 on the same grid; heads of models with other grids do not correspond, so only per-layer means (at relative
-depth) are put together. Token curves pair positions (or, when the image tokens differ, the k-th non-image
-token of each); attention maps subtract only over sequences of the same length. Everything here reads the
+depth) are put together. Token curves pair positions (or, when the image tokens differ, the non-image tokens
+both share, matched in order); attention maps subtract only over sequences of the same length. Everything here reads the
 statistics (no maps) except `map_difference`, and is pure: the page adds caching and layout.
 """
 
@@ -38,7 +38,7 @@ class Alignment:
     image_b: int
     shared_prefix: int  # leading positions whose token ids agree
     differing: int  # positions < min(n_a, n_b) whose token ids differ
-    mode: str  # "position": pair p with p; "text": pair the k-th non-image token of A with that of B
+    mode: str  # "position": pair p with p; "text": pair the non-image tokens A and B share, in order
     pairs: np.ndarray  # [pair, 2] (position in A, position in B)
     same_bundle: bool = False
 
@@ -94,8 +94,9 @@ class Alignment:
         if self.same_tokens:
             out.append(f"identical tokens ({self.n_a}): every position corresponds")
         elif self.mode == "text":
-            out.append(f"image tokens differ (A {self.image_a}, B {self.image_b}): token curves pair the k-th "
-                       f"non-image token of each bundle ({len(self.pairs)} pairs), so x is the text-token index")
+            out.append(f"image tokens differ (A {self.image_a}, B {self.image_b}): token curves pair the text tokens "
+                       f"both bundles share, in order ({len(self.pairs)} pairs; image tokens and unmatched text left "
+                       "out), so x counts those pairs")
         else:
             common = min(self.n_a, self.n_b)
             out.append(f"tokens: A {self.n_a}, B {self.n_b}; the first {self.shared_prefix} are identical, "
@@ -111,6 +112,18 @@ def _image_positions(trace) -> np.ndarray:
     return np.array([t.i for t in trace.tokens if t.region == IMAGE], dtype=np.int64)
 
 
+def _matched_text(ids_a, ids_b, image_a, image_b) -> np.ndarray:
+    """[pair, 2] positions of the non-image tokens A and B share, in order (longest matching blocks of token ids),
+    so what a chat template adds around an image (`<image>` and a newline) does not shift the rest."""
+    from difflib import SequenceMatcher
+
+    text_a = np.setdiff1d(np.arange(len(ids_a)), image_a)
+    text_b = np.setdiff1d(np.arange(len(ids_b)), image_b)
+    matcher = SequenceMatcher(None, ids_a[text_a].tolist(), ids_b[text_b].tolist(), autojunk=False)
+    pairs = [(text_a[i + k], text_b[j + k]) for i, j, size in matcher.get_matching_blocks() for k in range(size)]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def align(trace_a, trace_b, stack: str = "text") -> Alignment:
     """The Alignment of two traces' `stack`s (tokens compared by id; `stack` sets the grids)."""
     ids_a = np.array([t.id for t in trace_a.tokens], dtype=np.int64)
@@ -120,10 +133,7 @@ def align(trace_a, trace_b, stack: str = "text") -> Alignment:
     prefix = int(common if same.all() else np.argmin(same))
     image_a, image_b = _image_positions(trace_a), _image_positions(trace_b)
     if len(image_a) != len(image_b):
-        text_a = np.setdiff1d(np.arange(len(ids_a)), image_a)
-        text_b = np.setdiff1d(np.arange(len(ids_b)), image_b)
-        k = min(len(text_a), len(text_b))
-        pairs, mode = np.stack([text_a[:k], text_b[:k]], axis=1), "text"
+        pairs, mode = _matched_text(ids_a, ids_b, image_a, image_b), "text"
     else:
         pairs, mode = np.stack([np.arange(common), np.arange(common)], axis=1), "position"
     return Alignment(

@@ -105,7 +105,7 @@ def token_curves(values_a: np.ndarray, values_b: np.ndarray, pairs: np.ndarray, 
                  title: str | None = None, height: int = 420) -> go.Figure:
     """A per-token quantity of A and B overlaid at aligned positions, and B - A below. values_a / values_b are
     already paired: one value per row of `pairs` [pair, 2] (positions in A and in B); x = A's position, or the
-    text-token index when image tokens were dropped. Hover names both tokens."""
+    index of the pair when the image tokens differ (mode "text"). Hover names both tokens and positions."""
     pairs = np.asarray(pairs, dtype=np.int64)
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     x = pairs[:, 0] if mode == "position" else np.arange(len(pairs))
@@ -134,7 +134,7 @@ def token_curves(values_a: np.ndarray, values_b: np.ndarray, pairs: np.ndarray, 
                       legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
     fig.update_yaxes(title_text=label, row=1, col=1)
     fig.update_yaxes(title_text="B − A", zeroline=True, zerolinecolor="#999", row=2, col=1)
-    fig.update_xaxes(title_text="position" if mode == "position" else "text-token index (image tokens dropped)",
+    fig.update_xaxes(title_text="position" if mode == "position" else "shared text token (image tokens left out)",
                      row=2, col=1)
     return fig
 

@@ -14,6 +14,7 @@ from workbench.app.data import compare as cmp
 from workbench.app.data.synthetic import synthetic_trace
 
 import workbench
+from tests.app.app_helpers import png_bytes
 from workbench.traces.names import tensor_name
 
 PROMPTS = ("The cat sat on the mat and looked at the dog", "The dog sat on the rug and looked at the cat")
@@ -34,6 +35,11 @@ def root(tmp_path_factory):
     synthetic_trace(layers=4, heads=8, tokens=20, n_generated=3, map_layers=(0, 1), seed=4,
                     model="synthetic-other").save(folder / "other.wbtrace")
     workbench.trace("tiny-llama", PROMPTS[1], max_new_tokens=3).save(folder / "dog-stats.wbtrace")
+    image = folder / "picture.png"
+    image.write_bytes(png_bytes())
+    for name, picture in (("llava-image", str(image)), ("llava-text", None)):
+        workbench.trace("tiny-llava", "Describe the picture", image=picture, max_new_tokens=2, maps="all",
+                        map_dtype="float32").save(folder / f"{name}.wbtrace")
     return folder
 
 
@@ -143,14 +149,26 @@ def test_alignment_of_planted_sequences(root):
     shorter = cmp.align(cat, short)
     assert not shorter.same_length and "different lengths" in shorter.map_reason()
     assert shorter.pairs.tolist() == [[i, i] for i in range(len(short.tokens))]
-    # with vs without an image: the text tokens pair up in order, image tokens dropped
-    text, vision = synthetic_trace(layers=2, heads=2, tokens=30, seed=1), synthetic_trace(layers=2, heads=2, tokens=46,
-                                                                                          n_image=16, seed=1)
+    # with vs without an image: BOS, 16 image tokens and the newline a chat template adds, then the same text
+    text_ids = [1] + list(range(10, 39))
+    vision_ids = [1] + [999] * 16 + [5] + list(range(10, 39))
+    text = planted(text_ids, ["special"] + ["prompt"] * 29)
+    vision = planted(vision_ids, ["special"] + ["image"] * 16 + ["prompt"] * 30)
     paired = cmp.align(text, vision)
-    assert paired.mode == "text" and paired.image_b == 16 and len(paired.pairs) == 30
-    assert all(vision.tokens[j].region != "image" for _, j in paired.pairs)
-    assert paired.pairs[1].tolist() == [1, 17]
+    assert paired.mode == "text" and paired.image_b == 16
+    assert paired.pairs.tolist() == [[0, 0]] + [[k, 17 + k] for k in range(1, 30)]  # the newline stays unpaired
     assert "image tokens: A 0, B 16" in paired.map_reason()
+
+
+def planted(ids: list[int], regions: list[str], layers: int = 2, heads: int = 2):
+    """A stand-in trace with the given token ids and regions (all `align` reads)."""
+    from types import SimpleNamespace
+
+    from workbench.traces.tokens import Token
+
+    tokens = [Token(i, token_id, f"t{token_id}", region) for i, (token_id, region) in enumerate(zip(ids, regions))]
+    return SimpleNamespace(tokens=tokens, model={"name": "planted"}, n_layers=lambda stack="text": layers,
+                           n_heads=lambda stack="text": heads)
 
 
 def test_models_with_other_grids_compare_what_aligns_and_say_what_does_not(root, app):
@@ -185,3 +203,34 @@ def test_pages_never_raise_on_incompatible_or_odd_pairs(root, app):
         assert "same bundle" in text(layout(a="cat", b="cat"))
         _, messages = maps_view("cat", "dog-stats", 0, 0)  # B has no maps and may not recompute
         assert "no map for B" in json.dumps([text(m) for m in messages])
+
+
+def test_with_and_without_an_image_pairs_the_text_tokens(root, app):
+    """tiny-llava on one prompt with and without an image: the curves pair the text tokens both share, in order
+    (the chat template's newline after the image is left out), the received attention at each pair is each bundle's own map column mean, and the map
+    difference is refused because the lengths differ."""
+    from workbench.app.pages.compare import curves_view, maps_view
+
+    image, text = load(root, "llava-image"), load(root, "llava-text")
+    found = cmp.align(image, text)
+    assert found.mode == "text" and found.image_a > 0 and found.image_b == 0
+    ids_a, ids_b = [t.id for t in image.tokens], [t.id for t in text.tokens]
+    assert all(ids_a[i] == ids_b[j] for i, j in found.pairs) and len(found.pairs) >= len(ids_b) - 2
+    assert all(image.tokens[i].region != "image" for i, _ in found.pairs)
+    assert (np.diff(found.pairs, axis=0) > 0).all()  # in order on both sides
+    with app.server.app_context():
+        fig, _ = curves_view("llava-image", "llava-text", "received", "layer", 1, 0)
+        maps_fig, messages = maps_view("llava-image", "llava-text", 1, 0)
+
+    def column_means(trace, layer):  # [key] alpha of every key, mean over heads, from the stored maps
+        maps = maps_of(trace, layer)
+        return np.array([maps[:, key:, key].mean(-1).mean() for key in range(maps.shape[-1])])
+
+    expected_a = column_means(image, 1)[found.pairs[:, 0]]
+    expected_b = column_means(text, 1)[found.pairs[:, 1]]
+    np.testing.assert_allclose(fig.data[0].y, expected_a, atol=2e-5)
+    np.testing.assert_allclose(fig.data[1].y, expected_b, atol=2e-5)
+    np.testing.assert_allclose(fig.data[2].y, expected_b - expected_a, atol=4e-5)
+    assert list(fig.data[0].x) == list(range(len(found.pairs))) and "shared text token" in fig.layout.xaxis2.title.text
+    assert len(maps_fig.data) == 2
+    assert "image tokens: A" in json.dumps([m.to_plotly_json() for m in messages], default=str)
