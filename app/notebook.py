@@ -117,40 +117,25 @@ def image_view(trace, values=None, *, image=None, label: str = "alpha (mean atte
     return patch_overlay(grid, image_uri=uri, marked=list(marked), label=label, positions=where, title=title)
 
 
-def graph_figure(elements: list[dict], *, title: str | None = None, height: int = 600) -> go.Figure:
-    """Draw cytoscape elements (from `app.figures.route_elements` / `circuit_elements`) as a plotly figure,
-    at the positions the builders laid out (y grows downward, as in cytoscape)."""
-    nodes = {e["data"]["id"]: e for e in elements if "source" not in e["data"]}
-    fig = go.Figure()
-    for edge in (e["data"] for e in elements if "source" in e["data"]):
-        a, b = nodes[edge["source"]]["position"], nodes[edge["target"]]["position"]
-        fig.add_trace(go.Scatter(x=[a["x"], b["x"]], y=[-a["y"], -b["y"]], mode="lines", hoverinfo="text",
-                                 text=f"{edge['source']} -> {edge['target']}: {edge['weight']:.3f}",
-                                 line={"width": edge.get("width", 1.0), "color": edge.get("color", "#888")},
-                                 opacity=0.7, showlegend=False))
-    shown = list(nodes.values())
-    fig.add_trace(go.Scatter(
-        x=[n["position"]["x"] for n in shown], y=[-n["position"]["y"] for n in shown], mode="markers+text",
-        text=[n["data"]["label"] for n in shown], textposition="top center", hovertext=[n["data"]["id"] for n in shown],
-        marker={"size": 12, "color": [n["data"].get("color", "#1f77b4") for n in shown],
-                    "line": {"width": [3 if "target" in n.get("classes", "") else 0 for n in shown], "color": "#ff7f0e"}},
-        showlegend=False))
-    fig.update_layout(title=title, height=height, template="plotly_white", xaxis={"visible": False},
-                      yaxis={"visible": False}, margin={"l": 20, "r": 20, "t": 50, "b": 20})
-    return fig
-
-
-def route_view(result, position: int | None = None, *, trace) -> go.Figure:
-    """The information-flow route of one prediction (a `routes.analyse` result), drawn like the Token view."""
+def route_view(result, position: int | None = None, *, trace, threshold: float | None = None, model=None,
+               title: str | None = None) -> go.Figure:
+    """The information-flow route of one prediction (a `routes.analyse` result), drawn as the Token view draws it:
+    x = token, y = layer, edges of contribution >= threshold (None: the result's tau) that still reach the
+    prediction. model (a LoadedModel or Tracer): hover each node with its top tokens under the logit lens."""
     from workbench.app.data.results import graph_of
-    from workbench.app.figures.graphs import route_elements
+    from workbench.app.data.route_lens import node_tokens
+    from workbench.app.figures.routes import route_at, route_figure
 
     route = result.routes[0] if position is None else result.route(position)
-    parsed = graph_of(route.graph).value
-    texts = [t.text for t in trace.tokens]
+    graph = graph_of(route.graph).value
+    threshold = float(result.options.get("threshold", 0.0)) if threshold is None else float(threshold)
+    lens, note = None, "pass model= to route_view for each node's top tokens"
+    if model is not None:
+        lens = node_tokens(trace, [node["id"] for node in route_at(graph, route.output, threshold).nodes], model=model)
     predicted = (route.predicted or {}).get("text", "?")
-    return graph_figure(route_elements(parsed, texts=texts, target=route.position),
-                        title=f"route of the prediction at row {route.position} (predicts {predicted!r})")
+    return route_figure(graph, texts=[t.text for t in trace.tokens], n_layers=trace.n_layers(), root=route.output,
+                        threshold=threshold, lens=lens, lens_note=note,
+                        title=title or f"route of the prediction at row {route.position} (predicts {predicted!r})")
 
 
 def circuit_view(result, *, top_k: int = 40, min_weight: float = 0.0, n_layers: int | None = None,

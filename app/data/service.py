@@ -226,6 +226,25 @@ class AppData:
 
         return self.cache.get_or_compute((info.key, "rows", stack, position), compute)
 
+    # -- route view ---------------------------------------------------------------------------------
+    def route_lens(self, bundle_id, node_ids) -> dict:
+        """{node id: [(token, probability)]}: route nodes through the logit lens (`route_lens.node_tokens`), kept
+        per bundle and node so a threshold change only reads the nodes it adds. The model's final norm and
+        unembedding load by the bundle's model name like a recompute (refused with --no-recompute)."""
+        from workbench.app.data.route_lens import node_tokens
+
+        info = self.info(bundle_id)
+        trace = self.trace(bundle_id)
+        if not self.allow_recompute:
+            raise InputError("the app runs with --no-recompute, and a node's top tokens need the model's unembedding")
+        known = self.cache.get_or_compute((info.key, "lens"), dict)  # grows in place: a few tuples per node
+        missing = [node for node in dict.fromkeys(node_ids) if node not in known]
+        if missing:
+            tracer, lock = self.pool.get(str(trace.model.get("name"))[:4096])
+            with lock:
+                known.update(node_tokens(trace, missing, model=tracer))
+        return {node: known[node] for node in node_ids if node in known}
+
     # -- images -------------------------------------------------------------------------------------
     def image(self, bundle_id):
         """The bundle's input image (PIL RGB) when found under an allowed folder, else None."""

@@ -2,10 +2,11 @@
 (or plain element lists for cytoscape graphs and coloured text, PNG data URIs for thumbnails). No Dash, no bundle access here."""
 
 from workbench.app.figures.circuits import circuit_figure
-from workbench.app.figures.graphs import circuit_elements, route_elements
+from workbench.app.figures.graphs import circuit_elements
 from workbench.app.figures.head import attention_map, line_view
 from workbench.app.figures.image import patch_overlay
 from workbench.app.figures.model import head_grid, layer_curves
+from workbench.app.figures.routes import route_figure
 from workbench.app.figures.text import lookback_heatmap, score_colors, token_series
 from workbench.app.figures.thumbnails import thumbnail_uri
 from workbench.app.figures.token import token_layers, token_regions
@@ -19,7 +20,7 @@ __all__ = [
            "line_view",
            "lookback_heatmap",
            "patch_overlay",
-           "route_elements",
+           "route_figure",
            "score_colors",
            "thumbnail_uri",
            "token_layers",

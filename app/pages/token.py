@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import dash_cytoscape as cyto  # component libraries must load before the first request
 import numpy as np
 from dash import ALL, Input, Output, State, dcc, html, no_update
 from workbench.app.clientside import OPEN_HEAD_FROM_TOKEN, PICK_TOKEN
@@ -12,14 +11,15 @@ from workbench.app.data import results as results_mod
 from workbench.app.data.maps import pool_columns
 from workbench.app.data.metrics import token_entropy, token_region_shares
 from workbench.app.figures.common import message_figure, token_text
-from workbench.app.figures.graphs import STYLESHEET, route_elements, strongest_head
 from workbench.app.figures.model import layer_curves
+from workbench.app.figures.routes import route_at, route_figure
 from workbench.app.figures.token import token_layers, token_regions, token_strip_items
 from workbench.app.pages.common import (
     Page,
     as_int,
     bundle_picker,
     data,
+    describe_error,
     first,
     graph,
     guarded,
@@ -65,7 +65,13 @@ def layout(bundle=None, pos=None, **_):
             html.Div(graph("token-entropy", message_figure("loading…")), className="wb-col-half"),
         ], className="wb-columns"),
         html.H3("Information-flow route"),
+        html.Div([html.Label(["contribution threshold ",
+                              dcc.Input(id="token-route-threshold", type="number", min=0, max=1, step=0.01,
+                                        debounce=True, placeholder="stored", className="wb-num")]),
+                  html.Span("edges below it are dropped, with whatever then no longer reaches the prediction",
+                            className="wb-muted")], className="wb-controls"),
         html.Div(id="token-route"),
+        graph("token-route-graph", message_figure("loading…"), loading=True),
     ])
 
 
@@ -105,6 +111,60 @@ def _combine(rows: np.ndarray, heads: str) -> np.ndarray:
     if heads not in (None, "mean") and heads.isdigit() and int(heads) < rows.shape[1]:
         return rows[:, int(heads)]
     return rows.mean(1)
+
+
+def _stored_routes(store, bundle):
+    """(Found, Parsed {root position: Graph}) of the bundle's routes result, read once per bundle version (a
+    route of thousands of edges takes a while to read, and every threshold change draws it again)."""
+    info, trace = store.info(bundle), store.trace(bundle)
+
+    def read():
+        found = results_mod.find(trace.results, "routes")
+        if found is None or found.result is None:
+            return found, results_mod.Parsed({})
+        return found, results_mod.route_graphs(found.result, len(trace.tokens))
+
+    return store.cache.get_or_compute((info.key, "routes"), read)
+
+
+def route_view(bundle, pos, threshold=None):
+    """The route panel's notes and figure: the route rooted at `pos` (when the bundle has one), edges of
+    contribution >= threshold (None: the stored routes' tau), node contents through the logit lens."""
+    store = data()
+    trace = store.trace(bundle)
+    found, parsed = _stored_routes(store, bundle)
+    if found is None:
+        return hint_panel(results_mod.hint("routes", store.info(bundle).path, trace)), message_figure("no routes")
+    name = found.name
+    warnings = [note(w, warning=True) for w in found.warnings]
+    warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
+    pos = as_int(pos, len(trace.tokens) - 1)
+    if pos not in parsed.value:
+        available = sorted(parsed.value)
+        links = [dcc.Link(str(p), href=link("/token", bundle=bundle, pos=p), className="wb-chip") for p in available]
+        return html.Div(warnings + [hint_panel(f"results/{name}.json has no route rooted at position {pos} (a route "
+                                               "rooted at p explains the prediction of token p + 1; `workbench "
+                                               "routes` explains the last token by default). Routes exist for: "),
+                                    html.Div(links)]), message_figure(f"no route rooted at position {pos}")
+    stored = float(found.result.options.get("threshold", 0.0))
+    threshold = stored if not isinstance(threshold, (int, float)) else min(max(float(threshold), 0.0), 1.0)
+    n_layers = trace.n_layers()
+    root = f"I{n_layers - 1}_{pos}"
+    shown = route_at(parsed.value[pos], root, threshold)
+    lens, lens_note = {}, None
+    try:
+        lens = store.route_lens(bundle, [node["id"] for node in shown.nodes])
+    except Exception as error:  # noqa: BLE001  (the graph stands without the node contents; hover says why)
+        lens_note = f"top tokens unavailable: {describe_error(error)}"
+    texts = [t.text for t in trace.tokens]
+    fig = route_figure(parsed.value[pos], texts=texts, n_layers=n_layers, root=root, threshold=threshold,
+                       lens=lens, lens_note=lens_note)
+    explain = note(f"The stored routes kept contributions above tau = {stored:g}; the threshold above keeps edges "
+                   f"of contribution >= {threshold:g}. Nodes: embedding (grey), after attention (blue), FFN block "
+                   "(green squares), after FFN (purple); edge width and opacity = contribution. Hover a node for "
+                   "what it holds (logit lens: final norm, then unembedding), an edge for the heads behind it; "
+                   "click either to open the head.")
+    return html.Div(warnings + [explain]), fig
 
 
 def register(app) -> None:
@@ -153,44 +213,22 @@ def register(app) -> None:
                             Input("token-layers", "clickData"), State(sel("bundle"), "value"),
                             State(sel("pos"), "value"), State("token-heads", "value"), prevent_initial_call=True)
 
-    @app.callback(Output("token-route", "children"), Input(sel("bundle"), "value"), Input(sel("pos"), "value"))
-    @guarded("panel")
-    def route(bundle, pos):
-        store = data()
-        trace = store.trace(bundle)
-        found = results_mod.find(trace.results, "routes")
-        if found is None:
-            return hint_panel(results_mod.hint("routes", store.info(bundle).path, trace))
-        name = found.name
-        parsed = results_mod.route_graphs(found.result, len(trace.tokens)) if found.result is not None \
-            else results_mod.Parsed({})
-        warnings = [note(w, warning=True) for w in found.warnings]
-        warnings += [note(f"results/{name}.json: {w}", warning=True) for w in parsed.warnings]
-        pos = as_int(pos, len(trace.tokens) - 1)
-        if pos not in parsed.value:
-            available = sorted(parsed.value)
-            links = [dcc.Link(str(p), href=link("/token", bundle=bundle, pos=p), className="wb-chip") for p in available]
-            return html.Div(warnings + [hint_panel(f"results/{name}.json has no route rooted at position {pos} (a route "
-                                                   "rooted at p explains the prediction of token p + 1; `workbench "
-                                                   "routes` explains the last token by default). Routes exist for: "),
-                                        html.Div(links)])
-        elements = route_elements(parsed.value[pos], texts=[t.text for t in trace.tokens], target=pos)
-        return html.Div(warnings + [
-            html.P("Nodes: embedding (grey), after attention (blue), after FFN (green) of each layer; edge width = "
-                   "contribution. Click a node to open its strongest head.", className="wb-muted"),
-            cyto.Cytoscape(id="token-route-graph", elements=elements, layout={"name": "preset"}, stylesheet=STYLESHEET,
-                           style={"width": "100%", "height": "520px"}, minZoom=0.1, maxZoom=4),
-        ])
+    @app.callback(Output("token-route", "children"), Output("token-route-graph", "figure"),
+                  Input(sel("bundle"), "value"), Input(sel("pos"), "value"), Input("token-route-threshold", "value"))
+    @guarded("panel", "figure")
+    def route(bundle, pos, threshold):
+        return route_view(bundle, pos, threshold)
 
-    @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("token-route-graph", "tapNodeData"),
-                  State("token-route-graph", "elements"), State(sel("bundle"), "value"), prevent_initial_call=True)
+    @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("token-route-graph", "clickData"),
+                  State(sel("bundle"), "value"), prevent_initial_call=True)
     @guarded("skip")
-    def open_route_head(node, elements, bundle):
-        if not node or node.get("layer") is None:
-            return no_update
-        head = strongest_head(elements or [], node["id"])
-        return link("/head", bundle=bundle, stack="text", layer=node["layer"], head=head if head is not None else 0,
-                    pos=node.get("pos"))
+    def open_route_head(click, bundle):
+        points = (click or {}).get("points") or [{}]
+        custom = points[0].get("customdata")
+        if not isinstance(custom, list) or len(custom) != 3 or custom[0] is None or custom[1] is None:
+            return no_update  # an embedding node, or a residual / FFN edge: no head behind it
+        layer, head, pos = custom
+        return link("/head", bundle=bundle, stack="text", layer=layer, head=head, pos=pos)
 
 
 PAGE = Page(module="workbench.app.pages.token", path="/token", name="Token", order=3, layout=layout,

@@ -118,9 +118,13 @@ def test_model_cell_click_opens_the_head_then_a_token(server, page):
 
 def test_token_route_graph_links_nodes_to_heads(server, page):
     page.goto(server.url + "/token?bundle=llama-stats")  # defaults to the last token, which has a route
-    page.locator("#token-route-graph canvas").first.wait_for()
-    assert "Click a node" in page.inner_text("#token-route")
+    wait_figure(page, "token-route-graph", "gd.layout.title.text.startsWith('route to')")
+    assert "click either to open the head" in page.inner_text("#token-route")
     shot(page, "token-route")
+    n = int(page.locator(sel("pos")).input_value())
+    page.locator("#token-route-graph").scroll_into_view_if_needed()
+    click_cell(page, "token-route-graph", n, 2 - 0.25)  # A2_n: the planted route's layer-2 edge is head 2's
+    page.wait_for_url("**/head?**layer=2**head=2**")
 
 
 def test_image_overlay_on_a_vlm_bundle(server, page):

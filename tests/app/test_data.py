@@ -192,15 +192,18 @@ def test_results_are_read_defensively():
 
 
 def test_route_and_circuit_elements_link_to_heads(traces_dir):
-    from workbench.app.figures.graphs import circuit_elements, route_elements, strongest_head
+    from workbench.app.figures.graphs import circuit_elements
+    from workbench.app.figures.routes import route_figure
 
     trace = workbench.load(traces_dir / "llama-stats.wbtrace")
     position = len(trace.tokens) - 1
     route = results_mod.routes(trace.results["routes"], len(trace.tokens)).value[position]
-    elements = route_elements(route, texts=[t.text for t in trace.tokens], target=position)
-    nodes = {e["data"]["id"]: e for e in elements if "source" not in e["data"]}
-    assert nodes[f"A2_{position}"]["position"]["y"] < nodes[f"A0_{position}"]["position"]["y"]  # deeper is higher
-    assert strongest_head(elements, f"A2_{position}") == 2
+    fig = route_figure(route, texts=[t.text for t in trace.tokens], n_layers=trace.n_layers(),
+                       root=f"I{trace.n_layers() - 1}_{position}")
+    nodes = {text.split("</b>")[0][3:]: (y, list(custom)) for t in fig.data if t.meta == "nodes"
+             for y, custom, text in zip(t.y, t.customdata, t.hovertext)}
+    assert nodes[f"A2_{position}"][0] > nodes[f"A0_{position}"][0]  # deeper is higher
+    assert nodes[f"A2_{position}"][1] == [2, 2, position]  # the planted head of layer 2's edge opens
     circuit = circuit_elements(results_mod.graph(trace.results["circuits"]["graph"]).value)
     edge = next(e for e in circuit if "source" in e["data"])
     assert edge["data"]["side"] == "k" and {e["data"].get("head") for e in circuit if "source" not in e["data"]} == {1, 3}

@@ -55,9 +55,12 @@ def test_route_and_circuit_views_draw_every_edge():
     trace = workbench.trace(loaded, "f x r c e l f x r c e l", raw=True, decomposition=True)
     result = routes.analyse(trace, position=-1)
     graph = result.routes[0].graph
-    fig = notebook.route_view(result, trace=trace)
-    assert len(fig.data) == graph.number_of_edges() + 1  # one line per edge, one marker trace
-    assert len(fig.data[-1].x) == graph.number_of_nodes()
+    fig = notebook.route_view(result, trace=trace)  # every edge of a route is above the tau it was built with
+    assert sum(len(t.x) for t in fig.data if t.meta == "edges") == graph.number_of_edges()  # a hover marker each
+    assert sum(len(t.x) for t in fig.data if t.meta == "nodes") == graph.number_of_nodes()
+    assert all("pass model=" in text for t in fig.data if t.meta == "nodes" for text in t.hovertext)
+    fig = notebook.route_view(result, trace=trace, model=loaded, threshold=1.5)  # no edge: says so
+    assert "No edge" in fig.layout.annotations[0].text
     circuit = circuits.analyse(trace, model=loaded)
     fig = notebook.circuit_view(circuit, n_layers=trace.n_layers(), n_heads=trace.n_heads())
     hovers = [text for t in fig.data if t.meta == "edges" for text in t.hovertext]  # one per drawn edge

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from workbench.app.data import results as results_mod
 from workbench.app.data.service import AppData
-from workbench.app.figures.graphs import route_elements, strongest_head
+from workbench.app.figures.routes import route_figure
 
 import workbench
 
@@ -32,8 +32,9 @@ def test_sinks_and_routes_results_feed_the_views(tmp_path):
     n = len(reread.tokens)
     parsed = results_mod.routes(reread.results["routes"], n)
     assert sorted(parsed.value) == [n - 2, n - 1] and not parsed.warnings
-    elements = route_elements(parsed.value[n - 1], texts=[t.text for t in reread.tokens], target=n - 1)
-    attention_nodes = [e["data"]["id"] for e in elements
-                       if "source" not in e["data"] and e["data"].get("kind") == "attention"]
-    assert attention_nodes and all(strongest_head(elements, node) is not None for node in attention_nodes)
-    assert [e["data"]["id"] for e in elements if e.get("classes") == "target"] == [f"I2_{n - 1}"]
+    fig = route_figure(parsed.value[n - 1], texts=[t.text for t in reread.tokens], n_layers=3, root=f"I2_{n - 1}")
+    attention = next(t for t in fig.data if t.meta == "nodes" and t.name.startswith("after attention"))
+    assert all(custom[1] is not None for custom in attention.customdata)  # every attention node opens a head
+    outlined = [text.split("</b>")[0][3:] for t in fig.data if t.meta == "nodes"
+                for text, width in zip(t.hovertext, t.marker.line.width) if width > 1]
+    assert outlined == [f"I2_{n - 1}"]

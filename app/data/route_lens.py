@@ -1,0 +1,104 @@
+"""What the nodes of an information-flow route hold, read through the logit lens (nostalgebraist 2020): each
+node's vector through the model's final norm and unembedding, as its top tokens with probabilities.
+
+    >>> lens = node_tokens(trace, ["X0_3", "A5_3", "M5_3", "I29_3"], model=loaded)   # {node id: [(token, p)]}
+
+The vectors come from the trace's decomposition tensors, no forward pass: X0_t is the residual entering
+layer 0, A{l}_t that residual plus the attention block's output, I{l}_t the residual entering layer l + 1 (the
+stored last-layer output for the last layer), and the FFN block M{l}_t is I{l}_t - A{l}_t (what the block
+adds, read through the same norm and unembedding: the tokens it promotes). Only the final norm and the
+unembedding come from the model, so the app loads it by the bundle's model name like a recompute does.
+"""
+
+from __future__ import annotations
+
+import re
+from operator import attrgetter
+
+import torch
+
+from workbench.errors import InputError
+from workbench.traces.names import tensor_name
+
+TOP_TOKENS = 5
+_NODE = re.compile(r"([XAMI])(\d+)_(\d+)")
+# where transformers keeps the final norm of the decoders the decomposition supports (Llama family, Gemma,
+# Qwen2, Mistral; GPT-2; LLaVA's language model)
+_FINAL_NORMS = ("model.norm", "transformer.ln_f", "model.language_model.norm", "language_model.model.norm")
+
+
+def _parse(node_id: str) -> tuple[str, int, int]:
+    match = _NODE.fullmatch(node_id)
+    if match is None:
+        raise InputError(f"{node_id!r} is not a route node (X0_t, A{{l}}_t, M{{l}}_t or I{{l}}_t)")
+    return match[1], int(match[2]), int(match[3])
+
+
+def node_vectors(trace, node_ids) -> dict[str, torch.Tensor]:
+    """{node id: [d_model]} of route nodes, from the trace's stored residual decomposition (fp32)."""
+    if not trace.has(tensor_name("text", 0, "hidden_in")) or not trace.has(tensor_name("text", 0, "attn_out")):
+        raise InputError("the node contents need the residual decomposition (trace with --decomposition)")
+    last = trace.n_layers() - 1
+    loaded: dict[tuple[int, str], torch.Tensor] = {}
+
+    def read(layer: int, stat: str) -> torch.Tensor:
+        if (layer, stat) not in loaded:
+            loaded[(layer, stat)] = trace.tensor(tensor_name("text", layer, stat)).float()  # [query_pos, d_model]
+        return loaded[(layer, stat)]
+
+    def after_attention(layer: int, position: int) -> torch.Tensor:
+        return read(layer, "hidden_in")[position] + read(layer, "attn_out")[position]
+
+    def after_ffn(layer: int, position: int) -> torch.Tensor:
+        return read(layer + 1, "hidden_in")[position] if layer < last else read(layer, "hidden_out")[position]
+
+    out = {}
+    for node_id in node_ids:
+        letter, layer, position = _parse(node_id)
+        if not 0 <= position < len(trace.tokens) or not 0 <= layer <= last:
+            raise InputError(f"route node {node_id} lies outside the trace ({trace.n_layers()} layers, "
+                             f"{len(trace.tokens)} tokens)")
+        if letter == "X":
+            out[node_id] = read(0, "hidden_in")[position]
+        elif letter == "A":
+            out[node_id] = after_attention(layer, position)
+        elif letter == "I":
+            out[node_id] = after_ffn(layer, position)
+        else:
+            out[node_id] = after_ffn(layer, position) - after_attention(layer, position)
+    return out
+
+
+def readout(hf_model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(final norm, unembedding) modules of a transformers causal LM (or VLM)."""
+    unembedding = hf_model.get_output_embeddings()
+    for path in _FINAL_NORMS:
+        try:
+            norm = attrgetter(path)(hf_model)
+        except AttributeError:
+            continue
+        if unembedding is not None:
+            return norm, unembedding
+    raise InputError(f"{type(hf_model).__name__} has no final norm and unembedding the logit lens knows")
+
+
+def node_tokens(trace, node_ids, *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
+    """{node id: [(token text, probability)] * top}: each node's vector through the final norm and the
+    unembedding of `model` (a LoadedModel, or a Tracer), softmaxed over the vocabulary."""
+    loaded = getattr(model, "loaded", model)
+    norm, unembedding = readout(loaded.model)
+    ids = list(dict.fromkeys(node_ids))
+    if not ids:
+        return {}
+    vectors = node_vectors(trace, ids)
+    parameter = next(unembedding.parameters())
+    stacked = torch.stack([vectors[i] for i in ids]).to(parameter.device, parameter.dtype)
+    out = {}
+    with torch.inference_mode():
+        for start in range(0, len(ids), 256):  # bounds the [rows, vocab] logits block
+            logits = unembedding(norm(stacked[start:start + 256])).float()
+            probabilities, tokens = logits.softmax(-1).topk(top, dim=-1)
+            for row, node_id in enumerate(ids[start:start + 256]):
+                out[node_id] = [(loaded.tokenizer.decode([int(t)]), float(p))
+                                for t, p in zip(tokens[row], probabilities[row])]
+    return out
