@@ -6,13 +6,15 @@
     .venv/bin/python benchmarks/app_speed.py --views heads   # only the Heads view (every head at once)
     .venv/bin/python benchmarks/app_speed.py --views compare # only the Compare view (two bundles)
     .venv/bin/python benchmarks/app_speed.py --views circuits # only the Circuits view (SmolLM2 head-to-head graph)
+    .venv/bin/python benchmarks/app_speed.py --views routes   # only the Token view's route graph (SmolLM2)
 
 Bundles: SmolLM2 (30 layers x 9 heads; out/demo/capital.wbtrace or traced now), a LLaVA-7B-shaped synthetic
 bundle (32 x 32, 576 image tokens, statistics only) and a 4,096-token synthetic bundle (30 x 9) storing the
 maps of layer 5, heads 0-3; for the Heads view, a 2,048-token synthetic bundle (30 x 9) storing every map
 (2.3 GB) and the SmolLM2 bundle's maps recomputed; for the Compare view, two 2,048-token synthetic bundles
 (30 x 9) storing the maps of layer 5; for the Circuits view, a 128-token SmolLM2 bundle traced with the
-residual decomposition and circuit-traced (thousands of edges). Each row is the time of one interaction (median of
+residual decomposition and circuit-traced (thousands of edges); for the route graph, a ~100-token SmolLM2 bundle with
+the decomposition and routes at tau = 0.01 (thousands of edges). Each row is the time of one interaction (median of
 --repeat runs unless marked cold), its ratio to the 1 s target, and for the head view the ratio to the naive
 alternative of shipping the full-resolution map (what inline-data tools do).
 """
@@ -72,6 +74,8 @@ def build_bundles(folder: Path, real_long: bool, views=("model", "head", "heads"
         names["pair"] = ("pair-a", "pair-b")
     if "circuits" in views:
         names["circuits"] = circuits_bundle(folder)
+    if "routes" in views:
+        names["routes"] = routes_bundle(folder)
     if real_long:
         words = (ROOT / "README.md").read_text().split()
         prompt = " ".join((words * 20)[:2050])  # about 4,100 SmolLM2 tokens
@@ -154,6 +158,57 @@ def circuits_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
                                    ("page open again", 40, repeat), ("10 strongest edges", 10, repeat),
                                    ("160 strongest edges", 160, repeat), ("every edge", 0, repeat)):
             seconds, size = timed(lambda top_k=top_k: view(top_k), count)
+            rows.append((f"{label}: {what}", seconds, None, size))
+    return rows
+
+
+def routes_bundle(folder: Path) -> str:
+    """A ~100-token SmolLM2 bundle (README text, raw) with the decomposition and the route of its last prediction
+    at tau = 0.01 (a low threshold: thousands of edges, the heavy end of what the view draws)."""
+    import workbench
+    from workbench.analyses import routes
+
+    words = (ROOT / "README.md").read_text().split()
+    trace = workbench.trace("smollm2", " ".join(words[:60]), max_new_tokens=4, raw=True, decomposition=True)
+    trace.save(folder / "smollm2-routes.wbtrace")
+    saved = workbench.load(folder / "smollm2-routes.wbtrace")
+    saved.add_result("routes", routes.analyse(saved, threshold=0.01, head_types=False).to_json())
+    return "smollm2-routes"
+
+
+def routes_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
+    """The Token view's route panel (read results/routes.json, keep the edges above the threshold, the logit lens
+    of the nodes shown, build the figure) and its JSON as Dash sends it, at several thresholds."""
+    import json
+
+    from workbench.app import create_app
+    from workbench.app.pages import token
+
+    import workbench
+
+    bundle = names["routes"]
+    app = create_app(folder, allow_trace=False)
+    stored = workbench.load(folder / f"{bundle}.wbtrace")
+    route = stored.results["routes"]["routes"][0]
+    label = (f"Route graph SmolLM2 {len(stored.tokens)} tokens, 30 x 9 ({len(route['graph']['nodes'])} nodes, "
+             f"{len(route['graph']['edges'])} edges at tau 0.01)")
+
+    def view(threshold):
+        return len(json.dumps(token.route_view(bundle, route["position"], threshold), default=_plotly_json))
+
+    from workbench.app.pages.common import data
+
+    rows = []
+    with app.server.app_context():
+        seconds, _ = timed(lambda: data().pool.get(stored.model["name"]))
+        rows.append((f"{label}: the model's load for the lens [cold, once per server]", seconds, None, 0))
+        for what, threshold, count in (("page open, threshold 0.04 [cold: routes.json read, lens]", 0.04, 1),
+                                       ("page open again", 0.04, repeat),
+                                       ("threshold 0.02 [lens of the new nodes]", 0.02, 1),
+                                       ("threshold 0.1", 0.1, repeat),
+                                       ("every stored edge (0.01) [lens of the new nodes]", 0.01, 1),
+                                       ("every stored edge (0.01) again", 0.01, repeat)):
+            seconds, size = timed(lambda threshold=threshold: view(threshold), count)
             rows.append((f"{label}: {what}", seconds, None, size))
     return rows
 
@@ -446,8 +501,8 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="also time real Chromium (needs /usr/bin/chromium)")
     parser.add_argument("--real-long", action="store_true", help="also trace and recompute a 4k-token SmolLM2 bundle")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads", "compare", "circuits"],
-                        default=["model", "head", "heads", "compare", "circuits"],
+    parser.add_argument("--views", nargs="+", choices=["model", "head", "heads", "compare", "circuits", "routes"],
+                        default=["model", "head", "heads", "compare", "circuits", "routes"],
                         help="which views to time (default: all)")
     parser.add_argument("--keep", type=Path, help="write the bundles here instead of a temporary folder")
     options = parser.parse_args()
@@ -462,6 +517,8 @@ def main() -> None:
             rows += compare_view(folder, names, options.repeat)
         if "circuits" in options.views:
             rows += circuits_view(folder, names, options.repeat)
+        if "routes" in options.views:
+            rows += routes_view(folder, names, options.repeat)
         if "heads" in options.views:
             rows += heads_view(folder, names, options.repeat)
         if options.browser and {"model", "head"} <= set(options.views):

@@ -32,6 +32,7 @@ EDGE_COLORS = {"attention": (31, 119, 180), "residual": (140, 140, 140), "ffn": 
 _BUCKETS = 5  # edge weight classes; plotly draws one width per trace, so edges are grouped by class
 _PLOT_WIDTH = 1250  # pixels of plot area assumed for label thinning when no width is given (the app's page)
 _ROOT_COLOR = "#ff7f0e"
+_BOTTOM = 160  # pixels under the plot: rotated token labels (about 80), the axis title, the legend
 
 
 def _int(value) -> int | None:
@@ -185,10 +186,10 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
     n = len(texts)
     places = {node["id"]: node_place(node) for node in shown.nodes}
     edges = [e for e in shown.edges if places.get(e["source"]) and places.get(e["target"])]
-    height = height or int(max(460, min(1500, 27 * (n_layers + 1) + 190)))
+    height = height or int(max(460, min(1500, 27 * (n_layers + 1) + 50 + _BOTTOM)))
     plot_width = (width - 90) if width else _PLOT_WIDTH
     px_position = plot_width / max(n, 1)
-    px_level = (height - 190) / (2 * (n_layers + 1))
+    px_level = (height - 50 - _BOTTOM) / (2 * (n_layers + 1))
     size = max(4.0, min(11.0, 0.7 * px_position, 1.4 * px_level))
     top = max(e["weight"] for e in edges) or 1.0
     heads = _node_heads(shown)
@@ -248,15 +249,16 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
 
     y_ticks = [EMBEDDING_Y] + list(range(n_layers))
     y_text = ["emb"] + [f"L{layer}" for layer in range(n_layers)]
-    if 18 * (n_layers + 1) > height - 190:  # thin layer labels to what fits (every 2nd, ... layer)
-        step = math.ceil(18 * (n_layers + 1) / (height - 190))
+    if 18 * (n_layers + 1) > height - 50 - _BOTTOM:  # thin layer labels to what fits (every 2nd, ... layer)
+        step = math.ceil(18 * (n_layers + 1) / (height - 50 - _BOTTOM))
         y_ticks, y_text = y_ticks[:1] + y_ticks[1::step], y_text[:1] + y_text[1::step]
     heading = title or (f"route to {root}: {len(shown.nodes)} nodes, {len(edges)} edges of contribution >= {threshold:g}"
                         f" (of {len(route.edges)} stored)")
     fig.update_layout(
         title=heading, template="plotly_white", font=FONT, height=height, width=width, hovermode="closest",
-        clickmode="event", margin=dict(l=60, r=20, t=50, b=130), legend=dict(orientation="h", y=1.0, yanchor="bottom",
-                                                                            x=1.0, xanchor="right"),
+        clickmode="event", margin=dict(l=60, r=20, t=50, b=_BOTTOM),
+        # below the token labels and the axis title: above the plot it would sit under plotly's mode bar
+        legend=dict(orientation="h", x=0, xanchor="left", y=-(_BOTTOM - 28) / (height - 50 - _BOTTOM), yanchor="top"),
         xaxis=dict(title="token", range=[-0.7, n - 0.3], zeroline=False, showgrid=False, tickangle=-90,
                    tickfont=dict(size=11), **_x_ticks(texts, labels_that_fit(plot_width), _int(by_id[root].get(
                        "position")) if root in by_id else None)),

@@ -109,7 +109,7 @@ def test_labels_thin_at_100_tokens_and_keep_the_root():
     assert 57 in ticks and len(ticks) <= 800 // 14
     assert all(b - a >= 2 for a, b in itertools.pairwise(ticks))
     assert "&lt;tok57&gt;" in fig.layout.xaxis.ticktext[ticks.index(57)]  # escaped, never raw HTML
-    assert len(fig.layout.yaxis.tickvals) <= (fig.layout.height - 190) // 18 + 1
+    assert len(fig.layout.yaxis.tickvals) <= (fig.layout.height - 210) // 18 + 1
 
 
 def test_hover_names_heads_by_share_and_clicks_carry_the_feeding_head(planted):
