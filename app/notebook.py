@@ -118,10 +118,11 @@ def image_view(trace, values=None, *, image=None, label: str = "alpha (mean atte
 
 
 def route_view(result, position: int | None = None, *, trace, threshold: float | None = None, model=None,
-               title: str | None = None) -> go.Figure:
+               width: int = 1000, title: str | None = None) -> go.Figure:
     """The information-flow route of one prediction (a `routes.analyse` result), drawn as the Token view draws it:
     x = token, y = layer, edges of contribution >= threshold (None: the result's tau) that still reach the
-    prediction. model (a LoadedModel or Tracer): hover each node with its top tokens under the logit lens."""
+    prediction. model (a LoadedModel or Tracer): hover each node with its top tokens under the logit lens.
+    width: pixels (fixed, so token labels are thinned to what that width holds)."""
     from workbench.app.data.results import graph_of
     from workbench.app.data.route_lens import node_tokens
     from workbench.app.figures.routes import route_at, route_figure
@@ -134,7 +135,7 @@ def route_view(result, position: int | None = None, *, trace, threshold: float |
         lens = node_tokens(trace, [node["id"] for node in route_at(graph, route.output, threshold).nodes], model=model)
     predicted = (route.predicted or {}).get("text", "?")
     return route_figure(graph, texts=[t.text for t in trace.tokens], n_layers=trace.n_layers(), root=route.output,
-                        threshold=threshold, lens=lens, lens_note=note,
+                        threshold=threshold, lens=lens, lens_note=note, width=width,
                         title=title or f"route of the prediction at row {route.position} (predicts {predicted!r})")
 
 
