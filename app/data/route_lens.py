@@ -85,12 +85,17 @@ def readout(hf_model) -> tuple[torch.nn.Module, torch.nn.Module]:
 def node_tokens(trace, node_ids, *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
     """{node id: [(token text, probability)] * top}: each node's vector through the final norm and the
     unembedding of `model` (a LoadedModel, or a Tracer), softmaxed over the vocabulary."""
+    return lens_tokens(node_vectors(trace, list(dict.fromkeys(node_ids))), model=model, top=top)
+
+
+def lens_tokens(vectors: dict[str, torch.Tensor], *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
+    """`node_tokens` of vectors already read ({node id: [d_model]}), so a caller can check the trace before it
+    loads the model."""
+    if not vectors:
+        return {}
     loaded = getattr(model, "loaded", model)
     norm, unembedding = readout(loaded.model)
-    ids = list(dict.fromkeys(node_ids))
-    if not ids:
-        return {}
-    vectors = node_vectors(trace, ids)
+    ids = list(vectors)
     parameter = next(unembedding.parameters())
     stacked = torch.stack([vectors[i] for i in ids]).to(parameter.device, parameter.dtype)
     out = {}

@@ -231,7 +231,7 @@ class AppData:
         """{node id: [(token, probability)]}: route nodes through the logit lens (`route_lens.node_tokens`), kept
         per bundle and node so a threshold change only reads the nodes it adds. The model's final norm and
         unembedding load by the bundle's model name like a recompute (refused with --no-recompute)."""
-        from workbench.app.data.route_lens import node_tokens
+        from workbench.app.data.route_lens import lens_tokens, node_vectors
 
         info = self.info(bundle_id)
         trace = self.trace(bundle_id)
@@ -240,9 +240,10 @@ class AppData:
         known = self.cache.get_or_compute((info.key, "lens"), dict)  # grows in place: a few tuples per node
         missing = [node for node in dict.fromkeys(node_ids) if node not in known]
         if missing:
+            vectors = node_vectors(trace, missing)  # a bundle without the decomposition says so before any load
             tracer, lock = self.pool.get(str(trace.model.get("name"))[:4096])
             with lock:
-                known.update(node_tokens(trace, missing, model=tracer))
+                known.update(lens_tokens(vectors, model=tracer))
         return {node: known[node] for node in node_ids if node in known}
 
     # -- images -------------------------------------------------------------------------------------

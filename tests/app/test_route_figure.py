@@ -180,3 +180,29 @@ def test_hover_shows_the_lens_or_says_what_is_missing(planted):
     bare = route_figure(graph_of(route.graph).value, texts=texts, n_layers=trace.n_layers(), root=route.output,
                         lens_note="top tokens unavailable: no model")
     assert all("top tokens unavailable: no model" in text for t in bare.data if t.meta == "nodes" for text in t.hovertext)
+
+
+def test_app_says_why_node_contents_are_missing(traces_dir):
+    from workbench.app.data.recompute import ModelPool
+    from workbench.app.data.service import AppData
+
+    class NoLoads(ModelPool):
+        def get(self, name):
+            raise AssertionError(f"loaded {name} for a bundle that cannot feed the lens")
+
+    with pytest.raises(InputError, match="--no-recompute"):
+        AppData(traces_dir, allow_recompute=False).route_lens("llama-stats", ["A0_1"])
+    with pytest.raises(InputError, match="--decomposition"):  # checked before the model loads
+        AppData(traces_dir, pool=NoLoads()).route_lens("llama-stats", ["A0_1"])
+
+
+def test_route_panel_draws_without_node_contents_and_says_why(traces_dir):
+    from workbench.app import create_app
+    from workbench.app.pages import token
+
+    n = len(workbench.load(traces_dir / "llama-stats.wbtrace").tokens)
+    with create_app(traces_dir, allow_trace=False).server.app_context():
+        _, fig = token.route_view("llama-stats", n - 1, 0.7)  # the planted route: 0.6 attention, 0.9 residual edges
+    hovers = [text for t in fig.data if t.meta == "nodes" for text in t.hovertext]
+    assert hovers and all("top tokens unavailable" in text and "--decomposition" in text for text in hovers)
+    assert sorted(NODE.search(text)[1] for text in hovers) == [f"A2_{n - 1}", f"I2_{n - 1}"]  # 0.6 edges dropped
