@@ -25,8 +25,9 @@ TAU = 0.02  # below the reference's 0.04: on SmolLM2 the route then spans a few 
 
 @pytest.fixture(scope="module")
 def routed_server(models, tmp_path_factory):
-    from workbench.analyses import routes
     from workbench.app import create_app
+
+    from workbench.analyses import routes
 
     root = tmp_path_factory.mktemp("routes") / "traces"
     root.mkdir(parents=True)
