@@ -299,9 +299,130 @@ std::vector<at::Tensor> fused_attention_statistics(
   return {output, lse, key_mass, region_mass, entropy, normaliser};
 }
 
+// The decode path: a few query rows (one per KV-cache decode step) over a long cache. Query blocks do nothing
+// for one row, so the work is cut by key head instead: one task per (batch, kv_head) computes, per row, the
+// scores of all query heads sharing that key head with one GEMM over the row's key interval (the keys are read
+// once for the group), the same softmax statistics per head, and O = P V with a second GEMM written straight
+// into output[b, i, h0:h0 + group, :]. Each task owns its heads' column sums (rows added in order), so there
+// are no partials to allocate and sum, and the result does not depend on the thread count. Small calls run on
+// the calling thread: an OpenMP region costs more than the whole call at a few hundred keys.
+std::vector<at::Tensor> fused_decode_statistics(
+    const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in, double scaling,
+    const at::Tensor& key_start_in, const at::Tensor& key_end_in, const at::Tensor& runs_in, int64_t n_regions) {
+  TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
+  TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
+                  value_in.scalar_type() == at::kFloat, "fused_decode_statistics takes fp32");
+  TORCH_CHECK(query_in.device().is_cpu(), "fused_decode_statistics runs on CPU tensors");
+  const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
+  const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
+  const at::Tensor value = value_in.stride(3) == 1 ? value_in : value_in.contiguous();
+  const int64_t batch = query.size(0), heads = query.size(1), n_queries = query.size(2), d = query.size(3);
+  const int64_t kv_heads = key.size(1), n_keys = key.size(2), d_value = value.size(3);
+  TORCH_CHECK(heads % kv_heads == 0 && value.size(1) == kv_heads && value.size(2) == n_keys, "bad kv shapes");
+  const int64_t group = heads / kv_heads;
+
+  const at::Tensor key_start = key_start_in.to(at::kLong).contiguous();
+  const at::Tensor key_end = key_end_in.to(at::kLong).contiguous();
+  TORCH_CHECK(key_start.dim() == 2 && key_start.sizes() == key_end.sizes() && key_start.size(1) == n_queries &&
+                  (key_start.size(0) == 1 || key_start.size(0) == batch),
+              "key_start / key_end must be [batch or 1, query_pos]");
+  const int64_t* start_data = key_start.data_ptr<int64_t>();
+  const int64_t* end_data = key_end.data_ptr<int64_t>();
+  for (int64_t r = 0; r < key_start.numel(); ++r)
+    TORCH_CHECK(0 <= start_data[r] && start_data[r] <= end_data[r] && end_data[r] <= n_keys,
+                "key intervals must satisfy 0 <= start <= end <= key_pos");
+  const int64_t bounds_batch_stride = key_start.size(0) == 1 ? 0 : n_queries;
+
+  const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
+  std::vector<Run> runs(runs_t.size(0));
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const int64_t* row = runs_t.data_ptr<int64_t>() + 3 * r;
+    runs[r] = {row[0], row[1], row[2]};
+  }
+
+  static const SgemmFn sgemm = find_sgemm();
+  TORCH_CHECK(sgemm != nullptr, "no BLAS sgemm found in this process; use the two-pass statistics");
+
+  const auto f32 = query.options();
+  at::Tensor output = at::zeros({batch, n_queries, heads, d_value}, f32);
+  at::Tensor lse = at::zeros({batch, heads, n_queries}, f32);
+  at::Tensor key_mass = at::zeros({batch, heads, n_keys}, f32);
+  at::Tensor region_mass = at::zeros({batch, heads, n_queries, n_regions}, f32);
+  at::Tensor entropy = at::zeros({batch, heads, n_queries}, f32);
+  at::Tensor normaliser = at::zeros({batch, heads, n_queries}, f32);
+
+  const float scale = static_cast<float>(scaling);
+  const float* q_data = query.data_ptr<float>();
+  const float* k_data = key.data_ptr<float>();
+  const float* v_data = value.data_ptr<float>();
+  float* out_data = output.data_ptr<float>();
+  float* lse_data = lse.data_ptr<float>();
+  float* mass_data = key_mass.data_ptr<float>();
+  float* region_data = region_mass.data_ptr<float>();
+  float* entropy_data = entropy.data_ptr<float>();
+  float* z_data = normaliser.data_ptr<float>();
+
+  static const SetLocalThreadsFn set_local_threads = find_set_local_threads();
+  const int64_t q_ld = group == 1 ? d : query.stride(1);  // BLAS wants ld >= d even for one column
+  const int64_t tasks = batch * kv_heads;
+  const int64_t work = batch * heads * n_queries * n_keys * d;
+  const int64_t grain = work < (int64_t{1} << 21) ? std::max<int64_t>(tasks, 1) : 1;  // ~2M MACs: one thread
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    const int previous_threads = set_local_threads ? set_local_threads(1) : 0;
+    std::vector<float> scores(static_cast<size_t>(group) * std::max<int64_t>(n_keys, 1));
+    std::vector<double> masses(static_cast<size_t>(n_regions));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, kvh = task % kv_heads, h0 = kvh * group;
+      const float* k_head = k_data + b * key.stride(0) + kvh * key.stride(1);
+      const float* v_head = v_data + b * value.stride(0) + kvh * value.stride(1);
+      for (int64_t i = 0; i < n_queries; ++i) {
+        const int64_t lo = start_data[b * bounds_batch_stride + i];
+        const int64_t hi = std::max(end_data[b * bounds_batch_stride + i], lo);
+        if (hi == lo) continue;  // a row that sees no key: zeros
+        const int64_t width = hi - lo;
+        float* s = scores.data();
+        // S [group, width] row-major = (K [lo:hi, d])(Q [h0:h0 + group, i, d])^T; the group's query rows sit
+        // query.stride(1) apart.
+        gemm(sgemm, true, false, width, group, d, scale, k_head + lo * key.stride(2), key.stride(2),
+             q_data + b * query.stride(0) + h0 * query.stride(1) + i * query.stride(2), q_ld, 0.0f, s, width);
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t h = h0 + g;
+          float* row = s + g * width;
+          const int64_t stat = (b * heads + h) * n_queries + i;
+          const float m = row_max(row, width);
+          std::fill(masses.begin(), masses.end(), 0.0);
+          double e_log_e = 0.0;
+          for (const Run& run : runs) {
+            const int64_t ra = std::max(run.start, lo), rz = std::min(run.end, hi);
+            if (rz > ra) exp_in_place(row + (ra - lo), rz - ra, m, &masses[run.region], &e_log_e);
+          }
+          double z_sum = 0.0;
+          for (double v : masses) z_sum += v;
+          const double inv_z = 1.0 / z_sum;
+          lse_data[stat] = m + static_cast<float>(std::log(z_sum));
+          entropy_data[stat] = static_cast<float>(std::log(z_sum) - e_log_e * inv_z);
+          for (int64_t r = 0; r < n_regions; ++r)
+            region_data[stat * n_regions + r] = static_cast<float>(masses[r] * inv_z);
+          z_data[stat] = normalise_and_add_columns(row, width, static_cast<float>(inv_z),
+                                                   mass_data + (b * heads + h) * n_keys + lo);
+        }
+        // O [group, d_value] = P [group, width] V [lo:hi, d_value] -> output[b, i, h0:h0 + group, :].
+        gemm(sgemm, false, false, d_value, group, width, 1.0f, v_head + lo * value.stride(2), value.stride(2), s,
+             width, 0.0f, out_data + ((b * n_queries + i) * heads + h0) * d_value, d_value);
+      }
+    }
+    if (set_local_threads) set_local_threads(previous_threads);
+  });
+  return {output, lse, key_mass, region_mass, entropy, normaliser};
+}
+
 TORCH_LIBRARY(workbench, m) {
   m.def(
       "fused_attention_statistics(Tensor query, Tensor key, Tensor value, float scaling, Tensor key_start, "
       "Tensor key_end, Tensor runs, int n_regions, int block_q) -> Tensor[]");
   m.impl("fused_attention_statistics", c10::DispatchKey::CPU, &fused_attention_statistics);
+  m.def(
+      "fused_decode_statistics(Tensor query, Tensor key, Tensor value, float scaling, Tensor key_start, "
+      "Tensor key_end, Tensor runs, int n_regions) -> Tensor[]");
+  m.impl("fused_decode_statistics", c10::DispatchKey::CPU, &fused_decode_statistics);
 }

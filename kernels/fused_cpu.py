@@ -7,6 +7,10 @@ reduces the statistics and multiplies by V: measured 1.0-1.1x the fused SDPA for
 at n = 2,048-32,768 on 2 cores (benchmarks/attention_stats.py has the whole-model numbers). Its output
 equals SDPA's up to fp32 rounding (summation order), not bit for bit.
 
+A KV-cache decode step has one query row over the whole cache: there the kernel takes its decode path
+(`fused_decode_statistics`), which cuts the work by key head instead of by 128-row query blocks, computes
+the scores of every query head sharing a key head with one GEMM, and runs small calls on the calling thread.
+
 Scope: fp32 CPU tensors, a mask under which every query row sees one contiguous interval of keys
 (`MaskSpec.key_intervals`: none, causal with `query_offset`, sliding window, chunked-local, prefix-LM, as a
 MaskSpec or as a dense mask of that shape), no key padding with holes, no top-k, no maps, no soft-capping.
@@ -18,7 +22,8 @@ workbench.kernels.fused_cpu`; `make setup` does the latter. Where it cannot be b
 one-line warning says so and capture uses the two-pass path. WORKBENCH_FUSED_CPU=0 turns it off.
 
 Memory beyond inputs and outputs: one [block_q, key_pos] fp32 score block per thread (128 x 32,768 x 4 B
-= 16 MiB at 32k) and [batch, head, 4, key_pos] column-sum partials.
+= 16 MiB at 32k) and [batch, head, 4, key_pos] column-sum partials; the decode path one [group, key_pos]
+score block per thread and no partials.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from workbench.kernels.counts import interval_counts
@@ -41,6 +47,7 @@ from workbench.kernels.mask import MaskSpec
 
 SOURCE = Path(__file__).with_name("fused_cpu.cpp")
 DEFAULT_BLOCK_Q = 128  # measured on a SmolLM2 layer, 2 threads: 0.99x SDPA at 8k (64: 1.16x, 256: 1.06x)
+DECODE_MAX_ROWS = 8  # up to this many query rows take the decode path (one KV-cache step, a short chunk)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno")
 
 
@@ -146,6 +153,12 @@ def applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: M
     return unsupported(query, key, value, mask) is None
 
 
+def region_runs_tensor(key_regions: torch.Tensor) -> torch.Tensor:
+    """[n_runs, 3] int64 (start, end, region) runs of equal region over the keys: what the kernel reads the key
+    regions as. Depends on the regions alone, so a caller with many layers over the same keys computes it once."""
+    return torch.tensor(region_runs(key_regions), dtype=torch.long).reshape(-1, 3)
+
+
 def fused_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -156,6 +169,9 @@ def fused_attention(
     key_regions: torch.Tensor,
     n_regions: int,
     block_q: int = DEFAULT_BLOCK_Q,
+    runs: torch.Tensor | None = None,
+    counts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    path: Literal["auto", "blocked", "decode"] = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, AttentionStatistics]:
     """softmax(scaling * q k^T + mask) v with its row log-sum-exp and statistics, all from one pass.
 
@@ -164,6 +180,12 @@ def fused_attention(
     head, d_value] (the layout attention modules hand to their output projection), lse [batch, head,
     query_pos] and the statistics (top-k and maps None). Rows that see no key get zeros. The mask is read as
     one key interval per row (`MaskSpec.key_intervals`), shared by all heads.
+
+    runs: `region_runs_tensor(key_regions)` if the caller has it already. counts: (key_count [batch, key_pos],
+    region_count [batch, query_pos, region]) if the caller has them already (they depend on the mask and the
+    regions only: `counts.interval_counts`); otherwise both are computed here.
+    path: "blocked" (blocks of `block_q` query rows per head), "decode" (per row, all heads of a kv head at once:
+    for a few rows over a long KV cache) or "auto" (decode for up to DECODE_MAX_ROWS rows).
 
     >>> import torch
     >>> from workbench.kernels import MaskSpec
@@ -180,16 +202,20 @@ def fused_attention(
     if reason is not None:
         raise ValueError(f"fused_attention needs fp32 CPU tensors, one key interval per query row and the built "
                          f"kernel; got {reason}")
-    batch, n_keys = query.shape[0], key.shape[2]
+    batch, n_queries, n_keys = query.shape[0], query.shape[2], key.shape[2]
     key_start, key_end = intervals
-    output, lse, key_mass, region_mass, entropy, normaliser = torch.ops.workbench.fused_attention_statistics(
-        query, key, value, float(scaling), key_start, key_end,
-        torch.tensor(region_runs(key_regions), dtype=torch.long).reshape(-1, 3), int(n_regions), int(block_q),
-    )
-    key_count, region_count = interval_counts(
-        key_start, key_end, batch=batch, n_keys=n_keys, key_regions=key_regions, n_regions=n_regions,
-        device=query.device,
-    )
+    runs = runs if runs is not None else region_runs_tensor(key_regions)
+    if path == "decode" or (path == "auto" and n_queries <= DECODE_MAX_ROWS):
+        results = torch.ops.workbench.fused_decode_statistics(
+            query, key, value, float(scaling), key_start, key_end, runs, int(n_regions))
+    else:
+        results = torch.ops.workbench.fused_attention_statistics(
+            query, key, value, float(scaling), key_start, key_end, runs, int(n_regions), int(block_q))
+    output, lse, key_mass, region_mass, entropy, normaliser = results
+    if counts is None:
+        counts = interval_counts(key_start, key_end, batch=batch, n_keys=n_keys, key_regions=key_regions,
+                                 n_regions=n_regions, device=query.device)
+    key_count, region_count = counts
     stats = AttentionStatistics(key_mass=key_mass, key_count=key_count, region_mass=region_mass,
                                 region_count=region_count, entropy=entropy, normaliser=normaliser)
     return output, lse, stats

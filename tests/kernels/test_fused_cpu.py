@@ -23,20 +23,24 @@ def _reference_output(query, key, value, scaling, mask: MaskSpec):
     return (probs @ value64).transpose(1, 2), scores.masked_fill(~visible, float("-inf")).logsumexp(-1)
 
 
-def _run(case, block_q=fused_cpu.DEFAULT_BLOCK_Q, seed=0):
+def _run(case, block_q=fused_cpu.DEFAULT_BLOCK_Q, seed=0, path="auto"):
     query, key, kwargs = case.build(seed=seed)
     value = torch.randn(key.shape, generator=torch.Generator().manual_seed(seed + 1))
     out, lse, stats = fused_cpu.fused_attention(
         query, key, value, scaling=kwargs["scaling"], mask=kwargs["mask"], key_regions=kwargs["key_regions"],
-        n_regions=kwargs["n_regions"], block_q=block_q,
+        n_regions=kwargs["n_regions"], block_q=block_q, path=path,
     )
     return query, key, value, kwargs, out, lse, stats
 
 
+# 7: blocks cut every size unevenly; "decode": the per-row path (any row count, forced here)
+PATHS = [("blocked", 7), ("blocked", fused_cpu.DEFAULT_BLOCK_Q), ("decode", None)]
+
+
 @pytest.mark.cases(*IN_SCOPE)
-@pytest.mark.parametrize("block_q", [7, fused_cpu.DEFAULT_BLOCK_Q])  # 7: blocks cut every size unevenly
-def test_equals_dense_reference(case, block_q, stats_equal):
-    query, key, value, kwargs, out, lse, stats = _run(case, block_q)
+@pytest.mark.parametrize("path,block_q", PATHS, ids=["blocked-7", "blocked-128", "decode"])
+def test_equals_dense_reference(case, path, block_q, stats_equal):
+    query, key, value, kwargs, out, lse, stats = _run(case, block_q or fused_cpu.DEFAULT_BLOCK_Q, path=path)
     dense = attention_statistics(query, key, implementation="dense", **{**kwargs, "top_k": 0, "map_heads": None})
     stats_equal(stats, dense)
     want_out, want_lse = _reference_output(query, key, value, kwargs["scaling"], kwargs["mask"])
@@ -65,8 +69,8 @@ def _interval_masks(n_queries: int, n_keys: int, offset: int) -> dict[str, MaskS
 
 @pytest.mark.parametrize("shape", [(70, 70, 0), (5, 70, 65), (1, 70, 69)], ids=["prefill", "chunk", "decode"])
 @pytest.mark.parametrize("name", ["chunked_local", "prefix_lm", "sliding_dense", "bidirectional_window"])
-@pytest.mark.parametrize("block_q", [7, fused_cpu.DEFAULT_BLOCK_Q])
-def test_dense_interval_masks_equal_dense_reference(name, shape, block_q, stats_equal):
+@pytest.mark.parametrize("path,block_q", PATHS, ids=["blocked-7", "blocked-128", "decode"])
+def test_dense_interval_masks_equal_dense_reference(name, shape, path, block_q, stats_equal):
     from tests.kernels.conftest import Case
 
     n_queries, n_keys, offset = shape
@@ -77,7 +81,7 @@ def test_dense_interval_masks_equal_dense_reference(name, shape, block_q, stats_
     assert fused_cpu.applies(query, key, value, mask)
     out, lse, stats = fused_cpu.fused_attention(query, key, value, scaling=kwargs["scaling"], mask=mask,
                                                 key_regions=kwargs["key_regions"], n_regions=kwargs["n_regions"],
-                                                block_q=block_q)
+                                                block_q=block_q or fused_cpu.DEFAULT_BLOCK_Q, path=path)
     stats_equal(stats, attention_statistics(query, key, implementation="dense", **kwargs))
     want_out, want_lse = _reference_output(query, key, value, kwargs["scaling"], mask)
     torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
@@ -97,6 +101,46 @@ def test_output_matches_sdpa_and_long_rows_cross_blocks():
                                  n_regions=3, implementation="dense")
     for name in ("key_mass", "region_mass", "entropy", "normaliser"):
         torch.testing.assert_close(getattr(stats, name), getattr(dense, name), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_queries", [1, 3])
+def test_decode_over_a_long_cache_matches_sdpa_and_dense(n_queries):
+    # SmolLM2's shape (9 query heads over 3 kv heads, d_head 64) at a decode step over 712 cached keys; the query
+    # arrives as transformers hands it over: a [batch, query_pos, head, d_head] tensor viewed as [.., head, ..]
+    n_keys = 712
+    generator = torch.Generator().manual_seed(11)
+    query = torch.randn(1, n_queries, 9, 64, generator=generator).transpose(1, 2)
+    key, value = torch.randn(1, 3, n_keys, 64, generator=generator), torch.randn(1, 3, n_keys, 64, generator=generator)
+    regions = torch.cat([torch.zeros(1), torch.ones(600), torch.full((n_keys - 601,), 2)]).long()
+    mask = MaskSpec(causal=True, query_offset=n_keys - n_queries)
+    out, lse, stats = fused_cpu.fused_attention(query, key, value, scaling=0.125, mask=mask, key_regions=regions,
+                                                n_regions=3)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask.block(0, n_queries, 0, n_keys), scale=0.125, enable_gqa=True)
+    torch.testing.assert_close(out.transpose(1, 2), sdpa, rtol=1e-5, atol=1e-5)
+    want_out, want_lse = _reference_output(query, key, value, 0.125, mask)
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-6, atol=1e-5)
+    dense = attention_statistics(query, key, scaling=0.125, mask=mask, key_regions=regions, n_regions=3,
+                                 implementation="dense")
+    for name in ("key_mass", "region_mass", "entropy", "normaliser", "key_count", "region_count"):
+        torch.testing.assert_close(getattr(stats, name), getattr(dense, name), rtol=1e-5, atol=1e-6)
+
+
+def test_precomputed_runs_and_counts_are_used_as_given():
+    # a caller with many layers over the same keys hands runs and counts in once computed; the kernel must use
+    # them, not recompute (planted counts that differ from the true ones come back unchanged)
+    query, key, value = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
+    regions = (torch.arange(30) // 10).long()
+    planted = (torch.full((1, 30), 7), torch.full((1, 1, 3), 5))
+    runs = fused_cpu.region_runs_tensor(regions)
+    assert runs.tolist() == [[0, 10, 0], [10, 20, 1], [20, 30, 2]]
+    _, _, stats = fused_cpu.fused_attention(query, key, value, scaling=0.25, mask=MaskSpec(causal=True, query_offset=29),
+                                            key_regions=regions, n_regions=3, runs=runs, counts=planted)
+    assert stats.key_count is planted[0] and stats.region_count is planted[1]
+    dense = attention_statistics(query, key, scaling=0.25, mask=MaskSpec(causal=True, query_offset=29),
+                                 key_regions=regions, n_regions=3, implementation="dense")
+    torch.testing.assert_close(stats.region_mass, dense.region_mass, rtol=1e-5, atol=1e-6)
 
 
 def test_extreme_scores_flush_to_zero_without_nan():
@@ -122,15 +166,18 @@ def test_extreme_scores_flush_to_zero_without_nan():
     torch.testing.assert_close(stats.entropy.double(), entropy64, rtol=0, atol=1e-5)
 
 
-def test_results_do_not_depend_on_thread_count():
-    query, key, value = torch.randn(1, 6, 400, 32), torch.randn(1, 2, 400, 32), torch.randn(1, 2, 400, 32)
-    regions = (torch.arange(400) // 150).clamp_max(2)
+@pytest.mark.parametrize("n_queries,n_keys", [(400, 400), (2, 6000)], ids=["blocked", "decode"])
+def test_results_do_not_depend_on_thread_count(n_queries, n_keys):
+    # decode: 2 rows x 6,000 keys is large enough for the decode path to spread its key heads over threads
+    query, key, value = torch.randn(1, 6, n_queries, 32), torch.randn(1, 2, n_keys, 32), torch.randn(1, 2, n_keys, 32)
+    regions = (torch.arange(n_keys) // 150).clamp_max(2)
+    mask = MaskSpec(causal=True, query_offset=n_keys - n_queries)
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append(fused_cpu.fused_attention(query, key, value, scaling=0.2, mask=MaskSpec(causal=True),
+            results.append(fused_cpu.fused_attention(query, key, value, scaling=0.2, mask=mask,
                                                      key_regions=regions, n_regions=3, block_q=32))
     finally:
         torch.set_num_threads(previous)

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 
 from workbench.capture.kernel_choice import choose
-from workbench.capture.recorder import mask_adds_bias
 from workbench.errors import InputError
 
 IMPLEMENTATION_NAME = "workbench"
@@ -46,7 +45,8 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     # The statistics read the very mask SDPA gets (for a sliding-window layer transformers' mask holds the
     # window; with a sliding KV cache `key` holds only the cached window, which locate_call places).
     mask = recorder.mask_for(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
-    choice = choose(recorder.plan.kernel, query, key, value, mask=mask, biased_mask=mask_adds_bias(attention_mask),
+    biased = recorder.mask_adds_bias(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
+    choice = choose(recorder.plan.kernel, query, key, value, mask=mask, biased_mask=biased,
                     wants_maps=call["map_heads"] is not None, top_k=recorder.plan.top_k, editing=edit is not None,
                     dropout=dropout)
     kernel = choice.implementation

@@ -11,6 +11,12 @@ does not start at position 0: every call is placed by the absolute position of i
 
 A trace with generated tokens also keeps the column sums of the prompt's query rows alone (prompt_key_mass,
 prompt_key_count): Gu et al. measure alpha on the prompt forward, and the generated rows would move it.
+
+Work that depends only on the mask and the token regions is done once per forward, not once per layer: the
+visibility counts (key_count, region_count, prompt_key_count) and the kernel's region runs of every distinct
+mask of a forward are computed for the first layer that gets it and shared by the others (`CallVisibility`).
+Layers that shared the same masks in every forward share one count tensor (stored once in a bundle). The
+numerics check (inf / NaN, Z = 1) runs once over the recorded statistics at the end, not per call.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from workbench.capture.decomposition import DecompositionStore
 from workbench.capture.layout import ModelLayout
 from workbench.capture.plan import CapturePlan
 from workbench.capture.statistics import layer_statistics, rows_of
+from workbench.capture.visibility import CallVisibility, CountGroups
 from workbench.kernels import MaskSpec, attention_statistics
 from workbench.traces.names import tensor_name, vision_regions
 from workbench.traces.tokens import REGIONS
@@ -77,13 +84,12 @@ class Recorder:
         self.length = {"text": 0}
         self._buffers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self._head_out: dict[int, dict[int, torch.Tensor]] = {}  # layer -> position -> [head, d_model]
-        self.max_normaliser_error = 0.0
         self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
-        self.non_finite = 0
-        self.flagged: list[str] = []  # "text layer 3": layers whose statistics failed the numerics check
         self.kernels_run: dict[str, dict[str, int]] = {}  # stack -> implementation -> attention calls
         self.kernel_fallbacks: dict[str, dict[str, int]] = {}  # stack -> why not one-pass -> attention calls
-        self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec)
+        self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec, bias)
+        self._visibility: dict[tuple, CallVisibility] = {}  # this forward's: (stack, mask, rows, keys) -> counts
+        self.counts = CountGroups(self.capacity)  # mask-only counts, one per set of layers sharing masks
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -93,6 +99,8 @@ class Recorder:
         self.key_regions[stack][start:start + len(regions)] = regions
 
     def begin_step(self, start: int, length: int) -> None:
+        self.counts.add_forward(self._visibility.values(), prompt_length=self.prompt_length)
+        self._visibility.clear()
         self._masks.clear()  # a new forward builds new masks
         self.step_start = start
         self.length["text"] = max(self.length["text"], start + length)
@@ -124,6 +132,7 @@ class Recorder:
             log_normaliser=log_normaliser,
         )
         self._count_kernel(call["stack"], kernel, fallback)
+        self.visibility(call, mask, query)  # counts once per forward and mask, whatever the kernel computed
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=attn_output,
                      mask=mask)
 
@@ -132,24 +141,46 @@ class Recorder:
         kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass" (mask: from `mask_spec`)."""
         from workbench.kernels import fused_cpu
 
+        shared = self.visibility(call, mask, query)
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
-            key_regions=call["key_regions"], n_regions=len(REGIONS),
+            key_regions=call["key_regions"], n_regions=len(REGIONS), runs=shared.runs, counts=shared.counts,
         )
         self._count_kernel(call["stack"], "one-pass")
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output, mask=mask)
         return output
 
     def mask_for(self, attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
-        """`mask_spec` of one call, shared by every layer handed the same mask tensor in this forward (transformers
-        builds one per layer type), so a dense mask's key intervals are read once per forward, not per layer."""
-        if attention_mask is None:
-            return mask_spec(None, causal=causal, n_queries=n_queries, n_keys=n_keys)
-        key = (id(attention_mask), causal, n_queries, n_keys)  # masks are built per forward, never edited in place
-        if key not in self._masks:  # the tensor is kept with its spec, so its id is not reused meanwhile
-            self._masks[key] = (attention_mask, mask_spec(attention_mask, causal=causal, n_queries=n_queries,
-                                                          n_keys=n_keys))
-        return self._masks[key][1]
+        """`mask_spec` of one call, shared by every layer handed the same mask tensor (or none) in this forward
+        (transformers builds one per layer type), so a mask's key intervals and counts are found once per
+        forward, not per layer."""
+        return self._mask_entry(attention_mask, causal, n_queries, n_keys)[1]
+
+    def mask_adds_bias(self, attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> bool:
+        """`mask_adds_bias` of one call, looked at once per mask tensor and forward."""
+        entry = self._mask_entry(attention_mask, causal, n_queries, n_keys)
+        if entry[2] is None:
+            entry[2] = mask_adds_bias(attention_mask)
+        return entry[2]
+
+    def _mask_entry(self, attention_mask, causal: bool, n_queries: int, n_keys: int) -> list:
+        # masks are built per forward, never edited in place; the tensor is kept with its spec, so its id is not
+        # reused meanwhile
+        key = (id(attention_mask) if attention_mask is not None else None, causal, n_queries, n_keys)
+        if key not in self._masks:
+            self._masks[key] = [attention_mask, mask_spec(attention_mask, causal=causal, n_queries=n_queries,
+                                                          n_keys=n_keys), False if attention_mask is None else None]
+        return self._masks[key]
+
+    def visibility(self, call: dict, mask: MaskSpec, query) -> CallVisibility:
+        """The mask-only counts and region runs of this call (`mask` from `mask_for`), computed by the first layer
+        of this forward that has this mask over these keys and reused by the others."""
+        key = (call["stack"], id(mask), call["rows"].start, call["keys"].start, call["n_keys"], query.shape[2])
+        shared = self._visibility.get(key)
+        if shared is None:
+            shared = self._visibility[key] = CallVisibility(call, mask, batch=query.shape[0], n_queries=query.shape[2])
+        shared.layers.append(call["layer"])
+        return shared
 
     def _count_kernel(self, stack: str, kernel: str, fallback: str | None = None) -> None:
         counts = self.kernels_run.setdefault(stack, {})
@@ -182,14 +213,11 @@ class Recorder:
         stack, layer, rows, keys = call["stack"], call["layer"], call["rows"], call["keys"]
         buffer = self._layer_buffers(stack, layer)
         buffer["key_mass"][:, keys] += stats.key_mass[0].cpu()
-        buffer["key_count"][keys] += stats.key_count[0].cpu()
         if stack == "text":
             self._record_prompt_columns(buffer, call, stats, query=query, key=key, scaling=scaling, mask=mask)
         buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
-        buffer["region_count"][rows] = stats.region_count[0].cpu()
         buffer["entropy"][:, rows] = stats.entropy[0].cpu()
         buffer["normaliser"][:, rows] = stats.normaliser[0].cpu()
-        self._check_numerics(stats, stack, layer)
         if self.plan.top_k:
             buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu() + keys.start
             buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()
@@ -201,8 +229,9 @@ class Recorder:
             self.decomposition.on_attention(layer, call["start"], keys.start, query, key, value, scaling)
 
     def _record_prompt_columns(self, buffer, call: dict, stats, *, query, key, scaling, mask: MaskSpec) -> None:
-        """Add the column sums of this call's prompt query rows to prompt_key_mass / prompt_key_count. A call that
-        mixes prompt and generated rows (one forward over the whole sequence) computes its prompt rows' part again."""
+        """Add the column sums of this call's prompt query rows to prompt_key_mass (prompt_key_count is mask-only:
+        `_flush_counts`). A call that mixes prompt and generated rows (one forward over the whole sequence)
+        computes its prompt rows' part again."""
         n_queries = query.shape[2]
         prompt_rows = min(n_queries, self.prompt_length - call["start"])
         if prompt_rows <= 0:
@@ -212,7 +241,6 @@ class Recorder:
                 query.detach()[:, :, :prompt_rows], key.detach(), scaling=scaling, mask=rows_of(mask, 0, prompt_rows),
                 key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS), implementation="torch")
         buffer["prompt_key_mass"][:, call["keys"]] += stats.key_mass[0].cpu()
-        buffer["prompt_key_count"][call["keys"]] += stats.key_count[0].cpu()
 
     # -- internals -------------------------------------------------------------------------------------
     def _layer_buffers(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
@@ -226,11 +254,8 @@ class Recorder:
         n, heads, regions = self.capacity[stack], info.n_heads, len(REGIONS)
         buffer = {
             "key_mass": torch.zeros(heads, n),
-            "key_count": torch.zeros(n, dtype=torch.long),
-            **({"prompt_key_mass": torch.zeros(heads, n), "prompt_key_count": torch.zeros(n, dtype=torch.long)}
-               if stack == "text" else {}),
+            **({"prompt_key_mass": torch.zeros(heads, n)} if stack == "text" else {}),
             "region_mass": torch.zeros(heads, n, regions),
-            "region_count": torch.zeros(n, regions, dtype=torch.long),
             "entropy": torch.zeros(heads, n),
             "normaliser": torch.zeros(heads, n),
         }
@@ -266,17 +291,33 @@ class Recorder:
                 head_vectors = attn_output[0, row].detach().float()  # [head, d_head]
                 store[position] = torch.einsum("hd,mhd->hm", head_vectors, w_out).cpu()
 
-    def _check_numerics(self, stats, stack: str, layer: int) -> None:
-        """fp16 overflow or a bad mask shows as inf/NaN statistics or rows whose weights do not sum to 1."""
+    # -- checks and output ------------------------------------------------------------------------------------
+    def _stored_layers(self):
+        """(stack, layer, length, statistics of [0, length)) of every recorded layer, counts included."""
+        self.counts.add_forward(self._visibility.values(), prompt_length=self.prompt_length)
+        self._visibility.clear()
+        counts = self.counts.by_layer()
+        for (stack, layer), buffer in sorted(self._buffers.items()):
+            n = self.length[stack]
+            own = counts.get((stack, layer)) or self.counts.allocate(stack)
+            yield stack, layer, n, {**buffer, **own}
+
+    def numerics(self) -> tuple[int, float, list[str]]:
+        """(non-finite statistics, max |Z - 1|, layers as "text layer 3" where either failed) over everything
+        recorded: fp16 overflow or a bad mask shows as inf/NaN statistics or rows whose weights do not sum to 1.
+        Checked once at the end: a non-finite value stays non-finite in the column sums it joins, and every row's
+        entropy, region shares and Z are stored as computed."""
         from workbench.traces.health import Z_TOLERANCE, layer_problems
 
-        count, error = layer_problems({name: getattr(stats, name)[0] for name in
-                                       ("key_mass", "region_mass", "entropy", "normaliser", "region_count")})
-        self.non_finite += count
-        self.max_normaliser_error = max(self.max_normaliser_error, error)
-        where = f"{stack} layer {layer}"
-        if (count or error >= Z_TOLERANCE) and where not in self.flagged:
-            self.flagged.append(where)
+        total, worst, flagged = 0, 0.0, []
+        for stack, layer, n, stats in self._stored_layers():
+            count, error = layer_problems({"key_mass": stats["key_mass"][:, :n], "region_mass": stats["region_mass"][:, :n],
+                                           "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
+                                           "region_count": stats["region_count"][:n]})
+            total, worst = total + count, max(worst, error)
+            if count or error >= Z_TOLERANCE:
+                flagged.append(f"{stack} layer {layer}")
+        return total, worst, flagged
 
     def unrecorded(self) -> tuple[int, list[str]]:
         """(query rows no attention call filled, their layers as "text layer 3") over every recorded layer: each row
@@ -284,9 +325,8 @@ class Recorder:
         from workbench.traces.health import unrecorded_rows
 
         total, where = 0, []
-        for (stack, layer), buffer in sorted(self._buffers.items()):
-            n = self.length[stack]
-            rows = unrecorded_rows({"region_count": buffer["region_count"][:n], "normaliser": buffer["normaliser"][:, :n]})
+        for stack, layer, n, stats in self._stored_layers():
+            rows = unrecorded_rows({"region_count": stats["region_count"][:n], "normaliser": stats["normaliser"][:, :n]})
             if rows:
                 total += rows
                 where.append(f"{stack} layer {layer}")
@@ -295,17 +335,19 @@ class Recorder:
     def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Everything recorded, trimmed to the final length, as name -> (tensor, axes)."""
         out: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}
-        for (stack, layer), buffer in sorted(self._buffers.items()):
-            n = self.length[stack]
+        trimmed_once: dict[int, torch.Tensor] = {}  # a count tensor shared by layers stays one tensor (saved once)
+        for stack, layer, n, buffer in self._stored_layers():
             for stat, tensor in buffer.items():
                 if stat.startswith("prompt_key_") and n <= self.prompt_length:
                     continue  # no generated row: the prompt's columns are key_mass / key_count themselves
                 axes = STAT_AXES[stat]
-                trimmed = tensor
-                for dim, axis in enumerate(axes):
-                    if axis in ("query_pos", "key_pos"):
-                        trimmed = trimmed.narrow(dim, 0, n)
-                out[tensor_name(stack, layer, stat)] = (trimmed.contiguous(), axes)
+                if id(tensor) not in trimmed_once:
+                    trimmed = tensor
+                    for dim, axis in enumerate(axes):
+                        if axis in ("query_pos", "key_pos"):
+                            trimmed = trimmed.narrow(dim, 0, n)
+                    trimmed_once[id(tensor)] = trimmed.contiguous()
+                out[tensor_name(stack, layer, stat)] = (trimmed_once[id(tensor)], axes)
         for layer, by_position in sorted(self._head_out.items()):
             positions = sorted(by_position)
             if self.plan.head_outputs == "last":

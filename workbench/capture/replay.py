@@ -18,7 +18,7 @@ import torch
 from workbench.capture.attention import capturing
 from workbench.capture.generation import forward_inputs
 from workbench.capture.plan import CapturePlan
-from workbench.capture.recorder import mask_spec
+from workbench.capture.recorder import mask_adds_bias, mask_spec
 from workbench.errors import InputError
 from workbench.kernels import MaskSpec, attention_statistics
 from workbench.traces.names import vision_regions
@@ -60,6 +60,9 @@ class _LayerProbe:
 
     def mask_for(self, attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
         return mask_spec(attention_mask, causal=causal, n_queries=n_queries, n_keys=n_keys)
+
+    def mask_adds_bias(self, attention_mask, **_) -> bool:
+        return mask_adds_bias(attention_mask)
 
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, **_) -> None:
         stack, layer = call["stack"], call["layer"]

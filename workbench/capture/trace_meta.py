@@ -43,10 +43,10 @@ def numerics_checks(recorder) -> dict:
     """The manifest's numerics verdict (see workbench/traces/health.py): healthy, and what failed where."""
     from workbench.traces.health import Z_TOLERANCE
 
-    error = recorder.max_normaliser_error
+    non_finite, error, failed = recorder.numerics()
     missing, where = recorder.unrecorded()
-    flagged = list(recorder.flagged) + [name for name in where if name not in recorder.flagged]
-    return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": recorder.non_finite,
+    flagged = failed + [name for name in where if name not in failed]
+    return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": non_finite,
             "unrecorded_rows": missing,
-            "healthy": recorder.non_finite == 0 and missing == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
+            "healthy": non_finite == 0 and missing == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,
             "flagged": flagged}

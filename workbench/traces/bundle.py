@@ -1,6 +1,10 @@
 """The `NAME.wbtrace/` bundle: manifest.json + per-layer safetensors shards + results/*.json. This module writes
 it; `reading` loads and checks it (its public names are re-exported here).
 
+A tensor held under several names (the visibility counts that every layer of one mask shares) is written once,
+in tensors/shared.safetensors, and each name's index entry points there; bundles written before that hold a
+copy per layer in each layer's file, and both read the same way (through the index).
+
 Writes go to a hidden staging folder beside the target and are renamed into place (replacing a bundle is
 one atomic exchange on Linux), so a crash never leaves a half bundle and a concurrent reader sees the old
 bundle or the new one. Manifests and results are written as strict JSON (no NaN or Infinity). No pickle.
@@ -35,6 +39,8 @@ from workbench.traces.schema import FORMAT, MANIFEST, SCHEMA_VERSION
 from workbench.traces.swap import exchange
 
 _RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+# Data held under several tensor names, keyed by the first full name (per-layer files key by the stat alone).
+SHARED_FILE = "tensors/shared.safetensors"
 
 
 def _file_of(name: str) -> tuple[str, str]:
@@ -76,10 +82,13 @@ def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
         bundle_id = uuid.uuid4().hex
         groups: dict[str, dict[str, torch.Tensor]] = {}
         index: dict[str, dict] = {}
-        for name in trace.tensor_names():
-            tensor = trace.tensor(name).detach().cpu().contiguous()
-            file, key = _file_of(name)
-            groups.setdefault(file, {})[key] = tensor.clone() if tensor.storage_offset() else tensor
+        tensors = {name: trace.tensor(name).detach().cpu().contiguous() for name in trace.tensor_names()}
+        sharing = _names_by_storage(tensors)
+        for name, tensor in tensors.items():
+            names = sharing.get(_storage_of(tensor), [name])
+            file, key = _file_of(name) if len(names) == 1 else (SHARED_FILE, names[0])
+            if name == names[0]:
+                groups.setdefault(file, {})[key] = tensor.clone() if tensor.storage_offset() else tensor
             index[name] = {"file": file, "key": key, "dtype": str(tensor.dtype).removeprefix("torch."),
                            "shape": list(tensor.shape), "axes": list(trace.axes(name))}
         files = {}
@@ -99,6 +108,25 @@ def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _storage_of(tensor: torch.Tensor) -> tuple | None:
+    """What makes two tensors the very same data (None for empty ones, whose storages all look alike)."""
+    if not tensor.numel():
+        return None
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+            tensor.dtype)
+
+
+def _names_by_storage(tensors: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
+    """storage -> names, for data held under several names (a capture's count tensors shared by the layers of one
+    mask): written once, in SHARED_FILE under the first name, and every name's index entry points there."""
+    names: dict[tuple, list[str]] = {}
+    for name, tensor in tensors.items():
+        storage = _storage_of(tensor)
+        if storage is not None:
+            names.setdefault(storage, []).append(name)
+    return {storage: found for storage, found in names.items() if len(found) > 1}
 
 
 def looks_like_bundle(path: Path) -> bool:

@@ -133,6 +133,8 @@ def _unrecorded_row(tensors):  # what a missed attention call leaves: zeros ever
         tensors[name] = tensors[name].clone()
         tensors[name][:, 4] = 0
     for name in ("region_mass", "region_count"):
+        if name not in tensors:  # counts shared by the layers of one mask live in tensors/shared.safetensors
+            continue
         tensors[name] = tensors[name].clone()
         tensors[name][..., 4, :] = 0
 
