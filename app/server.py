@@ -12,6 +12,7 @@ from pathlib import Path
 
 from workbench.app.data.images import MAX_UPLOAD_BYTES
 from workbench.app.data.service import AppData
+from workbench.app.export_view import EXPORT_STYLE
 
 STYLE = """
 body { font-family: Inter, Helvetica, Arial, sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -69,7 +70,7 @@ INDEX = """<!DOCTYPE html>
         <title>{%title%}</title>
         {%favicon%}
         {%css%}
-        <style>""" + STYLE + """</style>
+        <style>""" + STYLE + EXPORT_STYLE + """</style>
     </head>
     <body>
         {%app_entry%}
@@ -89,7 +90,7 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
     allow_model_dirs: model folders (or folders of them) the server may load besides registry models."""
     import dash
     from dash import ALL, Dash, Input, Output, State, dcc, html
-    from workbench.app import clientside
+    from workbench.app import clientside, export_view
     from workbench.app.pages import PAGES
     from workbench.app.pages.common import SELECTION_KEYS, sel
 
@@ -116,7 +117,8 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
         html.Header([html.Span("Attention workbench", className="wb-brand"),
                      html.Nav([dcc.Link(page.name, href=page.path, id={"type": "wb-link", "page": page.name})
                                for page in PAGES], style={"display": "flex", "gap": "4px"}),
-                     html.Span(id="wb-current", className="wb-current")], className="wb-header"),
+                     html.Span(id="wb-current", className="wb-current"), export_view.export_control()],
+                    className="wb-header"),
         html.Main(dash.page_container),
     ])
 
@@ -133,4 +135,5 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
                                 State("wb-selection", "data"), State(sel("bundle"), "value"),
                                 prevent_initial_call=True)
 
+    export_view.register(app)  # the Export control: this view as a self-contained HTML file or a PNG
     return app

@@ -9,6 +9,7 @@ import typer
 
 from workbench.cli.app_command import app_command
 from workbench.cli.circuits_command import circuits
+from workbench.cli.export_command import export
 from workbench.cli.inspect_commands import info, models
 from workbench.cli.probe_command import probe_app
 from workbench.cli.routes_command import routes
@@ -37,6 +38,7 @@ app.command("circuits")(circuits)
 # Probes and the app
 app.add_typer(probe_app, name="probe")
 app.command("app")(app_command)
+app.command("export")(export)
 
 
 def _plain_help(typer_app) -> None:
