@@ -138,6 +138,56 @@ float normalise_and_add_columns(float* p, int64_t n, float inv_z, float* column)
   return lane_sum(total) + tail;
 }
 
+// Sum of the 16 lanes as a tree (a chain of 16 dependent adds is what a plain loop compiles to without
+// -ffast-math).
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+inline float tree_sum(f32x16 v) {
+  const f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// s[g * width + (j - lo)] = scale * q_g . k_j for the `group` query rows q_g = q + g * q_stride and keys j in
+// [lo, hi) of k (row stride k_stride): each key is loaded once for the whole group. No BLAS: a GEMM with
+// three columns costs more in call and packing overhead (and in MKL's state after the model's large GEMMs)
+// than the arithmetic.
+void group_scores(const float* q, int64_t q_stride, int64_t group, const float* k, int64_t k_stride, int64_t lo,
+                  int64_t hi, int64_t d, float scale, float* s) {
+  const int64_t width = hi - lo, d_vec = d / W * W;
+  for (int64_t j = lo; j < hi; ++j) {
+    const float* key = k + j * k_stride;
+    for (int64_t g = 0; g < group; ++g) {
+      const float* query = q + g * q_stride;
+      f32x16 acc{};
+      for (int64_t c = 0; c < d_vec; c += W) acc += load(query + c) * load(key + c);
+      float dot = tree_sum(acc);
+      for (int64_t c = d_vec; c < d; ++c) dot += query[c] * key[c];
+      s[g * width + (j - lo)] = scale * dot;
+    }
+  }
+}
+
+// out_g[c] = sum_j p[g * width + (j - lo)] v_j[c] for the group's rows, written to out + g * out_stride; each
+// value row is loaded once for the whole group. acc: scratch of group * d_value floats.
+void group_values(const float* p, int64_t group, const float* v, int64_t v_stride, int64_t lo, int64_t hi,
+                  int64_t d_value, float* acc, float* out, int64_t out_stride) {
+  const int64_t width = hi - lo, d_vec = d_value / W * W;
+  std::fill(acc, acc + group * d_value, 0.0f);
+  for (int64_t j = lo; j < hi; ++j) {
+    const float* value = v + j * v_stride;
+    for (int64_t g = 0; g < group; ++g) {
+      const float weight = p[g * width + (j - lo)];
+      if (weight == 0.0f) continue;  // flushed to zero: adds nothing
+      float* a = acc + g * d_value;
+      for (int64_t c = 0; c < d_vec; c += W) store(a + c, load(a + c) + weight * load(value + c));
+      for (int64_t c = d_vec; c < d_value; ++c) a[c] += weight * value[c];
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) std::copy(acc + g * d_value, acc + (g + 1) * d_value, out + g * out_stride);
+}
+
 // BLAS sgemm (Fortran interface, column-major) as exported by the libraries torch links: MKL's "SGEMM" on
 // x86 wheels, "sgemm_" elsewhere (OpenBLAS). cpublas::gemm is not exported from libtorch_cpu.
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
@@ -301,9 +351,9 @@ std::vector<at::Tensor> fused_attention_statistics(
 
 // The decode path: a few query rows (one per KV-cache decode step) over a long cache. Query blocks do nothing
 // for one row, so the work is cut by key head instead: one task per (batch, kv_head) computes, per row, the
-// scores of all query heads sharing that key head with one GEMM over the row's key interval (the keys are read
-// once for the group), the same softmax statistics per head, and O = P V with a second GEMM written straight
-// into output[b, i, h0:h0 + group, :]. Each task owns its heads' column sums (rows added in order), so there
+// scores of all query heads sharing that key head over the row's key interval (each key read once for the
+// group), the same softmax statistics per head, and O = P V (each value row read once for the group) written
+// straight into output[b, i, h0:h0 + group, :]. Each task owns its heads' column sums (rows added in order), so there
 // are no partials to allocate and sum, and the result does not depend on the thread count. Small calls run on
 // the calling thread: an OpenMP region costs more than the whole call at a few hundred keys.
 std::vector<at::Tensor> fused_decode_statistics(
@@ -340,9 +390,6 @@ std::vector<at::Tensor> fused_decode_statistics(
     runs[r] = {row[0], row[1], row[2]};
   }
 
-  static const SgemmFn sgemm = find_sgemm();
-  TORCH_CHECK(sgemm != nullptr, "no BLAS sgemm found in this process; use the two-pass statistics");
-
   const auto f32 = query.options();
   at::Tensor output = at::zeros({batch, n_queries, heads, d_value}, f32);
   at::Tensor lse = at::zeros({batch, heads, n_queries}, f32);
@@ -362,14 +409,12 @@ std::vector<at::Tensor> fused_decode_statistics(
   float* entropy_data = entropy.data_ptr<float>();
   float* z_data = normaliser.data_ptr<float>();
 
-  static const SetLocalThreadsFn set_local_threads = find_set_local_threads();
-  const int64_t q_ld = group == 1 ? d : query.stride(1);  // BLAS wants ld >= d even for one column
   const int64_t tasks = batch * kv_heads;
   const int64_t work = batch * heads * n_queries * n_keys * d;
   const int64_t grain = work < (int64_t{1} << 21) ? std::max<int64_t>(tasks, 1) : 1;  // ~2M MACs: one thread
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    const int previous_threads = set_local_threads ? set_local_threads(1) : 0;
     std::vector<float> scores(static_cast<size_t>(group) * std::max<int64_t>(n_keys, 1));
+    std::vector<float> out_scratch(static_cast<size_t>(group * d_value));
     std::vector<double> masses(static_cast<size_t>(n_regions));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, kvh = task % kv_heads, h0 = kvh * group;
@@ -381,10 +426,9 @@ std::vector<at::Tensor> fused_decode_statistics(
         if (hi == lo) continue;  // a row that sees no key: zeros
         const int64_t width = hi - lo;
         float* s = scores.data();
-        // S [group, width] row-major = (K [lo:hi, d])(Q [h0:h0 + group, i, d])^T; the group's query rows sit
-        // query.stride(1) apart.
-        gemm(sgemm, true, false, width, group, d, scale, k_head + lo * key.stride(2), key.stride(2),
-             q_data + b * query.stride(0) + h0 * query.stride(1) + i * query.stride(2), q_ld, 0.0f, s, width);
+        // S [group, width]: the scores of the group's query rows (query.stride(1) apart) over keys [lo, hi)
+        group_scores(q_data + b * query.stride(0) + h0 * query.stride(1) + i * query.stride(2), query.stride(1),
+                     group, k_head, key.stride(2), lo, hi, d, scale, s);
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = h0 + g;
           float* row = s + g * width;
@@ -407,11 +451,10 @@ std::vector<at::Tensor> fused_decode_statistics(
                                                    mass_data + (b * heads + h) * n_keys + lo);
         }
         // O [group, d_value] = P [group, width] V [lo:hi, d_value] -> output[b, i, h0:h0 + group, :].
-        gemm(sgemm, false, false, d_value, group, width, 1.0f, v_head + lo * value.stride(2), value.stride(2), s,
-             width, 0.0f, out_data + ((b * n_queries + i) * heads + h0) * d_value, d_value);
+        group_values(s, group, v_head, value.stride(2), lo, hi, d_value, out_scratch.data(),
+                     out_data + ((b * n_queries + i) * heads + h0) * d_value, d_value);
       }
     }
-    if (set_local_threads) set_local_threads(previous_threads);
   });
   return {output, lse, key_mass, region_mass, entropy, normaliser};
 }

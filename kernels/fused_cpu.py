@@ -131,7 +131,9 @@ MASK_OUT_OF_SCOPE = "a mask under which some query row sees keys that are not on
 def _scope(query, key, value, mask: MaskSpec):
     """(None, key intervals) for inputs the kernel runs, else (why not, None). The intervals are computed once:
     for a dense mask that is a pass over [query_pos, key_pos]."""
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.ndim == 4 for t in (query, key, value)):
+    # plain attribute tests: this runs for every layer of every decode step
+    if not (query.dtype == key.dtype == value.dtype == torch.float32 and query.is_cpu and key.is_cpu
+            and value.is_cpu and query.ndim == key.ndim == value.ndim == 4):
         return "inputs that are not fp32 CPU tensors", None
     if query.shape[1] % key.shape[1] or key.shape[2] == 0:
         return "no keys, or query heads that do not share key heads evenly", None
