@@ -20,6 +20,8 @@ _BUILT_IN = {
     "vhd": ("workbench.analyses.divergence", "VHDResult"),
     "routes": ("workbench.analyses.routes", "RoutesResult"),
     "circuits": ("workbench.analyses.circuits", "CircuitsResult"),
+    "patching": ("workbench.analyses.causal.patching", "PatchingResult"),
+    "ablation": ("workbench.analyses.causal.ablation", "AblationResult"),
 }
 _REGISTERED: dict[str, type[Result]] = {}
 

@@ -141,6 +141,14 @@ class Tracer:
 
         return editing(self._backend.hf_model(), edit)
 
+    def last_logits(self, input_ids: torch.Tensor, *, edit=None) -> torch.Tensor:
+        """Logits [batch, vocab] (fp32, CPU) of the last row of one forward over token ids [batch, query_pos]: no
+        cache, no capture, `edit` seeing every attention output as in `editing` (ablation and patching runs)."""
+        model = self._backend.hf_model()
+        with torch.inference_mode(), self.editing(edit):
+            output = model(input_ids=input_ids.to(self.loaded.device), use_cache=False, logits_to_keep=1)
+        return output.logits[:, -1].float().cpu()
+
     # -- stored bundles ---------------------------------------------------------------------------------------
     def replay(self, trace, *, layers: Sequence[int], stack: str = "text", heads: Sequence[int] | None = None,
                rows: slice | None = None, image=None, map_dtype: torch.dtype = torch.float32) -> dict:
