@@ -182,8 +182,28 @@ window.workbenchExport = (function () {
         });
     }
 
+    // Characters XML 1.0 forbids (token texts hold control bytes, lone surrogates): an SVG holding one fails to load.
+    function xmlSafe(text) {
+        return text.replace(/[\x00-\x08\x0B\x0C\x0E-\x1F\uFFFE\uFFFF]/g, "\uFFFD")
+            .replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+    }
+
+    // A figure as an image: plotly's SVG (made XML-safe), drawn sharp at any canvas scale.
+    async function figureImage(gd, width, height) {
+        const url = await Plotly.toImage(gd, {format: "svg", width: width, height: height});
+        const svg = xmlSafe(decodeURIComponent(url.slice(url.indexOf(",") + 1)));
+        return loadImage("data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg));
+    }
+
+    // The body's font and colour (its CSS rules match no element inside the foreignObject).
+    function bodyStyle() {
+        const style = getComputedStyle(document.body);
+        return "font-family: " + style.fontFamily.replace(/"/g, "'") + "; color: " + style.color + "; font-size: " +
+            style.fontSize + "; line-height: " + style.lineHeight + ";";
+    }
+
     // The page as a PNG drawn in the browser: the page's HTML (through an SVG foreignObject), then each figure
-    // rendered by Plotly.toImage at its place. `scale` multiplies the pixels (2 for print).
+    // drawn from plotly's SVG at its place. `scale` multiplies the pixels (2 for print).
     async function png(scale) {
         scale = scale || 2;
         const root = document.querySelector("main");
@@ -198,17 +218,17 @@ window.workbenchExport = (function () {
         context.scale(scale, scale);
         const body = new XMLSerializer().serializeToString(copied.clone);
         const svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + width + "\" height=\"" + height + "\">" +
-            "<foreignObject width=\"100%%\" height=\"100%%\"><div xmlns=\"http://www.w3.org/1999/xhtml\">" +
+            "<foreignObject width=\"100%%\" height=\"100%%\"><div xmlns=\"http://www.w3.org/1999/xhtml\" " +
+            "style=\"" + escapeText(bodyStyle()) + "\">" +
             "<style>" + escapeText(pageCss()) + "</style>" + body + "</div></foreignObject></svg>";
         try {
-            context.drawImage(await loadImage("data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg)), 0, 0);
+            context.drawImage(await loadImage("data:image/svg+xml;charset=utf-8," + encodeURIComponent(xmlSafe(svg))), 0, 0);
         } catch (error) { /* text and tables left out; the figures below still draw */ }
+        if (copied.graphs.length && !window.Plotly) { throw new Error("plotly.js is not loaded in this page"); }
         for (const gd of copied.graphs) {
             const rect = gd.getBoundingClientRect();
-            const source = await Plotly.toImage(gd, {format: "png", width: rect.width, height: rect.height,
-                                                      scale: scale});
-            context.drawImage(await loadImage(source), rect.left - box.left, rect.top - box.top, rect.width,
-                              rect.height);
+            context.drawImage(await figureImage(gd, rect.width, rect.height), rect.left - box.left,
+                              rect.top - box.top, rect.width, rect.height);
         }
         return canvas.toDataURL("image/png");
     }
