@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from workbench.cli.app_command import app_command
+from workbench.cli.causal_command import ablate, patch
 from workbench.cli.circuits_command import circuits
 from workbench.cli.export_command import export
 from workbench.cli.inspect_commands import info, models
@@ -35,6 +36,9 @@ app.command("sinks")(sinks)
 app.command("vhd")(vhd_command)
 app.command("routes")(routes)
 app.command("circuits")(circuits)
+# Causal tools
+app.command("patch")(patch)
+app.command("ablate")(ablate)
 # Probes and the app
 app.add_typer(probe_app, name="probe")
 app.command("app")(app_command)
