@@ -236,3 +236,23 @@ def test_ioi_records_are_corrupted_by_swapping_the_names():
     assert swapped(record) == "When Mary and Mark went to the market, Mark gave a drink to"
     pair = pair_from_record(record)
     assert pair.corrupted == swapped(record) and pair.answer == " Mark"
+
+
+# -- SmolLM2 on IOI prompts ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_ioi_residual_identity_and_late_heads(models, one_torch_thread):
+    """Patching the whole residual stream after the last layer at the last position gives the clean run's logits:
+    effect exactly 1 (an identity, whatever the model). Per head, the largest effects at the last position sit in
+    the last third of the layers (where name-mover heads write the answer), far above a typical head."""
+    tracer = Tracer.open(models("smollm2"))
+    records = [json.loads(line) for line in (data_root() / "prompts" / "ioi.jsonl").read_text().splitlines()[:4]]
+    pairs = [pair_from_record(record) for record in records]
+    n_layers = tracer.layout.stacks["text"].n_layers
+    resid = patching.analyse(tracer, pairs, what="resid", layers=[0, n_layers], positions=[-1])
+    assert resid.clean > 1 and resid.corrupted < -1  # the model prefers the indirect object; swapping flips it
+    assert resid.effect[1, 0, 0] == pytest.approx(1.0, abs=1e-4)
+    assert abs(resid.effect[0, 0, 0]) < 1e-4  # the last token (" to") is the same in both prompts
+    heads = patching.analyse(tracer, pairs, what="heads", positions=[-1], batch_size=16)
+    top = heads.ranking(3)
+    assert all(r["layer"] >= 2 * n_layers // 3 for r in top), top
+    assert top[0]["effect"] > 20 * np.median(np.abs(heads.effect))
