@@ -1,9 +1,10 @@
 """The "workbench" attention implementation registered with transformers' AttentionInterface.
 
 While a recorder is active it hands post-RoPE queries and keys, the mask and the scaling to it. Which
-statistics kernel runs is decided by `kernel_choice.choose`: the one-pass CPU kernel computes the layer
-output and its statistics together (output equal to SDPA's up to fp32 rounding); every other choice keeps
-the very SDPA path transformers uses (bit-identical logits) and computes the statistics in a second pass.
+statistics kernel runs is decided by `kernel_choice.choose` (once per forward and kind of call, through
+`recorder.kernel_for`): the one-pass CPU kernel computes the layer output and its statistics together (output
+equal to SDPA's up to fp32 rounding); every other choice keeps the very SDPA path transformers uses
+(bit-identical logits) and computes the statistics in a second pass.
 While an edit is active (an intervention runtime, `workbench.interventions`, or an observer such as VHD's),
 each layer's output is handed to `edit.apply(...)` before it goes on. Models switch to this implementation
 with `model.set_attn_implementation("workbench")`; nothing relies on `output_attentions`.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-from workbench.capture.kernel_choice import choose
 from workbench.errors import InputError
 
 IMPLEMENTATION_NAME = "workbench"
@@ -46,9 +46,8 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
     # window; with a sliding KV cache `key` holds only the cached window, which locate_call places).
     mask = recorder.mask_for(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
     biased = recorder.mask_adds_bias(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
-    choice = choose(recorder.plan.kernel, query, key, value, mask=mask, biased_mask=biased,
-                    wants_maps=call["map_heads"] is not None, top_k=recorder.plan.top_k, editing=edit is not None,
-                    dropout=dropout)
+    choice = recorder.kernel_for(recorder.plan.kernel, query, key, value, mask=mask, biased_mask=biased,
+                                 wants_maps=call["map_heads"] is not None, editing=edit is not None, dropout=dropout)
     kernel = choice.implementation
     if kernel == "one-pass":
         return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, mask=mask), None

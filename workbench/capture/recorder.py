@@ -90,6 +90,8 @@ class Recorder:
         self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec, bias)
         self._visibility: dict[tuple, CallVisibility] = {}  # this forward's: (stack, mask, rows, keys) -> counts
         self.counts = CountGroups(self.capacity)  # mask-only counts, one per set of layers sharing masks
+        self._places: dict[tuple[int, int], tuple] = {}  # (id(module), heads) -> (stack, layer, map heads)
+        self._choices: dict[tuple, object] = {}  # this forward's kernel choices (`kernel_for`)
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
@@ -102,6 +104,7 @@ class Recorder:
         self.counts.add_forward(self._visibility.values(), prompt_length=self.prompt_length)
         self._visibility.clear()
         self._masks.clear()  # a new forward builds new masks
+        self._choices.clear()  # keyed by this forward's masks
         self.step_start = start
         self.length["text"] = max(self.length["text"], start + length)
 
@@ -193,7 +196,13 @@ class Recorder:
         """Where one attention call belongs: stack, layer, rows it fills (`start`: its first query's position),
         its keys' positions (`keys`; a sliding-window cache holds only the last window), heads whose maps are
         kept (None: no maps of this layer), regions. Located once per call; `on_attention` / `attend_fused` take it."""
-        stack, layer = self.layout.locate(module)
+        place = self._places.get((id(module), query.shape[1]))
+        if place is None:  # where a module sits and which of its heads keep maps do not change: found once
+            stack, layer = self.layout.locate(module)
+            selection = self.plan.maps.get(stack)
+            place = self._places[id(module), query.shape[1]] = (
+                stack, layer, selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None)
+        stack, layer, map_heads = place
         n_queries, n_keys = query.shape[2], key.shape[2]
         if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
             self.set_regions(stack, vision_regions(n_keys))
@@ -203,21 +212,34 @@ class Recorder:
         if key_start < 0 or start + n_queries > self.capacity[stack]:
             raise RuntimeError(f"{stack} layer {layer}: {n_queries} queries over {n_keys} keys do not fit a forward "
                                f"announced at position {start} (begin_step) of a {self.capacity[stack]}-position trace")
-        selection = self.plan.maps.get(stack)
-        map_heads = selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None
         return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
                 "keys": slice(key_start, key_start + n_keys), "n_keys": n_keys, "map_heads": map_heads,
                 "key_regions": self.key_regions[stack][key_start:key_start + n_keys]}
 
+    def kernel_for(self, kernel: str, query, key, value, *, mask: MaskSpec, biased_mask: bool, wants_maps: bool,
+                   editing: bool, dropout: float):
+        """`kernel_choice.choose` for one call, decided once per forward for the calls that agree in everything it
+        reads (the mask, the tensors' kind and shapes, maps of the layer, edit, dropout)."""
+        from workbench.capture.kernel_choice import choose
+
+        key_ = (kernel, id(mask), biased_mask, wants_maps, editing, dropout, query.dtype, key.dtype, value.dtype,
+                query.is_cuda, query.shape[1:], key.shape[1:], value.shape[1:])
+        choice = self._choices.get(key_)
+        if choice is None:
+            choice = self._choices[key_] = choose(kernel, query, key, value, mask=mask, biased_mask=biased_mask,
+                                                  wants_maps=wants_maps, top_k=self.plan.top_k, editing=editing,
+                                                  dropout=dropout)
+        return choice
+
     def _record(self, call: dict, stats, *, query, key, value, scaling, attn_output, mask: MaskSpec) -> None:
         stack, layer, rows, keys = call["stack"], call["layer"], call["rows"], call["keys"]
         buffer = self._layer_buffers(stack, layer)
-        buffer["key_mass"][:, keys] += stats.key_mass[0].cpu()
-        if stack == "text":
+        buffer["key_mass"][:, keys] += stats.key_mass[0]  # (copies from another device where the stats ran)
+        if stack == "text" and call["start"] < self.prompt_length:
             self._record_prompt_columns(buffer, call, stats, query=query, key=key, scaling=scaling, mask=mask)
-        buffer["region_mass"][:, rows] = stats.region_mass[0].cpu()
-        buffer["entropy"][:, rows] = stats.entropy[0].cpu()
-        buffer["normaliser"][:, rows] = stats.normaliser[0].cpu()
+        buffer["region_mass"][:, rows] = stats.region_mass[0]
+        buffer["entropy"][:, rows] = stats.entropy[0]
+        buffer["normaliser"][:, rows] = stats.normaliser[0]
         if self.plan.top_k:
             buffer["top_index"][:, rows, : stats.top_index.shape[-1]] = stats.top_index[0].cpu() + keys.start
             buffer["top_weight"][:, rows, : stats.top_weight.shape[-1]] = stats.top_weight[0].cpu()

@@ -64,6 +64,11 @@ class _LayerProbe:
     def mask_adds_bias(self, attention_mask, **_) -> bool:
         return mask_adds_bias(attention_mask)
 
+    def kernel_for(self, kernel: str, query, key, value, **options):
+        from workbench.capture.kernel_choice import choose
+
+        return choose(kernel, query, key, value, top_k=self.plan.top_k, **options)
+
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, **_) -> None:
         stack, layer = call["stack"], call["layer"]
         if stack != self.stack or layer not in self.pending:
