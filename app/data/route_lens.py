@@ -2,6 +2,7 @@
 node's vector through the model's final norm and unembedding, as its top tokens with probabilities.
 
     >>> lens = node_tokens(trace, ["X0_3", "A5_3", "M5_3", "I29_3"], model=loaded)   # {node id: [(token, p)]}
+    >>> one = node_lens(trace, "A5_3", model=loaded, watch=trace.tokens[4].id)    # NodeLens: top, watched rank
 
 The vectors come from the trace's decomposition tensors, no forward pass: X0_t is the residual entering
 layer 0, A{l}_t that residual plus the attention block's output, I{l}_t the residual entering layer l + 1 (the
@@ -13,6 +14,7 @@ unembedding come from the model, so the app loads it by the bundle's model name 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from operator import attrgetter
 
 import torch
@@ -82,10 +84,46 @@ def readout(hf_model) -> tuple[torch.nn.Module, torch.nn.Module]:
     raise InputError(f"{type(hf_model).__name__} has no final norm and unembedding the logit lens knows")
 
 
+@dataclass(frozen=True)
+class NodeLens:
+    """One node read through the logit lens: its top tokens, and where one watched token (the token the route's
+    prediction produced) ranks among all of them."""
+
+    node: str
+    top: tuple[tuple[str, float], ...]  # (token text, probability), most likely first
+    watched: tuple[str, int, float] | None = None  # (token text, rank with 1 = top, probability)
+
+
 def node_tokens(trace, node_ids, *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
     """{node id: [(token text, probability)] * top}: each node's vector through the final norm and the
     unembedding of `model` (a LoadedModel, or a Tracer), softmaxed over the vocabulary."""
     return lens_tokens(node_vectors(trace, list(dict.fromkeys(node_ids))), model=model, top=top)
+
+
+def node_lens(trace, node_id: str, *, model, top: int = 10, watch: int | None = None) -> NodeLens:
+    """One node's logit lens (`node_tokens` of one node, plus the rank and probability of token id `watch`)."""
+    return lens_of(node_id, node_vectors(trace, [node_id])[node_id], model=model, top=top, watch=watch)
+
+
+def lens_of(node_id: str, vector: torch.Tensor, *, model, top: int = 10, watch: int | None = None) -> NodeLens:
+    """`node_lens` of a vector already read ([d_model]), so a caller can check the trace before it loads the model."""
+    loaded = getattr(model, "loaded", model)
+    probabilities = _probabilities(vector[None], loaded)[0]  # [vocab]
+    values, tokens = probabilities.topk(top)
+    watched = None
+    if watch is not None and 0 <= watch < probabilities.numel():
+        p = probabilities[watch]
+        watched = (loaded.tokenizer.decode([watch]), int((probabilities > p).sum()) + 1, float(p))
+    return NodeLens(node_id, tuple((loaded.tokenizer.decode([int(t)]), float(v)) for t, v in zip(tokens, values)),
+                    watched)
+
+
+def _probabilities(rows: torch.Tensor, loaded) -> torch.Tensor:
+    """[rows, vocab] softmax of rows ([rows, d_model]) through the final norm and the unembedding."""
+    norm, unembedding = readout(loaded.model)
+    parameter = next(unembedding.parameters())
+    with torch.inference_mode():
+        return unembedding(norm(rows.to(parameter.device, parameter.dtype))).float().softmax(-1)
 
 
 def lens_tokens(vectors: dict[str, torch.Tensor], *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
@@ -94,16 +132,12 @@ def lens_tokens(vectors: dict[str, torch.Tensor], *, model, top: int = TOP_TOKEN
     if not vectors:
         return {}
     loaded = getattr(model, "loaded", model)
-    norm, unembedding = readout(loaded.model)
     ids = list(vectors)
-    parameter = next(unembedding.parameters())
-    stacked = torch.stack([vectors[i] for i in ids]).to(parameter.device, parameter.dtype)
+    stacked = torch.stack([vectors[i] for i in ids])
     out = {}
-    with torch.inference_mode():
-        for start in range(0, len(ids), 256):  # bounds the [rows, vocab] logits block
-            logits = unembedding(norm(stacked[start:start + 256])).float()
-            probabilities, tokens = logits.softmax(-1).topk(top, dim=-1)
-            for row, node_id in enumerate(ids[start:start + 256]):
-                out[node_id] = [(loaded.tokenizer.decode([int(t)]), float(p))
-                                for t, p in zip(tokens[row], probabilities[row])]
+    for start in range(0, len(ids), 256):  # bounds the [rows, vocab] block
+        probabilities, tokens = _probabilities(stacked[start:start + 256], loaded).topk(top, dim=-1)
+        for row, node_id in enumerate(ids[start:start + 256]):
+            out[node_id] = [(loaded.tokenizer.decode([int(t)]), float(p))
+                            for t, p in zip(tokens[row], probabilities[row])]
     return out

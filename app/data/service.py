@@ -227,24 +227,25 @@ class AppData:
         return self.cache.get_or_compute((info.key, "rows", stack, position), compute)
 
     # -- route view ---------------------------------------------------------------------------------
-    def route_lens(self, bundle_id, node_ids) -> dict:
-        """{node id: [(token, probability)]}: route nodes through the logit lens (`route_lens.node_tokens`), kept
-        per bundle and node so a threshold change only reads the nodes it adds. The model's final norm and
-        unembedding load by the bundle's model name like a recompute (refused with --no-recompute)."""
-        from workbench.app.data.route_lens import lens_tokens, node_vectors
+    def route_node_lens(self, bundle_id, node_id: str, watch: int | None = None):
+        """A route node through the logit lens (`route_lens.NodeLens`: top tokens, rank of token id `watch`), one node
+        per call, as the Token view's side panel asks for the node under the pointer; cached per bundle and node.
+        The model's final norm and unembedding load by the bundle's model name like a recompute (refused with
+        --no-recompute)."""
+        from workbench.app.data.route_lens import lens_of, node_vectors
 
         info = self.info(bundle_id)
         trace = self.trace(bundle_id)
         if not self.allow_recompute:
             raise InputError("the app runs with --no-recompute, and a node's top tokens need the model's unembedding")
-        known = self.cache.get_or_compute((info.key, "lens"), dict)  # grows in place: a few tuples per node
-        missing = [node for node in dict.fromkeys(node_ids) if node not in known]
-        if missing:
-            vectors = node_vectors(trace, missing)  # a bundle without the decomposition says so before any load
+
+        def compute():
+            vector = node_vectors(trace, [node_id])[node_id]  # a bundle without the decomposition says so before any load
             tracer, lock = self.pool.get(str(trace.model.get("name"))[:4096])
             with lock:
-                known.update(lens_tokens(vectors, model=tracer))
-        return {node: known[node] for node in node_ids if node in known}
+                return lens_of(node_id, vector, model=tracer, watch=watch)
+
+        return self.cache.get_or_compute((info.key, "lens", node_id, watch), compute)
 
     # -- images -------------------------------------------------------------------------------------
     def image(self, bundle_id):

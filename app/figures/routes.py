@@ -8,7 +8,11 @@ opacity grow with their contribution. Plotly hovers on points, not along lines, 
 invisible marker at its middle with its hover text (the heads behind it and their shares).
 
 Markers carry customdata [layer, head, position] (head: the one carrying most of the node's or edge's
-attention), which the page turns into a link to that head; embedding nodes carry no layer.
+attention), which the page turns into a link to that head; embedding nodes carry no layer. Node markers add
+their id ([layer, head, position, node id]), which the page's logit-lens panel reads on hover.
+
+What a node holds (its logit lens) costs about 1 ms per node on a 49k vocabulary, so the app leaves it out
+of the figure and reads one node at a time beside it; small routes can carry it in the hover (`lens`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ NODE_KINDS = {
 EMBEDDING_Y = -0.75  # where I{-1} would be: the grid's residual states stay 0.5 apart all the way down
 EDGE_COLORS = {"attention": (31, 119, 180), "residual": (140, 140, 140), "ffn": (44, 160, 44)}
 _BUCKETS = 5  # edge weight classes; plotly draws one width per trace, so edges are grouped by class
-_PLOT_WIDTH = 1250  # pixels of plot area assumed for label thinning when no width is given (the app's page)
+_PLOT_WIDTH = 1000  # pixels of plot area assumed for label thinning when no width is given (the app's page,
+# a 1,400-pixel window less the logit-lens panel beside the graph)
 _ROOT_COLOR = "#ff7f0e"
 _BOTTOM = 160  # pixels under the plot: rotated token labels (about 80), the axis title, the legend
 
@@ -177,8 +182,9 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
 
     texts: every token's text (x-axis labels, thinned to what fits; full text in hover). n_layers: the
     model's, so the y axis spans every layer (L0 ..). lens: {node id: [(token, probability), ...]}, the top
-    tokens of each node's state under the final norm and unembedding (the logit lens); lens_note: what to say
-    in hover instead when there is none. width: the plot's pixels when known (label thinning)."""
+    tokens of each node's state under the final norm and unembedding (the logit lens), for hover; lens_note:
+    what node hovers say instead (where the lens is, or why it is missing). width: the plot's pixels when
+    known (label thinning)."""
     shown = route_at(route, root, threshold)
     if not shown.edges:
         return message_figure(f"No edge of contribution >= {threshold:g} reaches {root} "
@@ -195,7 +201,7 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
     heads = _node_heads(shown)
     by_id = {node["id"]: node for node in shown.nodes}
 
-    fig = go.Figure()
+    traces: list[dict] = []  # plain dicts, validated by nobody: plotly's per-value checks cost ~0.5 s at 7,000 edges
     for kind, rgb in EDGE_COLORS.items():
         mine = [e for e in edges if _edge_kind(e) == kind]
         for bucket in range(_BUCKETS):
@@ -208,7 +214,7 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
                 ys += [y0, y1, None]
             if xs:
                 strength = (bucket + 1) / _BUCKETS
-                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                          line=dict(color=_rgba(rgb, 0.2 + 0.7 * strength), width=0.6 + 4.4 * strength)))
         if mine:
             mids, custom = [], []
@@ -219,8 +225,8 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
                 shares = head_shares(edge) if kind == "attention" else []
                 custom.append([_int(target.get("layer")), shares[0][0] if shares else None,
                                _int(target.get("position"))])
-            fig.add_trace(go.Scatter(
-                x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", showlegend=False, meta="edges",
+            traces.append(dict(
+                type="scatter", x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", showlegend=False, meta="edges",
                 name=f"{kind} edges", marker=dict(size=max(6.0, size), color=_rgba(rgb, 0.0)), customdata=custom,
                 hovertext=[_edge_hover(e) for e in mine], hoverinfo="text"))
 
@@ -237,9 +243,10 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
         for node in mine:
             layer, position = _int(node.get("layer")), _int(node.get("position"))
             layer = None if kind == "embedding" else layer
-            custom.append([layer, heads.get(f"{layer},{position}", 0) if layer is not None else None, position])
-        fig.add_trace(go.Scatter(
-            x=[places[node["id"]][0] for node in mine], y=[places[node["id"]][1] for node in mine], mode="markers",
+            custom.append([layer, heads.get(f"{layer},{position}", 0) if layer is not None else None, position,
+                           node["id"]])
+        traces.append(dict(
+            type="scatter", x=[places[node["id"]][0] for node in mine], y=[places[node["id"]][1] for node in mine], mode="markers",
             name=f"{name}: {len(mine)}", meta="nodes", customdata=custom, hoverinfo="text",
             hovertext=[_node_hover(node, texts, lens, lens_note, weight_in.get(node["id"], 0.0),
                                    weight_out.get(node["id"], 0.0)) for node in mine],
@@ -254,7 +261,7 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
         y_ticks, y_text = y_ticks[:1] + y_ticks[1::step], y_text[:1] + y_text[1::step]
     heading = title or (f"route to {root}: {len(shown.nodes)} nodes, {len(edges)} edges of contribution >= {threshold:g}"
                         f" (of {len(route.edges)} stored)")
-    fig.update_layout(
+    layout = dict(
         title=heading, template="plotly_white", font=FONT, height=height, width=width, hovermode="closest",
         clickmode="event", margin=dict(l=60, r=20, t=50, b=_BOTTOM),
         # below the token labels and the axis title: above the plot it would sit under plotly's mode bar
@@ -265,4 +272,5 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
         yaxis=dict(title="layer", tickmode="array", tickvals=y_ticks, ticktext=y_text, zeroline=False,
                    range=[EMBEDDING_Y - 0.45, n_layers - 0.5], showgrid=True, gridcolor="#eef0f3"),
     )
-    return fig
+    # the layout (small) is validated as usual; the traces, built above from checked numbers, are not
+    return go.Figure(data=traces, layout=go.Layout(layout), _validate=False)

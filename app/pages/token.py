@@ -6,14 +6,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from dash import ALL, Input, Output, State, dcc, html, no_update
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 from workbench.app.clientside import OPEN_HEAD_FROM_TOKEN, PICK_TOKEN
 from workbench.app.data import results as results_mod
 from workbench.app.data.maps import pool_columns
 from workbench.app.data.metrics import token_entropy, token_region_shares
 from workbench.app.figures.common import message_figure, token_text
 from workbench.app.figures.model import layer_curves
-from workbench.app.figures.routes import route_at, route_figure
+from workbench.app.figures.routes import route_figure
 from workbench.app.figures.token import token_layers, token_regions, token_strip_items
 from workbench.app.pages.common import (
     Page,
@@ -33,7 +33,7 @@ from workbench.app.pages.common import (
     sel,
 )
 
-from workbench.traces.metrics import predicting_row
+from workbench.traces.metrics import predicted_position, predicting_row
 from workbench.traces.tokens import REGIONS
 
 STRIP_SPAN = 300
@@ -72,7 +72,11 @@ def layout(bundle=None, pos=None, **_):
                   html.Span("edges below it are dropped, with whatever then no longer reaches the prediction",
                             className="wb-muted")], className="wb-controls"),
         html.Div(id="token-route"),
-        graph("token-route-graph", message_figure("loading…"), loading=True),
+        html.Div([html.Div(graph("token-route-graph", message_figure("loading…"), loading=True),
+                           style={"flex": "1 1 760px", "minWidth": 0}),
+                  html.Div(id="token-lens", className="wb-summary",
+                           style={"flex": "0 0 250px", "alignSelf": "flex-start", "marginTop": "50px"})],
+                 id="token-route-row", className="wb-columns"),
     ])
 
 
@@ -138,9 +142,13 @@ def _stored_routes(store, bundle) -> tuple[results_mod.Found | None, results_mod
     return stored.found, stored.parsed
 
 
+LENS_NOTE = "logit lens: in the panel beside"
+
+
 def route_view(bundle, pos, threshold=None):
     """The route panel's notes and figure: the route rooted at `pos` (when the bundle has one), edges of
-    contribution >= threshold (None: the stored routes' tau), node contents through the logit lens."""
+    contribution >= threshold (None: the stored routes' tau). Node contents are not in it: the panel beside
+    reads one node at a time (`lens_panel`), since the lens of every node shown took seconds."""
     store = data()
     trace = store.trace(bundle)
     found, parsed = _stored_routes(store, bundle)
@@ -161,21 +169,55 @@ def route_view(bundle, pos, threshold=None):
     threshold = stored if not isinstance(threshold, (int, float)) else min(max(float(threshold), 0.0), 1.0)
     n_layers = trace.n_layers()
     root = f"I{n_layers - 1}_{pos}"
-    shown = route_at(parsed.value[pos], root, threshold)
-    lens, lens_note = {}, None
-    try:
-        lens = store.route_lens(bundle, [node["id"] for node in shown.nodes])
-    except Exception as error:  # noqa: BLE001  (the graph stands without the node contents; hover says why)
-        lens_note = f"top tokens unavailable: {describe_error(error)}"
     texts = [t.text for t in trace.tokens]
     fig = route_figure(parsed.value[pos], texts=texts, n_layers=n_layers, root=root, threshold=threshold,
-                       lens=lens, lens_note=lens_note)
+                       lens_note=LENS_NOTE)
     explain = note(f"The stored routes kept contributions above tau = {stored:g}; the threshold above keeps edges "
                    f"of contribution >= {threshold:g}. Nodes: embedding (grey), after attention (blue), FFN block "
-                   "(green squares), after FFN (purple); edge width and opacity = contribution. Hover a node for "
-                   "what it holds (logit lens: final norm, then unembedding), an edge for the heads behind it; "
-                   "click either to open the head.")
+                   "(green squares), after FFN (purple); edge width and opacity = contribution. Hover a node to read "
+                   "what it holds in the Logit lens panel beside (final norm, then unembedding), an edge for the "
+                   "heads behind it; click either to open the head.")
     return html.Div(warnings + [explain]), fig
+
+
+def _node_words(node: str, trace) -> str:
+    """What a route node id names, in words: its layer, its place in the layer and its token."""
+    letter, rest = node[:1], node[1:]
+    layer, _, position = rest.partition("_")
+    where = {"X": "embedding", "A": f"layer {layer}, after attention",
+             "M": f"layer {layer}, FFN block output (the tokens it promotes)", "I": f"layer {layer}, after FFN"}
+    text = trace.tokens[int(position)].text if position.isdigit() and int(position) < len(trace.tokens) else "?"
+    return f"{where.get(letter, node)} · token {position} '{token_text(text, 24)}'"
+
+
+def lens_panel(bundle, pos, node: str | None = None) -> list:
+    """The Logit lens panel: `node` (default: the route's root, the prediction itself) through the final norm
+    and the unembedding, its top tokens with probabilities and the rank of the token the prediction produced."""
+    store = data()
+    trace = store.trace(bundle)
+    pos = as_int(pos, len(trace.tokens) - 1)
+    if pos not in _stored_routes(store, bundle)[1].value:
+        return [html.B("Logit lens"), html.Div("no route at this token", className="wb-muted")]
+    node = node or f"I{trace.n_layers() - 1}_{pos}"
+    heading = [html.B("Logit lens"), html.Div(node, id="token-lens-node", className="wb-muted"),
+               html.Div(_node_words(node, trace), className="wb-note")]
+    nxt = predicted_position(pos)
+    watch = trace.tokens[nxt].id if nxt < len(trace.tokens) else None
+    try:
+        lens = store.route_node_lens(bundle, node, watch)
+    except Exception as error:  # noqa: BLE001  (the graph stands without the node contents; the panel says why)
+        return heading + [note(f"top tokens unavailable: {describe_error(error)}", warning=True)]
+    rows = [html.Tr([html.Td(str(rank)), html.Td(token_text(text, 24), style={"whiteSpace": "pre"}),
+                     html.Td(f"{probability:.3f}")]) for rank, (text, probability) in enumerate(lens.top, 1)]
+    table = html.Table([html.Thead(html.Tr([html.Th("#"), html.Th("token"), html.Th("p")])), html.Tbody(rows)],
+                       id="token-lens-top", className="wb-table")
+    parts = heading + [table]
+    if lens.watched is not None:
+        text, rank, probability = lens.watched
+        parts.append(html.Div(f"next token '{token_text(text, 24)}' (position {nxt}): rank {rank}, "
+                              f"p = {probability:.3f}", className="wb-note"))
+    parts.append(html.Div("hover another node to read it", className="wb-muted"))
+    return parts
 
 
 def register(app) -> None:
@@ -230,15 +272,27 @@ def register(app) -> None:
     def route(bundle, pos, threshold):
         return route_view(bundle, pos, threshold)
 
+    @app.callback(Output("token-lens", "children"), Input("token-route-graph", "hoverData"),
+                  Input(sel("bundle"), "value"), Input(sel("pos"), "value"))
+    @guarded("panel")
+    def lens(hover, bundle, pos):
+        """Hover fills the panel (one node's lens, on the server); a new bundle or token shows its prediction."""
+        if ctx.triggered_id != "token-route-graph":
+            return lens_panel(bundle, pos)
+        custom = ((hover or {}).get("points") or [{}])[0].get("customdata")
+        if not isinstance(custom, list) or len(custom) != 4 or not isinstance(custom[3], str):
+            return no_update  # an edge's hover marker: its heads are in the hover itself
+        return lens_panel(bundle, pos, custom[3])
+
     @app.callback(Output("wb-nav", "href", allow_duplicate=True), Input("token-route-graph", "clickData"),
                   State(sel("bundle"), "value"), prevent_initial_call=True)
     @guarded("skip")
     def open_route_head(click, bundle):
         points = (click or {}).get("points") or [{}]
         custom = points[0].get("customdata")
-        if not isinstance(custom, list) or len(custom) != 3 or custom[0] is None or custom[1] is None:
+        if not isinstance(custom, list) or len(custom) < 3 or custom[0] is None or custom[1] is None:
             return no_update  # an embedding node, or a residual / FFN edge: no head behind it
-        layer, head, pos = custom
+        layer, head, pos = custom[:3]
         return link("/head", bundle=bundle, stack="text", layer=layer, head=head, pos=pos)
 
 

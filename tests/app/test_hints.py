@@ -53,8 +53,9 @@ def _commands(text: str) -> list[str]:
 
 
 def test_token_page_route_hint_gives_a_retrace_command_that_works(app):
-    out = _call(app, [("token-route", "children")], [(BUNDLE, "value", "plain"), ({"key": "pos", "type": "wb-sel"},
-                                                                                   "value", 3)])
+    out = _call(app, [("token-route", "children"), ("token-route-graph", "figure")],
+                [(BUNDLE, "value", "plain"), ({"key": "pos", "type": "wb-sel"}, "value", 3),
+                 ("token-route-threshold", "value", None)])
     text = json.dumps(out["token-route"]["children"])
     assert "--decomposition" in text and "--raw" in text
     trace_line, routes_line = [c for c in _commands(json.loads(text)["props"]["children"])

@@ -2,8 +2,9 @@
 decomposition and routed (as `workbench trace ... --decomposition` then `workbench routes --threshold 0.02`):
 token labels on the x axis and L0 .. L29 on the y axis are drawn, the nodes drawn are the ones networkx finds
 still reaching the prediction in results/routes.json at each threshold, the threshold control changes them,
-the root's hover reads the greedy next token through the logit lens, and a click opens the head that fed the
-node. Screenshots land in out/test-artifacts/app/ (route-smollm2.png is docs/images/app-route.png)."""
+hovering a node fills the Logit lens panel beside the graph with that node (the root's top token is the greedy
+next token, at rank 1), and a click opens the head that fed the node. Screenshots land in out/test-artifacts/app/
+(route-smollm2.png is docs/images/app-route.png, token-smollm2.png is docs/images/app-token.png)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 import workbench
 from tests.app.app_helpers import ARTIFACTS, Server
-from tests.app.test_browser import browser, page, sel, wait_figure  # noqa: F401 - fixtures and helpers shared
+from tests.app.test_browser import browser, page, sel, shot, wait_figure  # noqa: F401 - fixtures and helpers shared
 from tests.app.test_heads_browser import PROMPT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -74,6 +75,12 @@ def point_pixel(tab, x: float, y: float) -> list[float]:
         return [r.left + fl.xaxis.d2p(x), r.top + fl.yaxis.d2p(y)]; }""", [x, y])
 
 
+def wait_panel(tab, node: str) -> None:
+    """Until the Logit lens panel shows `node` (its server callback answered the hover)."""
+    tab.wait_for_function(f"""() => (document.querySelector('#token-lens-node')?.textContent || '') === '{node}'
+        && document.querySelectorAll('#token-lens-top tbody tr').length > 0""", timeout=120_000)
+
+
 def test_route_graph_axes_counts_threshold_hover_and_click(routed_server, page):  # noqa: F811
     from workbench.app.figures.common import token_text
 
@@ -97,23 +104,28 @@ def test_route_graph_axes_counts_threshold_hover_and_click(routed_server, page):
     at_tau = expected_nodes(graph, root, TAU)
     assert len(at_tau) == graph.number_of_nodes() > 100  # every stored edge is above the tau it was built with
     assert drawn_node_count(page) == len(at_tau)
-    # hover the root: the logit lens of the last layer's output is the model's greedy choice, the next token
-    page.mouse.move(*point_pixel(page, position, 29.25), steps=4)
-    page.wait_for_function("""() => (document.querySelector('#token-route-graph .hoverlayer')?.textContent || '')
-        .includes('reads as')""", timeout=120_000)
-    hover = page.evaluate("() => document.querySelector('#token-route-graph .hoverlayer').textContent")
-    first = hover.split("reads as (final norm, unembedding): ")[1]
-    assert first.startswith(html.unescape(token_text(texts[position + 1], 16)) + " ")
-    # for the picture: hover the deepest node on another token (an attention route into the prediction)
+    # hover the deepest node on another token (an attention route into the prediction): the panel reads it
     side = max((n for n in at_tau if n[0] in "AI" and int(n.split("_")[1]) != position),
                key=lambda n: int(n[1:].split("_")[0]))
     layer, token = (int(v) for v in side[1:].split("_"))
-    page.mouse.move(5, 5)
     page.mouse.move(*point_pixel(page, token, layer + (0.25 if side[0] == "I" else -0.25)), steps=4)
     page.wait_for_function(f"""() => (document.querySelector('#token-route-graph .hoverlayer')?.textContent || '')
         .includes('{side} ·')""")
+    hover = page.evaluate("() => document.querySelector('#token-route-graph .hoverlayer').textContent")
+    assert "logit lens: in the panel beside" in hover and "reads as" not in hover  # the figure carries no lens
+    wait_panel(page, side)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.locator("#token-route-graph").screenshot(path=str(ARTIFACTS / "route-smollm2.png"))
+    page.locator("#token-route-row").screenshot(path=str(ARTIFACTS / "route-smollm2.png"))
+    # hover the root: the logit lens of the last layer's output is the model's greedy choice, the next token
+    page.mouse.move(5, 5)
+    page.mouse.move(*point_pixel(page, position, 29.25), steps=4)
+    wait_panel(page, root)
+    cells = page.evaluate("() => Array.from(document.querySelectorAll('#token-lens-top tbody tr'))"
+                          ".map(r => Array.from(r.children).map(c => c.textContent))")
+    assert cells[0][:2] == ["1", token_text(texts[position + 1], 24)]
+    assert float(cells[0][2]) >= max(float(row[2]) for row in cells)
+    assert f"rank 1, p = {cells[0][2]}" in page.inner_text("#token-lens")
+    shot(page, "token-smollm2")  # the whole Token view (docs/images/app-token.png)
     page.mouse.move(5, 5)
 
     page.fill("#token-route-threshold", "0.1")

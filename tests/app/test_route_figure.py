@@ -2,12 +2,14 @@
 of planted-induction and tiny-llama: what is drawn at a threshold is the part of the route networkx finds still
 reaching the root, information flows upwards, axes carry layer and token labels, hover names the heads behind
 an edge as shares of its stored per-head parts, clicks carry the head that fed the node, and the logit lens
-of the last layer's output is the model's own next-token distribution (HF forward)."""
+of the last layer's output is the model's own next-token distribution (HF forward), in the figure's hover
+(notebook) and in the app's one-node panel with the rank of the next token."""
 
 from __future__ import annotations
 
 import html
 import itertools
+import json
 import re
 
 import networkx as nx
@@ -135,11 +137,13 @@ def test_hover_names_heads_by_share_and_clicks_carry_the_feeding_head(planted):
             key = tuple(int(v) for v in target[1:].split("_"))
             into[key] = into.get(key, torch.zeros(len(heads))) + torch.tensor(heads)
     for name, (_, _, custom) in drawn_nodes(fig).items():
+        assert custom[3] == name  # the lens panel reads the hovered node's id
         if name.startswith("X"):
             assert custom[0] is None  # embeddings belong to no layer: nothing to open
         else:
             layer, position = (int(v) for v in name[1:].split("_"))
-            assert custom == [layer, int(into[(layer, position)].argmax()) if (layer, position) in into else 0, position]
+            assert custom[:3] == [layer, int(into[(layer, position)].argmax()) if (layer, position) in into else 0,
+                                  position]
 
 
 @pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama"])  # planted-induction's unembedding is flat
@@ -191,18 +195,59 @@ def test_app_says_why_node_contents_are_missing(traces_dir):
             raise AssertionError(f"loaded {name} for a bundle that cannot feed the lens")
 
     with pytest.raises(InputError, match="--no-recompute"):
-        AppData(traces_dir, allow_recompute=False).route_lens("llama-stats", ["A0_1"])
+        AppData(traces_dir, allow_recompute=False).route_node_lens("llama-stats", "A0_1")
     with pytest.raises(InputError, match="--decomposition"):  # checked before the model loads
-        AppData(traces_dir, pool=NoLoads()).route_lens("llama-stats", ["A0_1"])
+        AppData(traces_dir, pool=NoLoads()).route_node_lens("llama-stats", "A0_1")
 
 
-def test_route_panel_draws_without_node_contents_and_says_why(traces_dir):
+def test_route_panel_draws_without_node_contents_and_the_lens_panel_says_why(traces_dir):
     from workbench.app import create_app
     from workbench.app.pages import token
 
     n = len(workbench.load(traces_dir / "llama-stats.wbtrace").tokens)
     with create_app(traces_dir, allow_trace=False).server.app_context():
         _, fig = token.route_view("llama-stats", n - 1, 0.7)  # the planted route: 0.6 attention, 0.9 residual edges
+        panel = json.dumps(token.lens_panel("llama-stats", n - 1, f"A2_{n - 1}"), default=_plotly_json)
     hovers = [text for t in fig.data if t.meta == "nodes" for text in t.hovertext]
-    assert hovers and all("top tokens unavailable" in text and "--decomposition" in text for text in hovers)
+    assert hovers and all(token.LENS_NOTE in text and "top tokens" not in text for text in hovers)
     assert sorted(NODE.search(text)[1] for text in hovers) == [f"A2_{n - 1}", f"I2_{n - 1}"]  # 0.6 edges dropped
+    assert "top tokens unavailable" in panel and "--decomposition" in panel
+
+
+def _plotly_json(value):
+    return value.to_plotly_json()
+
+
+def test_lens_panel_reads_one_node_as_the_model_does(tmp_path):
+    """The app's panel on a tiny-llama bundle with the decomposition: the root's top tokens and the rank of the
+    next token are the model's own logits (HF forward, ranked here by sorting), any node of the grid reads."""
+    from workbench.app import create_app
+    from workbench.app.pages import token
+
+    loaded = workbench.load_model("tiny-llama")
+    trace = workbench.trace(loaded, "the cat sat on the mat and the cat", max_new_tokens=2, raw=True,
+                            decomposition=True)
+    trace.save(tmp_path / "lens.wbtrace")
+    saved = workbench.load(tmp_path / "lens.wbtrace")
+    saved.add_result("routes", routes.analyse(saved, threshold=0.01, head_types=False).to_json())  # the last row
+    n, last = len(saved.tokens), saved.n_layers() - 1
+    position = n - 2  # the row that predicted the last generated token
+    ids = torch.tensor([[t.id for t in saved.tokens]])
+    with torch.inference_mode():
+        out = loaded.model(ids, output_hidden_states=True)
+    probabilities = out.logits[0, position].float().softmax(-1)
+    order = probabilities.argsort(descending=True).tolist()
+    with create_app(tmp_path, allow_trace=False).server.app_context():
+        lens = token.data().route_node_lens("lens", f"I{last}_{position}", saved.tokens[n - 1].id)
+        panel = json.dumps(token.lens_panel("lens", position), default=_plotly_json)  # default: the root
+        middle = token.data().route_node_lens("lens", f"I0_{position - 1}")  # layer 0's output: HF's hidden state 1
+    assert [text for text, _ in lens.top] == [loaded.tokenizer.decode([t]) for t in order[:len(lens.top)]]
+    assert [p for _, p in lens.top] == pytest.approx(probabilities[order[:len(lens.top)]].tolist(), abs=1e-4)
+    text, rank, p = lens.watched
+    assert rank == order.index(saved.tokens[n - 1].id) + 1 == 1  # greedy generation: the next token is the top one
+    assert p == pytest.approx(float(probabilities[saved.tokens[n - 1].id]), abs=1e-4)
+    assert f"I{last}_{position}" in panel and "rank 1" in panel
+    expected = loaded.model.lm_head(loaded.model.model.norm(out.hidden_states[1][0, position - 1])).softmax(-1)
+    assert [p for _, p in middle.top] == pytest.approx(expected.topk(len(middle.top)).values.tolist(), abs=1e-4)
+    assert middle.watched is None
+
