@@ -1,8 +1,7 @@
 """Pure figure builders shared by the app and the notebooks: inputs are arrays and lists, outputs `go.Figure`
-(or plain element lists for cytoscape graphs and coloured text, PNG data URIs for thumbnails). No Dash, no bundle access here."""
+(or coloured text, PNG data URIs for thumbnails). No Dash, no bundle access here."""
 
 from workbench.app.figures.circuits import circuit_figure
-from workbench.app.figures.graphs import circuit_elements
 from workbench.app.figures.head import attention_map, line_view
 from workbench.app.figures.image import patch_overlay
 from workbench.app.figures.model import head_grid, layer_curves
@@ -13,7 +12,6 @@ from workbench.app.figures.token import token_layers, token_regions
 
 __all__ = [
            "attention_map",
-           "circuit_elements",
            "circuit_figure",
            "head_grid",
            "layer_curves",

@@ -23,7 +23,7 @@ FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=12)
 
 
 def token_text(text: str, limit: int = 14) -> str:
-    """A short, whitespace-visible label for a token, NOT escaped (for Dash components and cytoscape labels)."""
+    """A short, whitespace-visible label for a token, NOT escaped (for Dash components, which escape it themselves)."""
     shown = text.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍")
     if shown.startswith(" "):
         shown = "␣" + shown[1:]

@@ -10,7 +10,6 @@ import torch
 from workbench.app.data.maps import window
 from workbench.app.figures import (
     attention_map,
-    circuit_elements,
     head_grid,
     layer_curves,
     line_view,
@@ -133,12 +132,3 @@ def test_text_scores_and_curves():
                                         ("a" * 40, "a" * 13 + "…"), ("", "∅")])
 def test_token_labels_are_visible_and_escaped(text, label):
     assert token_label(text) == label
-
-
-def test_circuit_elements_place_heads_on_a_grid():
-    from workbench.app.data.results import graph
-
-    parsed = graph({"nodes": [{"id": "L0H1", "layer": 0, "head": 1}, {"id": "L3H2", "layer": 3, "head": 2}],
-                    "edges": [{"source": "L0H1", "target": "L3H2", "weight": 0.5, "sides": "qk"}]}).value
-    elements = circuit_elements(parsed)
-    assert elements[1]["position"] == {"x": 160, "y": 240} and elements[2]["data"]["color"] == "#9467bd"
