@@ -30,7 +30,7 @@ def circuits(
     from workbench import option_checks as check
     from workbench.analyses import circuits as analysis
     from workbench.analyses.circuits import check_basis
-    from workbench.cli.paths import store_result
+    from workbench.cli.paths import store_result, where_results_went
     from workbench.errors import InputError
 
     check_basis(basis)  # before the bundle and the weights load
@@ -49,11 +49,13 @@ def circuits(
                               component_threshold=component_threshold, min_share=min_share, attribution=attribution,
                               basis=basis)
     data = result.to_json()
-    if store:
-        store_result(trace, "circuits", data)
+    stored = store_result(trace, "circuits", data) if store else None
     write_json(json_out, data)
     if not is_stdout(json_out):
+        from workbench.cli.printing import SafeConsole
+
         _summary(result, trace)
+        SafeConsole().print(where_results_went(stored, json_out), markup=False)
 
 
 def _load_model(name: str | None, trace):
@@ -90,5 +92,3 @@ def _summary(result, trace) -> None:
         edges = result.edges_into(layer, head)[:4]
         text = ", ".join(f"{source} {data['sides'].upper()} {data['weight']:.2f}" for source, data in edges)
         console.print(f"  {node} ({firings} firings) <- {text or 'no upstream head'}")
-    if trace.path is not None:
-        console.print(f"stored in {trace.path / 'results' / 'circuits.json'}")

@@ -76,10 +76,23 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def store_result(trace, name: str, data: dict) -> None:
-    """trace.add_result (results/NAME.json in the bundle) with a one-line error when the bundle is read-only."""
+def store_result(trace, name: str, data: dict) -> Path | None:
+    """trace.add_result (results/NAME.json in the bundle) with a one-line error when the bundle is read-only;
+    returns the file written (None for a trace that lives in memory only)."""
     try:
         trace.add_result(name, data)
     except OSError as error:
         raise OutputExistsError(f"cannot write results/{name}.json into {trace.path} ({error.strerror}); "
                                 "pass --no-store or make the bundle writable") from None
+    return None if trace.path is None else Path(trace.path) / "results" / f"{name}.json"
+
+
+def where_results_went(stored: Path | None, json_out: Path | str | None) -> str:
+    """The one line an analysis command ends with: where its result was written (the bundle's results file, the
+    --json file), or that it was kept nowhere. Built from what was actually written, never from the options."""
+    places = []
+    if stored is not None:
+        places.append(f"stored in {stored}")
+    if json_out is not None and not is_stdout(json_out):
+        places.append(f"JSON written to {json_out}")
+    return "; ".join(places) or "not written anywhere (no results file in a bundle, no --json file)"

@@ -69,13 +69,18 @@ def routes(
     result = analysis.analyse(trace, position=position, threshold=threshold,
                               renormalise=renormalise, bias=bias, head_types=head_types)
     data = result.to_json()
+    stored = None
     if store:
         from workbench.cli.paths import store_result
 
-        store_result(trace, "routes", data)
+        stored = store_result(trace, "routes", data)
     write_json(json_out, data)
     if not is_stdout(json_out):
+        from workbench.cli.paths import where_results_went
+        from workbench.cli.printing import SafeConsole
+
         _summary(result, trace)
+        SafeConsole().print(where_results_went(stored, json_out), markup=False)
 
 
 def _summary(result, trace) -> None:
@@ -107,5 +112,3 @@ def _summary(result, trace) -> None:
         typed = result.head_patterns.types()
         if typed:
             console.print("typed heads: " + ", ".join(f"L{l}H{h} {'/'.join(k)}" for (l, h), k in typed.items()))
-    if trace.path is not None:
-        console.print(f"stored in {trace.path / 'results' / 'routes.json'}")

@@ -75,13 +75,18 @@ def sinks(
                               dims=_dims(dims), var_layers=var_layers, rho=rho)
     data = result.to_json()
     name = "sinks" if stack == "text" else f"sinks_{stack}"
+    stored = None
     if store:
         from workbench.cli.paths import store_result
 
-        store_result(trace, name, data)
+        stored = store_result(trace, name, data)
     write_json(json_out, data)
     if json_out is None or str(json_out) != "-":
+        from workbench.cli.paths import where_results_went
+        from workbench.cli.printing import SafeConsole
+
         _summary(result)
+        SafeConsole().print(where_results_went(stored, json_out), markup=False)
 
 
 def _summary(result) -> None:

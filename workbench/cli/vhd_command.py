@@ -59,6 +59,7 @@ def vhd_command(
         tracer = Tracer.open(model)
     reinforce = divergence.VHR(alpha=alpha) if vhr else None
     options = {"top_k": top_k, "distance": distance}
+    stored = None
     if scenes is not None:
         data = _scenes(tracer, scenes, limit, reinforce, max_new_tokens, options)
     elif prompts is not None:
@@ -81,9 +82,13 @@ def vhd_command(
         if bundle is not None:
             from workbench.cli.paths import store_result
 
-            store_result(trace, "vhd", data)
+            stored = store_result(trace, "vhd", data)
         _print_result(result)
     write_json(json_out, data)
+    if json_out is None or str(json_out) != "-":
+        from workbench.cli.paths import where_results_went
+
+        SafeConsole().print(where_results_went(stored, json_out), markup=False)
 
 
 def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
