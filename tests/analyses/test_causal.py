@@ -204,6 +204,22 @@ def test_mean_ablation_equals_the_hand_computed_mean(tracer, one_torch_thread):
     assert result.ablated[0] == pytest.approx(expected, abs=1e-5)
 
 
+def test_recorded_runs_equal_the_models_own_forward(tracer, one_torch_thread):
+    """Tracer.last_logits and the recorded residual streams against HF's forward with output_hidden_states (no
+    workbench attention implementation involved)."""
+    from workbench.analyses.causal.sweep import recorded, token_ids
+
+    ids = token_ids(tracer, TRUTH["probe"]["sequences"][3])
+    with torch.no_grad():
+        reference = tracer.loaded.model(ids, output_hidden_states=True)
+    logits, run = recorded(tracer, ids)
+    torch.testing.assert_close(logits, reference.logits[:, -1], atol=1e-5, rtol=1e-5)
+    for layer in range(TRUTH["layers"]):  # hidden_states[l] is the stream entering layer l
+        torch.testing.assert_close(run.resid[layer], reference.hidden_states[layer], atol=1e-5, rtol=1e-5)
+    assert set(run.heads) == set(range(TRUTH["layers"]))
+    assert run.heads[0].shape == (1, ids.shape[1], TRUTH["heads"], TRUTH["d_head"])
+
+
 # -- results describe themselves -------------------------------------------------------------------------------
 def test_results_round_trip_through_the_registry(tracer, matched, one_torch_thread):
     result = patching.analyse(tracer, matched[:2], what="attn-out", positions=[-1, 3])
