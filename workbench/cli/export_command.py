@@ -160,4 +160,5 @@ def export(
     done = export_view(app, f"{path}?{query}", out, kind=kind, chromium=browser, width=width, scale=scale,
                        timeout_s=timeout)
     size = out.stat().st_size
-    print(f"wrote {out} ({kind.upper()}, {size / 1e6:.1f} MB, {done.figures} figures, {done.seconds:.1f} s)")
+    figures = f"{done.figures} figure" + ("" if done.figures == 1 else "s")
+    print(f"wrote {out} ({kind.upper()}, {size / 1e6:.1f} MB, {figures}, {done.seconds:.1f} s)")
