@@ -7,7 +7,9 @@
 Both are `Tracer.replay` (one forward over the bundle's own tokens, stopped after the last wanted layer) with
 the app's pool of open models. Each result carries how far its statistics are from the ones stored in the
 bundle (`mismatch`): near 0 means the same model and input, a large value means the weights (or the image)
-differ from what was traced.
+differ from what was traced. A bundle traced under an intervention (ACT, VAR) is replayed under the same one,
+rebuilt from its manifest, so the maps mean what its stored statistics mean: each layer's attention before its
+own edit, in the edited run (see docs/trace-format.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from workbench.app.data.long_lived import freeze_long_lived, thaw
 from workbench.app.data.tensors import stat
 
 from workbench.errors import InputError, WorkbenchError
+from workbench.interventions import recorded
 
 
 class ModelPool:
@@ -48,6 +52,8 @@ class ModelPool:
             self._models[name] = entry
             while len(self._models) > self.max_models:
                 self._models.pop(next(iter(self._models)))
+                thaw()  # the evicted model's reference cycles become collectable again
+            freeze_long_lived()  # a model lives until evicted: full collections need not walk its objects
             return entry
 
 
@@ -103,9 +109,11 @@ def layers_maps(trace, layers, *, stack: str = "text", heads: list[int] | None =
     layers = sorted({int(layer) for layer in layers})
     if any(not 0 <= layer < trace.n_layers(stack) for layer in layers) or any(not 0 <= h < n_heads for h in wanted):
         raise InputError(f"layers {layers} / heads {wanted} outside the bundle's {stack} stack")
+    intervention = recorded(trace.meta)  # before any model loads: an old record that cannot be rebuilt is refused
     tracer, lock = _tracer(trace, model, pool or _DEFAULT_POOL)
     with lock:
-        replayed = tracer.replay(trace, layers=layers, stack=stack, heads=wanted, image=image, map_dtype=map_dtype)
+        replayed = tracer.replay(trace, layers=layers, stack=stack, heads=wanted, image=image, map_dtype=map_dtype,
+                                 intervention=intervention)
     out = {}
     for layer in layers:
         stored = stat(trace, stack, layer, "key_mass")
@@ -124,10 +132,11 @@ def token_rows(trace, position: int, *, stack: str = "text", model=None, image=N
     if not 0 <= position < n:
         raise InputError(f"position {position} outside the bundle's {n} positions")
     n_layers = trace.n_layers(stack)
+    intervention = recorded(trace.meta)
     tracer, lock = _tracer(trace, model, pool or _DEFAULT_POOL)
     with lock:
         replayed = tracer.replay(trace, layers=range(n_layers), stack=stack, rows=slice(position, position + 1),
-                                 image=image)
+                                 image=image, intervention=intervention)
     stacked = torch.stack([replayed[layer].maps[:, 0] for layer in range(n_layers)])
     mismatch = 0.0
     for layer in range(n_layers):

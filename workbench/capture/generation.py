@@ -87,6 +87,14 @@ class CachedDecoder:
         self.cache = self.output.cache
         return self.output
 
+    def extend(self, input_ids: torch.Tensor):
+        """Run several more tokens [1, query_pos] in one forward after the cached ones; returns the model output
+        (logits of its last row only)."""
+        self.output = self.model(input_ids=input_ids.to(self.device), cache=self.cache, use_cache=True,
+                                 logits_to_keep=1)
+        self.cache = self.output.cache
+        return self.output
+
     def feed(self, token_id: int) -> torch.Tensor:
         """Logits [vocab] of the row the new token adds."""
         self.output = self.model(input_ids=torch.tensor([[token_id]], device=self.device), cache=self.cache,

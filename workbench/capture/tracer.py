@@ -151,14 +151,17 @@ class Tracer:
 
     # -- stored bundles ---------------------------------------------------------------------------------------
     def replay(self, trace, *, layers: Sequence[int], stack: str = "text", heads: Sequence[int] | None = None,
-               rows: slice | None = None, image=None, map_dtype: torch.dtype = torch.float32) -> dict:
-        """Recompute attention of a stored bundle: {layer: AttentionStatistics} with maps of `heads` (all by
+               rows: slice | None = None, image=None, map_dtype: torch.dtype = torch.float32,
+               intervention=None) -> dict:
+        """Recompute attention of a stored bundle: {layer: ReplayedLayer} with maps of `heads` (all by
         default) for the query `rows` (all by default), from one forward over the bundle's tokens that stops
-        after the last wanted layer. See `workbench.capture.replay`."""
+        after the last wanted layer. intervention: the one the bundle was traced under, if any (rebuild it with
+        `workbench.interventions.recorded(trace.meta)`; a bundle that records one is refused without it).
+        See `workbench.capture.replay`."""
         from workbench.capture.replay import replay_layers
 
         return replay_layers(self, trace, layers=layers, stack=stack, heads=heads, rows=rows, image=image,
-                             map_dtype=map_dtype)
+                             map_dtype=map_dtype, intervention=intervention)
 
     def _plan(self, plan: CapturePlan | None, options: dict) -> CapturePlan:
         from workbench.errors import InputError

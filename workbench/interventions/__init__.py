@@ -9,9 +9,10 @@ active the attention path is exactly the default one. The statistics a capture r
 queries and keys, so they describe the attention BEFORE the intervention; outputs, hidden states, head
 outputs, logits and the generation reflect it. Each runtime reports what it moved (`report()`).
 
-- `act.py`: ACT (Yu et al. 2024); `var.py`: VAR (Kang et al. 2025); `spec.py`: parsing of `--intervene` specs;
-  `eager.py`: the eager attention of the heads a runtime touches; `runtime.py`: the runtime base and `intervening`;
-  `effect.py`: what an intervention changes in the next-token distribution and the greedy answer.
+- `act.py`: ACT (Yu et al. 2024); `var.py`: VAR (Kang et al. 2025); `spec.py`: parsing of `--intervene` specs,
+  and `recorded`, which rebuilds the spec a bundle was traced under (replay applies it again); `eager.py`: the eager
+  attention of the heads a runtime touches; `runtime.py`: the runtime base and `intervening`; `effect.py`: what an
+  intervention changes in the next-token distribution and the greedy answer.
 
 This package sits above `workbench.capture`: capture's attention implementation only knows that a runtime with an
 `apply(...)` method may be active; the interventions themselves live here.
@@ -20,8 +21,8 @@ This package sits above `workbench.capture`: capture's attention implementation 
 from workbench.interventions.act import ACT, effective_min_queries
 from workbench.interventions.eager import head_values, probabilities, visibility
 from workbench.interventions.runtime import Runtime, intervening
-from workbench.interventions.spec import SPECS, parse
+from workbench.interventions.spec import SPECS, parse, recorded
 from workbench.interventions.var import VAR, phi
 
 __all__ = ["ACT", "VAR", "SPECS", "Runtime", "effective_min_queries", "head_values", "intervening", "parse", "phi",
-           "probabilities", "visibility"]
+           "probabilities", "recorded", "visibility"]

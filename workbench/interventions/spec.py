@@ -1,4 +1,5 @@
-"""Intervention specs from the command line: 'act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR."""
+"""Intervention specs from the command line ('act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR) and from a
+bundle's manifest (`recorded`: the spec a bundle was traced under, so a replay can apply it again)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,30 @@ def _convert(annotation, raw: str, what: str):
         return raw
     except ValueError:
         raise InputError(f"cannot read {raw!r} for {what}") from None
+
+
+def recorded(meta: dict):
+    """The intervention a bundle was traced under, rebuilt from its manifest's capture.intervention (every field of
+    the spec, as `to_json` wrote it), or None when it was traced without one. A record this workbench cannot rebuild
+    exactly (an unknown name, a missing or unreadable field) is refused: replaying without the edit, or with a
+    default in place of a lost value, would recompute attention the traced run never had."""
+    record = (meta.get("capture") or {}).get("intervention")
+    if record is None:
+        return None
+    redo = "its maps cannot be recomputed; trace it again with --maps to store them"
+    name = record.get("name") if isinstance(record, dict) else None
+    spec = SPECS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise InputError(f"this bundle was traced under intervention {name!r}, which this workbench cannot rebuild; "
+                         f"{redo}")
+    missing = [f.name for f in fields(spec) if f.name not in record]
+    if missing:
+        raise InputError(f"this bundle's manifest records intervention {name} without its {', '.join(missing)} "
+                         f"(traced by an older workbench), so {redo}")
+    values = {f.name: tuple(record[f.name]) if isinstance(record[f.name], list) else record[f.name]
+              for f in fields(spec)}
+    try:
+        return spec(**values)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"this bundle's manifest records intervention {name} with values this workbench cannot "
+                         f"read ({error}), so {redo}") from None
