@@ -100,6 +100,22 @@ def _bounds(model: str, layers, extra_layer: bool, heads) -> None:
             raise InputError(f"head {head} does not exist: {model} has heads 0-{n_heads - 1}")
 
 
+def _bundle(path: Path | None):
+    """The bundle --store writes into, opened (and checked) before the model loads."""
+    if path is None:
+        return None
+    import workbench
+
+    return workbench.load(path)
+
+
+def _store(bundle, result) -> None:
+    if bundle is not None:
+        from workbench.cli.paths import store_result
+
+        store_result(bundle, result.analysis, result.to_json())
+
+
 def _open(model: str, threads: int | None):
     from workbench.threads import apply_threads
 
@@ -140,6 +156,8 @@ def patch(
     layers: str | None = typer.Option(None, "--layers", help="Layers to patch, e.g. '0-3,5' [default: all]."),
     heads: str | None = typer.Option(None, "--heads", help="With --what heads: head indices, e.g. '0-2' [default: all]."),
     batch_size: int = typer.Option(8, "--batch-size", help="Patched runs per forward."),
+    store: Path | None = typer.Option(None, "--store", help="Also store the result in this trace bundle "
+                                                            "(results/NAME.json, e.g. a trace of the clean prompt)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
@@ -159,12 +177,14 @@ def patch(
     check.count("--batch-size", batch_size, low=1, high=4096)
     check.count("--threads", threads, low=1, high=4096)
     json_out = check_json_output(json_out, force=force)
+    bundle = _bundle(store)
     _bounds(model, chosen_layers, what == "resid", chosen_heads)
     tracer = _open(model, threads)
     result = _run_with_progress(lambda progress: patching.analyse(
         tracer, pairs, metric=metric, what=what, direction=direction, positions=chosen_positions,
         layers=chosen_layers, heads=chosen_heads, batch_size=batch_size, progress=progress), "patching")
     _print_patching(result)
+    _store(bundle, result)
     write_json(json_out, result.to_json())
 
 
@@ -187,6 +207,8 @@ def ablate(
                                                                      "--method mean uses."),
     positions: str = typer.Option("all", "--positions", help="'all' or token positions like '-1' or '3,7'."),
     batch_size: int = typer.Option(8, "--batch-size", help="Ablated runs per forward."),
+    store: Path | None = typer.Option(None, "--store", help="Also store the result in this trace bundle "
+                                                            "(results/NAME.json, e.g. a trace of the clean prompt)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
@@ -214,12 +236,14 @@ def ablate(
 
         references = [item["prompt"] for item in read_prompts(reference)]
     json_out = check_json_output(json_out, force=force)
+    bundle = _bundle(store)
     _bounds(model, [layer for layer, _ in chosen_heads or []], False, [head for _, head in chosen_heads or []])
     tracer = _open(model, threads)
     result = _run_with_progress(lambda progress: ablation.analyse(
         tracer, pairs, metric=metric, method=method, heads=chosen_heads, together=together, positions=chosen_positions,
         reference=references, batch_size=batch_size, progress=progress), "ablation")
     _print_ablation(result)
+    _store(bundle, result)
     write_json(json_out, result.to_json())
 
 

@@ -67,3 +67,16 @@ def test_bounds_are_checked_against_the_config_before_loading():
     code, _, stderr = run_cli("ablate", "-m", "planted-induction", "--prompt", CLEAN, "--answer", "h",
                               "--metric", "logprob", "--heads", "0.4")
     assert code == 2 and "head 4 does not exist" in stderr
+
+
+def test_store_puts_the_result_into_a_bundle_that_reads_it_back(tmp_path):
+    from workbench.analyses.registry import read_result
+
+    bundle = tmp_path / "clean.wbtrace"
+    assert run_cli("trace", "-m", "planted-induction", "--raw", "-n", "0", "-p", CLEAN, "-o", bundle)[0] == 0
+    code, _, stderr = run_cli("patch", "-m", "planted-induction", *PAIR, "--store", bundle)
+    assert code == 0, stderr
+    result = read_result("patching", json.loads((bundle / "results" / "patching.json").read_text()))
+    assert result.effect[1, 2, 0] > 0.9 and abs(result.effect[1, 0, 0]) < 0.05
+    code, _, stderr = run_cli("patch", "-m", "no-such-model", *PAIR, "--store", tmp_path / "none.wbtrace")
+    assert code == 2 and "no such bundle" in stderr
