@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.app.data.images import MAX_UPLOAD_BYTES
+from workbench.app.data.long_lived import freeze_long_lived
 from workbench.app.data.service import AppData
 from workbench.app.export_view import EXPORT_STYLE
 
@@ -136,4 +137,5 @@ def create_app(traces_dir, *, image_dirs=(), allow_trace: bool = True, allow_rec
                                 prevent_initial_call=True)
 
     export_view.register(app)  # the Export control: this view as a self-contained HTML file or a PNG
+    freeze_long_lived()  # imports and the app live as long as the server: keep full collections off them
     return app
