@@ -56,7 +56,7 @@ def test_ablate_to_stdout():
      "cannot read --positions"),
 ])
 def test_user_mistakes_end_in_one_line_before_loading(args, message):
-    code, stdout, stderr = run_cli(args[0], "-m", "no-such-model", *args[1:])
+    code, _, stderr = run_cli(args[0], "-m", "no-such-model", *args[1:])
     assert code == 2
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr
 

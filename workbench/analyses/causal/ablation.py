@@ -27,7 +27,7 @@ from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
 from workbench.interventions.activations import Replacement
 
-__all__ = ["AblationResult", "METHODS", "analyse", "mean_head_outputs"]
+__all__ = ["METHODS", "AblationResult", "analyse", "mean_head_outputs"]
 
 METHOD = "head ablation (zero, mean over a reference set, resample from a corrupted prompt)"
 Method = Literal["zero", "mean", "resample"]

@@ -29,7 +29,7 @@ from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
 from workbench.interventions.activations import Replacement
 
-__all__ = ["PatchingResult", "analyse", "WHAT", "DIRECTIONS"]
+__all__ = ["DIRECTIONS", "WHAT", "PatchingResult", "analyse"]
 
 METHOD = "activation patching (Vig et al. 2020; Meng et al. 2022; Wang et al. 2022)"
 What = Literal["heads", "attn-out", "resid"]
