@@ -38,7 +38,8 @@ class Retrace:
 def retrace(meta: dict, bundle_path, flags: list[str]) -> Retrace:
     """The trace command for the bundle at `bundle_path` (manifest `meta`) plus the capture `flags`, writing
     NAME-<flag>.wbtrace beside it. Keeps what changes the tokens (model, dtype, system message, chat
-    template or --raw, image, new tokens) and the maps and hidden states the bundle kept."""
+    template or --raw, image, new tokens), the intervention it was traced under, and the maps and hidden states
+    the bundle kept."""
     path = Path(str(bundle_path)) if bundle_path else Path("BUNDLE.wbtrace")
     suffix = "-".join(flag.lstrip("-") for flag in flags) or "again"
     out = str(path.with_name(f"{path.name.removesuffix('.wbtrace')}-{suffix}.wbtrace"))
@@ -67,8 +68,26 @@ def retrace(meta: dict, bundle_path, flags: list[str]) -> Retrace:
         words += ["--maps" if stack == "text" else f"--{stack}-maps", _spec(chosen)]
     if capture.get("hidden_states"):
         words.append("--hidden")
+    if isinstance(capture.get("intervention"), dict):
+        words += ["--intervene", intervene_spec(capture["intervention"])]
     words += [*flags, "-o", out]
     return Retrace(" ".join(_quote(word) for word in words), out, prompt_file)
+
+
+def intervene_spec(record: dict) -> str:
+    """A manifest's capture.intervention record as a --intervene spec ('act:beta=0.4,...'): every recorded option,
+    so the new trace runs the very intervention (VAR's calibrated dims included) and not the defaults."""
+    derived = {"name", "code_rho", "report"}  # the name leads; code_rho follows from rho; report is an outcome
+    options = []
+    for key, value in record.items():
+        if key in derived or value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(int(v)) for v in value)
+        options.append(f"{key}={value}")
+    return f"{record.get('name', 'NAME')}:{','.join(options)}"
 
 
 def _spec(chosen: dict) -> str:
