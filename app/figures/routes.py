@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 from workbench.app.data.results import Graph
 from workbench.app.figures.common import FONT, labels_that_fit, message_figure, position_ticks, token_label
@@ -142,7 +143,8 @@ def _node_hover(node: dict, texts: list[str], lens: dict | None, lens_note: str 
     return "<br>".join(lines)
 
 
-def _edge_hover(edge: dict) -> str:
+def _edge_hover(edge: dict, shares: list[tuple[int, float]]) -> str:
+    """shares: `head_shares(edge)` (computed once by the caller, which also needs the top head)."""
     source, target = html.escape(edge["source"]), html.escape(edge["target"])
     kind = _edge_kind(edge)
     lines = [f"<b>{source} → {target}</b> · {html.escape(str(edge.get('kind', kind)))}",
@@ -151,7 +153,6 @@ def _edge_hover(edge: dict) -> str:
         attention, residual = edge.get("attention"), edge.get("residual")
         if isinstance(residual, (int, float)) and residual > 0 and isinstance(attention, (int, float)):
             lines[-1] += f" = attention {attention:.3f} + residual {residual:.3f}"
-        shares = head_shares(edge)
         if shares:
             lines.append("heads: " + ", ".join(f"H{head} {100 * share:.0f}%" for head, share in shares[:4])
                          + (f" (+{len(shares) - 4} more)" if len(shares) > 4 else ""))
@@ -201,7 +202,9 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
     heads = _node_heads(shown)
     by_id = {node["id"]: node for node in shown.nodes}
 
-    traces: list[dict] = []  # plain dicts, validated by nobody: plotly's per-value checks cost ~0.5 s at 7,000 edges
+    # plain dicts, left unvalidated, and numpy coordinates (plotly copies lists element by element): plotly's per-value
+    # checks and copies cost ~0.5 s at 7,000 edges
+    traces: list[dict] = []
     for kind, rgb in EDGE_COLORS.items():
         mine = [e for e in edges if _edge_kind(e) == kind]
         for bucket in range(_BUCKETS):
@@ -210,14 +213,15 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
                 if min(_BUCKETS - 1, int(_BUCKETS * edge["weight"] / top)) != bucket:
                     continue
                 (x0, y0), (x1, y1) = places[edge["source"]], places[edge["target"]]
-                xs += [x0, x1, None]
-                ys += [y0, y1, None]
+                xs += [x0, x1, math.nan]  # NaN breaks the line: one trace draws many segments
+                ys += [y0, y1, math.nan]
             if xs:
                 strength = (bucket + 1) / _BUCKETS
-                traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                         line=dict(color=_rgba(rgb, 0.2 + 0.7 * strength), width=0.6 + 4.4 * strength)))
+                traces.append(dict(type="scatter", x=np.array(xs), y=np.array(ys), mode="lines", hoverinfo="skip",
+                                   showlegend=False, line=dict(color=_rgba(rgb, 0.2 + 0.7 * strength),
+                                                               width=0.6 + 4.4 * strength)))
         if mine:
-            mids, custom = [], []
+            mids, custom, hovers = [], [], []
             for edge in mine:
                 (x0, y0), (x1, y1) = places[edge["source"]], places[edge["target"]]
                 mids.append(((x0 + x1) / 2, (y0 + y1) / 2))
@@ -225,10 +229,12 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
                 shares = head_shares(edge) if kind == "attention" else []
                 custom.append([_int(target.get("layer")), shares[0][0] if shares else None,
                                _int(target.get("position"))])
+                hovers.append(_edge_hover(edge, shares))
+            middle = np.array(mids)
             traces.append(dict(
-                type="scatter", x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", showlegend=False, meta="edges",
+                type="scatter", x=middle[:, 0], y=middle[:, 1], mode="markers", showlegend=False, meta="edges",
                 name=f"{kind} edges", marker=dict(size=max(6.0, size), color=_rgba(rgb, 0.0)), customdata=custom,
-                hovertext=[_edge_hover(e) for e in mine], hoverinfo="text"))
+                hovertext=hovers, hoverinfo="text"))
 
     weight_in: dict[str, float] = {}
     weight_out: dict[str, float] = {}
@@ -246,7 +252,8 @@ def route_figure(route: Graph, *, texts: list[str], n_layers: int, root: str, th
             custom.append([layer, heads.get(f"{layer},{position}", 0) if layer is not None else None, position,
                            node["id"]])
         traces.append(dict(
-            type="scatter", x=[places[node["id"]][0] for node in mine], y=[places[node["id"]][1] for node in mine], mode="markers",
+            type="scatter", x=np.array([places[node["id"]][0] for node in mine]),
+            y=np.array([places[node["id"]][1] for node in mine]), mode="markers",
             name=f"{name}: {len(mine)}", meta="nodes", customdata=custom, hoverinfo="text",
             hovertext=[_node_hover(node, texts, lens, lens_note, weight_in.get(node["id"], 0.0),
                                    weight_out.get(node["id"], 0.0)) for node in mine],
