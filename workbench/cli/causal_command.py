@@ -109,11 +109,16 @@ def _bundle(path: Path | None):
     return workbench.load(path)
 
 
-def _store(bundle, result) -> None:
-    if bundle is not None:
-        from workbench.cli.paths import store_result
+def _finish(bundle, result, json_out) -> None:
+    """Store into the bundle (--store), write --json, and end with the one line saying where the result went."""
+    from workbench.cli.paths import store_result, where_results_went, write_json
+    from workbench.cli.printing import SafeConsole
 
-        store_result(bundle, result.analysis, result.to_json())
+    data = result.to_json()
+    stored = store_result(bundle, result.analysis, data) if bundle is not None else None
+    write_json(json_out, data)
+    if json_out is None or str(json_out) != "-":
+        SafeConsole().print(where_results_went(stored, json_out), markup=False)
 
 
 def _open(model: str, threads: int | None):
@@ -166,7 +171,7 @@ def patch(
     """Activation patching: copy head outputs, attention outputs or residual streams between a clean and a corrupted run."""
     from workbench import option_checks as check
     from workbench.analyses.causal import patching
-    from workbench.cli.paths import check_json_output, write_json
+    from workbench.cli.paths import check_json_output
 
     pairs = _pairs(clean, corrupted, pairs_file, limit, answer, distractor, metric, need_corrupted=True)
     chosen_positions = parse_positions(positions)
@@ -184,8 +189,7 @@ def patch(
         tracer, pairs, metric=metric, what=what, direction=direction, positions=chosen_positions,
         layers=chosen_layers, heads=chosen_heads, batch_size=batch_size, progress=progress), "patching")
     _print_patching(result)
-    _store(bundle, result)
-    write_json(json_out, result.to_json())
+    _finish(bundle, result, json_out)
 
 
 def ablate(
@@ -217,7 +221,7 @@ def ablate(
     """Head ablation: zero-, mean- or resample-ablate heads one at a time (or together) and measure the metric."""
     from workbench import option_checks as check
     from workbench.analyses.causal import ablation
-    from workbench.cli.paths import check_json_output, write_json
+    from workbench.cli.paths import check_json_output
 
     pairs = _pairs(prompt, corrupted, pairs_file, limit, answer, distractor, metric, need_corrupted=False)
     if method not in ablation.METHODS:
@@ -243,8 +247,7 @@ def ablate(
         tracer, pairs, metric=metric, method=method, heads=chosen_heads, together=together, positions=chosen_positions,
         reference=references, batch_size=batch_size, progress=progress), "ablation")
     _print_ablation(result)
-    _store(bundle, result)
-    write_json(json_out, result.to_json())
+    _finish(bundle, result, json_out)
 
 
 def _print_patching(result) -> None:
