@@ -180,8 +180,7 @@ def routes_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
     """The Token view's route panel (read results/routes.json, keep the edges above the threshold, build the
     figure) and its JSON as Dash sends it, at several thresholds; then the Logit lens panel beside it, which
     reads one node per hover (final norm + unembedding of that node only)."""
-    import json
-
+    from plotly.io.json import to_json_plotly
     from workbench.app import create_app
     from workbench.app.pages import token
 
@@ -195,11 +194,11 @@ def routes_view(folder: Path, names: dict, repeat: int) -> list[tuple]:
     label = (f"Route graph SmolLM2 {len(stored.tokens)} tokens, 30 x 9 ({len(route['graph']['nodes'])} nodes, "
              f"{len(route['graph']['edges'])} edges at tau 0.01)")
 
-    def view(threshold):
-        return len(json.dumps(token.route_view(bundle, position, threshold), default=_plotly_json))
+    def view(threshold):  # serialised as Dash does (numpy arrays as typed arrays)
+        return len(to_json_plotly(token.route_view(bundle, position, threshold)))
 
     def panel(node=None):
-        return len(json.dumps(token.lens_panel(bundle, position, node), default=_plotly_json))
+        return len(to_json_plotly(token.lens_panel(bundle, position, node)))
 
     from workbench.app.pages.common import data
 
