@@ -11,11 +11,11 @@ import shlex
 import pytest
 import torch
 from PIL import Image
+from workbench.app.data.recompute import ModelPool, layers_maps, token_rows
 
 import workbench
 from tests.app.app_helpers import png_bytes
 from tests.workbench.cli.cli_inprocess import run_cli
-from workbench.app.data.recompute import ModelPool, layers_maps, token_rows
 from workbench.capture import Tracer
 from workbench.errors import InputError
 from workbench.interventions import ACT, VAR, parse, recorded
@@ -43,7 +43,8 @@ def case(request, tmp_path_factory):
     tracer = Tracer.open(model)
     image = Image.open(io.BytesIO(png_bytes())) if with_image else None
     options = {"max_new_tokens": NEW_TOKENS, "intervention": spec}
-    tracer.trace(prompt, image, maps="all", map_dtype="float32", **options).save(folder / "maps.wbtrace")
+    maps = {"maps": "all", "map_dtype": "float32", **({"vision_maps": "all"} if with_image else {})}
+    tracer.trace(prompt, image, **maps, **options).save(folder / "maps.wbtrace")
     tracer.trace(prompt, image, **options).save(folder / "stats.wbtrace")
     return tracer, spec, workbench.load(folder / "maps.wbtrace"), workbench.load(folder / "stats.wbtrace")
 
@@ -73,6 +74,18 @@ def test_recomputed_maps_equal_the_maps_stored_in_the_edited_run(case):
         error = float((result.maps - stored_maps(with_maps, layer)).abs().max())
         assert error < TOLERANCE, f"layer {layer}: max |recomputed - stored| = {error:.3g}"
         assert result.mismatch < TOLERANCE  # no mismatch warning against the stored statistics
+
+
+def test_recomputed_vision_maps_equal_the_stored_ones(case):
+    """The vision tower runs in the prompt's forward only (no intervention edits it): its replay stops there."""
+    tracer, _, with_maps, stats = case
+    if "vision" not in stats.dims["stacks"]:
+        pytest.skip("a text model has no vision tower")
+    layers = range(stats.n_layers("vision"))
+    recomputed = layers_maps(stats, layers, stack="vision", model=tracer, image=stats.image())
+    for layer in layers:
+        stored = with_maps.tensor(tensor_name("vision", layer, "maps")).float()
+        assert float((recomputed[layer].maps - stored).abs().max()) < TOLERANCE
 
 
 @pytest.mark.parametrize("where", ["prompt", "generated"])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.capture.attention import capturing
+from workbench.capture.attention import capturing, editing
 from workbench.capture.generation import CachedDecoder, forward_inputs
 from workbench.capture.plan import CapturePlan
 from workbench.capture.recorder import mask_adds_bias, mask_spec
@@ -149,7 +149,7 @@ def replay_layers(tracer, trace, *, layers: Sequence[int], stack: str = "text", 
     probe = _LayerProbe(layout, stack, wanted_layers, compute)
     segments = _segments(trace, stack, n, rows, edited=runtime is not None)
     model = tracer.loaded.model
-    with torch.inference_mode(), capturing(model, probe), tracer.editing(runtime):
+    with torch.inference_mode(), capturing(model, probe), editing(model, runtime):
         try:
             if len(segments) == 1:
                 model(**_bundle_inputs(tracer.loaded, trace, image, segments[0].stop), use_cache=False)

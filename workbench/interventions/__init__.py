@@ -24,5 +24,5 @@ from workbench.interventions.runtime import Runtime, intervening
 from workbench.interventions.spec import SPECS, parse, recorded
 from workbench.interventions.var import VAR, phi
 
-__all__ = ["ACT", "VAR", "SPECS", "Runtime", "effective_min_queries", "head_values", "intervening", "parse", "phi",
+__all__ = ["ACT", "SPECS", "VAR", "Runtime", "effective_min_queries", "head_values", "intervening", "parse", "phi",
            "probabilities", "recorded", "visibility"]
