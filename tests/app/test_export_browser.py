@@ -29,7 +29,11 @@ FIGURES = """() => Array.from(document.querySelectorAll('main .js-plotly-plot'))
             heatmap: heat ? [heat.z.length, heat.z[0].length] : null,
             z: heat ? Array.from(heat.z, function (row) { return Array.from(row); }) : null,
             title: (gd._fullLayout.title && gd._fullLayout.title.text) || '',
-            xticks: ticks('x'), yticks: ticks('y'), svgs: gd.querySelectorAll('svg.main-svg').length};
+            xticks: ticks('x'), yticks: ticks('y'), svgs: gd.querySelectorAll('svg.main-svg').length,
+            images: (gd._fullLayout.images || []).map(function (i) { return String(i.source).slice(0, 40); }),
+            drawn_images: Array.from(gd.querySelectorAll('image')).filter(function (node) {
+                const href = node.getAttribute('href') || node.getAttribute('xlink:href') || '';
+                return (gd._fullLayout.images || []).some(function (i) { return i.source === href; }); }).length};
 })"""
 
 
@@ -209,3 +213,14 @@ def test_the_export_control_saves_html_and_png(browser, traces_dir, tmp_path):
     plausible_page(pixels, min_width=2 * 1300)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "export-control.png").write_bytes(saved["png"].read_bytes())
+
+
+def test_the_image_view_exports_with_its_picture_inside(browser, traces_dir, tmp_path):
+    """The Image view's picture is part of the figure: the exported file must carry it, not point at the server."""
+    bundle = traces_dir / "vlm" / "llava.wbtrace"
+    out = tmp_path / "image.html"
+    run_export(bundle, "--view", "image", "--out", out, "--images", traces_dir / "images")
+    exported = open_offline(browser, out, "export-image-offline")
+    source = exported[0]["images"][0]
+    assert source.startswith("data:image/")
+    assert exported[0]["drawn_images"] == 1

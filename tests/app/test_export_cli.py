@@ -51,6 +51,8 @@ def test_unknown_view_wrong_extension_and_bad_options(capsys, setup):
     assert "KEY=VALUE" in refused(capsys, setup, bundle, "--view", "model", "--out", out, "--param", "metric")
     assert "--layer" in refused(capsys, setup, bundle, "--view", "model", "--out", out, "--param", "layer=1")
     assert "--head" in refused(capsys, setup, bundle, "--view", "head", "--out", out, "--head", "-1")
+    assert "--images" in refused(capsys, setup, bundle, "--view", "image", "--out", out, "--images",
+                                 setup["tmp"] / "nope")
 
 
 def test_selection_out_of_the_bundle(capsys, setup):

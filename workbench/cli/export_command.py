@@ -104,6 +104,8 @@ def export(
                                             "the same folder); repeatable."),
     width: int = typer.Option(1400, "--width", help="Browser window width in CSS pixels (600-4000)."),
     scale: float = typer.Option(2.0, "--scale", help="PNG pixels per CSS pixel (1-4)."),
+    images: list[Path] | None = typer.Option(None, "--images", help="Another folder where the input image of a VLM "
+                                                "bundle may be found (repeatable), as for `workbench app`."),
     no_recompute: bool = typer.Option(False, "--no-recompute", help="Never load a model to recompute the maps of a "
                                       "statistics-only bundle."),
     allow_model_dir: list[Path] | None = typer.Option(None, "--allow-model-dir", help="A model folder (or folder of "
@@ -135,6 +137,9 @@ def export(
         if value is not None:
             options.count(option, value, low=0, high=1_000_000)
     extra = parse_params(param or [])
+    for folder in images or []:
+        if not folder.is_dir():
+            raise InputError(f"--images {folder} is not a folder")
     for folder in allow_model_dir or []:
         if not folder.is_dir():
             raise InputError(f"--allow-model-dir {folder} is not a folder")
@@ -152,7 +157,8 @@ def export(
     from workbench.app.export_capture import export_view
     from workbench.app.server import create_app
 
-    store = AppData(root, allow_recompute=not no_recompute, allow_model_dirs=allow_model_dir or [])
+    store = AppData(root, image_dirs=images or [], allow_recompute=not no_recompute,
+                    allow_model_dirs=allow_model_dir or [])
     store.catalog.max_depth = 1  # the bundle's own folder only: a bundle in a big folder must not scan it all
     app = create_app(root, allow_trace=False, allow_recompute=not no_recompute, store=store)
     query = {"bundle": bundle_name, "stack": stack, "layer": layer, "head": head, "pos": pos, **extra}
