@@ -236,6 +236,26 @@ def test_results_round_trip_through_the_registry(tracer, matched, one_torch_thre
     assert again.runs == ablated.runs
 
 
+def test_pairs_of_different_lengths_average_before_normalising(tracer, one_torch_thread):
+    """Two pairs of different token counts: one slot per component, the metric averaged over the pairs first."""
+    short = matched_corruption(TRUTH["probe"]["sequences"][0])
+    letters = TRUTH["probe"]["sequences"][1].split()[:12]
+    clean, corrupted = letters + letters[:CUT + 3], letters + letters[:CUT + 3]
+    corrupted[CUT + 2] = _unused(letters)
+    long = Pair(" ".join(clean), " ".join(corrupted), letters[CUT + 3], corrupted[CUT + 2])
+    each = [patching.analyse(tracer, [pair], layers=[1], heads=[2]) for pair in (short, long)]
+    both = patching.analyse(tracer, [short, long], layers=[1], heads=[2])
+    assert both.slot_positions == (None,)
+    assert both.clean == pytest.approx((each[0].clean + each[1].clean) / 2)
+    patched = (each[0].patched[0, 0, 0] + each[1].patched[0, 0, 0]) / 2
+    assert both.effect[0, 0, 0] == pytest.approx((patched - both.corrupted) / (both.clean - both.corrupted))
+    with pytest.raises(InputError, match="one token length"):
+        patching.analyse(tracer, [short, long], positions="each")
+    last = patching.analyse(tracer, [short, long], positions=[-1], layers=[1], heads=[2])
+    assert last.slot_positions == ((-1,),)
+    json.dumps(both.to_json())
+
+
 # -- user mistakes -----------------------------------------------------------------------------------------------
 def test_unequal_lengths_and_multi_token_answers_are_refused(tracer):
     with pytest.raises(InputError, match="same number of tokens"):

@@ -197,7 +197,8 @@ def analyse(tracer, pairs: Sequence[Pair], *, metric: MetricKind = "logit-diff",
                "head_output": "before W_O" if what == "heads" else None,
                "resid_layer": "the stream entering the layer (n_layers: after the last layer)" if what == "resid"
                else None}
-    labels = slots(positions, next(iter(lengths))) if len(lengths) == 1 else [tuple(positions)]  # "all" or a list
+    # pairs of several lengths: one slot ("all", or the positions as given, negative ones counted per pair)
+    labels = slots(positions, next(iter(lengths))) if len(lengths) == 1 or positions == "all" else [tuple(positions)]
     return PatchingResult(model=tracer.loaded.name, options=options, pairs=tuple(records), layers=tuple(layers),
                           heads=tuple(heads), slot_positions=tuple(labels), clean=clean, corrupted=corrupted,
                           patched=patched, effect=normalised(patched, clean, corrupted),
