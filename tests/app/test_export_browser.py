@@ -182,8 +182,9 @@ def test_cli_exports_a_png_of_the_head_view(traces_dir, tmp_path):
 
 
 def test_the_export_control_saves_html_and_png(browser, traces_dir, tmp_path):
-    import workbench
     from workbench.app import create_app
+
+    import workbench
 
     server = Server(create_app(traces_dir, allow_trace=False))
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
