@@ -113,3 +113,23 @@ def test_ours_is_recognised_only_by_its_mark(tmp_path):
     other = tmp_path / "other.html"
     other.write_text("<!DOCTYPE html>\n<html><body>hello</body></html>")
     assert is_our_html(page) and not is_our_html(other)
+
+
+def test_the_app_serves_the_export_script_and_the_installed_plotly(traces_dir):
+    """Every page loads the export script; the plotly.js it inlines is the installed plotly package's file."""
+    from pathlib import Path
+
+    import plotly
+
+    from workbench.app import create_app
+
+    client = create_app(traces_dir, allow_trace=False).server.test_client()
+    page = client.get("/model?bundle=llama-maps")
+    assert page.status_code == 200 and b'src="/_workbench/export/export.js"' in page.data
+    script = client.get("/_workbench/export/export.js")
+    assert script.status_code == 200 and b"window.workbenchExport" in script.data
+    served = client.get("/_workbench/export/plotly.min.js")
+    shipped = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    assert served.status_code == 200 and served.data == shipped and len(shipped) > 1_000_000
+    layout = client.get("/_dash-layout").get_json()
+    assert "wb-export-html" in str(layout) and "wb-export-png" in str(layout)
