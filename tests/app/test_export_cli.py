@@ -120,7 +120,6 @@ def test_the_app_serves_the_export_script_and_the_installed_plotly(traces_dir):
     from pathlib import Path
 
     import plotly
-
     from workbench.app import create_app
 
     client = create_app(traces_dir, allow_trace=False).server.test_client()
