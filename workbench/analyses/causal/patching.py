@@ -167,6 +167,7 @@ def analyse(tracer, pairs: Sequence[Pair], *, metric: MetricKind = "logit-diff",
         if clean_ids.shape != corrupted_ids.shape:
             raise InputError(f"clean and corrupted prompts must have the same number of tokens ({clean_ids.shape[1]} "
                              f"vs {corrupted_ids.shape[1]} for {pair.clean[:40]!r})")
+        slots(positions, clean_ids.shape[1])  # positions outside this prompt fail here, not after forwards
         prepared.append((pair, clean_ids, corrupted_ids, Metric.of(metric, tracer.loaded.tokenizer, pair)))
     lengths = {ids.shape[1] for _, ids, _, _ in prepared}
     if positions == "each" and len(lengths) > 1:
