@@ -13,6 +13,8 @@ outputs, logits and the generation reflect it. Each runtime reports what it move
   and `recorded`, which rebuilds the spec a bundle was traced under (replay applies it again); `eager.py`: the eager
   attention of the heads a runtime touches; `runtime.py`: the runtime base and `intervening`; `effect.py`: what an
   intervention changes in the next-token distribution and the greedy answer.
+- `activations.py`: head outputs and residual streams recorded and overwritten per batch row (the ablation and
+  activation patching of `workbench.analyses.causal`).
 
 This package sits above `workbench.capture`: capture's attention implementation only knows that a runtime with an
 `apply(...)` method may be active; the interventions themselves live here.
