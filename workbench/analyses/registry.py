@@ -22,6 +22,8 @@ _BUILT_IN = {
     "circuits": ("workbench.analyses.circuits", "CircuitsResult"),
     "patching": ("workbench.analyses.causal.patching", "PatchingResult"),
     "ablation": ("workbench.analyses.causal.ablation", "AblationResult"),
+    "rollout": ("workbench.analyses.rollout", "RolloutResult"),
+    "funnel": ("workbench.analyses.funnel", "FunnelResult"),
 }
 _REGISTERED: dict[str, type[Result]] = {}
 
