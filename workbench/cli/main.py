@@ -13,6 +13,7 @@ from workbench.cli.circuits_command import circuits
 from workbench.cli.export_command import export
 from workbench.cli.inspect_commands import info, models
 from workbench.cli.probe_command import probe_app
+from workbench.cli.rollout_command import funnel, rollout
 from workbench.cli.routes_command import routes
 from workbench.cli.sinks_command import sinks
 from workbench.cli.sweep_command import sweep
@@ -36,6 +37,8 @@ app.command("sinks")(sinks)
 app.command("vhd")(vhd_command)
 app.command("routes")(routes)
 app.command("circuits")(circuits)
+app.command("rollout")(rollout)
+app.command("funnel")(funnel)
 # Causal tools
 app.command("patch")(patch)
 app.command("ablate")(ablate)
