@@ -8,25 +8,23 @@ The vectors come from the trace's decomposition tensors, no forward pass: X0_t i
 layer 0, A{l}_t that residual plus the attention block's output, I{l}_t the residual entering layer l + 1 (the
 stored last-layer output for the last layer), and the FFN block M{l}_t is I{l}_t - A{l}_t (what the block
 adds, read through the same norm and unembedding: the tokens it promotes). Only the final norm and the
-unembedding come from the model, so the app loads it by the bundle's model name like a recompute does.
+unembedding come from the model (`workbench.analyses.readout`, the workbench's one logit-lens path), so the app
+loads it by the bundle's model name like a recompute does.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from operator import attrgetter
 
 import torch
 
+from workbench.analyses.readout import lens_probabilities, rank_of
 from workbench.errors import InputError
 from workbench.traces.names import tensor_name
 
 TOP_TOKENS = 5
 _NODE = re.compile(r"([XAMI])(\d+)_(\d+)")
-# where transformers keeps the final norm of the decoders the decomposition supports (Llama family, Gemma,
-# Qwen2, Mistral; GPT-2; LLaVA's language model)
-_FINAL_NORMS = ("model.norm", "transformer.ln_f", "model.language_model.norm", "language_model.model.norm")
 
 
 def _parse(node_id: str) -> tuple[str, int, int]:
@@ -71,19 +69,6 @@ def node_vectors(trace, node_ids) -> dict[str, torch.Tensor]:
     return out
 
 
-def readout(hf_model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(final norm, unembedding) modules of a transformers causal LM (or VLM)."""
-    unembedding = hf_model.get_output_embeddings()
-    for path in _FINAL_NORMS:
-        try:
-            norm = attrgetter(path)(hf_model)
-        except AttributeError:
-            continue
-        if unembedding is not None:
-            return norm, unembedding
-    raise InputError(f"{type(hf_model).__name__} has no final norm and unembedding the logit lens knows")
-
-
 @dataclass(frozen=True)
 class NodeLens:
     """One node read through the logit lens: its top tokens, and where one watched token (the token the route's
@@ -113,17 +98,14 @@ def lens_of(node_id: str, vector: torch.Tensor, *, model, top: int = 10, watch: 
     watched = None
     if watch is not None and 0 <= watch < probabilities.numel():
         p = probabilities[watch]
-        watched = (loaded.tokenizer.decode([watch]), int((probabilities > p).sum()) + 1, float(p))
+        watched = (loaded.tokenizer.decode([watch]), rank_of(probabilities, watch), float(p))
     return NodeLens(node_id, tuple((loaded.tokenizer.decode([int(t)]), float(v)) for t, v in zip(tokens, values)),
                     watched)
 
 
 def _probabilities(rows: torch.Tensor, loaded) -> torch.Tensor:
     """[rows, vocab] softmax of rows ([rows, d_model]) through the final norm and the unembedding."""
-    norm, unembedding = readout(loaded.model)
-    parameter = next(unembedding.parameters())
-    with torch.inference_mode():
-        return unembedding(norm(rows.to(parameter.device, parameter.dtype))).float().softmax(-1)
+    return lens_probabilities(rows, loaded.model)
 
 
 def lens_tokens(vectors: dict[str, torch.Tensor], *, model, top: int = TOP_TOKENS) -> dict[str, list[tuple[str, float]]]:
