@@ -168,6 +168,11 @@ def test_funnel_of_planted_spread(widths, sign):
         funnel.analyse(trace, maps="none", score_on="mass_share")
 
 
+def test_funnel_of_constant_spread_has_no_score():
+    result = funnel.analyse(planted_trace([6, 6, 6]))
+    assert result.score is None and json.loads(json.dumps(result.to_json()))["score"] is None
+
+
 def test_spearman_against_hand_ranks():
     assert funnel.spearman([0, 1, 2, 3], [4.0, 3.0, 3.0, 1.0]) == pytest.approx(-0.9486832980505138)  # ties
     assert math.isnan(funnel.spearman([0, 1, 2], [1.0, 1.0, 1.0]))

@@ -53,7 +53,7 @@ class FunnelResult(Result):
     options: dict
     layers: tuple
     scores: dict
-    score: float
+    score: float | None  # None when the spread is constant over layers (no rank correlation)
     head_entropy: np.ndarray
     notes: tuple = ()
 
@@ -68,7 +68,7 @@ class FunnelResult(Result):
         stored_version(data, cls)
         return cls(model=str(data.get("model", "?")), stack=str(data.get("stack", "text")),
                    options=dict(data.get("options") or {}), layers=tuple(data["layers"]),
-                   scores=dict(data.get("scores") or {}), score=float(data["score"]),
+                   scores=dict(data.get("scores") or {}), score=data.get("score"),
                    head_entropy=np.asarray(data.get("head_entropy") or [], dtype=np.float64),
                    notes=tuple(data.get("notes") or ()))
 
@@ -158,12 +158,16 @@ def analyse(trace, *, stack: Literal["text", "vision"] = "text", mass: float = 0
     elif score_on == "mass_share":
         raise InputError("score_on='mass_share' needs full maps: " + notes[-1])
     spreads = [s for s in SPREADS if s in rows[0]]
-    scores = {s: round(spearman(range(n_layers), [row[s] for row in rows]), 6) for s in spreads}
+    scores = {s: _finite(spearman(range(n_layers), [row[s] for row in rows])) for s in spreads}
     options = {"mass": mass, "score_on": score_on, "maps": maps, "positions": n,
                "mass_share_from": None if shares is None else
                ("stored maps" if stores_all_maps(trace, stack) else "recomputed maps")}
     return FunnelResult(model=trace.model.get("name", "?"), stack=stack, options=options, layers=tuple(rows),
                         scores=scores, score=scores[score_on], head_entropy=head_entropy, notes=tuple(notes))
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if np.isfinite(value) else None
 
 
 def _mass_shares(trace, stack, mass, maps, tracer, max_map_tokens, n, progress, notes) -> list | None:

@@ -166,8 +166,11 @@ def _funnel_summary(result) -> None:
     from workbench.cli.printing import SafeConsole
 
     console = SafeConsole()
-    scores = ", ".join(f"{name} {value:+.3f}" for name, value in result.scores.items())
-    console.print(f"funnel {result.model} ({result.stack}): score {result.score:+.3f} on "
+    def shown(value) -> str:
+        return "none (constant spread)" if value is None else f"{value:+.3f}"
+
+    scores = ", ".join(f"{name} {shown(value)}" for name, value in result.scores.items())
+    console.print(f"funnel {result.model} ({result.stack}): score {shown(result.score)} on "
                   f"{result.options['score_on']} (Spearman with depth; negative = spread falls) [{scores}]",
                   markup=False)
     for row in result.layers:
