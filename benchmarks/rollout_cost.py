@@ -22,7 +22,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernels_memory import machine
 
-import workbench
 from workbench.analyses import rollout
 from workbench.capture import Tracer
 
@@ -57,13 +56,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for n in args.n:
         prompt = prompt_of(tracer.loaded, n)
-        unit, trace = timed(lambda: tracer.trace(prompt, raw=True))
-        spent, result = timed(lambda: rollout.analyse(trace, position=-1, tracer=tracer))
+        unit, trace = timed(lambda p=prompt: tracer.trace(p, raw=True))
+        spent, result = timed(lambda t=trace: rollout.analyse(t, position=-1, tracer=tracer))
         assert abs(result.relevance.sum() - 1) < 1e-6
         flow = "not run (n > --flow-limit)"
         ratio = "-"
         if len(trace.tokens) <= args.flow_limit:
-            flow_time, _ = timed(lambda: rollout.analyse(trace, position=-1, method="flow", tracer=tracer,
+            flow_time, _ = timed(lambda t=trace: rollout.analyse(t, position=-1, method="flow", tracer=tracer,
                                                          max_flow_tokens=args.flow_limit))
             flow, ratio = f"{flow_time:.2f}", f"{flow_time / unit:.1f}x"
         print(f"| {len(trace.tokens)} | {unit:.2f} | {spent:.2f} | {spent / unit:.1f}x | {flow} | {ratio} |",

@@ -32,7 +32,7 @@ from workbench.errors import InputError
 from workbench.traces.metrics import mean_over_rows, normalised_entropy
 from workbench.traces.names import tensor_name
 
-__all__ = ["FunnelResult", "MAX_MAP_TOKENS", "SPREADS", "analyse", "mass_share", "spearman"]
+__all__ = ["MAX_MAP_TOKENS", "SPREADS", "FunnelResult", "analyse", "mass_share", "spearman"]
 
 METHOD = "PyramidKV, Cai et al. 2024 (pyramidal information funneling); score: Spearman(layer, spread)"
 SPREADS = ("entropy", "normalised_entropy", "mass_share")

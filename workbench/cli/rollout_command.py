@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -43,8 +42,8 @@ def rollout(
     normalise: bool = typer.Option(True, "--normalise/--raw-flow", help="Flow: divide by the sum (released code)."),
     max_flow_tokens: int = typer.Option(64, "--max-flow-tokens", help="Largest flow graph, in positions."),
     stack: str = typer.Option("text", "--stack", help="'text' (language model / encoder) or 'vision' (tower)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to recompute maps with [default: the bundle's]."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    model: str | None = typer.Option(None, "--model", help="Model to recompute maps with [default: the bundle's]."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/rollout.json (flow.json) into the bundle."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
@@ -125,8 +124,8 @@ def funnel(
     recompute: bool = typer.Option(False, "--recompute", help="Recompute maps through the model for mass_share "
                                                               "when the bundle stores none (inputs up to 4,096)."),
     stack: str = typer.Option("text", "--stack", help="'text' (language model / encoder) or 'vision' (tower)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to recompute maps with [default: the bundle's]."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    model: str | None = typer.Option(None, "--model", help="Model to recompute maps with [default: the bundle's]."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/funnel.json into the bundle."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
