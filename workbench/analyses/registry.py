@@ -24,6 +24,8 @@ _BUILT_IN = {
     "ablation": ("workbench.analyses.causal.ablation", "AblationResult"),
     "rollout": ("workbench.analyses.rollout", "RolloutResult"),
     "funnel": ("workbench.analyses.funnel", "FunnelResult"),
+    "lens": ("workbench.analyses.lens", "LensResult"),
+    "importance": ("workbench.analyses.importance", "ImportanceResult"),
 }
 _REGISTERED: dict[str, type[Result]] = {}
 

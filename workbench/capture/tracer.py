@@ -17,6 +17,7 @@ bundle's own tokens. Every greedy loop is `generation.greedy`; every forward goe
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,15 @@ class Tracer:
         with torch.inference_mode(), self.editing(edit):
             output = model(input_ids=input_ids.to(self.loaded.device), use_cache=False, logits_to_keep=1)
         return output.logits[:, -1].float().cpu()
+
+    def logits(self, input_ids: torch.Tensor, *, edit=None, gradients: bool = False) -> torch.Tensor:
+        """Logits [batch, query_pos, vocab] of one forward over token ids [batch, query_pos] (no cache, no capture),
+        `edit` seeing every attention output as in `editing`. gradients=True keeps the autograd graph, so a caller
+        can differentiate through the edit (head importance differentiates a head mask); else inference mode."""
+        model = self._backend.hf_model()
+        mode = contextlib.nullcontext() if gradients else torch.inference_mode()
+        with mode, self.editing(edit):
+            return model(input_ids=input_ids.to(self.loaded.device), use_cache=False).logits
 
     # -- stored bundles ---------------------------------------------------------------------------------------
     def replay(self, trace, *, layers: Sequence[int], stack: str = "text", heads: Sequence[int] | None = None,
