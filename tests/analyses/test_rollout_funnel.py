@@ -95,6 +95,26 @@ def test_rollout_of_stored_maps_equals_replayed(models):
     assert again.token_values()["rollout"].as_dict()[0] == pytest.approx(result.relevance[0], abs=1e-7)
 
 
+def test_vlm_rollout_lays_image_tokens_on_their_patches(models, tmp_path):
+    from PIL import Image
+
+    from workbench.capture.inputs import prepare_input
+
+    loaded = models("tiny-llava")
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    trace = workbench.trace(loaded, "What is in the image?", image)
+    prepared = prepare_input(loaded, "What is in the image?", image)
+    output = eager_forward(loaded.model, input_ids=prepared.input_ids, **prepared.model_inputs)
+    expected = reference_joint_attention([layer[0].double().numpy() for layer in output.attentions])[-1, -1]
+    result = rollout.analyse(trace, position=-1, tracer=Tracer.open(loaded))
+    assert np.abs(result.relevance - expected).max() < 1e-6
+    patches = [token for token in trace.tokens if token.region == "image"]
+    assert len(patches) > 1 and np.isfinite(result.patch_grid).sum() == len(patches)
+    for token in patches:
+        assert result.patch_grid[token.patch] == pytest.approx(expected[token.i], abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ flow
 def test_flow_on_a_graph_solved_by_hand():
     # Two positions, two layers. From (2, 1): to (0, 0) along (1, 0) at 0.3 and (1, 1) at min(0.7, 0.5) = 0.8;
