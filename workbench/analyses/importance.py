@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from workbench.analyses.causal.sweep import token_ids
+from workbench.analyses.lens import check_known_tokens
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
 from workbench.interventions.head_mask import HeadMask
@@ -108,6 +109,8 @@ def analyse(tracer, prompts: Sequence[str], *, normalise: Literal["layer", "none
     stack = tracer.layout.stacks["text"]
     shape = (stack.n_layers, stack.n_heads)
     inputs = [token_ids(tracer, text) for text in prompts]
+    for text, ids in zip(prompts, inputs):
+        check_known_tokens(tracer.loaded.tokenizer, text, ids[0], what="the prompt")
     short = [text for text, ids in zip(prompts, inputs) if ids.shape[1] < 2]
     if short:
         raise InputError(f"the prompt {short[0][:40]!r} is under 2 tokens: it has no next token to predict")

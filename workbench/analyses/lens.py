@@ -30,7 +30,7 @@ from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
 from workbench.interventions.activations import ActivationEdits
 
-__all__ = ["SCALES", "LensResult", "analyse"]
+__all__ = ["SCALES", "LensResult", "analyse", "check_known_tokens"]
 
 METHOD = ("logit lens (nostalgebraist 2020) and direct logit attribution (final-norm scale frozen at the final "
           "residual, as TransformerLens's apply_ln_to_stack)")
@@ -130,7 +130,9 @@ def analyse(tracer, prompt: str | None = None, *, ids: torch.Tensor | None = Non
         raise InputError(f"{tracer.loaded.name} is an encoder; the logit lens reads a causal LM's predictions")
     if (prompt is None) == (ids is None):
         raise InputError("give a prompt or token ids")
-    ids = token_ids(tracer, prompt) if ids is None else ids
+    if ids is None:
+        ids = token_ids(tracer, prompt)
+        check_known_tokens(tracer.loaded.tokenizer, prompt, ids[0], what="the prompt")
     n = ids.shape[1]
     if not -n <= position < n:
         raise InputError(f"position {position} is outside the input's {n} tokens (0..{n - 1}, or -1 for the last)")
@@ -189,7 +191,18 @@ def _target(tokenizer, target, logits: torch.Tensor) -> int:
         if not 0 <= target < logits.numel():
             raise InputError(f"token id {target} is outside the vocabulary (0..{logits.numel() - 1})")
         return target
+    check_known_tokens(tokenizer, target, [token_id(tokenizer, target)], what="the target")
     return token_id(tokenizer, target)
+
+
+def check_known_tokens(tokenizer, text: str, ids, *, what: str) -> None:
+    """Refuse a text the tokenizer could only read as its unknown token (a word outside a small vocabulary): the
+    model would be asked about <unk>, not about the text."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is None or unknown not in [int(i) for i in ids] or str(tokenizer.unk_token) in text:
+        return
+    raise InputError(f"{what} {text[:40]!r} holds text outside this model's vocabulary "
+                     f"(it reads as {tokenizer.unk_token}); use tokens the model knows")
 
 
 def _lens_row(tokenizer, layer: int, n_layers: int, logits: torch.Tensor, target: int, top: int) -> dict:

@@ -12,6 +12,7 @@ from workbench.cli.causal_command import ablate, patch
 from workbench.cli.circuits_command import circuits
 from workbench.cli.export_command import export
 from workbench.cli.inspect_commands import info, models
+from workbench.cli.lens_command import importance, lens
 from workbench.cli.probe_command import probe_app
 from workbench.cli.rollout_command import funnel, rollout
 from workbench.cli.routes_command import routes
@@ -39,9 +40,11 @@ app.command("routes")(routes)
 app.command("circuits")(circuits)
 app.command("rollout")(rollout)
 app.command("funnel")(funnel)
+app.command("lens")(lens)
 # Causal tools
 app.command("patch")(patch)
 app.command("ablate")(ablate)
+app.command("importance")(importance)
 # Probes and the app
 app.add_typer(probe_app, name="probe")
 app.command("app")(app_command)
