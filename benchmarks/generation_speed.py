@@ -77,8 +77,8 @@ def measure(config: str, threads: int, args) -> dict:
         env["PYTHONPATH"] = str(Path(args.before).resolve())
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "capture" if config == "before" else config,
                str(threads), str(args.prompt_tokens), str(args.new_tokens)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(ROOT if config != "before" else
-                                                                                     Path(args.before)))
+    folder = Path(args.before) if config == "before" else ROOT
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=str(folder))
     if done.returncode:
         raise SystemExit(f"{config} worker failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

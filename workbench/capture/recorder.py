@@ -32,7 +32,6 @@ from workbench.kernels import MaskSpec, attention_statistics
 from workbench.traces.names import tensor_name, vision_regions
 from workbench.traces.tokens import REGIONS
 
-
 STAT_AXES = {
     "key_mass": ("head", "key_pos"),
     "key_count": ("key_pos",),

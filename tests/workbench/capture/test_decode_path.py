@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import assert_close, eager_forward, statistics_from_maps
+from workbench.kernels import fused_cpu
 
 import workbench
-from workbench.kernels import fused_cpu
+from tests.helpers import assert_close, eager_forward, statistics_from_maps
 
 pytestmark = pytest.mark.skipif(not fused_cpu.load(), reason="the fused CPU kernel could not be built here")
 
