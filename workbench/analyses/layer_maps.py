@@ -15,7 +15,7 @@ import torch
 from workbench.errors import InputError
 from workbench.traces.names import tensor_name
 
-MAP_BUDGET_BYTES = 512 * 1024 * 1024  # fp32 maps held at once while replaying
+MAP_BUDGET_BYTES = 1024 * 1024 * 1024  # fp32 maps held at once while replaying: fewer, deeper forwards
 
 
 def n_positions(trace, stack: str) -> int:
