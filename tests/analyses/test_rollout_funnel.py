@@ -237,9 +237,14 @@ def test_cli_rollout_and_funnel(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_rollout_equals_released_code(models):
+def test_smollm2_rollout_and_funnel_equal_eager_maps(models):
     loaded = models("smollm2")
     trace = workbench.trace(loaded, "The capital of France is Paris. The capital of Italy is", raw=True)
-    expected = reference_joint_attention(eager_maps(loaded, trace))[-1, -1]
+    maps = eager_maps(loaded, trace)
+    expected = reference_joint_attention(maps)[-1, -1]
     result = rollout.analyse(trace, position=-1, tracer=Tracer.open(loaded))
     assert np.abs(result.relevance - expected).max() < 1e-6
+    spread = funnel.analyse(trace)  # statistics only
+    for row, layer in zip(spread.layers, maps):
+        plogp = np.where(layer > 0, layer * np.log(np.where(layer > 0, layer, 1)), 0.0)
+        assert row["entropy"] == pytest.approx(-plogp.sum(-1).mean(), abs=1e-4)
