@@ -218,5 +218,7 @@ def _top_tokens(trace, relevance: np.ndarray, stack: str, count: int = 10) -> li
         if stack == "text":
             token = trace.tokens[k]
             entry.update(text=token.text, region=token.region)
+        else:  # a vision tower: [CLS], then the patches in order
+            entry.update(text="[CLS]" if k == 0 else f"patch {k - 1}", region="special" if k == 0 else "image")
         out.append(entry)
     return out
