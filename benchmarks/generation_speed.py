@@ -18,6 +18,13 @@ waiting for the cores).
 
     python benchmarks/generation_speed.py --threads 1 2 --repeat 2
     python benchmarks/generation_speed.py --before /tmp/wt-before --threads 1
+
+The editable install maps workbench.kernels, .app and .probes to this checkout's kernels/, app/ and probes/, so
+a --before checkout needs those three as links inside its workbench/ folder, or its capture would run this
+checkout's kernels:
+
+    git worktree add /tmp/wt-before COMMIT && cd /tmp/wt-before/workbench && \
+        ln -s ../kernels kernels && ln -s ../app app && ln -s ../probes probes
 """
 
 from __future__ import annotations
