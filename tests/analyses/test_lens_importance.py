@@ -37,7 +37,7 @@ def _hf_forward(loaded, text):
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 def test_logit_lens_equals_hf_hidden_states_through_the_models_readout(models, name, one_torch_thread):
     loaded = models(name)
-    ids, out = _hf_forward(loaded, PROMPT)
+    _, out = _hf_forward(loaded, PROMPT)
     position, target = 4, 7
     result = lens.analyse(Tracer.open(loaded), PROMPT, position=position, target=target, top=5)
     norm, unembedding = loaded.model.get_decoder().norm if name == "tiny-llama" else loaded.model.transformer.ln_f, \
@@ -76,6 +76,41 @@ def test_direct_logit_attribution_sums_to_the_logit_minus_the_norm_offset(models
     assert direct == pytest.approx(float(out.logits[0, position, target]) - offset, abs=1e-4)
     assert result.offset == pytest.approx(offset, abs=1e-6)
     assert result.residual_error < 1e-4
+
+
+def test_direct_logit_of_each_head_equals_a_hand_written_gpt2_head(models, one_torch_thread):
+    """Per head, not only the sum: each GPT-2 head's output rebuilt by hand from HF's eager attention weights and
+    the values of c_attn on ln_1 of the layer input, through its rows of c_proj, then the frozen final LayerNorm."""
+    loaded = models("tiny-gpt2")
+    hf = copy.deepcopy(loaded.model).eval()
+    hf.set_attn_implementation("eager")
+    ids = loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    position, target = 5, 11
+    captured = {}
+
+    def keep(module, args, output):
+        captured["out"] = output[0] if isinstance(output, tuple) else output
+    hook = hf.transformer.h[-1].register_forward_hook(keep)
+    with torch.no_grad():
+        out = hf(input_ids=ids, output_hidden_states=True, output_attentions=True, use_cache=False)
+        hook.remove()
+        n_heads, d_model = hf.config.n_head, hf.config.n_embd
+        d_head = d_model // n_heads
+        before_norm = captured["out"][0, position].double()  # the last block's output: the final norm's input
+        assert torch.allclose(hf.lm_head(hf.transformer.ln_f(before_norm.float())), out.logits[0, position], atol=1e-4)
+        scale = torch.sqrt(before_norm.var(unbiased=False) + hf.transformer.ln_f.eps)
+        direction = hf.transformer.ln_f.weight.double() * hf.lm_head.weight[target].double()
+        expected = np.zeros((hf.config.n_layer, n_heads))
+        for layer, block in enumerate(hf.transformer.h):
+            values = block.attn.c_attn(block.ln_1(out.hidden_states[layer]))[0, :, 2 * d_model:]  # [key_pos, d]
+            for head in range(n_heads):
+                weights = out.attentions[layer][0, head, position]  # [key_pos]
+                o = weights @ values[:, head * d_head:(head + 1) * d_head]
+                vector = (o @ block.attn.c_proj.weight[head * d_head:(head + 1) * d_head]).double()
+                expected[layer, head] = float(((vector - vector.mean()) / scale) @ direction)
+    result = lens.analyse(Tracer.open(loaded), PROMPT, position=position, target=target)
+    assert np.abs(result.heads - expected).max() < 1e-4
+    assert np.abs(expected).max() > 1e-2  # the heads do write something here
 
 
 def test_direct_logit_attribution_on_planted_heads(models, one_torch_thread):

@@ -8,7 +8,6 @@ position inside a prompt, a target of one token) is checked right after it, befo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,21 +26,21 @@ def _open(model: str, threads: int | None, dtype: str = "float32"):
 
 
 def lens(
-    bundle: Optional[Path] = typer.Argument(None, help="A NAME.wbtrace folder: its tokens are run through its model "
+    bundle: Path | None = typer.Argument(None, help="A NAME.wbtrace folder: its tokens are run through its model "
                                                        "(or --model). Or give --model and --prompt instead."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registry name, local dir or hub id."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt (fed as is, no chat template)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Registry name, local dir or hub id."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt (fed as is, no chat template)."),
     pos: int = typer.Option(-1, "--pos", help="Token position whose prediction to read (-1 = the last)."),
-    target: Optional[str] = typer.Option(None, "--target", help="The target token as text, e.g. ' Paris' (one token) "
+    target: str | None = typer.Option(None, "--target", help="The target token as text, e.g. ' Paris' (one token) "
                                                                 "[default: the model's top prediction]."),
     top: int = typer.Option(10, "--top", help="Top tokens listed per layer."),
     scale: str = typer.Option("final", "--scale", help="'final': components scaled by the final residual's norm "
                                                        "scale (TransformerLens's default; they sum to the logit) or "
                                                        "'recompute': each component through the norm on its own."),
     store: bool = typer.Option(True, "--store/--no-store", help="With a bundle: write results/lens.json into it."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
                                                                   "the load average, at least 1]."),
 ) -> None:
     """Logit lens per layer and direct logit attribution per head for one position's prediction."""
@@ -88,16 +87,16 @@ def lens(
 def importance(
     model: str = typer.Option(..., "--model", "-m", help="Registry name, local dir or hub id."),
     prompts: Path = typer.Option(..., "--prompts", help="JSONL of prompts ({\"prompt\": ...} per line)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="The first N prompts."),
+    limit: int | None = typer.Option(None, "--limit", help="The first N prompts."),
     normalise: str = typer.Option("layer", "--normalise", help="'layer' (each layer's scores divided by their L2 "
                                                                "norm, as the paper's released code) or 'none'."),
     curve: bool = typer.Option(False, "--curve", help="Also the pruning curve: loss and accuracy as heads are "
                                                       "zero-ablated in importance order."),
     order: str = typer.Option("least", "--order", help="Curve: remove the 'least' important first (the paper) or "
                                                        "the 'most' important first."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
                                                                   "the load average, at least 1]."),
 ) -> None:
     """Head importance (Michel et al. 2019): mean |dL/dm_h| through a head mask, and the pruning curve."""
