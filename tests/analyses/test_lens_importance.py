@@ -233,3 +233,21 @@ def test_cli_lens_on_a_bundle_and_importance(models, tmp_path):
 def test_cli_mistakes_are_one_line_before_the_model_loads(args, message):
     code, _, err = run_cli(*args)
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_smollm2_lens_and_attribution_against_hf(models):
+    loaded = models("smollm2")
+    text = "The capital of France is"
+    ids, out = _hf_forward(loaded, text)
+    target = loaded.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    result = lens.analyse(Tracer.open(loaded), text, target=" Paris")
+    logit = float(out.logits[0, -1, target])
+    assert result.layers[-1]["target_logit"] == pytest.approx(logit, abs=1e-3)
+    assert result.layers[-1]["target_rank"] == 1  # SmolLM2 continues with " Paris"
+    norm, unembedding = readout(loaded.model)
+    with torch.inference_mode():
+        middle = unembedding(norm(out.hidden_states[15][0, -1])).double()
+    assert result.layers[15]["target_logit"] == pytest.approx(float(middle[target]), abs=1e-3)
+    assert result.total == pytest.approx(logit, abs=1e-3)  # RMSNorm, no biases: the offset is 0
+    assert result.offset == 0.0
