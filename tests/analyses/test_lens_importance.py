@@ -239,7 +239,7 @@ def test_cli_mistakes_are_one_line_before_the_model_loads(args, message):
 def test_smollm2_lens_and_attribution_against_hf(models):
     loaded = models("smollm2")
     text = "The capital of France is"
-    ids, out = _hf_forward(loaded, text)
+    _, out = _hf_forward(loaded, text)
     target = loaded.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
     result = lens.analyse(Tracer.open(loaded), text, target=" Paris")
     logit = float(out.logits[0, -1, target])
