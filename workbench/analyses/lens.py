@@ -23,7 +23,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from workbench.analyses.causal.metrics import token_id
 from workbench.analyses.causal.sweep import token_ids
 from workbench.analyses.readout import lens_logits, norm_terms, rank_of, readout
 from workbench.analyses.result import HeadMetric, Result, stored_version
@@ -191,8 +190,13 @@ def _target(tokenizer, target, logits: torch.Tensor) -> int:
         if not 0 <= target < logits.numel():
             raise InputError(f"token id {target} is outside the vocabulary (0..{logits.numel() - 1})")
         return target
-    check_known_tokens(tokenizer, target, [token_id(tokenizer, target)], what="the target")
-    return token_id(tokenizer, target)
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise InputError(f"the target {target!r} is {len(ids)} tokens for this model "
+                         f"({[tokenizer.decode([i]) for i in ids]}); give one token (a word inside a sentence usually "
+                         "needs its leading space)")
+    check_known_tokens(tokenizer, target, ids, what="the target")
+    return int(ids[0])
 
 
 def check_known_tokens(tokenizer, text: str, ids, *, what: str) -> None:

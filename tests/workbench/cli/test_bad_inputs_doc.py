@@ -48,6 +48,7 @@ def workspace(tmp_path_factory, models):
     (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (root / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
     (root / "good.jsonl").write_text('{"prompt": "ok"}\n')
+    (root / "words.jsonl").write_text('{"prompt": "castle ladder castle ladder"}\n')
     (root / "empty.wbtrace").mkdir()
     (root / "stuff").mkdir()
     (root / "stuff" / "notes.txt").write_text("not a sweep")
@@ -191,6 +192,10 @@ def cli_cases(root: Path) -> list[tuple[int, str, list]]:
                                                              "--distractor", "d"]),
         (2, "patch --answer of two tokens", ["patch", "-m", "planted-induction", "--clean", "a b c", "--corrupted",
                                              "a b d", "--answer", "c d", "--distractor", "d"]),
+        (2, "lens --pos outside the bundle", ["lens", root / "good.wbtrace", "--pos", "999"]),
+        (2, "lens --target of two tokens", ["lens", "-m", "planted-induction", "-p", "a b c", "--target", "a b"]),
+        (2, "importance on words a letter model cannot read", ["importance", "-m", "planted-induction", "--prompts",
+                                                               root / "words.jsonl"]),
         (2, "export --view nope", ["export", root / "good.wbtrace", "--view", "nope", "--out", root / "view.html"]),
         (3, "--maps 0-30000000", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0-30000000"]),
         (3, "--maps 0:0-2000000 (the message stays short)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps",
