@@ -15,6 +15,8 @@ outputs, logits and the generation reflect it. Each runtime reports what it move
   intervention changes in the next-token distribution and the greedy answer.
 - `activations.py`: head outputs and residual streams recorded and overwritten per batch row (the ablation and
   activation patching of `workbench.analyses.causal`).
+- `head_mask.py`: every head's output times a mask [layer, head] (head importance differentiates it; zeros are
+  zero-ablation, the pruning curve of `workbench.analyses.importance`).
 
 This package sits above `workbench.capture`: capture's attention implementation only knows that a runtime with an
 `apply(...)` method may be active; the interventions themselves live here.
