@@ -18,6 +18,7 @@ from workbench.app.pages.common import (
     graph,
     guarded,
     guarded_layout,
+    health_warning,
     hint_panel,
     link,
     no_bundle,
@@ -81,6 +82,16 @@ def _options(count: int, prefix: str) -> list[dict]:
     return [{"label": f"{prefix} {i}", "value": i} for i in range(count)]
 
 
+def pair_health_warning(a: str, b: str):
+    """The shell's numerics warning for either bundle of the pair, as one block (the shell shows one id per page)."""
+    found = [(name, health_warning(bundle)) for name, bundle in (("A", a), ("B", b))]
+    found = [(name, warning) for name, warning in found if warning is not None]
+    if not found:
+        return None
+    return html.Div([html.Div([html.Strong(f"{name}: "), *warning.children]) for name, warning in found],
+                    id="wb-health", className="wb-warning", role="alert")
+
+
 @guarded_layout
 def layout(a=None, b=None, bundle=None, metric=None, layer=None, head=None, **_):
     store = data()
@@ -115,6 +126,7 @@ def layout(a=None, b=None, bundle=None, metric=None, layer=None, head=None, **_)
     return html.Div([
         html.H2("Compare two bundles"),
         pickers,
+        pair_health_warning(a, b),
         html.Div([describe(store, "A", a), describe(store, "B", b)]
                  + [html.Div("• " + text, className="wb-muted") for text in aligned.notes()],
                  className="wb-summary", id="compare-summary"),
