@@ -219,6 +219,55 @@ struct Run {
   int64_t start, end, region;
 };
 
+// The checked, unit-stride inputs of one kernel call, shared by the blocked and the decode kernels.
+struct Call {
+  at::Tensor query, key, value, key_start, key_end;
+  int64_t batch, heads, n_queries, d, kv_heads, n_keys, d_value, group;
+  const int64_t* start_data;
+  const int64_t* end_data;
+  int64_t bounds_batch_stride;  // 0 when one set of key intervals serves every batch row
+  std::vector<Run> runs;
+};
+
+Call prepare_call(const char* name, const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in,
+                  const at::Tensor& key_start_in, const at::Tensor& key_end_in, const at::Tensor& runs_in) {
+  TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
+  TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
+                  value_in.scalar_type() == at::kFloat, name, " takes fp32");
+  TORCH_CHECK(query_in.device().is_cpu(), name, " runs on CPU tensors");
+  Call call;
+  call.query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
+  call.key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
+  call.value = value_in.stride(3) == 1 ? value_in : value_in.contiguous();
+  call.batch = call.query.size(0), call.heads = call.query.size(1), call.n_queries = call.query.size(2);
+  call.d = call.query.size(3);
+  call.kv_heads = call.key.size(1), call.n_keys = call.key.size(2), call.d_value = call.value.size(3);
+  TORCH_CHECK(call.heads % call.kv_heads == 0 && call.value.size(1) == call.kv_heads &&
+                  call.value.size(2) == call.n_keys, "bad kv shapes");
+  call.group = call.heads / call.kv_heads;
+
+  call.key_start = key_start_in.to(at::kLong).contiguous();
+  call.key_end = key_end_in.to(at::kLong).contiguous();
+  const at::Tensor& key_start = call.key_start;
+  TORCH_CHECK(key_start.dim() == 2 && key_start.sizes() == call.key_end.sizes() &&
+                  key_start.size(1) == call.n_queries && (key_start.size(0) == 1 || key_start.size(0) == call.batch),
+              "key_start / key_end must be [batch or 1, query_pos]");
+  call.start_data = key_start.data_ptr<int64_t>();
+  call.end_data = call.key_end.data_ptr<int64_t>();
+  for (int64_t r = 0; r < key_start.numel(); ++r)
+    TORCH_CHECK(0 <= call.start_data[r] && call.start_data[r] <= call.end_data[r] && call.end_data[r] <= call.n_keys,
+                "key intervals must satisfy 0 <= start <= end <= key_pos");
+  call.bounds_batch_stride = key_start.size(0) == 1 ? 0 : call.n_queries;
+
+  const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
+  call.runs.resize(runs_t.size(0));
+  for (size_t r = 0; r < call.runs.size(); ++r) {
+    const int64_t* row = runs_t.data_ptr<int64_t>() + 3 * r;
+    call.runs[r] = {row[0], row[1], row[2]};
+  }
+  return call;
+}
+
 }  // namespace
 
 // query [B, H, q, d], key / value [B, Hkv, k, d] fp32 with unit stride on d; key_start / key_end
@@ -230,36 +279,13 @@ std::vector<at::Tensor> fused_attention_statistics(
     const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in, double scaling,
     const at::Tensor& key_start_in, const at::Tensor& key_end_in, const at::Tensor& runs_in, int64_t n_regions,
     int64_t block_q) {
-  TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
-  TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
-                  value_in.scalar_type() == at::kFloat, "fused_attention_statistics takes fp32");
-  TORCH_CHECK(query_in.device().is_cpu(), "fused_attention_statistics runs on CPU tensors");
-  const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
-  const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
-  const at::Tensor value = value_in.stride(3) == 1 ? value_in : value_in.contiguous();
-  const int64_t batch = query.size(0), heads = query.size(1), n_queries = query.size(2), d = query.size(3);
-  const int64_t kv_heads = key.size(1), n_keys = key.size(2), d_value = value.size(3);
-  TORCH_CHECK(heads % kv_heads == 0 && value.size(1) == kv_heads && value.size(2) == n_keys, "bad kv shapes");
-  const int64_t group = heads / kv_heads;
-
-  const at::Tensor key_start = key_start_in.to(at::kLong).contiguous();
-  const at::Tensor key_end = key_end_in.to(at::kLong).contiguous();
-  TORCH_CHECK(key_start.dim() == 2 && key_start.sizes() == key_end.sizes() && key_start.size(1) == n_queries &&
-                  (key_start.size(0) == 1 || key_start.size(0) == batch),
-              "key_start / key_end must be [batch or 1, query_pos]");
-  const int64_t* start_data = key_start.data_ptr<int64_t>();
-  const int64_t* end_data = key_end.data_ptr<int64_t>();
-  for (int64_t r = 0; r < key_start.numel(); ++r)
-    TORCH_CHECK(0 <= start_data[r] && start_data[r] <= end_data[r] && end_data[r] <= n_keys,
-                "key intervals must satisfy 0 <= start <= end <= key_pos");
-  const int64_t bounds_batch_stride = key_start.size(0) == 1 ? 0 : n_queries;
-
-  const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
-  std::vector<Run> runs(runs_t.size(0));
-  for (size_t r = 0; r < runs.size(); ++r) {
-    const int64_t* row = runs_t.data_ptr<int64_t>() + 3 * r;
-    runs[r] = {row[0], row[1], row[2]};
-  }
+  const Call call = prepare_call("fused_attention_statistics", query_in, key_in, value_in, key_start_in, key_end_in, runs_in);
+  const at::Tensor &query = call.query, &key = call.key, &value = call.value;
+  const int64_t batch = call.batch, heads = call.heads, n_queries = call.n_queries, d = call.d;
+  const int64_t kv_heads = call.kv_heads, n_keys = call.n_keys, d_value = call.d_value, group = call.group;
+  const int64_t *start_data = call.start_data, *end_data = call.end_data;
+  const int64_t bounds_batch_stride = call.bounds_batch_stride;
+  const std::vector<Run>& runs = call.runs;
 
   static const SgemmFn sgemm = find_sgemm();
   TORCH_CHECK(sgemm != nullptr, "no BLAS sgemm found in this process; use the two-pass statistics");
@@ -359,36 +385,13 @@ std::vector<at::Tensor> fused_attention_statistics(
 std::vector<at::Tensor> fused_decode_statistics(
     const at::Tensor& query_in, const at::Tensor& key_in, const at::Tensor& value_in, double scaling,
     const at::Tensor& key_start_in, const at::Tensor& key_end_in, const at::Tensor& runs_in, int64_t n_regions) {
-  TORCH_CHECK(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4, "query, key, value must be 4-d");
-  TORCH_CHECK(query_in.scalar_type() == at::kFloat && key_in.scalar_type() == at::kFloat &&
-                  value_in.scalar_type() == at::kFloat, "fused_decode_statistics takes fp32");
-  TORCH_CHECK(query_in.device().is_cpu(), "fused_decode_statistics runs on CPU tensors");
-  const at::Tensor query = query_in.stride(3) == 1 ? query_in : query_in.contiguous();
-  const at::Tensor key = key_in.stride(3) == 1 ? key_in : key_in.contiguous();
-  const at::Tensor value = value_in.stride(3) == 1 ? value_in : value_in.contiguous();
-  const int64_t batch = query.size(0), heads = query.size(1), n_queries = query.size(2), d = query.size(3);
-  const int64_t kv_heads = key.size(1), n_keys = key.size(2), d_value = value.size(3);
-  TORCH_CHECK(heads % kv_heads == 0 && value.size(1) == kv_heads && value.size(2) == n_keys, "bad kv shapes");
-  const int64_t group = heads / kv_heads;
-
-  const at::Tensor key_start = key_start_in.to(at::kLong).contiguous();
-  const at::Tensor key_end = key_end_in.to(at::kLong).contiguous();
-  TORCH_CHECK(key_start.dim() == 2 && key_start.sizes() == key_end.sizes() && key_start.size(1) == n_queries &&
-                  (key_start.size(0) == 1 || key_start.size(0) == batch),
-              "key_start / key_end must be [batch or 1, query_pos]");
-  const int64_t* start_data = key_start.data_ptr<int64_t>();
-  const int64_t* end_data = key_end.data_ptr<int64_t>();
-  for (int64_t r = 0; r < key_start.numel(); ++r)
-    TORCH_CHECK(0 <= start_data[r] && start_data[r] <= end_data[r] && end_data[r] <= n_keys,
-                "key intervals must satisfy 0 <= start <= end <= key_pos");
-  const int64_t bounds_batch_stride = key_start.size(0) == 1 ? 0 : n_queries;
-
-  const at::Tensor runs_t = runs_in.to(at::kLong).contiguous();
-  std::vector<Run> runs(runs_t.size(0));
-  for (size_t r = 0; r < runs.size(); ++r) {
-    const int64_t* row = runs_t.data_ptr<int64_t>() + 3 * r;
-    runs[r] = {row[0], row[1], row[2]};
-  }
+  const Call call = prepare_call("fused_decode_statistics", query_in, key_in, value_in, key_start_in, key_end_in, runs_in);
+  const at::Tensor &query = call.query, &key = call.key, &value = call.value;
+  const int64_t batch = call.batch, heads = call.heads, n_queries = call.n_queries, d = call.d;
+  const int64_t kv_heads = call.kv_heads, n_keys = call.n_keys, d_value = call.d_value, group = call.group;
+  const int64_t *start_data = call.start_data, *end_data = call.end_data;
+  const int64_t bounds_batch_stride = call.bounds_batch_stride;
+  const std::vector<Run>& runs = call.runs;
 
   const auto f32 = query.options();
   at::Tensor output = at::zeros({batch, n_queries, heads, d_value}, f32);

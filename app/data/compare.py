@@ -11,12 +11,11 @@ statistics (no maps) except `map_difference`, and is pure: the page adds caching
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from workbench.app.data.maps import Window, clamp_range
+from workbench.app.data.maps import Window, window
 from workbench.app.data.tensors import stat
 
 from workbench.traces import metrics as definitions
@@ -217,18 +216,5 @@ def map_difference(map_a: torch.Tensor, map_b: torch.Tensor) -> torch.Tensor:
 
 
 def signed_window(full: torch.Tensor, q_range=None, k_range=None, *, max_cells: int = 400) -> Window:
-    """Like `maps.window` for a signed map (a difference): each block keeps its value of largest magnitude,
-    sign included, so a change of either sign stays visible at any length (max-pooling would hide decreases)."""
-    n_q, n_k = full.shape
-    q0, q1 = clamp_range(q_range, n_q)
-    k0, k1 = clamp_range(k_range, n_k)
-    piece = full[q0:q1, k0:k1].float()
-    q_step = max(1, math.ceil((q1 - q0) / max_cells))
-    k_step = max(1, math.ceil((k1 - k0) / max_cells))
-    if q_step > 1 or k_step > 1:
-        pool = torch.nn.functional.max_pool2d
-        shape = dict(kernel_size=(q_step, k_step), stride=(q_step, k_step), ceil_mode=True)
-        high = pool(piece[None, None], **shape)[0, 0]
-        low = -pool(-piece[None, None], **shape)[0, 0]
-        piece = torch.where(low.abs() > high.abs(), low, high)
-    return Window(piece.numpy().astype(np.float32, copy=False), q0, q1, k0, k1, q_step, k_step)
+    """`maps.window` for a signed map (a difference): each block keeps its value of largest magnitude."""
+    return window(full, q_range, k_range, max_cells=max_cells, signed=True)

@@ -58,8 +58,11 @@ def clamp_range(span, n: int) -> tuple[int, int]:
     return start, end
 
 
-def window(full: torch.Tensor, q_range=None, k_range=None, *, max_cells: int = DEFAULT_MAX_CELLS) -> Window:
-    """Slice [q_range) x [k_range) out of `full` [query_pos, key_pos] and max-pool it to <= max_cells per side."""
+def window(full: torch.Tensor, q_range=None, k_range=None, *, max_cells: int = DEFAULT_MAX_CELLS,
+           signed: bool = False) -> Window:
+    """Slice [q_range) x [k_range) out of `full` [query_pos, key_pos] and max-pool it to <= max_cells per side.
+    signed=True (a difference of maps): each block keeps its value of largest magnitude, sign included, so a
+    change of either sign stays visible at any length (max-pooling would hide decreases)."""
     n_q, n_k = full.shape
     q0, q1 = clamp_range(q_range, n_q)
     k0, k1 = clamp_range(k_range, n_k)
@@ -67,8 +70,14 @@ def window(full: torch.Tensor, q_range=None, k_range=None, *, max_cells: int = D
     q_step = max(1, math.ceil((q1 - q0) / max_cells))
     k_step = max(1, math.ceil((k1 - k0) / max_cells))
     if q_step > 1 or k_step > 1:
-        piece = torch.nn.functional.max_pool2d(piece[None, None], kernel_size=(q_step, k_step),
-                                               stride=(q_step, k_step), ceil_mode=True)[0, 0]
+        def pool(values):
+            return torch.nn.functional.max_pool2d(values[None, None], kernel_size=(q_step, k_step),
+                                                  stride=(q_step, k_step), ceil_mode=True)[0, 0]
+        high = pool(piece)
+        if signed:
+            low = -pool(-piece)
+            high = torch.where(low.abs() > high.abs(), low, high)
+        piece = high
     return Window(piece.numpy().astype(np.float32, copy=False), q0, q1, k0, k1, q_step, k_step)
 
 

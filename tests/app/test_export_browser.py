@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.app import test_browser as shared_browser
 from tests.app.app_helpers import ARTIFACTS, Server
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+browser = shared_browser.browser  # the one module-scoped Chromium fixture of the app tests
 TIMEOUT = 60_000
 
 # What a reader sees of each figure: trace count and types, heatmap shape, tick labels as drawn in the SVG.
@@ -35,18 +35,6 @@ FIGURES = """() => Array.from(document.querySelectorAll('main .js-plotly-plot'))
                 const href = node.getAttribute('href') || node.getAttribute('xlink:href') || '';
                 return (gd._fullLayout.images || []).some(function (i) { return i.source === href; }); }).length};
 })"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is missing; run `make browser`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield launched
-        launched.close()
 
 
 def run_export(*args) -> str:

@@ -145,19 +145,19 @@ class Tracer:
     def last_logits(self, input_ids: torch.Tensor, *, edit=None) -> torch.Tensor:
         """Logits [batch, vocab] (fp32, CPU) of the last row of one forward over token ids [batch, query_pos]: no
         cache, no capture, `edit` seeing every attention output as in `editing` (ablation and patching runs)."""
-        model = self._backend.hf_model()
-        with torch.inference_mode(), self.editing(edit):
-            output = model(input_ids=input_ids.to(self.loaded.device), use_cache=False, logits_to_keep=1)
-        return output.logits[:, -1].float().cpu()
+        return self.logits(input_ids, edit=edit, last_only=True)[:, -1].float().cpu()
 
-    def logits(self, input_ids: torch.Tensor, *, edit=None, gradients: bool = False) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, *, edit=None, gradients: bool = False,
+               last_only: bool = False) -> torch.Tensor:
         """Logits [batch, query_pos, vocab] of one forward over token ids [batch, query_pos] (no cache, no capture),
         `edit` seeing every attention output as in `editing`. gradients=True keeps the autograd graph, so a caller
-        can differentiate through the edit (head importance differentiates a head mask); else inference mode."""
+        can differentiate through the edit (head importance differentiates a head mask); else inference mode.
+        last_only: the last row only ([batch, 1, vocab]; the unembedding of the other rows is skipped)."""
         model = self._backend.hf_model()
         mode = contextlib.nullcontext() if gradients else torch.inference_mode()
+        keep = {"logits_to_keep": 1} if last_only else {}
         with mode, self.editing(edit):
-            return model(input_ids=input_ids.to(self.loaded.device), use_cache=False).logits
+            return model(input_ids=input_ids.to(self.loaded.device), use_cache=False, **keep).logits
 
     # -- stored bundles ---------------------------------------------------------------------------------------
     def replay(self, trace, *, layers: Sequence[int], stack: str = "text", heads: Sequence[int] | None = None,

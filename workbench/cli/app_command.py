@@ -44,12 +44,10 @@ def app_command(
     if not traces.is_dir():
         raise InputError(f"--traces {traces} is not a folder; trace something first (`make demo` writes out/demo) "
                          "or create the folder")
-    for folder in images or []:
-        if not folder.is_dir():
-            raise InputError(f"--images {folder} is not a folder")
-    for folder in allow_model_dir or []:
-        if not folder.is_dir():
-            raise InputError(f"--allow-model-dir {folder} is not a folder")
+    from workbench.cli.paths import check_folders
+
+    check_folders("--images", images)
+    check_folders("--allow-model-dir", allow_model_dir)
     if not 0 <= port <= 65535:
         raise InputError("--port must be between 0 and 65535")
     from workbench import option_checks as options

@@ -118,7 +118,7 @@ def export(
     """Save one view of the app as a self-contained HTML file or a PNG (headless Chromium; no server left running)."""
     from workbench import option_checks as options
     from workbench.app.export_capture import is_our_html, is_our_png
-    from workbench.cli.paths import check_output
+    from workbench.cli.paths import check_folders, check_output
 
     kind = SUFFIXES.get(out.suffix.lower())
     if kind is None:
@@ -127,22 +127,15 @@ def export(
     if view.strip("/") not in views:
         raise InputError(f"--view {view} is not a view; choose one of {', '.join(views)}")
     path = views[view.strip("/")]
-    if not 600 <= width <= 4000:
-        raise InputError("--width must be between 600 and 4000")
-    if not 1 <= scale <= 4:
-        raise InputError("--scale must be between 1 and 4")
-    if not 1 <= timeout <= 3600:
-        raise InputError("--timeout must be between 1 and 3600 seconds")
+    options.count("--width", width, low=600, high=4000)
+    options.real("--scale", scale, low=1, high=4)
+    options.real("--timeout", timeout, low=1, high=3600)
     for value, option in ((layer, "--layer"), (head, "--head"), (pos, "--pos")):
         if value is not None:
             options.count(option, value, low=0, high=1_000_000)
     extra = parse_params(param or [])
-    for folder in images or []:
-        if not folder.is_dir():
-            raise InputError(f"--images {folder} is not a folder")
-    for folder in allow_model_dir or []:
-        if not folder.is_dir():
-            raise InputError(f"--allow-model-dir {folder} is not a folder")
+    check_folders("--images", images)
+    check_folders("--allow-model-dir", allow_model_dir)
     out = check_output(out, force=force, what="export", ours=is_our_html if kind == "html" else is_our_png,
                        ours_is="an export of the workbench")
     root, bundle_name = bundle_id(bundle)

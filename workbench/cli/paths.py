@@ -10,10 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workbench.errors import OutputExistsError
+from workbench.errors import InputError, OutputExistsError
 from workbench.output_paths import check_output, check_place, output_folder  # noqa: F401  (re-exported)
 
 STDOUT = "-"
+
+
+def check_folders(option: str, folders: list[Path] | None) -> list[Path]:
+    """Every folder of a repeatable folder option (`--images`, `--allow-model-dir`) exists; they are returned."""
+    for folder in folders or []:
+        if not folder.is_dir():
+            raise InputError(f"{option} {folder} is not a folder")
+    return list(folders or [])
 
 
 def is_stdout(path: Path | str | None) -> bool:
