@@ -41,6 +41,15 @@ ANALYSES: dict[str, Analysis] = {a.key: a for a in [
     Analysis("circuits", "circuits", "SVD head-to-head circuits (Franco & Crovella 2024)",
              "workbench circuits {bundle}"),
     Analysis("probe", "lookback", "hallucination probe scores (Lookback Lens)", "workbench trace ... --probe PROBE"),
+    Analysis("patching", "patching", "activation patching result",
+             "workbench patch --model MODEL --pairs PAIRS.jsonl --store {bundle}"),
+    Analysis("ablation", "ablation", "head ablation result",
+             "workbench ablate --model MODEL --pairs PAIRS.jsonl --store {bundle}"),
+    Analysis("importance", "importance", "head importance (Michel et al. 2019)",
+             "workbench importance --model MODEL --prompts PROMPTS.jsonl --curve --store {bundle}"),
+    Analysis("lens", "lens", "logit lens / direct logit attribution", "workbench lens {bundle} --pos POS"),
+    Analysis("rollout", "rollout", "attention rollout or flow (Abnar & Zuidema 2020)",
+             "workbench rollout {bundle} --pos POS"),
 ]}
 
 
@@ -80,6 +89,19 @@ def find(results: dict, key: str) -> Found | None:
         return None
     result, warnings = read(names[0], results[names[0]])
     return Found(names[0], result, tuple(warnings))
+
+
+def find_all(results: dict, key: str) -> list[Found]:
+    """Every stored result of an analysis (e.g. results/rollout.json and results/flow.json), canonical file first."""
+    analysis = ANALYSES[key].analysis
+    names = sorted((name for name, data in results.items() if analysis_of(name, data) == analysis),
+                   key=lambda name: (name != analysis, name))
+    return [Found(name, *_read_found(name, results[name])) for name in names]
+
+
+def _read_found(name: str, data) -> tuple[Result | None, tuple[str, ...]]:
+    result, warnings = read(name, data)
+    return result, tuple(warnings)
 
 
 def hint(key: str, bundle_path=None, trace=None) -> str:
