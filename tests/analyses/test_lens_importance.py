@@ -214,9 +214,11 @@ def test_cli_lens_on_a_bundle_and_importance(models, tmp_path):
     assert (bundle / "results" / "lens.json").is_file()
     prompts = data_root() / "prompts" / "induction_letters.jsonl"
     code, out, err = run_cli("importance", "--model", "planted-induction", "--prompts", prompts, "--limit", "2",
-                             "--json", tmp_path / "i.json")
+                             "--json", tmp_path / "i.json", "--store", bundle)
     assert code == 0, err
-    assert json.loads((tmp_path / "i.json").read_text())["analysis"] == "importance"
+    written = json.loads((tmp_path / "i.json").read_text())
+    assert written["analysis"] == "importance"
+    assert json.loads((bundle / "results" / "importance.json").read_text()) == written  # the app reads this one
 
 
 @pytest.mark.parametrize("args, message", [
@@ -229,6 +231,8 @@ def test_cli_lens_on_a_bundle_and_importance(models, tmp_path):
     (("importance", "--model", "no-such-model-anywhere", "--prompts", "no-such.jsonl"), "does not exist"),
     (("importance", "--model", "no-such-model-anywhere", "--prompts", "x.jsonl", "--normalise", "l1"), "--normalise"),
     (("importance", "--model", "no-such-model-anywhere", "--prompts", "x.jsonl", "--order", "random"), "--order"),
+    (("importance", "--model", "no-such-model-anywhere", "--prompts", str(data_root() / "prompts" /
+      "induction_letters.jsonl"), "--store", "no-such.wbtrace"), "no such bundle"),
 ])
 def test_cli_mistakes_are_one_line_before_the_model_loads(args, message):
     code, _, err = run_cli(*args)

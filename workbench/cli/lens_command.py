@@ -94,6 +94,8 @@ def importance(
                                                       "zero-ablated in importance order."),
     order: str = typer.Option("least", "--order", help="Curve: remove the 'least' important first (the paper) or "
                                                        "the 'most' important first."),
+    store: Path | None = typer.Option(None, "--store", help="Also store the result in this trace bundle "
+                                                            "(results/importance.json), for the app's Causal view."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs minus "
@@ -115,6 +117,11 @@ def importance(
     texts = [item["prompt"] for item in read_prompts(prompts)][:limit]
     if not texts:
         raise InputError(f"{prompts} holds no prompt")
+    bundle = None
+    if store is not None:  # opened (and checked) before the model loads
+        import workbench
+
+        bundle = workbench.load(store)
     tracer = _open(model, threads)
     from workbench.cli.progress import progress_bars
 
@@ -128,7 +135,7 @@ def importance(
             bars.update(tasks[stage], completed=done, total=total)
 
         result = analysis.analyse(tracer, texts, normalise=normalise, curve=curve, order=order, progress=progress)
-    _finish(None, result, json_out, lambda: _print_importance(result))
+    _finish(bundle, result, json_out, lambda: _print_importance(result))
 
 
 def _finish(trace, result, json_out, summary) -> None:
