@@ -31,6 +31,8 @@ class PreparedInput:
     tokens: list[Token]
     meta: dict  # prompt, system, raw, chat_template, image {sha256, width, height, source}
     image: object = None  # the RGB PIL image the processor saw (stored in the bundle as inputs.image)
+    offsets: list | None = None  # (start, end) characters of every position in meta["text"]
+    spans: object = None  # user spans placed on the tokens (`workbench.capture.spans.TokenSpans`), or None
 
     def image_positions(self) -> list[int]:
         """Positions of the image tokens in the input."""
@@ -102,6 +104,10 @@ def _patch_grid(n_image_tokens: int) -> tuple[int, bool]:
 
 def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str | None = None,
                   raw: bool = False) -> PreparedInput:
+    if loaded.kind == "vision":
+        from workbench.capture.vision_inputs import prepare_vision_input
+
+        return prepare_vision_input(loaded, prompt, image)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty; pass some text with --prompt")
     if image is not None and loaded.kind != "vlm":
@@ -136,7 +142,7 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
         model_inputs["token_type_ids"] = encoded["token_type_ids"]
     meta = {"prompt": prompt, "system": system, "raw": raw, "chat_template": use_template, "text": text,
             "image": image_meta}
-    return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image)
+    return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image, offsets)
 
 
 def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system) -> list[Token]:

@@ -39,6 +39,8 @@ STAT_AXES = {
     "prompt_key_count": ("key_pos",),
     "region_mass": ("head", "query_pos", "region"),
     "region_count": ("query_pos", "region"),
+    "span_mass": ("head", "query_pos", "span"),
+    "span_count": ("query_pos", "span"),
     "entropy": ("head", "query_pos"),
     "normaliser": ("head", "query_pos"),
     "top_index": ("head", "query_pos", "top"),
@@ -91,9 +93,22 @@ class Recorder:
         self.counts = CountGroups(self.capacity)  # mask-only counts, one per set of layers sharing masks
         self._places: dict[tuple[int, int], tuple] = {}  # (id(module), heads) -> (stack, layer, map heads)
         self._choices: dict[tuple, object] = {}  # this forward's kernel choices (`kernel_for`)
+        self.n_spans = 0  # user spans of the text stack (`set_spans`); keys then carry cell ids (capture/spans.py)
+        self._span_ids: torch.Tensor | None = None
+
+    def set_spans(self, span_ids: torch.Tensor, n_spans: int) -> None:
+        """Measure `n_spans` user spans as well as the regions: span_ids [prompt positions] (n_spans: no span). Call
+        before `set_regions("text", ...)`; text keys then carry cell ids, split back after each kernel call."""
+        self.n_spans = n_spans
+        self._span_ids = torch.full((self.capacity["text"],), n_spans, dtype=torch.long)
+        self._span_ids[:len(span_ids)] = span_ids
 
     # -- driven by the tracer -------------------------------------------------------------------------
     def set_regions(self, stack: str, regions: torch.Tensor, start: int = 0) -> None:
+        if stack == "text" and self.n_spans:
+            from workbench.capture.spans import cell_ids
+
+            regions = cell_ids(regions, self._span_ids[start:start + len(regions)], self.n_spans)
         if stack not in self.key_regions:
             self.key_regions[stack] = torch.zeros(len(regions), dtype=torch.long)
             self.capacity[stack] = len(regions)
@@ -113,12 +128,14 @@ class Recorder:
             return handles
         for index, layer_module in enumerate(self.layout.stacks["text"].layers):
             def hook(module, args, kwargs, index=index):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                buffer = self._layer_buffers("text", index)
-                rows = slice(self.step_start, self.step_start + hidden.shape[1])
-                buffer["hidden_in"][rows] = hidden[0].detach().float()
+                self.record_hidden(index, (args[0] if args else kwargs["hidden_states"])[0])
             handles.append(layer_module.register_forward_pre_hook(hook, with_kwargs=True))
         return handles
+
+    def record_hidden(self, layer: int, hidden: torch.Tensor) -> None:
+        """The residual stream entering text `layer` for this forward's rows: hidden [query_pos, d_model]."""
+        rows = slice(self.step_start, self.step_start + hidden.shape[0])
+        self._layer_buffers("text", layer)["hidden_in"][rows] = hidden.detach().float()
 
     # -- driven by the attention implementation --------------------------------------------------------
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, attn_output,
@@ -129,7 +146,7 @@ class Recorder:
         mask = self.mask_for(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling, mask=mask,
-            key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS),
+            key_regions=call["key_regions"].to(query.device), n_regions=call["n_regions"],
             top_k=self.plan.top_k, map_heads=call["map_heads"], implementation=kernel,
             log_normaliser=log_normaliser,
         )
@@ -146,7 +163,7 @@ class Recorder:
         shared = self.visibility(call, mask, query)
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
-            key_regions=call["key_regions"], n_regions=len(REGIONS), runs=shared.runs, counts=shared.counts,
+            key_regions=call["key_regions"], n_regions=call["n_regions"], runs=shared.runs, counts=shared.counts,
         )
         self._count_kernel(call["stack"], "one-pass")
         self._record(call, stats, query=query, key=key, value=value, scaling=scaling, attn_output=output, mask=mask)
@@ -213,7 +230,8 @@ class Recorder:
                                f"announced at position {start} (begin_step) of a {self.capacity[stack]}-position trace")
         return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
                 "keys": slice(key_start, key_start + n_keys), "n_keys": n_keys, "map_heads": map_heads,
-                "key_regions": self.key_regions[stack][key_start:key_start + n_keys]}
+                "key_regions": self.key_regions[stack][key_start:key_start + n_keys],
+                "n_regions": len(REGIONS) * (self.n_spans + 1) if stack == "text" else len(REGIONS)}
 
     def kernel_for(self, kernel: str, query, key, value, *, mask: MaskSpec, biased_mask: bool, wants_maps: bool,
                    editing: bool, dropout: float):
@@ -236,7 +254,13 @@ class Recorder:
         buffer["key_mass"][:, keys] += stats.key_mass[0]  # (copies from another device where the stats ran)
         if stack == "text" and call["start"] < self.prompt_length:
             self._record_prompt_columns(buffer, call, stats, query=query, key=key, scaling=scaling, mask=mask)
-        buffer["region_mass"][:, rows] = stats.region_mass[0]
+        if stack == "text" and self.n_spans:
+            from workbench.capture.spans import split_cells
+
+            buffer["region_mass"][:, rows], buffer["span_mass"][:, rows] = split_cells(
+                stats.region_mass[0], len(REGIONS), self.n_spans)
+        else:
+            buffer["region_mass"][:, rows] = stats.region_mass[0]
         buffer["entropy"][:, rows] = stats.entropy[0]
         buffer["normaliser"][:, rows] = stats.normaliser[0]
         if self.plan.top_k:
@@ -260,7 +284,7 @@ class Recorder:
         if prompt_rows < n_queries:
             stats = attention_statistics(
                 query.detach()[:, :, :prompt_rows], key.detach(), scaling=scaling, mask=rows_of(mask, 0, prompt_rows),
-                key_regions=call["key_regions"].to(query.device), n_regions=len(REGIONS), implementation="torch")
+                key_regions=call["key_regions"].to(query.device), n_regions=call["n_regions"], implementation="torch")
         buffer["prompt_key_mass"][:, call["keys"]] += stats.key_mass[0].cpu()
 
     # -- internals -------------------------------------------------------------------------------------
@@ -277,6 +301,7 @@ class Recorder:
             "key_mass": torch.zeros(heads, n),
             **({"prompt_key_mass": torch.zeros(heads, n)} if stack == "text" else {}),
             "region_mass": torch.zeros(heads, n, regions),
+            **({"span_mass": torch.zeros(heads, n, self.n_spans)} if stack == "text" and self.n_spans else {}),
             "entropy": torch.zeros(heads, n),
             "normaliser": torch.zeros(heads, n),
         }
@@ -318,10 +343,24 @@ class Recorder:
         self.counts.add_forward(self._visibility.values(), prompt_length=self.prompt_length)
         self._visibility.clear()
         counts = self.counts.by_layer()
+        split: dict[int, dict[str, torch.Tensor]] = {}  # a count tensor shared by layers is split once
         for (stack, layer), buffer in sorted(self._buffers.items()):
             n = self.length[stack]
             own = counts.get((stack, layer)) or self.counts.allocate(stack)
+            if stack == "text" and self.n_spans:
+                own = {**own, **self._split_counts(own["region_count"], split)}
             yield stack, layer, n, {**buffer, **own}
+
+    def _split_counts(self, cell_count: torch.Tensor, split: dict) -> dict[str, torch.Tensor]:
+        """region_count and span_count [query_pos, region | span] of per-cell counts (zeros: no call counted)."""
+        from workbench.capture.spans import split_cells
+
+        if id(cell_count) not in split:
+            if cell_count.shape[-1] != len(REGIONS) * (self.n_spans + 1):  # allocated for a layer no call reached
+                cell_count = torch.zeros(*cell_count.shape[:-1], len(REGIONS) * (self.n_spans + 1), dtype=torch.long)
+            regions, spans = split_cells(cell_count, len(REGIONS), self.n_spans)
+            split[id(cell_count)] = {"region_count": regions, "span_count": spans}
+        return split[id(cell_count)]
 
     def numerics(self) -> tuple[int, float, list[str]]:
         """(non-finite statistics, max |Z - 1|, layers as "text layer 3" where either failed) over everything

@@ -75,7 +75,7 @@ class Tracer:
     # -- capture ------------------------------------------------------------------------------------------------
     def trace(self, prompt: str, image=None, *, plan: CapturePlan | None = None, max_new_tokens: int = 0,
               system: str | None = None, raw: bool = False, max_length: int | None = None, intervention=None,
-              progress: Callable[[int, int], None] | None = None, **plan_options) -> Trace:
+              progress: Callable[[int, int], None] | None = None, spans=None, **plan_options) -> Trace:
         """Trace `prompt` (and `image`) and greedily generate up to `max_new_tokens` tokens with capture on.
 
         plan: a CapturePlan, or its options as keywords (maps, vision_maps, hidden_states, head_outputs, top_k,
@@ -83,6 +83,8 @@ class Tracer:
         intervention: an attention intervention (`workbench.interventions`: ACT, VAR) applied while tracing; its
             spec and what it moved go to meta["capture"]["intervention"].
         progress: called as progress(done_forwards, total_forwards).
+        spans: user spans of the prompt (`workbench.capture.spans.CharSpan`s: name, character range) whose attention
+            mass and key count per query row are stored like the regions' (span_mass, span_count; hf backend).
         """
         plan = self._plan(plan, plan_options)
         loaded = self.loaded
@@ -91,6 +93,8 @@ class Tracer:
 
             raise InputError(f"the {self.backend} backend traces text models; use --backend hf or nnsight for images")
         prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
+        if spans:
+            self._place_spans(prepared, prompt, spans)
         prompt_length = prepared.input_ids.shape[1]
         check_lengths(loaded, prompt_length, max_new_tokens, max_length)
         plan.check(loaded, self.layout, positions=prompt_length + max_new_tokens)
@@ -111,6 +115,17 @@ class Tracer:
             meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
         return Trace(meta=meta, tokens=captured.tokens, tensors=MemoryTensors(tensors))
 
+    def _place_spans(self, prepared, prompt: str, spans) -> None:
+        from workbench.capture.spans import check_spans, locate_spans
+        from workbench.errors import InputError
+
+        if self.backend != "hf":
+            raise InputError(f"spans are captured by the hf backend only, not {self.backend}; use --backend hf")
+        placed = locate_spans(check_spans(list(spans), prompt), offsets=prepared.offsets, text=prepared.meta["text"],
+                              prompt=prompt, n_positions=prepared.input_ids.shape[1])
+        prepared.spans = placed
+        prepared.meta["spans"] = placed.to_json()
+
     # -- generation without capture -------------------------------------------------------------------------
     def generate(self, prompt: str, image=None, *, max_new_tokens: int = 16, system: str | None = None,
                  raw: bool = False, continuation: Sequence[int] | None = None, edit=None) -> Generation:
@@ -121,7 +136,7 @@ class Tracer:
         """
         from workbench.errors import InputError
 
-        if self.loaded.kind == "encoder":
+        if self.loaded.kind in ("encoder", "vision"):
             raise InputError(f"{self.loaded.name} is an encoder and cannot generate")
         prepared = prepare_input(self.loaded, prompt, image, system=system, raw=raw)
         forward = forward_inputs(self.loaded, prepared.input_ids, prepared.model_inputs)

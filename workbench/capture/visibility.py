@@ -25,15 +25,16 @@ class CallVisibility:
     def __init__(self, call: dict, mask: MaskSpec, *, batch: int, n_queries: int):
         self.stack, self.rows, self.keys, self.start = call["stack"], call["rows"], call["keys"], call["start"]
         self.mask, self.key_regions, self.n_queries = mask, call["key_regions"], n_queries
+        self.n_regions = call.get("n_regions", len(REGIONS))  # region x span cells where a trace has user spans
         self.layers: list[int] = []
         self._runs = None
         intervals = mask.key_intervals(n_queries, call["n_keys"])
         if intervals is not None:  # prefix sums over the intervals: no [query_pos, key_pos] pass
             self.counts = interval_counts(*intervals, batch=batch, n_keys=call["n_keys"], key_regions=self.key_regions,
-                                          n_regions=len(REGIONS), device="cpu")
+                                          n_regions=self.n_regions, device="cpu")
         else:
             self.counts = visibility_counts(mask, batch=batch, n_queries=n_queries, n_keys=call["n_keys"],
-                                            key_regions=self.key_regions, n_regions=len(REGIONS), device="cpu")
+                                            key_regions=self.key_regions, n_regions=self.n_regions, device="cpu")
 
     @property
     def runs(self) -> torch.Tensor:
@@ -50,7 +51,7 @@ class CallVisibility:
             return self.counts[0][0]
         return visibility_counts(rows_of(self.mask, 0, prompt_rows), batch=1, n_queries=prompt_rows,
                                  n_keys=self.keys.stop - self.keys.start, key_regions=self.key_regions,
-                                 n_regions=len(REGIONS), device="cpu")[0][0]
+                                 n_regions=self.n_regions, device="cpu")[0][0]
 
 
 class CountGroups:
@@ -61,10 +62,10 @@ class CountGroups:
         self.capacity = capacity  # the recorder's: stack -> positions (a vision stack is added when first seen)
         self.groups: dict[tuple[str, tuple[int, ...]], dict[str, torch.Tensor]] = {}
 
-    def allocate(self, stack: str) -> dict[str, torch.Tensor]:
+    def allocate(self, stack: str, n_regions: int = len(REGIONS)) -> dict[str, torch.Tensor]:
         n = self.capacity[stack]
         return {"key_count": torch.zeros(n, dtype=torch.long),
-                "region_count": torch.zeros(n, len(REGIONS), dtype=torch.long),
+                "region_count": torch.zeros(n, n_regions, dtype=torch.long),
                 **({"prompt_key_count": torch.zeros(n, dtype=torch.long)} if stack == "text" else {})}
 
     def add_forward(self, calls, *, prompt_length: int) -> None:
@@ -77,7 +78,7 @@ class CountGroups:
             place = (shared.stack, tuple(sorted(set(shared.layers))))
             group = self.groups.get(place)
             if group is None:
-                group = self.groups[place] = self.allocate(shared.stack)
+                group = self.groups[place] = self.allocate(shared.stack, shared.n_regions)
             key_count, region_count = shared.counts
             group["key_count"][shared.keys] += key_count[0]
             group["region_count"][shared.rows] = region_count[0]

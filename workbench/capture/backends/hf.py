@@ -35,6 +35,8 @@ class HFBackend:
         prompt_length = prepared.input_ids.shape[1]
         capacity = prompt_length + max_new_tokens
         recorder = Recorder(self.layout, plan, text_capacity=capacity, prompt_length=prompt_length)
+        if prepared.spans is not None:
+            recorder.set_spans(prepared.spans.ids, len(prepared.spans.spans))
         recorder.set_regions("text", torch.tensor([REGIONS.index(t.region) for t in prepared.tokens]))
         tokens = list(prepared.tokens)
         predictions = Predictions(capacity)
