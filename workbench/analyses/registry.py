@@ -24,8 +24,10 @@ _BUILT_IN = {
     "ablation": ("workbench.analyses.causal.ablation", "AblationResult"),
     "rollout": ("workbench.analyses.rollout", "RolloutResult"),
     "funnel": ("workbench.analyses.funnel", "FunnelResult"),
+    "basin": ("workbench.analyses.basin", "BasinResult"),
     "lens": ("workbench.analyses.lens", "LensResult"),
     "importance": ("workbench.analyses.importance", "ImportanceResult"),
+    "opera": ("workbench.analyses.opera", "OperaResult"),
 }
 _REGISTERED: dict[str, type[Result]] = {}
 
