@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from workbench.cli.app_command import app_command
+from workbench.cli.basin_command import basin
 from workbench.cli.causal_command import ablate, patch
 from workbench.cli.circuits_command import circuits
 from workbench.cli.export_command import export
@@ -40,6 +41,7 @@ app.command("routes")(routes)
 app.command("circuits")(circuits)
 app.command("rollout")(rollout)
 app.command("funnel")(funnel)
+app.command("basin")(basin)
 app.command("lens")(lens)
 # Causal tools
 app.command("patch")(patch)

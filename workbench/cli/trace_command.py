@@ -46,6 +46,10 @@ def trace(
                                                  "'var:rho=0.5,p=0.6' (VAR); its effect goes to "
                                                  "results/intervention.json. See docs/analyses/sinks.md."),
     system: str | None = typer.Option(None, "--system", help="System message for chat templates."),
+    span: list[str] | None = typer.Option(None, "--span", help="Measure a span of the prompt like a region: "
+                                                                "NAME=START:END characters (repeatable)."),
+    span_markers: str | None = typer.Option(None, "--span-markers", help="Spans between markers, e.g. "
+                                                                         "'<doc>,</doc>' (named item_0, item_1, ...)."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     max_length: int | None = typer.Option(None, "--max-length", help="Allow inputs past the model's context."),
     rope_scaling: str | None = typer.Option(None, "--rope-scaling",
@@ -94,6 +98,7 @@ def trace(
         {"prompt": prompt, "image": str(image) if image else None, "name": None}]
     if prompts and image:
         raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
+    _attach_spans(items, span, span_markers, backend)
     jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
     if not remote:  # against the model's config: wrong layers or heads fail before the weights load
         from workbench.capture.tracer import check_before_loading
@@ -124,7 +129,7 @@ def trace(
             spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
             result = tracer.trace(
                 item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
-                system=item.get("system", system), raw=raw, max_length=max_length,
+                system=item.get("system", system), raw=raw, max_length=max_length, spans=item.get("spans"),
                 progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
             )
             bars.remove_task(step_task)
@@ -139,6 +144,24 @@ def trace(
             if overall is not None:
                 bars.advance(overall)
             _report(result, bundle_path, json_path)
+
+
+def _attach_spans(items: list[dict], ranges: list[str] | None, markers: str | None, backend: str) -> None:
+    """Every item's spans (--span, --span-markers or its line's "spans"), checked against its prompt now."""
+    from workbench.capture.spans import check_spans, marker_spans, parse_span_option, spans_from_json
+
+    given = [parse_span_option(text) for text in ranges or []]
+    if given and markers is not None:
+        raise InputError("give --span or --span-markers, not both")
+    for item in items:
+        where = f"prompt {item['name']!r}" if item.get("name") else "the prompt"
+        listed = spans_from_json(item["spans"], where) if item.get("spans") is not None else None
+        if listed is not None and (given or markers is not None):
+            raise InputError(f'{where} lists its own "spans"; drop --span / --span-markers')
+        spans = listed if listed is not None else given or (marker_spans(item["prompt"], markers) if markers else None)
+        item["spans"] = check_spans(spans, item["prompt"], what="--span" if given else "spans") if spans else None
+        if spans and backend != "hf":
+            raise InputError(f"spans are captured by the hf backend only, not {backend}; use --backend hf")
 
 
 def _check_model_options(dtype: str, rope_scaling: str | None, max_length: int | None) -> None:

@@ -1,7 +1,7 @@
 """The prompt-set format read by `workbench trace --prompts` and `workbench sweep --data`: one object per line,
 
     {"prompt": "...", "name": "optional-unique-name", "image": "optional/path.png", "system": "...",
-     "max_new_tokens": 4}
+     "max_new_tokens": 4, "spans": [{"name": "doc1", "start": 0, "end": 120}]}
 
 `id` is accepted as a synonym of `name`. Without either, the name comes from the line's position among the
 inputs. Names become file names (NAME.wbtrace, sweep bundles), so they are checked as such and must be unique
@@ -44,6 +44,7 @@ FIELDS = {
     "image": Field((str,), check=_non_empty),
     "system": Field((str,)),
     "max_new_tokens": Field((int,), check=_token_count),
+    "spans": Field((list,)),  # [{"name", "start", "end"}] characters of the prompt (workbench.capture.spans)
 }
 
 
@@ -64,6 +65,8 @@ class PromptLine:
         for key in ("image", "system", "max_new_tokens"):
             if getattr(self, key) is not None:
                 item[key] = getattr(self, key)
+        if self.data.get("spans") is not None:
+            item["spans"] = self.data["spans"]
         return item
 
 

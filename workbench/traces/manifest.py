@@ -95,6 +95,7 @@ def check_metadata(where: Path, manifest: dict, index: dict[str, dict]) -> tuple
     tokens = _tokens(where, raw_tokens, max(d["positions"] for d in stacks.values()))
     _check_model(where, manifest["model"])
     _check_inputs(where, manifest["inputs"], index)
+    _check_spans(where, manifest["inputs"].get("spans"), index, len(tokens))
     _check_generation(where, manifest["generation"], len(tokens))
     _check_capture(where, manifest.get("capture", {}), stacks, len(tokens))
     _check_checks(where, manifest.get("checks", {}), stacks, index)
@@ -188,6 +189,24 @@ def _check_model(where: Path, model: dict) -> None:
     _count(where, model.get("trained_positions"), "model.trained_positions", optional=True)
     if not isinstance(model.get("rope_scaling"), (dict, type(None))):
         raise _fail(where, "has model.rope_scaling that is not an object")
+
+
+def _check_spans(where: Path, spans, index: dict[str, dict], n_tokens: int) -> None:
+    """inputs.spans (user spans: name, characters, tokens [first, last + 1)) agree with the span tensors' width."""
+    widths = {entry["shape"][list(entry["axes"]).index("span")] for entry in index.values() if "span" in entry["axes"]}
+    if spans is None:
+        if widths:
+            raise _fail(where, "has span tensors but no inputs.spans")
+        return
+    if not isinstance(spans, list) or len(spans) > 4096:
+        raise _fail(where, "has inputs.spans that is not a list of spans")
+    for span in spans:
+        tokens = span.get("tokens") if isinstance(span, dict) else None
+        if not (isinstance(tokens, list) and len(tokens) == 2 and all(_is_int(t) for t in tokens)
+                and 0 <= tokens[0] < tokens[1] <= n_tokens and isinstance(span.get("name"), str)):
+            raise _fail(where, f"has an invalid span in inputs.spans ({_shown(span)})")
+    if widths and widths != {len(spans)}:
+        raise _fail(where, f"lists {len(spans)} spans but its span tensors hold {sorted(widths)}")
 
 
 def _check_inputs(where: Path, inputs: dict, index: dict[str, dict]) -> None:
