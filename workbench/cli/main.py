@@ -15,6 +15,7 @@ from workbench.cli.export_command import export
 from workbench.cli.inspect_commands import info, models
 from workbench.cli.lens_command import importance, lens
 from workbench.cli.probe_command import probe_app
+from workbench.cli.opera_command import opera_command
 from workbench.cli.rollout_command import funnel, rollout
 from workbench.cli.routes_command import routes
 from workbench.cli.sinks_command import sinks
@@ -41,6 +42,7 @@ app.command("routes")(routes)
 app.command("circuits")(circuits)
 app.command("rollout")(rollout)
 app.command("funnel")(funnel)
+app.command("opera")(opera_command)
 app.command("basin")(basin)
 app.command("lens")(lens)
 # Causal tools
