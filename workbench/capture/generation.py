@@ -65,7 +65,8 @@ def forward_inputs(loaded, input_ids: torch.Tensor, model_inputs: dict, *, devic
     """Forward kwargs for `loaded.model`: the token ids [1, query_pos] and the processor's extra inputs, on the
     model's device, with pixels in the model's dtype (a processor returns fp32 pixels, an fp16 model wants fp16)."""
     device = device if device is not None else model_device(loaded.model)
-    forward = {"input_ids": input_ids.to(device),
+    ids = {} if loaded.kind == "vision" else {"input_ids": input_ids.to(device)}  # an encoder of pixels alone
+    forward = {**ids,
                **{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()}}
     if torch.is_tensor(forward.get("pixel_values")):
         forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)

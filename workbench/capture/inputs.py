@@ -108,6 +108,10 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
         from workbench.capture.vision_inputs import prepare_vision_input
 
         return prepare_vision_input(loaded, prompt, image)
+    if loaded.kind == "vision":
+        from workbench.capture.vision_inputs import prepare_vision_input
+
+        return prepare_vision_input(loaded, prompt, image)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty; pass some text with --prompt")
     if image is not None and loaded.kind != "vlm":

@@ -93,7 +93,9 @@ def discover_layout(model) -> ModelLayout:
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList) or not len(module):
             continue
-        stack_name = "vision" if ("vision" in name or "visual" in name) else "text"
+        # A standalone vision encoder (CLIPVisionModel's vision_model...) has one stack: the trace's own, "text".
+        tower = "vision" in wanted and ("vision" in name or "visual" in name)
+        stack_name = "vision" if tower else "text"
         if stack_name not in wanted or stack_name in stacks:
             continue
         n_layers, n_heads, n_kv_heads, d_model = wanted[stack_name]

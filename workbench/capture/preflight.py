@@ -13,7 +13,7 @@ def check_lengths(loaded: LoadedModel, prompt_length: int, max_new_tokens: int, 
     """Refuse inputs past the model's context (unless max_length allows it); warn past the trained length."""
     if max_new_tokens < 0:
         raise InputError("--max-new-tokens must be 0 or more")
-    if max_new_tokens and loaded.kind == "encoder":
+    if max_new_tokens and loaded.kind in ("encoder", "vision"):
         raise InputError(f"{loaded.name} is an encoder and cannot generate; use --max-new-tokens 0")
     trained = loaded.extra.get("trained_positions") or loaded.max_positions
     if max_length and trained and max_length > trained and _learned_positions(loaded):

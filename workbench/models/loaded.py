@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ModelKind = Literal["causal", "encoder", "vlm"]
+ModelKind = Literal["causal", "encoder", "vlm", "vision"]
 
 
 @dataclass
@@ -13,7 +13,8 @@ class LoadedModel:
     """A transformers model ready for tracing.
 
     kind: "causal" (decoder LM, can generate), "encoder" (bidirectional, no generation) or "vlm"
-    (LlavaForConditionalGeneration-style: vision tower + projector + causal LM, takes an image).
+    (LlavaForConditionalGeneration-style: vision tower + projector + causal LM, takes an image) or "vision" (a
+    standalone image encoder: ViT, DINOv2, CLIP / SigLIP vision models; takes an image only, no tokenizer).
     source: where the weights came from (registry name, local directory or hub id), for provenance.
     """
 

@@ -12,7 +12,7 @@ Source = Literal["tiny", "package", "hub", "data"]
 class ModelSpec:
     name: str
     source: Source
-    kind: str  # "causal" | "encoder" | "vlm"
+    kind: str  # "causal" | "encoder" | "vlm" | "vision"
     description: str
     hub_id: str | None = None
     data_dir: str | None = None  # for source "data": a folder under the repository's data/ directory
@@ -27,6 +27,11 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny-llama", "tiny", "causal", "random 3-layer Llama with GQA and a chat template (test fixture)"),
         ModelSpec("tiny-bert", "tiny", "encoder", "random 3-layer BERT encoder (test fixture)"),
         ModelSpec("tiny-llava", "tiny", "vlm", "random LLaVA: tiny CLIP tower + tiny Llama, offline processor"),
+        ModelSpec("tiny-vit", "tiny", "vision", "random 2-layer ViT image encoder, 4x4 patches (test fixture)"),
+        ModelSpec("tiny-dinov2", "tiny", "vision", "random 3-layer DINOv2 image encoder, 4x4 patches (test fixture)"),
+        ModelSpec("tiny-dinov2-reg", "tiny", "vision", "random 3-layer DINOv2 with 2 register tokens (test fixture)"),
+        ModelSpec("tiny-clip-vision", "tiny", "vision", "random 2-layer CLIP vision encoder (test fixture)"),
+        ModelSpec("tiny-siglip-vision", "tiny", "vision", "random 2-layer SigLIP vision encoder, no [CLS] (test fixture)"),
         ModelSpec("tiny-gemma3", "tiny", "causal", "random 6-layer Gemma 3: 5 sliding-window (8) : 1 full layers, "
                   "4 query heads : 1 KV head (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "

@@ -172,3 +172,75 @@ def tiny_llama4_chunked() -> LoadedModel:
 
 BUILDERS = {"tiny-gpt2": tiny_gpt2, "tiny-llama": tiny_llama, "tiny-bert": tiny_bert, "tiny-llava": tiny_llava,
             "tiny-gemma3": tiny_gemma3}
+
+
+# Standalone vision encoders: a TINY_IMAGE_SIZE image in TINY_PATCH_SIZE patches (a 4 x 4 grid), offline
+# PIL image processors. No tokenizer: the positions are [CLS], registers and patches.
+TINY_REGISTERS = 2
+
+
+def _pil_processor(module: str, name: str, **fields):
+    import importlib
+
+    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    return getattr(importlib.import_module(module), name)(size=size, crop_size=size, **fields)
+
+
+def _vision(name: str, model_class, config, processor) -> LoadedModel:
+    return LoadedModel(name, _seeded(lambda: model_class(config)), None, "vision", name, processor=processor)
+
+
+def tiny_vit() -> LoadedModel:
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, initializer_range=INIT_STD)
+    processor = _pil_processor("transformers.models.vit.image_processing_pil_vit", "ViTImageProcessorPil")
+    return _vision("tiny-vit", lambda c: ViTModel(c, add_pooling_layer=False), config, processor)
+
+
+def _dinov2_processor():
+    # DINOv2 ships a BiT processor (resize the short side, centre crop, ImageNet mean / std).
+    return _pil_processor("transformers.models.bit.image_processing_pil_bit", "BitImageProcessorPil",
+                          do_center_crop=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+
+
+def tiny_dinov2() -> LoadedModel:
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2,
+                          image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, initializer_range=INIT_STD)
+    return _vision("tiny-dinov2", Dinov2Model, config, _dinov2_processor())
+
+
+def tiny_dinov2_registers() -> LoadedModel:
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2, image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE, num_register_tokens=TINY_REGISTERS, initializer_range=INIT_STD)
+    return _vision("tiny-dinov2-reg", Dinov2WithRegistersModel, config, _dinov2_processor())
+
+
+def tiny_clip_vision() -> LoadedModel:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, initializer_range=INIT_STD)
+    processor = _pil_processor("transformers.models.clip.image_processing_pil_clip", "CLIPImageProcessorPil")
+    return _vision("tiny-clip-vision", CLIPVisionModel, config, processor)
+
+
+def tiny_siglip_vision() -> LoadedModel:
+    """SigLIP has no [CLS]: every position is a patch (its pooling head is not an attention layer of the stack)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
+    config.initializer_range = INIT_STD
+    processor = _pil_processor("transformers.models.siglip.image_processing_pil_siglip", "SiglipImageProcessorPil")
+    return _vision("tiny-siglip-vision", SiglipVisionModel, config, processor)
+
+
+BUILDERS.update({"tiny-vit": tiny_vit, "tiny-dinov2": tiny_dinov2, "tiny-dinov2-reg": tiny_dinov2_registers,
+                 "tiny-clip-vision": tiny_clip_vision, "tiny-siglip-vision": tiny_siglip_vision})

@@ -13,6 +13,7 @@ from workbench.capture.predictions import PREDICTION_AXES, Predictions
 from workbench.capture.recorder import Recorder
 from workbench.errors import InputError
 from workbench.models.loaded import LoadedModel
+from workbench.traces.names import tensor_name
 from workbench.traces.tokens import REGIONS, Token
 
 # Above this many prompt logits (positions x vocabulary) only the last prompt row's prediction is kept.
@@ -42,9 +43,12 @@ class HFBackend:
         predictions = Predictions(capacity)
         generated = REGIONS.index("generated")
         forward = forward_inputs(loaded, prepared.input_ids, prepared.model_inputs)
+        final = None
         with torch.inference_mode(), capturing(loaded.model, recorder), editing(loaded.model, edit):
             recorder.begin_step(0, prompt_length)
-            if loaded.kind == "encoder":
+            if loaded.kind == "vision":
+                final = _final_residual(loaded.model(**forward, output_hidden_states=plan.hidden_states), plan)
+            elif loaded.kind == "encoder":
                 loaded.model(**forward)
             else:
                 decoder = CachedDecoder(loaded.model)
@@ -76,7 +80,17 @@ class HFBackend:
                              "model rewired, e.g. by a TransformerLens bridge, or is its attention not pluggable?); "
                              "load a fresh copy of the model")
         tensors.update(predictions.tensors(len(tokens)))
+        if loaded.kind == "vision" and final is not None:
+            tensors[tensor_name("text", self.layout.stacks["text"].n_layers - 1, "hidden_out")] = final
         return Captured(tokens, tensors, recorder, self.layout, IMPLEMENTATION_NAME)
+
+
+def _final_residual(output, plan):
+    """A vision encoder's residual stream after its last layer (before the final norm) as a bundle tensor, kept with
+    hidden_states: the output norms of every layer are then hidden_in of the next layer, and this one for the last."""
+    if not plan.hidden_states:
+        return None
+    return output.hidden_states[-1][0].detach().float().cpu(), ("query_pos", "d_model")
 
 
 __all__ = ["HFBackend", "MAX_PROMPT_LOGITS", "PREDICTION_AXES"]
