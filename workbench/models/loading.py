@@ -45,6 +45,12 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
         loaded = BUILDERS[name]()
         if overrides:
             raise ModelNotFoundError("RoPE scaling applies to models loaded from weights, not the tiny fixtures")
+    elif spec is not None and spec.kind == "vision":
+        if overrides:
+            raise ModelNotFoundError(f"{name!r} is a vision encoder: it has no RoPE to scale")
+        from workbench.models.vision_loading import load_vision_directory
+
+        loaded = load_vision_directory(model_directory(name), name=name, dtype=dtype)
     else:
         directory = model_directory(name)
         loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
@@ -65,11 +71,15 @@ def model_directory(name: str, *, prepare: bool = True) -> Path | None:
     if spec is not None and spec.source == "tiny":
         return None
     if spec is not None and spec.source == "package":
-        from workbench.models.packaged import minilm_dir, smollm2_cached, smollm2_dir
+        from workbench.models import packaged
 
-        if name == "smollm2":
-            return smollm2_dir() if prepare else smollm2_cached()
-        return minilm_dir()
+        converted = {"smollm2": (packaged.smollm2_dir, packaged.smollm2_cached),
+                     "gemma3-270m": (packaged.gemma3_dir, packaged.gemma3_cached),
+                     "dinov2-s": (packaged.dinov2_dir, packaged.dinov2_cached)}
+        if name in converted:
+            convert, cached = converted[name]
+            return convert() if prepare else cached()
+        return packaged.minilm_dir()
     if spec is not None and spec.source == "data":
         directory = data_root() / spec.data_dir
         if not (directory / "config.json").exists():
