@@ -52,10 +52,15 @@ class BundleInfo:
 
 
 def _stamp(path: Path) -> int:
-    try:
-        return (path / "manifest.json").stat().st_mtime_ns
-    except OSError:
-        return 0
+    """The manifest's mtime_ns, or the results folder's when later: a result stored into a bundle while the app
+    runs (`workbench patch --store`, `workbench rollout`, ...) is read on the next scan."""
+    stamps = []
+    for part in (path / "manifest.json", path / "results"):
+        try:
+            stamps.append(part.stat().st_mtime_ns)
+        except OSError:
+            pass
+    return max(stamps, default=0)
 
 
 def _map_layers(trace) -> dict[str, list[int]]:

@@ -7,10 +7,22 @@ bundle without it shows that command), and append the module here.
 
 from __future__ import annotations
 
-from workbench.app.pages import circuits, compare, hallucination, head, heads, image, model, runs, token
+from workbench.app.pages import (
+    causal,
+    circuits,
+    compare,
+    hallucination,
+    head,
+    heads,
+    image,
+    model,
+    rollout,
+    runs,
+    token,
+)
 from workbench.app.pages.common import Page
 
 PAGES: list[Page] = [runs.PAGE, model.PAGE, heads.PAGE, head.PAGE, token.PAGE, image.PAGE, circuits.PAGE,
-                     hallucination.PAGE, compare.PAGE]
+                     hallucination.PAGE, compare.PAGE, causal.PAGE, rollout.PAGE]
 
 __all__ = ["PAGES", "Page"]

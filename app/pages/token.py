@@ -15,6 +15,7 @@ from workbench.app.figures.common import message_figure, token_text
 from workbench.app.figures.model import layer_curves
 from workbench.app.figures.routes import route_figure
 from workbench.app.figures.token import token_layers, token_regions, token_strip_items
+from workbench.app.pages import token_lens
 from workbench.app.pages.common import (
     Page,
     as_int,
@@ -77,6 +78,7 @@ def layout(bundle=None, pos=None, **_):
                   html.Div(id="token-lens", className="wb-summary",
                            style={"flex": "0 0 250px", "alignSelf": "flex-start", "marginTop": "50px"})],
                  id="token-route-row", className="wb-columns"),
+        token_lens.section(),
     ])
 
 
@@ -295,7 +297,9 @@ def register(app) -> None:
         layer, head, pos = custom[:3]
         return link("/head", bundle=bundle, stack="text", layer=layer, head=head, pos=pos)
 
+    token_lens.register(app)
+
 
 PAGE = Page(module="workbench.app.pages.token", path="/token", name="Token", order=3, layout=layout,
             register=register, params=("bundle", "pos"), description="one token across layers; its route",
-            needs=("routes",))
+            needs=("routes", "lens"))
