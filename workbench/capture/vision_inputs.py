@@ -19,6 +19,7 @@ NO_TOKEN_ID = 0  # a vision position has no vocabulary id; bundles want ids >= 0
 CLS_TEXT = "[CLS]"
 REGISTER_PREFIX = "[REG "
 NO_CLS_TYPES = ("siglip_vision_model", "siglip2_vision_model")
+VISION_MODEL_TYPES = ("vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model")
 
 
 def prefix_tokens(config) -> tuple[int, int]:

@@ -68,7 +68,14 @@ def trace(
                                                                "scores as results/lookback.json."),
 ) -> None:
     """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
-    if sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
+    if _is_vision_encoder(model):  # an image in, no text: checked from the registry / config before loading
+        if prompt is not None or prompt_file is not None or prompts is not None:
+            raise InputError(f"{model} is a vision encoder and takes an image only; drop --prompt / --prompt-file / "
+                             "--prompts and pass --image IMG")
+        if image is None:
+            raise InputError(f"{model} is a vision encoder; pass an image with --image IMG")
+        prompt = ""
+    elif sum(x is not None for x in (prompt, prompt_file, prompts)) != 1:
         raise InputError("give exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE.jsonl")
     if prompt_file is not None:
         if not prompt_file.is_file():
@@ -125,7 +132,7 @@ def trace(
             step_task = bars.add_task(f"{item.get('name') or 'trace'}", total=None)
             new_tokens = item.get("max_new_tokens", max_new_tokens)
             if new_tokens is None:
-                new_tokens = 0 if loaded.kind == "encoder" else 16
+                new_tokens = 0 if loaded.kind in ("encoder", "vision") else 16
             spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
             result = tracer.trace(
                 item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
@@ -162,6 +169,21 @@ def _attach_spans(items: list[dict], ranges: list[str] | None, markers: str | No
         item["spans"] = check_spans(spans, item["prompt"], what="--span" if given else "spans") if spans else None
         if spans and backend != "hf":
             raise InputError(f"spans are captured by the hf backend only, not {backend}; use --backend hf")
+
+
+def _is_vision_encoder(model: str) -> bool:
+    """Whether `model` (registry name or local directory) is a standalone image encoder, without loading it."""
+    from workbench.capture.vision_inputs import VISION_MODEL_TYPES
+    from workbench.models.loading import read_config
+    from workbench.models.registry import REGISTRY
+
+    if model in REGISTRY:
+        return REGISTRY[model].kind == "vision"
+    try:
+        config = read_config(model)
+    except Exception:  # unknown names are reported where the model loads, with the full message
+        return False
+    return getattr(config, "model_type", None) in VISION_MODEL_TYPES
 
 
 def _check_model_options(dtype: str, rope_scaling: str | None, max_length: int | None) -> None:

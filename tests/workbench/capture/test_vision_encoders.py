@@ -89,3 +89,26 @@ def test_bundle_round_trip_keeps_patches(models, image, tmp_path):
     assert [t.patch for t in loaded.tokens] == [t.patch for t in trace.tokens]
     assert position_roles(loaded.tokens) == position_roles(trace.tokens)
     assert torch.equal(loaded.layer(0)["key_mass"], trace.layer(0)["key_mass"])
+
+
+def test_cli_traces_an_image_and_refuses_a_prompt_before_loading(image, tmp_path, monkeypatch):
+    from tests.workbench.cli.cli_inprocess import run_cli
+
+    path = tmp_path / "scene.png"
+    image.save(path)
+    code, _, err = run_cli("trace", "--model", "tiny-dinov2", "--image", path, "-o", tmp_path / "v.wbtrace", "--hidden")
+    assert code == 0, err
+    bundle = load(tmp_path / "v.wbtrace")
+    assert bundle.meta["model"]["kind"] == "vision" and bundle.has("layer_02.hidden_out")
+    code, _, err = run_cli("info", tmp_path / "v.wbtrace")
+    assert code == 0 and "one-pass" in err + _
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompt was refused")
+
+    monkeypatch.setattr("workbench.capture.tracer.Tracer.open", no_loading)
+    code, _, err = run_cli("trace", "--model", "tiny-dinov2", "--image", path, "--prompt", "a red square")
+    assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "takes an image only" in err
+    code, _, err = run_cli("trace", "--model", "tiny-dinov2")
+    assert code == 2 and "--image" in err
