@@ -167,12 +167,12 @@ def opera(tracer, prompt: str, image=None, *, max_new_tokens: int = 16, continua
     layer: the attention layer (negative counts from the end; the reference: the last). window: the last
     `window` generated tokens (None: all of them, as the reference's window starts at the response).
     """
-    from workbench.analyses.divergence import _as_tracer
+    from workbench.analyses.tracing import as_tracer
     from workbench.capture.generation import eos_ids, forward_inputs, greedy
     from workbench.capture.inputs import prepare_input
 
     check_options(scale=scale, window=window, threshold=threshold)
-    tracer = _as_tracer(tracer)
+    tracer = as_tracer(tracer)
     loaded = tracer.loaded
     n_layers = tracer.layout.stacks["text"].n_layers
     if not -n_layers <= layer < n_layers:

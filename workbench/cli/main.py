@@ -9,6 +9,7 @@ import typer
 
 from workbench.cli.app_command import app_command
 from workbench.cli.basin_command import basin
+from workbench.cli.blind_command import blind_command
 from workbench.cli.causal_command import ablate, patch
 from workbench.cli.circuits_command import circuits
 from workbench.cli.export_command import export
@@ -43,6 +44,7 @@ app.command("circuits")(circuits)
 app.command("rollout")(rollout)
 app.command("funnel")(funnel)
 app.command("opera")(opera_command)
+app.command("blind")(blind_command)
 app.command("basin")(basin)
 app.command("lens")(lens)
 # Causal tools

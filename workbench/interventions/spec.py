@@ -1,5 +1,6 @@
-"""Intervention specs from the command line ('act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR) and from a
-bundle's manifest (`recorded`: the spec a bundle was traced under, so a replay can apply it again)."""
+"""Intervention specs from the command line ('act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR; the decoding
+interventions 'avc:alpha=1', 'damro:top_k=10' -> AVC / DAMRO with kinds=DECODING) and from a bundle's manifest
+(`recorded`: the spec a bundle was traced under, so a replay can apply it again)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ from dataclasses import fields
 
 from workbench.errors import InputError
 from workbench.interventions.act import ACT
+from workbench.interventions.contrastive import AVC, DAMRO
 from workbench.interventions.var import VAR
 
 SPECS = {"act": ACT, "var": VAR}
+# Contrastive decoding against suspect image tokens: they change the decoding loop, not attention, so a capture's
+# --intervene does not take them (`workbench blind --intervene` does).
+DECODING = {"avc": AVC, "damro": DAMRO}
 
 
-def parse(text: str):
-    """'act', 'act:beta=0.4,threshold=0.1,layers=2,3', 'var:rho=0.5,p=0.6,dims=1415,2533' -> ACT / VAR."""
+def parse(text: str, kinds: dict = SPECS):
+    """'act', 'act:beta=0.4,threshold=0.1,layers=2,3', 'var:rho=0.5,p=0.6,dims=1415,2533' -> ACT / VAR;
+    with kinds=DECODING, 'avc:alpha=1', 'damro:top_k=10,alpha=2' -> AVC / DAMRO."""
     name, _, options = text.strip().partition(":")
-    spec = SPECS.get(name.strip().lower())
+    spec = kinds.get(name.strip().lower())
     if spec is None:
-        raise InputError(f"unknown intervention {name!r}; use act:... or var:... (e.g. var:rho=0.5,p=0.6)")
+        other = DECODING if kinds is SPECS else SPECS
+        if name.strip().lower() in other:
+            where = "workbench blind --intervene" if kinds is SPECS else "workbench trace --intervene"
+            raise InputError(f"{name.strip()} is applied by `{where}`, not here")
+        names = " or ".join(f"{k}:..." for k in kinds)
+        raise InputError(f"unknown intervention {name!r}; use {names} (e.g. {'var:rho=0.5,p=0.6' if kinds is SPECS else 'damro:top_k=10'})")
     pairs: list[list[str]] = []
     for piece in filter(None, (part.strip() for part in options.split(","))):
         if "=" in piece:
