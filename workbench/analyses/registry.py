@@ -28,6 +28,7 @@ _BUILT_IN = {
     "lens": ("workbench.analyses.lens", "LensResult"),
     "importance": ("workbench.analyses.importance", "ImportanceResult"),
     "opera": ("workbench.analyses.opera", "OperaResult"),
+    "blind_tokens": ("workbench.analyses.blind_tokens", "BlindTokensResult"),
 }
 _REGISTERED: dict[str, type[Result]] = {}
 
