@@ -9,7 +9,6 @@ role names, separators) -> "special".
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +93,6 @@ def _overlaps(span, start: int, end: int) -> bool:
     return span is not None and start < span[1] and end > span[0]
 
 
-def _patch_grid(n_image_tokens: int) -> tuple[int, bool]:
-    side = math.isqrt(n_image_tokens)
-    if side * side == n_image_tokens:
-        return side, False
-    side = math.isqrt(n_image_tokens - 1)
-    return (side, True) if side * side == n_image_tokens - 1 else (0, False)
-
-
 def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str | None = None,
                   raw: bool = False) -> PreparedInput:
     if loaded.kind == "vision":
@@ -140,7 +131,8 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
         encoded = loaded.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     offsets = encoded.pop("offset_mapping")[0].tolist()
-    tokens = _label_tokens(loaded, input_ids[0].tolist(), offsets, text, prompt, system, default_system)
+    tokens = _label_tokens(loaded, input_ids[0].tolist(), offsets, text, prompt, system, default_system,
+                           encoded if pil_image is not None else None)
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     if loaded.kind == "encoder" and "token_type_ids" in encoded:
         model_inputs["token_type_ids"] = encoded["token_type_ids"]
@@ -149,20 +141,23 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
     return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image, offsets)
 
 
-def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system) -> list[Token]:
+def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system, encoded=None) -> list[Token]:
+    """One Token per position; image tokens get their patch (and tile) from the family's layout
+    (`workbench.models.image_tokens`), read off the processor's output `encoded`."""
+    from workbench.models.image_tokens import image_token_places
     prompt_span, system_span = _spans(text, prompt, system, default_system)
     special_ids = set(loaded.tokenizer.all_special_ids)
     image_id = getattr(loaded.model.config, "image_token_id", None) if loaded.kind == "vlm" else None
     n_image = sum(1 for token_id in ids if token_id == image_id)
-    side, has_cls = _patch_grid(n_image) if n_image else (0, False)
+    places = image_token_places(loaded.model.config, encoded, n_image) if n_image and encoded is not None else []
     tokens, image_index = [], 0
     for i, (token_id, (start, end)) in enumerate(zip(ids, offsets)):
         piece = text[start:end] if end > start else loaded.tokenizer.decode([token_id])
-        patch = None
+        patch = tile = None
         if token_id == image_id:
-            region, k = "image", image_index - (1 if has_cls else 0)
-            if side and k >= 0:
-                patch = (k // side, k % side)
+            region = "image"
+            if image_index < len(places):
+                patch, tile = places[image_index].patch, places[image_index].tile
             image_index += 1
         elif token_id in special_ids or end <= start:
             region = "special"
@@ -172,5 +167,5 @@ def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system) ->
             region = "system"
         else:
             region = "special"
-        tokens.append(Token(i, int(token_id), piece, region, patch))
+        tokens.append(Token(i, int(token_id), piece, region, patch, tile))
     return tokens

@@ -53,6 +53,13 @@ STAT_AXES = {
 }
 
 
+def _tile(tensor, one: slice):
+    """One tile of a batched tensor (None stays None; a mask broadcast over the batch is shared)."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[one]
+
+
 def mask_spec(attention_mask, *, causal: bool, n_queries: int, n_keys: int) -> MaskSpec:
     """Translate what transformers handed to SDPA into a MaskSpec, mirroring SDPA's own reading of it."""
     if attention_mask is None:
@@ -95,6 +102,7 @@ class Recorder:
         self._choices: dict[tuple, object] = {}  # this forward's kernel choices (`kernel_for`)
         self.n_spans = 0  # user spans of the text stack (`set_spans`); keys then carry cell ids (capture/spans.py)
         self._span_ids: torch.Tensor | None = None
+        self._tower_next: dict[tuple[str, int], int] = {}  # (vision stack, layer) -> first position of its next call
 
     def set_spans(self, span_ids: torch.Tensor, n_spans: int) -> None:
         """Measure `n_spans` user spans as well as the regions: span_ids [prompt positions] (n_spans: no span). Call
@@ -119,11 +127,13 @@ class Recorder:
         self._visibility.clear()
         self._masks.clear()  # a new forward builds new masks
         self._choices.clear()  # keyed by this forward's masks
+        self._tower_next.clear()
         self.step_start = start
         self.length["text"] = max(self.length["text"], start + length)
 
     def install_hooks(self) -> list:
         handles = self.decomposition.install_hooks(self) if self.decomposition is not None else []
+        handles += self._size_towers()
         if not self.plan.hidden_states:
             return handles
         for index, layer_module in enumerate(self.layout.stacks["text"].layers):
@@ -137,12 +147,41 @@ class Recorder:
         rows = slice(self.step_start, self.step_start + hidden.shape[0])
         self._layer_buffers("text", layer)["hidden_in"][rows] = hidden.detach().float()
 
+    def _size_towers(self) -> list:
+        """Hooks that size each vision stack from its first layer's input before any of its attention calls: a
+        tower that encodes several tiles (anyres crops, image splits: [tile, position, d_model]) or packs them into
+        one sequence attended in chunks (Qwen2-VL: [position, d_model]) keeps all of them, one after the other."""
+        handles = []
+        for stack in self.layout.stacks.values():
+            if stack.name == "text" or not stack.layers:
+                continue
+
+            def size(module, args, kwargs, name=stack.name):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if name in self.key_regions:
+                    return
+                tiles, length = (hidden.shape[0], hidden.shape[1]) if hidden.dim() == 3 else (1, hidden.shape[0])
+                regions = vision_regions(length) if hidden.dim() == 3 else torch.full(
+                    (length,), REGIONS.index("image"), dtype=torch.long)
+                self.set_regions(name, regions.repeat(tiles))
+                self.length[name] = tiles * length
+            handles.append(stack.layers[0].register_forward_pre_hook(size, with_kwargs=True))
+        return handles
+
     # -- driven by the attention implementation --------------------------------------------------------
     def on_attention(self, call: dict, *, query, key, attention_mask, scaling, causal, attn_output,
                      log_normaliser=None, value=None, kernel: str = "torch", fallback: str | None = None) -> None:
         """Record one attention call (located by `locate_call`) whose output was computed elsewhere (SDPA):
         two-pass statistics by `kernel`; fallback: why "auto" did not take the one-pass kernel (None: it was not
         asked to)."""
+        if call["tiles"] > 1:  # a vision tower's tiles: each one's statistics at its own positions
+            for tile, tile_call in self._tile_calls(call):
+                one = slice(tile, tile + 1)
+                self.on_attention(tile_call, query=query[one], key=key[one], attention_mask=_tile(attention_mask, one),
+                                  scaling=scaling, causal=causal, attn_output=attn_output[one],
+                                  log_normaliser=_tile(log_normaliser, one), value=_tile(value, one), kernel=kernel,
+                                  fallback=fallback)
+            return
         mask = self.mask_for(attention_mask, causal=causal, n_queries=query.shape[2], n_keys=key.shape[2])
         stats = layer_statistics(
             query.detach(), key.detach(), scaling=scaling, mask=mask,
@@ -160,6 +199,10 @@ class Recorder:
         kernel, recorded. Only for calls `kernel_choice.choose` gave to "one-pass" (mask: from `mask_spec`)."""
         from workbench.kernels import fused_cpu
 
+        if call["tiles"] > 1:  # a vision tower's tiles, one after the other
+            return torch.cat([self.attend_fused(tile_call, query=query[tile:tile + 1], key=key[tile:tile + 1],
+                                                value=value[tile:tile + 1], scaling=scaling, mask=mask)
+                              for tile, tile_call in self._tile_calls(call)])
         shared = self.visibility(call, mask, query)
         output, _, stats = fused_cpu.fused_attention(
             query.detach(), key.detach(), value.detach(), scaling=scaling, mask=mask,
@@ -220,10 +263,15 @@ class Recorder:
                 stack, layer, selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None)
         stack, layer, map_heads = place
         n_queries, n_keys = query.shape[2], key.shape[2]
-        if stack not in self.key_regions:  # the vision tower: [CLS] then patches, all in one forward
+        if stack not in self.key_regions:  # a vision tower no hook sized: [CLS] then patches, all in one call
             self.set_regions(stack, vision_regions(n_keys))
             self.length[stack] = n_keys
-        start = self.step_start if stack == "text" else 0
+        tiles = query.shape[0] if stack != "text" else 1
+        if stack == "text":
+            start = self.step_start
+        else:  # a tower's calls of one layer (tiles of a batch, chunks of a packed sequence) follow one another
+            start = self._tower_next.get((stack, layer), 0)
+            self._tower_next[stack, layer] = start + tiles * n_queries
         key_start = start + n_queries - n_keys  # the cache returns the latest keys, ending with this call's own
         if key_start < 0 or start + n_queries > self.capacity[stack]:
             raise RuntimeError(f"{stack} layer {layer}: {n_queries} queries over {n_keys} keys do not fit a forward "
@@ -231,7 +279,16 @@ class Recorder:
         return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
                 "keys": slice(key_start, key_start + n_keys), "n_keys": n_keys, "map_heads": map_heads,
                 "key_regions": self.key_regions[stack][key_start:key_start + n_keys],
-                "n_regions": len(REGIONS) * (self.n_spans + 1) if stack == "text" else len(REGIONS)}
+                "n_regions": len(REGIONS) * (self.n_spans + 1) if stack == "text" else len(REGIONS), "tiles": tiles}
+
+    def _tile_calls(self, call: dict):
+        """(tile index, the call of that one tile) for each tile of a batched vision-tower call."""
+        n_queries = call["rows"].stop - call["rows"].start
+        for tile in range(call["tiles"]):
+            start = call["start"] + tile * n_queries
+            keys = slice(call["keys"].start + tile * n_queries, call["keys"].stop + tile * n_queries)
+            yield tile, {**call, "start": start, "rows": slice(start, start + n_queries), "keys": keys, "tiles": 1,
+                         "key_regions": self.key_regions[call["stack"]][keys]}
 
     def kernel_for(self, kernel: str, query, key, value, *, mask: MaskSpec, biased_mask: bool, wants_maps: bool,
                    editing: bool, dropout: float):

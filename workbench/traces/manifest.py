@@ -177,7 +177,10 @@ def _tokens(where: Path, raw: list, positions: int) -> list[Token]:
         if patch is not None and patch != [] and not (
                 isinstance(patch, list) and len(patch) == 2 and all(_is_int(v) and 0 <= v < positions for v in patch)):
             raise _fail(where, f"has invalid metadata (token {position}: patch is not [row, column])")
-        tokens.append(Token(position, token_id, text, region, tuple(patch) if patch else None))
+        tile = data.get("tile")
+        if tile is not None and not (_is_int(tile) and 0 <= tile < positions):
+            raise _fail(where, f"has invalid metadata (token {position}: tile is not a tile index)")
+        tokens.append(Token(position, token_id, text, region, tuple(patch) if patch else None, tile))
     return tokens
 
 

@@ -1,0 +1,259 @@
+"""VLM families on seeded tiny fixtures: capture against HF eager for every attention call of the language model
+and of the vision tower, image-token labels against features planted through the model's own packing code, and
+VHD's without-image run against eager forwards.
+
+References are independent of the workbench: the eager maps come from each module's own transformers
+`eager_attention_forward`, recorded call by call; the label check replaces the projector's (or merger's) output
+by codes that name each feature's (tile, row, col) — read from the processor's pixels, not from our arithmetic —
+and reads them back from the language model's input embeddings at the image positions.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import workbench
+from tests.helpers import assert_close, statistics_from_maps
+from workbench.capture.inputs import prepare_input
+from workbench.capture.layout import discover_layout
+from workbench.models import tiny_vlm
+
+FAMILIES = list(tiny_vlm.BUILDERS)
+PROMPT = "What is red?"
+NEW_TOKENS = 2
+
+
+@pytest.fixture(scope="module")
+def family():
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = tiny_vlm.BUILDERS[name]()
+        return cache[name]
+
+    return get
+
+
+def coded_image(width: int, height: int, block: int = 4) -> Image.Image:
+    """Every block x block square painted with its own (row, col): red = 8 * row + 4, green = 8 * col + 4."""
+    image = Image.new("RGB", (width, height))
+    for y in range(height):
+        for x in range(width):
+            image.putpixel((x, y), (8 * (y // block) + 4, 8 * (x // block) + 4, 128))
+    return image
+
+
+# Multiples of 8 pixels, so Qwen's resize to multiples of patch x merge leaves the coded squares in place.
+IMAGES = {"wide": (56, 24), "tall": (16, 48)}
+
+
+# ------------------------------------------------------------------------------------------ the eager reference
+def eager_calls(model, **inputs) -> dict[tuple[str, int], list[torch.Tensor]]:
+    """(stack, layer) -> the attention weights [batch, head, query_pos, key_pos] of each call, in call order, from
+    the module's own transformers eager implementation."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    layout = discover_layout(model)
+    calls: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def reference(module, query, key, value, attention_mask, **kwargs):
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        calls.setdefault(layout.locate(module), []).append(weights.detach())
+        return output, weights
+
+    AttentionInterface.register("wb_test_eager", reference)
+    AttentionMaskInterface.register("wb_test_eager", eager_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("wb_test_eager")
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        model.set_attn_implementation(previous)
+    return calls
+
+
+def _trace_and_reference(loaded, image):
+    trace = workbench.trace(loaded, PROMPT, image=image, max_new_tokens=NEW_TOKENS, maps="all", vision_maps="all",
+                            map_dtype="float32")
+    prepared = prepare_input(loaded, PROMPT, image)
+    ids = torch.tensor([[token.id for token in trace.tokens]])
+    extra = dict(prepared.model_inputs)
+    if "mm_token_type_ids" in extra:  # Qwen's per-token modality (0: text), over the generated tokens too
+        types = extra["mm_token_type_ids"]
+        extra["mm_token_type_ids"] = torch.cat([types, types.new_zeros(1, ids.shape[1] - types.shape[1])], 1)
+    return trace, eager_calls(loaded.model, input_ids=ids, **extra)
+
+
+# ------------------------------------------------------------------------------------------------ the tests
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fixture_builds_fast_and_seeded(family, name):
+    family(name)  # imports done
+    start = time.perf_counter()
+    again = tiny_vlm.BUILDERS[name]()
+    assert time.perf_counter() - start < 1.0
+    first = dict(family(name).model.named_parameters())
+    assert all(torch.equal(first[key], value) for key, value in again.model.named_parameters())
+
+
+@pytest.mark.parametrize("shape", list(IMAGES))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_capture_equals_eager_for_every_call(family, name, shape):
+    """Every language-model layer (prompt and decode rows) and every vision-tower call (each anyres tile, each
+    packed chunk) against eager maps, and the statistics against the eager maps' own."""
+    loaded = family(name)
+    trace, calls = _trace_and_reference(loaded, coded_image(*IMAGES[shape]))
+    regions = trace.regions
+    layout = discover_layout(loaded.model)
+    for layer in range(layout.stacks["text"].n_layers):
+        (eager,) = calls["text", layer]
+        stats = trace.layer(layer)
+        assert_close(stats["maps"], eager[0], what=f"{name} text layer {layer} maps")
+        for stat, value in statistics_from_maps(eager[0], regions, causal=True).items():
+            assert_close(stats[stat], value, what=f"{name} text layer {layer} {stat}")
+    for layer in range(layout.stacks["vision"].n_layers):
+        stats, start = trace.layer(layer, "vision"), 0
+        covered = torch.zeros(stats["maps"].shape[-1], dtype=torch.bool)
+        for call in calls["vision", layer]:
+            for tile in call:  # the tiles of a batched call, then the next call's
+                n = tile.shape[-1]
+                block = slice(start, start + n)
+                assert_close(stats["maps"][:, block, block], tile, what=f"{name} vision {layer} at {start}")
+                assert_close(stats["entropy"][:, block], statistics_from_maps(tile, torch.zeros(n, dtype=torch.long),
+                                                                               causal=False)["entropy"])
+                covered[block] = True
+                start += n
+        assert covered.all() and start == stats["maps"].shape[-1]
+
+
+def _planted_places(loaded, image) -> list[tuple]:
+    """(tile, row, col) or None per image token, read back from the LM's input embeddings after the projector's
+    (merger's) output was replaced by codes naming where each feature comes from."""
+    model, config = loaded.model, loaded.model.config
+    prepared = prepare_input(loaded, PROMPT, image)
+    family = config.model_type
+    seen = {}
+
+    def code(tile, row, col, like):  # [has a patch, tile + 1 (0: no tile), row, col]
+        out = torch.zeros(like.shape[-1])
+        out[:4] = torch.tensor([1.0, 0.0 if tile is None else tile + 1.0, row, col])
+        return out
+
+    if family in ("llava_next", "llava_onevision"):
+        side = config.vision_config.image_size // config.vision_config.patch_size
+
+        def project(module, args, output):  # [tile, side * side, d]: tile 0 the base image, then the crops
+            codes = torch.zeros_like(output)
+            for tile in range(output.shape[0]):
+                for k in range(output.shape[1]):
+                    codes[tile, k] = code(tile, k // side, k % side, output[tile, k])
+            return codes
+
+        handle = model.model.multi_modal_projector.register_forward_hook(project)
+        newline = model.model.image_newline
+        saved = newline.detach().clone()
+        with torch.no_grad():
+            newline.zero_()
+    else:  # Qwen: merged token k covers pixel rows merge^2 * k ... of the processor's patches
+        merge = config.vision_config.spatial_merge_size
+        patch = config.vision_config.patch_size
+        mean = torch.tensor(loaded.processor.image_processor.image_mean)
+        std = torch.tensor(loaded.processor.image_processor.image_std)
+
+        def merged(module, args, kwargs, output):
+            pixels = (args[0] if args else kwargs["hidden_states"]).float()
+            codes = torch.zeros_like(output.pooler_output)
+            per_patch = pixels.shape[1] // 3  # channel-major: [red ..., green ..., blue ...]
+            for k in range(codes.shape[0]):
+                first = pixels[merge * merge * k]
+                red = float(first[0] * std[0] + mean[0]) * 255
+                green = float(first[per_patch] * std[1] + mean[1]) * 255
+                block = merge * patch // 4  # coded squares (4 px) per merged token side
+                codes[k] = code(None, round((red - 4) / 8) // block, round((green - 4) / 8) // block, codes[k])
+            output.pooler_output = codes
+            return output
+
+        handle = model.model.visual.register_forward_hook(merged, with_kwargs=True)
+    language = model.model.language_model
+    grab = language.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.__setitem__("embeds", kwargs["inputs_embeds"][0].detach().clone()),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=prepared.input_ids, **prepared.model_inputs)
+    finally:
+        handle.remove()
+        grab.remove()
+        if family in ("llava_next", "llava_onevision"):
+            with torch.no_grad():
+                newline.copy_(saved)
+    places = []
+    for position in prepared.image_positions():
+        has, tile, row, col = (round(float(v)) for v in seen["embeds"][position, :4])
+        places.append((tile - 1 if tile else None, row, col) if has else None)
+    return places
+
+
+@pytest.mark.parametrize("shape", list(IMAGES))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_image_tokens_sit_on_their_patches(family, name, shape):
+    loaded = family(name)
+    image = coded_image(*IMAGES[shape])
+    trace = workbench.trace(loaded, PROMPT, image=image)
+    planted = _planted_places(loaded, image)
+    ours = [None if t.patch is None else (t.tile, *t.patch) for t in trace.tokens if t.region == "image"]
+    assert len(ours) == len(planted) > 0
+    assert ours == planted
+    assert sum(place is not None for place in ours) >= len(ours) // 2
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vhd_without_image_run(family, name):
+    """VHD's text-only run (image tokens removed) and with-image run: each head's contribution at the prompt's last
+    row against eager forwards of the same two sequences."""
+    from workbench.analyses import divergence
+
+    loaded = family(name)
+    image = coded_image(*IMAGES["wide"])
+    result = divergence.vhd(loaded, PROMPT, image, max_new_tokens=1)
+    prepared = prepare_input(loaded, PROMPT, image)
+    ids = prepared.input_ids
+    without_ids = ids[:, ids[0] != loaded.model.config.image_token_id]
+    with_image = _head_outputs(loaded, input_ids=ids, **prepared.model_inputs)
+    without = _head_outputs(loaded, input_ids=without_ids)
+    cosine = torch.nn.functional.cosine_similarity(with_image.double(), without.double(), dim=-1)
+    assert result.cost["text_only_tokens"] == without_ids.shape[1] < ids.shape[1]
+    assert (result.vhd[0].double() - (1 - cosine)).abs().max() < 1e-4
+
+
+def _head_outputs(loaded, **inputs) -> torch.Tensor:
+    """[layer, head, d_model] at the last row: each o_proj input split per head times its slice of W_O (eager)."""
+    layers = loaded.model.model.language_model.layers
+    heads = loaded.text_config.num_attention_heads
+    captured = {}
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(
+        lambda module, args, index=index: captured.__setitem__(index, args[0][0, -1].detach()))
+        for index, layer in enumerate(layers)]
+    previous = loaded.model.config._attn_implementation
+    loaded.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            loaded.model(**inputs)
+    finally:
+        loaded.model.set_attn_implementation(previous)
+        for handle in handles:
+            handle.remove()
+    out = []
+    for index, layer in enumerate(layers):
+        weight = layer.self_attn.o_proj.weight.detach()
+        per_head = captured[index].reshape(heads, -1)
+        out.append(torch.einsum("hd,mhd->hm", per_head, weight.reshape(weight.shape[0], heads, -1)))
+    return torch.stack(out)

@@ -1,0 +1,101 @@
+"""Where each image token of a vision-language model's input comes from: its (row, col) patch and its tile.
+
+Families lay image features into the language model's sequence differently; the arithmetic here follows each
+family's processor and feature packing, written out in our words (docs/models.md draws the layouts):
+
+- LLaVA: one grid of side x side patches (side = image size / patch size), row-major, after a dropped [CLS].
+- LLaVA-NeXT / LLaVA-OneVision ("anyres"): tile 0 is the whole image resized to the base size (side x side
+  patches, row-major); then the image is tiled into a grid of base-size crops (tiles 1.. in row-major order),
+  their patches joined into one mosaic, the padding rows (or columns) the resize added cut off, and the mosaic
+  read row by row with one image-newline token (no patch) closing every row. OneVision shrinks a mosaic larger
+  than its `anyres_max_N` budget by bilinear interpolation; its tokens then carry the (row, col) of the shrunk
+  grid and no tile.
+- Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the image is resized to a multiple of patch x merge pixels; each token is
+  one merge x merge block of patches, row-major over the (height / merge, width / merge) grid of the image;
+  a video's frames (temporal patches) are the tiles.
+
+A token's `patch` is (row, col) in its tile's grid of tokens; `tile` is None for families without tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageTokenPlace:
+    """Where one image token's feature comes from; patch None for tokens that carry no patch (image newlines)."""
+
+    patch: tuple[int, int] | None
+    tile: int | None = None
+
+
+def image_token_places(config, encoded, n_image_tokens: int) -> list[ImageTokenPlace]:
+    """The place of each of the `n_image_tokens` image tokens of one processed image, in sequence order.
+
+    config: the model's config; encoded: the processor's output (image_sizes, image_grid_thw... as the family
+    has them). Families without a rule here fall back to a square grid (with or without a leading [CLS])."""
+    family = getattr(config, "model_type", "")
+    if family in ("llava_next", "llava_onevision"):
+        return _anyres(config, encoded, family)
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        return _merged_grid(config, encoded)
+    return square_grid(n_image_tokens)
+
+
+def square_grid(n_image_tokens: int) -> list[ImageTokenPlace]:
+    """side x side tokens row-major, optionally after one leading token without a patch (a kept [CLS])."""
+    for extra in (0, 1):
+        side = math.isqrt(n_image_tokens - extra)
+        if side * side == n_image_tokens - extra:
+            return [ImageTokenPlace(None)] * extra + [ImageTokenPlace((k // side, k % side))
+                                                      for k in range(side * side)]
+    return [ImageTokenPlace(None)] * n_image_tokens
+
+
+def _anyres(config, encoded, family: str) -> list[ImageTokenPlace]:
+    from transformers.image_processing_utils import select_best_resolution
+
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    image_height, image_width = (int(v) for v in encoded["image_sizes"][0])
+    best_height, best_width = select_best_resolution((image_height, image_width), config.image_grid_pinpoints)
+    tiles_high, tiles_wide = best_height // vision.image_size, best_width // vision.image_size
+    places = [ImageTokenPlace((k // side, k % side), 0) for k in range(side * side)]
+    rows, cols = _unpadded_span(image_height, image_width, tiles_high * side, tiles_wide * side)
+    n_rows, n_cols = rows[1] - rows[0], cols[1] - cols[0]
+    if family == "llava_onevision":
+        budget = int(str(config.vision_aspect_ratio).removeprefix("anyres_max_"))
+        ratio = math.sqrt(n_rows * n_cols / (budget * side * side))
+        if ratio > 1.1:  # interpolated down: the tokens no longer sit on single tiles
+            shrunk_rows, shrunk_cols = int(n_rows // ratio), int(n_cols // ratio)
+            for row in range(shrunk_rows):
+                places += [ImageTokenPlace((row, col)) for col in range(shrunk_cols)] + [ImageTokenPlace(None)]
+            return places
+    for row in range(rows[0], rows[1]):
+        for col in range(cols[0], cols[1]):
+            tile = 1 + (row // side) * tiles_wide + col // side
+            places.append(ImageTokenPlace((row % side, col % side), tile))
+        places.append(ImageTokenPlace(None))  # the image-newline token closing the row
+    return places
+
+
+def _unpadded_span(image_height: int, image_width: int, grid_height: int, grid_width: int):
+    """([first, end) rows, [first, end) cols) of a grid_height x grid_width mosaic that hold the image: the resize
+    kept the aspect ratio and padded the short side evenly, and those padding rows / columns are dropped."""
+    if image_width / image_height > grid_width / grid_height:  # wider than the mosaic: padded top and bottom
+        kept = int(round(image_height * (grid_width / image_width), 7))
+        padding = (grid_height - kept) // 2
+        return (padding, grid_height - padding), (0, grid_width)
+    kept = int(round(image_width * (grid_height / image_height), 7))
+    padding = (grid_width - kept) // 2
+    return (0, grid_height), (padding, grid_width - padding)
+
+
+def _merged_grid(config, encoded) -> list[ImageTokenPlace]:
+    merge = config.vision_config.spatial_merge_size
+    frames, height, width = (int(v) for v in encoded["image_grid_thw"][0])
+    rows, cols = height // merge, width // merge
+    return [ImageTokenPlace((k // cols, k % cols), frame if frames > 1 else None)
+            for frame in range(frames) for k in range(rows * cols)]

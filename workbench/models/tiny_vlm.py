@@ -1,0 +1,169 @@
+"""Tiny seeded vision-language fixtures built from config, one per VLM family, each with an offline processor.
+
+Every fixture pairs a 2-layer vision tower with a 3-layer language model and the family's own processor built
+from local objects (the byte-level tokenizer plus the family's special tokens, a PIL image processor), so the
+tests run the exact transformers code paths of the real checkpoints: LLaVA-NeXT and LLaVA-OneVision (anyres
+tiles and image-newline tokens), Qwen2-VL / Qwen2.5-VL (dynamic resolution, 2x2 merged patches, M-RoPE).
+Image sizes are kept small (16-64 pixels) so a build plus a traced forward takes well under a second.
+"""
+
+from __future__ import annotations
+
+from workbench.models.byte_tokenizer import CHATML_TEMPLATE, byte_level_tokenizer
+from workbench.models.loaded import LoadedModel
+from workbench.models.tiny import INIT_STD, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, _llama_config, _seeded
+
+# (height, width) resolutions an anyres image may be tiled into: 1x2, 2x1 and 2x2 tiles of the base size.
+ANYRES_PINPOINTS = [[TINY_IMAGE_SIZE, 2 * TINY_IMAGE_SIZE], [2 * TINY_IMAGE_SIZE, TINY_IMAGE_SIZE],
+                    [2 * TINY_IMAGE_SIZE, 2 * TINY_IMAGE_SIZE]]
+QWEN_PATCH_SIZE = 4  # a merged token covers 2x2 patches = 8x8 pixels
+QWEN_MERGE = 2
+QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _clip_vision():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32,
+                            initializer_range=INIT_STD)
+
+
+def _siglip_vision(image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE):
+    """A SigLIP tower without its pooling head: every position is a patch (no [CLS])."""
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=image_size, patch_size=patch_size, vision_use_head=False)
+
+
+def _with_tokens(tokens, template=CHATML_TEMPLATE, **special):
+    """The byte-level tokenizer plus a family's extra special tokens (`special`: attribute name -> token)."""
+    tokenizer = byte_level_tokenizer(chat_template=template)
+    if tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    for attribute, token in special.items():
+        setattr(tokenizer, attribute, token)
+    return tokenizer
+
+
+def _image_only(processor_class):
+    """`processor_class` without its video processor: transformers' video processors need torchvision, which this
+    torch build does not ship; the fixtures trace images only."""
+
+    class ImageOnly(processor_class):
+        @classmethod
+        def get_attributes(cls):
+            return [name for name in super().get_attributes() if name != "video_processor"]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    return ImageOnly
+
+
+def tiny_llava_next() -> LoadedModel:
+    """LLaVA-NeXT: the base image plus up to 2x2 anyres tiles, an image-newline token after every feature row."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
+    config = LlavaNextConfig(
+        vision_config=_clip_vision(), text_config=_llama_config(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", image_grid_pinpoints=ANYRES_PINPOINTS,
+        image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
+    )
+    config.initializer_range = INIT_STD
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default", chat_template=CHATML_TEMPLATE, num_additional_image_tokens=1,
+    )
+    model = _seeded(lambda: LlavaNextForConditionalGeneration(config))
+    return LoadedModel("tiny-llava-next", model, tokenizer, "vlm", "tiny-llava-next", processor=processor)
+
+
+def tiny_llava_onevision() -> LoadedModel:
+    """LLaVA-OneVision: anyres tiles like LLaVA-NeXT over a SigLIP tower (no [CLS]: "full" features) and a Qwen2
+    language model."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+        Qwen2Config,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = _with_tokens(["<video>"], video_token="<video>")
+    text = Qwen2Config(**_llama_config(tokenizer).to_dict() | {"model_type": "qwen2"})
+    config = LlavaOnevisionConfig(
+        vision_config=_siglip_vision(), text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="full", image_grid_pinpoints=ANYRES_PINPOINTS,
+    )
+    config.initializer_range = INIT_STD
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, image_grid_pinpoints=ANYRES_PINPOINTS,
+    )
+    processor = _image_only(LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
+        vision_feature_select_strategy="full", chat_template=CHATML_TEMPLATE,
+    )
+    model = _seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
+    return LoadedModel("tiny-llava-onevision", model, tokenizer, "vlm", "tiny-llava-onevision", processor=processor)
+
+
+QWEN_TEMPLATE = CHATML_TEMPLATE.replace("'<image>\n'", "'<|vision_start|><|image_pad|><|vision_end|>'")
+
+
+def _qwen_vl(name: str, family: str) -> LoadedModel:
+    """Qwen2-VL ("qwen2_vl") or Qwen2.5-VL ("qwen2_5_vl"): 4-pixel patches merged 2x2 into one token, images
+    resized to multiples of 8 pixels (dynamic resolution), M-RoPE over (temporal, height, width) in the LM."""
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
+    tokenizer = _with_tokens(QWEN_SPECIAL_TOKENS, QWEN_TEMPLATE, image_token="<|image_pad|>",
+                             video_token="<|video_pad|>")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    llama = _llama_config(tokenizer)
+    rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}  # 2+3+3 = d_head / 2
+    text = {"vocab_size": llama.vocab_size, "hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "initializer_range": INIT_STD, "rope_parameters": rope, "bos_token_id": llama.bos_token_id,
+            "eos_token_id": llama.eos_token_id, "pad_token_id": llama.pad_token_id}
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": 96, "num_heads": 4, "patch_size": QWEN_PATCH_SIZE,
+              "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": 2, "initializer_range": INIT_STD}
+    if family == "qwen2_5_vl":  # window attention over 16x16-pixel windows in layer 0, full attention in layer 1
+        vision.update(intermediate_size=64, out_hidden_size=96, window_size=16, fullatt_block_indexes=[1])
+    config = getattr(transformers, f"{prefix}Config")(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+    )
+    config.initializer_range = INIT_STD
+    side = QWEN_PATCH_SIZE * QWEN_MERGE
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH_SIZE, merge_size=QWEN_MERGE, temporal_patch_size=2,
+        size={"shortest_edge": 4 * side * side, "longest_edge": 64 * side * side},
+    )
+    processor = _image_only(getattr(transformers, f"{prefix}Processor"))(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    model = _seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
+    return LoadedModel(name, model, tokenizer, "vlm", name, processor=processor)
+
+
+def tiny_qwen2_vl() -> LoadedModel:
+    return _qwen_vl("tiny-qwen2-vl", "qwen2_vl")
+
+
+def tiny_qwen2_5_vl() -> LoadedModel:
+    return _qwen_vl("tiny-qwen2.5-vl", "qwen2_5_vl")
+
+
+BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl}
