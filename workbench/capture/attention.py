@@ -35,6 +35,19 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         if edit is None:
             return output, weights
         return _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output), None
+    if getattr(recorder, "splits_rows", False):  # a padded batch: each row goes, unpadded, to its own recorder
+        return recorder.attend_rows(module, query, key, value, attention_mask, lambda row_recorder, *row: (
+            _attend_recorded(row_recorder, edit, module, *row, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                             **kwargs))), None
+    return _attend_recorded(recorder, edit, module, query, key, value, attention_mask, dropout=dropout,
+                            scaling=scaling, is_causal=is_causal, **kwargs), None
+
+
+def _attend_recorded(recorder, edit, module, query, key, value, attention_mask, *, dropout, scaling, is_causal,
+                     **kwargs):
+    """The layer output [batch, query_pos, head, d_head] of one call, its statistics recorded into `recorder`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     if kwargs.get("softcap") is not None:
         raise InputError("this model soft-caps attention logits, which the workbench capture does not support yet")
     if kwargs.get("position_bias") is not None:
@@ -50,7 +63,7 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
                                  wants_maps=call["map_heads"] is not None, editing=edit is not None, dropout=dropout)
     kernel = choice.implementation
     if kernel == "one-pass":
-        return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, mask=mask), None
+        return recorder.attend_fused(call, query=query, key=key, value=value, scaling=scaling, mask=mask)
     output, log_normaliser = _forward_with_log_normaliser(query, key, value, attention_mask, scaling, causal, dropout)
     if output is None:  # a case the CPU lse path does not cover: transformers' own path, lse left to the stats
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -61,7 +74,7 @@ def _workbench_attention(module, query, key, value, attention_mask, dropout=0.0,
         call, query=query, key=key, attention_mask=attention_mask, scaling=scaling, causal=causal,
         attn_output=output, log_normaliser=log_normaliser, value=value, kernel=kernel, fallback=choice.fallback,
     )
-    return output, None
+    return output
 
 
 def _edit(edit, module, query, key, value, attention_mask, scaling, is_causal, output):

@@ -17,27 +17,52 @@ import torch
 def greedy(first_logits: torch.Tensor, feed: Callable[[int], torch.Tensor], *, max_new_tokens: int,
            eos: set[int], continuation: Sequence[int] | None = None, feed_last: bool = False,
            on_token: Callable[[int, int, torch.Tensor], None] | None = None) -> list[int]:
-    """Token ids generated greedily from `first_logits` [vocab] (the prompt's last row).
+    """Token ids generated greedily from `first_logits` [vocab] (the prompt's last row): `greedy_rows` for one row.
 
     feed(token_id) -> logits [vocab] of the row that the new token adds.
     continuation: follow these token ids instead of the argmax (teacher forcing; no stop at EOS).
     feed_last: also feed the last token (a capture records the query row of every generated token).
     on_token(step, token_id, logits): called with the logits [vocab] that predicted each token.
     """
-    steps = len(continuation) if continuation is not None else max_new_tokens
-    ids: list[int] = []
+    return greedy_rows(
+        first_logits[None], lambda fed: feed(fed[0])[None], max_new_tokens=max_new_tokens, eos=eos,
+        continuations=[continuation] if continuation is not None else None, feed_last=feed_last,
+        on_token=(lambda row, step, token_id, logits: on_token(step, token_id, logits)) if on_token else None)[0]
+
+
+def greedy_rows(first_logits: torch.Tensor, feed: Callable[[dict[int, int]], torch.Tensor], *, max_new_tokens: int,
+                eos: set[int], continuations: Sequence[Sequence[int]] | None = None, feed_last: bool = False,
+                on_token: Callable[[int, int, int, torch.Tensor], None] | None = None) -> list[list[int]]:
+    """Token ids generated greedily for each row of a batch, from `first_logits` [batch, vocab]; each row stops on
+    its own (at an end-of-sequence token or after its last step) while the others go on.
+
+    feed({row: token_id}) -> logits [batch, vocab] of the rows the new tokens add (rows not fed: anything).
+    continuations: per row, follow these token ids instead of the argmax (teacher forcing; no stop at EOS).
+    feed_last: also feed each row's last token (a capture records the query row of every generated token).
+    on_token(row, step, token_id, logits): called with the logits [vocab] that predicted each token.
+    """
+    rows = first_logits.shape[0]
+    steps = [len(c) for c in continuations] if continuations is not None else [max_new_tokens] * rows
+    ids: list[list[int]] = [[] for _ in range(rows)]
+    live = [steps[row] > 0 for row in range(rows)]
     logits = first_logits
-    for step in range(steps):
-        token_id = int(continuation[step]) if continuation is not None else int(logits.argmax())
-        ids.append(token_id)
-        if on_token is not None:
-            on_token(step, token_id, logits)
-        stop = continuation is None and token_id in eos
-        if (stop or step == steps - 1) and not feed_last:
+    for step in range(max(steps, default=0)):
+        fed: dict[int, int] = {}
+        for row in range(rows):
+            if not live[row]:
+                continue
+            forced = continuations[row] if continuations is not None else None
+            token_id = int(forced[step]) if forced is not None else int(logits[row].argmax())
+            ids[row].append(token_id)
+            if on_token is not None:
+                on_token(row, step, token_id, logits[row])
+            last = (forced is None and token_id in eos) or step == steps[row] - 1
+            live[row] = not last
+            if feed_last or not last:
+                fed[row] = token_id
+        if not fed:
             break
-        logits = feed(token_id)
-        if stop:
-            break
+        logits = feed(fed)
     return ids
 
 
@@ -102,3 +127,42 @@ class CachedDecoder:
                                  use_cache=True)
         self.cache = self.output.cache
         return self.output.logits[0, -1]
+
+
+class PaddedDecoder:
+    """Several sequences through an HF model with the KV cache, left-padded to one length: the prompts in one
+    forward, then one token per row per `feed`. The attention mask hides every padded key, and the position ids
+    count each row's own tokens (transformers derives positions from the cache length alone, which the padding
+    would shift), so each row computes what it computes alone."""
+
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.device = model_device(model)
+        self.pad_id = pad_id
+        self.cache = None
+        self.mask = None  # [batch, key_pos] 1 = a real token of the row
+        self.next_position = None  # [batch] the position of each row's next token
+
+    def start(self, forward: dict, attention_mask: torch.Tensor, *, all_logits: bool = False):
+        """Run the left-padded prompts (forward's input_ids [batch, query_pos]); returns the model output."""
+        self.mask = attention_mask.to(self.device)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_position = self.mask.sum(-1)
+        output = self.model(**forward, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=0 if all_logits else 1)
+        self.cache = output.cache
+        return output
+
+    def feed(self, fed: dict[int, int]) -> torch.Tensor:
+        """Logits [batch, vocab] of the rows that `fed` ({row: token_id}) adds; rows not fed get a hidden pad."""
+        rows = self.mask.shape[0]
+        ids = torch.full((rows, 1), self.pad_id, dtype=torch.long, device=self.device)
+        column = torch.zeros((rows, 1), dtype=self.mask.dtype, device=self.device)
+        for row, token_id in fed.items():
+            ids[row, 0], column[row, 0] = token_id, 1
+        self.mask = torch.cat([self.mask, column], dim=1)
+        output = self.model(input_ids=ids, attention_mask=self.mask, position_ids=self.next_position[:, None],
+                            cache=self.cache, use_cache=True)
+        self.next_position = self.next_position + column[:, 0]
+        self.cache = output.cache
+        return output.logits[:, -1]

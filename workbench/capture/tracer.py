@@ -104,16 +104,42 @@ class Tracer:
             runtime = intervention.start(self.layout, image_positions=prepared.image_positions())
         captured = self._backend.capture(prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
                                          edit=runtime, progress=progress)
-        tensors = captured.tensors
-        tensors.update(prepared.image_tensors())
-        meta = trace_meta(loaded, prepared, captured.tokens, prompt_length, max_new_tokens, captured.layout, plan,
-                          captured.recorder)
-        meta["model"]["attention_backend"] = captured.attention_backend
-        if captured.frontend is not None:
-            meta["model"]["frontend"] = captured.frontend
+        trace = _as_trace(loaded, prepared, captured, plan, max_new_tokens)
         if runtime is not None:
-            meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
-        return Trace(meta=meta, tokens=captured.tokens, tensors=MemoryTensors(tensors))
+            trace.meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}
+        return trace
+
+    def trace_batch(self, prompts: Sequence[str], images: Sequence | None = None, *, plan: CapturePlan | None = None,
+                    max_new_tokens: int = 0, system: str | None = None, raw: bool = False,
+                    max_length: int | None = None, progress: Callable[[int, int], None] | None = None,
+                    **plan_options) -> list[Trace]:
+        """`trace` of each prompt (with its image, if any), run together: one left-padded forward and one batched
+        greedy generation in which each row stops on its own; every Trace equals that of its prompt traced alone
+        up to fp32 rounding (`capture/backends/hf_batch.py`). Where the inputs cannot share a forward (another
+        backend, an encoder, decomposition, inputs with and without images) they are traced one after another.
+        """
+        plan = self._plan(plan, plan_options)
+        images = list(images) if images is not None else [None] * len(prompts)
+        if len(images) != len(prompts):
+            from workbench.errors import InputError
+
+            raise InputError(f"{len(prompts)} prompts but {len(images)} images; give one image (or None) per prompt")
+        if len(prompts) < 2 or self._backend.name != "hf" or (any(images) and not self._backend.accepts_images):
+            return [self.trace(p, i, plan=plan, max_new_tokens=max_new_tokens, system=system, raw=raw,
+                               max_length=max_length, progress=progress) for p, i in zip(prompts, images, strict=True)]
+        from workbench.capture.backends.hf_batch import batchable, capture_batch
+
+        loaded = self.loaded
+        prepared = [prepare_input(loaded, p, i, system=system, raw=raw) for p, i in zip(prompts, images, strict=True)]
+        for item in prepared:
+            check_lengths(loaded, item.input_ids.shape[1], max_new_tokens, max_length)
+        plan.check(loaded, self.layout, positions=max(p.input_ids.shape[1] for p in prepared) + max_new_tokens)
+        if batchable(loaded, prepared, plan) is not None:
+            return [self.trace(p, i, plan=plan, max_new_tokens=max_new_tokens, system=system, raw=raw,
+                               max_length=max_length, progress=progress) for p, i in zip(prompts, images, strict=True)]
+        captured = capture_batch(self._backend, prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
+                                 progress=progress)
+        return [_as_trace(loaded, item, row, plan, max_new_tokens) for item, row in zip(prepared, captured, strict=True)]
 
     def _place_spans(self, prepared, prompt: str, spans) -> None:
         from workbench.capture.spans import check_spans, locate_spans
@@ -197,6 +223,18 @@ class Tracer:
         if plan is not None and options:
             raise InputError("pass either plan=CapturePlan(...) or capture options, not both")
         return plan if plan is not None else self.plan(**options)
+
+
+def _as_trace(loaded, prepared, captured, plan: CapturePlan, max_new_tokens: int) -> Trace:
+    """The Trace of one captured input: its tensors, the input image, and the manifest."""
+    tensors = captured.tensors
+    tensors.update(prepared.image_tensors())
+    meta = trace_meta(loaded, prepared, captured.tokens, prepared.input_ids.shape[1], max_new_tokens, captured.layout,
+                      plan, captured.recorder)
+    meta["model"]["attention_backend"] = captured.attention_backend
+    if captured.frontend is not None:
+        meta["model"]["frontend"] = captured.frontend
+    return Trace(meta=meta, tokens=captured.tokens, tensors=MemoryTensors(tensors))
 
 
 def trace(model, prompt: str, image=None, *, max_new_tokens: int = 0, backend: str = "hf", device: str = "cpu",
