@@ -50,6 +50,7 @@ ANALYSES: dict[str, Analysis] = {a.key: a for a in [
     Analysis("lens", "lens", "logit lens / direct logit attribution", "workbench lens {bundle} --pos POS"),
     Analysis("rollout", "rollout", "attention rollout or flow (Abnar & Zuidema 2020)",
              "workbench rollout {bundle} --pos POS"),
+    Analysis("blind_tokens", "blind_tokens", "blind (AVC) and outlier (DAMRO) image tokens", "workbench blind {bundle}"),
 ]}
 
 
