@@ -15,6 +15,8 @@
   (see visual_sinks.py); var_layers "reference" (default) searches from layer 2 on and forks heads only in layers
   with a visual sink, "all" searches every layer and scores heads in every layer.
 - Ruscio et al., "What are you sinking? A geometric approach on attention sink": the sink kind (rule below).
+- Darcet et al. 2024, "Vision Transformers Need Registers": on a vision-encoder trace, the high-norm artifact
+  patches and the attention they receive (artifact_tokens.py; artifact_rule "relative" | "absolute").
 
 Statistics needed: key_mass and key_count (always kept) for alpha, Sink^eps, hidden sinks and the kind;
 hidden_in (`--hidden`) for sink dimensions and visual sinks; region_mass (always) plus per-row attention on the
@@ -39,6 +41,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from workbench.analyses import artifact_tokens as artifacts_mod
 from workbench.analyses import visual_sinks as visual
 from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import BundleError, InputError
@@ -74,6 +77,7 @@ class SinksResult(Result):
     visual_sinks: dict | None = None
     image_centric: dict | None = None
     notes: tuple = ()
+    artifacts: dict | None = None  # vision encoders only (artifact_tokens.find)
 
     @property
     def sink_heads(self) -> list[tuple[int, int, int]]:
@@ -88,6 +92,7 @@ class SinksResult(Result):
             "layers": list(self.layers), "heads": list(self.heads), "hidden_sinks": self.hidden_sinks,
             "kind": self.kind, "sink_dims": self.sink_dims, "visual_sinks": self.visual_sinks,
             "image_centric": self.image_centric, "notes": list(self.notes),
+            **({"artifacts": self.artifacts} if self.artifacts is not None else {}),
         }
 
     @classmethod
@@ -106,7 +111,8 @@ class SinksResult(Result):
                    sink_tokens=tuple(data.get("sink_tokens") or ()), layers=tuple(data.get("layers") or ()),
                    heads=heads, hidden_sinks=hidden, kind=dict(data.get("kind") or {}),
                    sink_dims=data.get("sink_dims"), visual_sinks=data.get("visual_sinks"),
-                   image_centric=data.get("image_centric"), notes=tuple(data.get("notes") or ()))
+                   image_centric=data.get("image_centric"), notes=tuple(data.get("notes") or ()),
+                   artifacts=data.get("artifacts"))
 
     def head_metrics(self) -> dict[str, HeadMetric]:
         """Max alpha and sink keys per head (Gu et al.), hidden sinks (ACT) and image-centric rows (VAR)."""
@@ -152,6 +158,8 @@ class SinksResult(Result):
         out = {"sink_tokens": sorted(entry["position"] for entry in self.sink_tokens)}
         if self.visual_sinks is not None:
             out["visual_sinks"] = sorted(entry["position"] for entry in self.visual_sinks.get("visual", []))
+        if self.artifacts is not None:
+            out["artifact_tokens"] = sorted(entry["position"] for entry in self.artifacts.get("tokens", []))
         return out
 
 
@@ -196,11 +204,15 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
             hidden_factor: float = 5.0, min_queries: int = 16, central_share: float = 2 / 3,
             dims: tuple[int, ...] | None = None, contrast: float = 10.0, floor: float = 5.0, tau: float = 20.0,
             var_layers: Literal["reference", "all"] = "reference", visual_first_layer: int = 2, rho: float = 0.5,
-            summ: float = 0.2) -> SinksResult:
+            summ: float = 0.2, artifact_rule: Literal["relative", "absolute"] = "relative",
+            artifact_factor: float = artifacts_mod.DEFAULT_FACTOR,
+            artifact_threshold: float = artifacts_mod.PAPER_NORM_THRESHOLD) -> SinksResult:
     """Attention sinks of `trace` (see the module docstring for every rule and which statistics it needs).
 
     Conventions by name, the reference's the default: query_rows "prompt" | "all" (Gu alpha), hidden_rule
-    "relative" | "absolute" (ACT), var_layers "reference" | "all" (VAR; "reference" starts at visual_first_layer).
+    "relative" | "absolute" (ACT), var_layers "reference" | "all" (VAR; "reference" starts at visual_first_layer),
+    artifact_rule "relative" (norm > artifact_factor x the median patch norm) | "absolute" (norm > artifact_threshold,
+    the paper's 150) for the artifact tokens of a vision encoder.
 
     >>> import workbench
     >>> probe = ("Attention sinks are easy to see in a planted model. "
@@ -237,7 +249,12 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
         "hidden_sinks": _hidden_sinks(alpha, guard, hidden_threshold, hidden_factor, hidden_rule),
         "kind": _kind(alpha, listed, count, central_share, tokens),
     }
-    if stack == "text":
+    if trace.model.get("kind") == "vision":  # a standalone image encoder: Darcet et al.'s artifacts, not VAR
+        result["artifacts"] = artifacts_mod.find(trace, rule=artifact_rule, factor=artifact_factor,
+                                                 threshold=artifact_threshold)
+        if not result["artifacts"]["available"]:
+            notes.append(result["artifacts"]["reason"])
+    elif stack == "text":
         first = visual_first_layer if var_layers == "reference" else 0
         extra, extra_notes = _visual_part(trace, result["sink_tokens"], dims, contrast, floor, tau, first,
                                           var_layers == "reference", rho, summ)

@@ -42,6 +42,12 @@ def sinks(
     dims: Optional[str] = typer.Option(None, "--dims", help="Sink dimensions to use instead of finding them."),
     rho: float = typer.Option(0.5, "--rho", help="Image-centric heads: non-sink share of image attention >= rho "
                                                  "(paper convention; the released code's rho is 1 - rho)."),
+    artifact_rule: str = typer.Option("relative", "--artifact-rule",
+                                      help="Vision encoders' high-norm artifact patches (Darcet et al.): 'relative' "
+                                           "(norm > --artifact-factor x the median patch norm) or 'absolute' "
+                                           "(norm > --artifact-threshold, the paper's 150)."),
+    artifact_factor: float = typer.Option(4.0, "--artifact-factor", help="Relative artifact-norm factor."),
+    artifact_threshold: float = typer.Option(150.0, "--artifact-threshold", help="Absolute artifact norm."),
     store: bool = typer.Option(True, "--store/--no-store", help="Write results/sinks.json into the bundle."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
@@ -55,6 +61,8 @@ def sinks(
         raise InputError("--query-rows takes 'prompt' or 'all'")
     if var_layers not in ("reference", "all"):
         raise InputError("--var-layers takes 'reference' or 'all'")
+    if artifact_rule not in ("relative", "absolute"):
+        raise InputError("--artifact-rule takes 'relative' or 'absolute'")
     from workbench import option_checks as check
     from workbench.cli.paths import check_json_output, write_json
 
@@ -64,6 +72,8 @@ def sinks(
     check.count("--min-queries", min_queries, low=1)
     check.real("--tau", tau, low=0.0, high=1e9)
     check.real("--rho", rho, low=0.0, high=1.0)
+    check.real("--artifact-factor", artifact_factor, above=0.0, high=1e6)
+    check.real("--artifact-threshold", artifact_threshold, above=0.0, high=1e12)
     json_out = check_json_output(json_out, force=force)
     trace = workbench.load(bundle)
     if eps is None:
@@ -72,7 +82,8 @@ def sinks(
         eps = SINK_EPSILON
     result = analysis.analyse(trace, eps=eps, stack=stack, query_rows=query_rows, hidden_rule=hidden_rule,
                               hidden_threshold=threshold, hidden_factor=factor, min_queries=min_queries, tau=tau,
-                              dims=_dims(dims), var_layers=var_layers, rho=rho)
+                              dims=_dims(dims), var_layers=var_layers, rho=rho, artifact_rule=artifact_rule,
+                              artifact_factor=artifact_factor, artifact_threshold=artifact_threshold)
     data = result.to_json()
     name = "sinks" if stack == "text" else f"sinks_{stack}"
     stored = None
@@ -114,8 +125,27 @@ def _summary(result) -> None:
         heads = ", ".join(f"L{layer}H{head}" for layer, head in centric.get("image_centric") or []) or "none"
         console.print(f"image-centric heads ({o['var_layers']} layers): "
                       f"{heads if centric['available'] else centric['reason']}")
+    if result.artifacts is not None and result.artifacts["available"]:
+        _artifact_summary(console, result.artifacts)
     for note in result.notes:
         console.print(f"note {note}")
+
+
+def _artifact_summary(console, found: dict) -> None:
+    """One line per layer with artifact patches: how many, their norms against the median, attention received."""
+    o = found["options"]
+    rule = f"norm > {o['factor']:g} x median patch norm" if o["rule"] == "relative" else f"norm > {o['threshold']:g}"
+    console.print(f"artifact tokens ({rule}): {len(found['tokens'])} at the output, first in layer "
+                  f"{found['first_layer']}")
+    for entry in found["layers"]:
+        if not entry["artifacts"]:
+            continue
+        share = lambda key: "n/a" if entry.get(key) is None else f"{entry[key]:.3f}"  # noqa: E731
+        console.print(f"  layer {entry['layer']:>2}: {len(entry['artifacts'])} patches "
+                      f"{[tuple(a['patch']) for a in entry['artifacts']][:6]}, max norm "
+                      f"{max(a['norm'] for a in entry['artifacts']):.1f} vs median {entry['median_patch_norm']:.1f}; "
+                      f"attention share from [CLS] {share('cls_share')}, patches {share('patch_share')}, all "
+                      f"{share('all_share')} (uniform {entry['uniform_share']:.3f})")
 
 
 # -- `workbench trace --intervene` ---------------------------------------------------------------------------------
