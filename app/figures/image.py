@@ -42,3 +42,24 @@ def patch_overlay(grid: np.ndarray, *, image_uri: str | None = None, marked: lis
                    dtick=1 if rows <= 32 else None),
     )
     return fig
+
+
+def flagged_patches(grid: np.ndarray, groups: list[tuple[str, str, str, list[tuple[int, int]]]], *,
+                    image_uri: str | None = None, label: str = "attention", title: str | None = None,
+                    positions: np.ndarray | None = None, height: int = 520) -> go.Figure:
+    """The patch overlay with several named sets of patches outlined, one colour and dash each, named in a legend.
+
+    groups: (name, colour, dash, [(row, col), ...]) per set (e.g. AVC blind tokens, DAMRO outlier tokens); a patch
+    in two sets gets both outlines, the second drawn slightly inside the first.
+    """
+    fig = patch_overlay(grid, image_uri=image_uri, label=label, title=title, positions=positions, height=height)
+    for index, (name, colour, dash, patches) in enumerate(groups):
+        inset = 0.06 + 0.1 * index
+        for row, col in patches:
+            fig.add_shape(type="rect", x0=col - 0.5 + inset, x1=col + 0.5 - inset, y0=row - 0.5 + inset,
+                          y1=row + 0.5 - inset, line=dict(color=colour, width=3, dash=dash))
+        # an empty trace carries the legend entry of the outlines
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=3, dash=dash),
+                                 name=f"{name} ({len(patches)})", showlegend=True))
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
+    return fig

@@ -1,4 +1,5 @@
-"""Image (VLM bundles): the input image with a patch-level attention overlay, sink patches marked."""
+"""Image (VLM bundles): the input image with a patch-level attention overlay, sink patches marked; blind (AVC) and
+outlier (DAMRO) image tokens from results/blind_tokens.json on the patch grid."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from workbench.app.data import results as results_mod
 from workbench.app.data.images import data_uri, model_view
 from workbench.app.data.metrics import key_alpha
 from workbench.app.figures.common import message_figure
-from workbench.app.figures.image import patch_overlay
+from workbench.app.figures.image import flagged_patches, patch_overlay
 from workbench.app.pages.common import (
     Page,
     as_int,
@@ -86,6 +87,9 @@ def layout(bundle=None, stack=None, layer=None, head=None, pos=None, **_):
                  className="wb-controls"),
         html.Div(id="image-notes"),
         graph("image-overlay", message_figure("loading…"), loading=True),
+        html.H3("Blind and outlier image tokens"),
+        html.Div(id="image-blind-notes"),
+        graph("image-blind", message_figure("loading…")),
     ])
 
 
@@ -136,6 +140,47 @@ def register(app) -> None:
         fig = patch_overlay(grid, image_uri=uri, marked=marked, label=label, positions=grid_positions,
                             title=f"{label} — {stack} stack, {where}, {who}")
         return fig, notes
+
+
+    @app.callback(Output("image-blind", "figure"), Output("image-blind-notes", "children"),
+                  Input(sel("bundle"), "value"))
+    @guarded("figure", "panel")
+    def render_blind(bundle):
+        store = data()
+        trace = store.trace(bundle)
+        found = results_mod.find(trace.results, "blind_tokens")
+        if found is None or found.result is None:
+            why = found.warnings if found is not None else (results_mod.hint("blind_tokens", trace.path),)
+            return message_figure("no blind / outlier token result"), [hint_panel(w) for w in why]
+        result = found.result
+        image = store.image(bundle)
+        figure, notes = blind_figure(result, data_uri(model_view(image), max_side=336) if image is not None else None)
+        return figure, [note(n) for n in notes]
+
+
+def blind_figure(result, image_uri):
+    """The AVC attention of the last prompt row on the patch grid, blind tokens (AVC) and outliers (DAMRO) outlined."""
+    patches = [p for p in result.patches if p is not None]
+    if not patches:
+        return message_figure("the image tokens carry no patch grid"), []
+    rows, cols = max(p[0] for p in patches) + 1, max(p[1] for p in patches) + 1
+    grid, positions = np.full((rows, cols), np.nan), np.full((rows, cols), -1)
+    where = {}
+    for position, patch, value in zip(result.positions, result.patches, result.lm_attention):
+        if patch is not None:
+            grid[patch[0], patch[1]] = value
+            positions[patch[0], patch[1]] = int(position)
+            where[int(position)] = tuple(patch)
+    groups = [("AVC blind tokens", "#ff1f1f", "solid", [where[p] for p in result.blind if p in where]),
+              ("DAMRO outliers ([CLS] top-k)", "#00d5ff", "dash", [where[p] for p in result.outliers if p in where])]
+    shared = len(set(result.blind) & set(result.outliers))
+    notes = [f"heat: the last prompt row's attention to each image token, mean over heads and AVC layers "
+             f"{list(result.layers)}; red: {len(result.blind)} blind tokens (>= mean + {result.options.get('lamb')} "
+             f"std); cyan dashed: the vision tower's top {len(result.outliers)} [CLS]-attention patches (layer "
+             f"{result.options.get('feature_layer')}); {shared} in both."]
+    figure = flagged_patches(grid, groups, image_uri=image_uri, label="last-row attention", positions=positions,
+                             title="blind (AVC) and outlier (DAMRO) image tokens")
+    return figure, notes
 
 
 def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[list[tuple[int, int]], str]:
