@@ -127,7 +127,7 @@ class Tracer:
         if len(prompts) < 2 or self._backend.name != "hf" or (any(images) and not self._backend.accepts_images):
             return [self.trace(p, i, plan=plan, max_new_tokens=max_new_tokens, system=system, raw=raw,
                                max_length=max_length, progress=progress) for p, i in zip(prompts, images, strict=True)]
-        from workbench.capture.backends.hf_batch import batchable, capture_batch
+        from workbench.capture.backends.hf_batch import batchable, capture_batch, padded_groups
 
         loaded = self.loaded
         prepared = [prepare_input(loaded, p, i, system=system, raw=raw) for p, i in zip(prompts, images, strict=True)]
@@ -137,9 +137,14 @@ class Tracer:
         if batchable(loaded, prepared, plan) is not None:
             return [self.trace(p, i, plan=plan, max_new_tokens=max_new_tokens, system=system, raw=raw,
                                max_length=max_length, progress=progress) for p, i in zip(prompts, images, strict=True)]
-        captured = capture_batch(self._backend, prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
-                                 progress=progress)
-        return [_as_trace(loaded, item, row, plan, max_new_tokens) for item, row in zip(prepared, captured, strict=True)]
+        traces = []
+        for group in padded_groups([p.input_ids.shape[1] for p in prepared], loaded.text_config.vocab_size):
+            chosen = [prepared[index] for index in group]
+            captured = capture_batch(self._backend, chosen, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
+                                     progress=progress)
+            traces += [_as_trace(loaded, item, row, plan, max_new_tokens) for item, row in zip(chosen, captured,
+                                                                                                strict=True)]
+        return traces
 
     def _place_spans(self, prepared, prompt: str, spans) -> None:
         from workbench.capture.spans import check_spans, locate_spans

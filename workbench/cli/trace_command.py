@@ -11,6 +11,10 @@ import typer
 from workbench.cli.paths import check_bundle_output, check_json_output, is_stdout, output_folder, write_json
 from workbench.errors import InputError
 
+# Prompts per padded forward with --prompts: on CPU, 8 short prompts (~40 tokens) per forward already take most of
+# what batching gains over one at a time (benchmarks/short_prompts.py), and 8 keeps a batch's memory small.
+DEFAULT_BATCH_SIZE = 8
+
 
 def read_prompts(path: Path) -> list[dict]:
     """Every line of a prompt set, checked before anything is traced (format: workbench/datasets/prompt_lines.py)."""
@@ -66,6 +70,10 @@ def trace(
                                                                 "the load average, at least 1]."),
     probe: Path | None = typer.Option(None, "--probe", help="Lookback Lens probe: store per-token hallucination "
                                                                "scores as results/lookback.json."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=(
+        "With --prompts: prompts traced together in one left-padded forward (each bundle as if traced alone) "
+        f"[default: {DEFAULT_BATCH_SIZE}; fewer where their logits would outgrow one long prompt's; lines with "
+        "spans, an intervention or decomposition are traced one at a time].")),
 ) -> None:
     """Trace a prompt (and image) through a model into a NAME.wbtrace bundle; optionally export JSON."""
     if _is_vision_encoder(model):  # an image in, no text: checked from the registry / config before loading
@@ -92,6 +100,9 @@ def trace(
     options.count("--max-new-tokens", max_new_tokens, high=1_000_000)
     options.count("--max-length", max_length, low=1, high=options.MAX_COUNT)
     options.count("--threads", threads, low=1, high=4096)
+    options.count("--batch-size", batch_size, low=1, high=4096)
+    if batch_size is not None and prompts is None:
+        raise InputError("--batch-size applies to --prompts FILE.jsonl (several prompts); drop it for one prompt")
     _check_model_options(dtype, rope_scaling, max_length)
     check_backend(backend, remote=remote)
     plan = CapturePlan.build(maps=maps, vision_maps=vision_maps, hidden_states=hidden, head_outputs=head_outputs,
@@ -128,20 +139,11 @@ def trace(
 
     with progress_bars() as bars:
         overall = bars.add_task("inputs", total=len(jobs)) if len(jobs) > 1 else None
-        for item, bundle_path, json_path in jobs:
-            step_task = bars.add_task(f"{item.get('name') or 'trace'}", total=None)
+        def new_tokens_of(item: dict) -> int:
             new_tokens = item.get("max_new_tokens", max_new_tokens)
-            if new_tokens is None:
-                new_tokens = 0 if loaded.kind in ("encoder", "vision") else 16
-            spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
-            result = tracer.trace(
-                item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
-                system=item.get("system", system), raw=raw, max_length=max_length, spans=item.get("spans"),
-                progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
-            )
-            bars.remove_task(step_task)
-            attach_effect(result, tracer, item, spec, max_new_tokens=new_tokens, system=item.get("system", system),
-                          raw=raw)
+            return new_tokens if new_tokens is not None else 0 if loaded.kind in ("encoder", "vision") else 16
+
+        def finish(result, item, bundle_path, json_path) -> None:
             if lens is not None:
                 result.add_result("lookback", lens.score_trace(result))
             if bundle_path is not None:
@@ -151,6 +153,47 @@ def trace(
             if overall is not None:
                 bars.advance(overall)
             _report(result, bundle_path, json_path)
+
+        size = 1 if intervene or decomposition else batch_size or DEFAULT_BATCH_SIZE
+        for batch in _batches(jobs, size, key=lambda item: (new_tokens_of(item), item.get("system", system))):
+            if len(batch) > 1:  # one padded forward; each bundle equals the prompt traced alone
+                step_task = bars.add_task(f"{len(batch)} prompts", total=None)
+                results = tracer.trace_batch(
+                    [item["prompt"] for item, _, _ in batch], [item.get("image") for item, _, _ in batch], plan=plan,
+                    max_new_tokens=new_tokens_of(batch[0][0]), system=batch[0][0].get("system", system), raw=raw,
+                    max_length=max_length,
+                    progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total))
+                bars.remove_task(step_task)
+                for (item, bundle_path, json_path), result in zip(batch, results, strict=True):
+                    finish(result, item, bundle_path, json_path)
+                continue
+            item, bundle_path, json_path = batch[0]
+            step_task = bars.add_task(f"{item.get('name') or 'trace'}", total=None)
+            new_tokens = new_tokens_of(item)
+            spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
+            result = tracer.trace(
+                item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
+                system=item.get("system", system), raw=raw, max_length=max_length, spans=item.get("spans"),
+                progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total),
+            )
+            bars.remove_task(step_task)
+            attach_effect(result, tracer, item, spec, max_new_tokens=new_tokens, system=item.get("system", system),
+                          raw=raw)
+            finish(result, item, bundle_path, json_path)
+
+
+def _batches(jobs: list, size: int, *, key) -> list[list]:
+    """Consecutive jobs traced together: up to `size` whose items agree in `key(item)` (tokens to generate, system
+    message) and carry no spans; an item with spans is a batch of its own."""
+    batches: list[list] = []
+    for job in jobs:
+        last = batches[-1] if batches else None
+        if (last is not None and len(last) < size and not job[0].get("spans") and not last[0][0].get("spans")
+                and key(job[0]) == key(last[0][0])):
+            last.append(job)
+        else:
+            batches.append([job])
+    return batches
 
 
 def _attach_spans(items: list[dict], ranges: list[str] | None, markers: str | None, backend: str) -> None:

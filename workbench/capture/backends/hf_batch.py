@@ -41,6 +41,22 @@ def batchable(loaded, prepared: list, plan) -> str | None:
     return None
 
 
+def padded_groups(lengths: list[int], vocab: int) -> list[list[int]]:
+    """Consecutive inputs (by index) that share a forward: as many as keep the padded batch's prompt logits
+    (rows x longest x vocab) within what one traced prompt may hold (MAX_PROMPT_LOGITS), so a batch never needs
+    more memory for logits than the longest single trace; an input over that bound runs alone."""
+    groups: list[list[int]] = []
+    longest = 0
+    for index, length in enumerate(lengths):
+        if groups and (len(groups[-1]) + 1) * max(longest, length) * vocab <= MAX_PROMPT_LOGITS:
+            groups[-1].append(index)
+            longest = max(longest, length)
+        else:
+            groups.append([index])
+            longest = length
+    return groups
+
+
 def pad_token_id(loaded) -> int:
     """The id padded positions carry (hidden by the mask, so any id the model embeds will do)."""
     tokenizer = loaded.tokenizer
