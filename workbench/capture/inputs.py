@@ -123,22 +123,37 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
     else:
         text = (f"{image_token}\n" if pil_image is not None else "") + (f"{system}\n" if system else "") + prompt
     if pil_image is not None:
-        encoded = loaded.processor(text=text, images=pil_image, return_tensors="pt", return_offsets_mapping=True)
+        encoded = loaded.processor(text=text, images=pil_image, return_tensors="pt", return_offsets_mapping=True,
+                                   return_text_replacement_offsets=True)
+        replacements = (encoded.pop("text_replacement_offsets", None) or [[]])[0]
         n_image_tokens = int((encoded["input_ids"] == loaded.model.config.image_token_id).sum())
-        # The processor expanded each image placeholder into n_image_tokens copies; offsets refer to that text.
-        text = text.replace(image_token, image_token * max(n_image_tokens, 1))
+        # Offsets refer to the text the processor expanded each image placeholder into.
+        text = _expanded(text, replacements, image_token, n_image_tokens)
     else:
         encoded = loaded.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     offsets = encoded.pop("offset_mapping")[0].tolist()
     tokens = _label_tokens(loaded, input_ids[0].tolist(), offsets, text, prompt, system, default_system,
-                           encoded if pil_image is not None else None)
+                           dict(encoded, text_replacements=replacements) if pil_image is not None else None)
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     if loaded.kind == "encoder" and "token_type_ids" in encoded:
         model_inputs["token_type_ids"] = encoded["token_type_ids"]
     meta = {"prompt": prompt, "system": system, "raw": raw, "chat_template": use_template, "text": text,
             "image": image_meta}
     return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image, offsets)
+
+
+def _expanded(text: str, replacements: list[dict], image_token: str, n_image_tokens: int) -> str:
+    """`text` with its image placeholders expanded as the processor did: from the processor's own replacement
+    record where it gives one, else each placeholder repeated once per image token (LLaVA's expansion)."""
+    if not replacements:
+        return text.replace(image_token, image_token * max(n_image_tokens, 1))
+    out, done = [], 0
+    for replacement in sorted(replacements, key=lambda r: r["span"][0]):
+        start, end = replacement["span"]
+        out += [text[done:start], replacement["replacement"]]
+        done = end
+    return "".join(out) + text[done:]
 
 
 def _label_tokens(loaded, ids, offsets, text, prompt, system, default_system, encoded=None) -> list[Token]:

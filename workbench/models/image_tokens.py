@@ -13,13 +13,18 @@ family's processor and feature packing, written out in our words (docs/models.md
 - Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the image is resized to a multiple of patch x merge pixels; each token is
   one merge x merge block of patches, row-major over the (height / merge, width / merge) grid of the image;
   a video's frames (temporal patches) are the tiles.
+- Idefics3 / SmolVLM: an image larger than one tile is split into rows x cols tiles (tiles 0.. row-major), then
+  the whole image downscaled to one tile comes last (tile rows x cols); pixel shuffle folds each scale x scale
+  block of a tile's patches into one token, so a tile holds (side / scale)^2 tokens, row-major.
 
-A token's `patch` is (row, col) in its tile's grid of tokens; `tile` is None for families without tiles.
+A token's `patch` is (row, col) in its tile's grid of tokens; `tile` is the tile's index in the vision tower's
+batch (the order the tower encoded them), None for families without tiles.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 
@@ -41,6 +46,8 @@ def image_token_places(config, encoded, n_image_tokens: int) -> list[ImageTokenP
         return _anyres(config, encoded, family)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return _merged_grid(config, encoded)
+    if family in ("idefics3", "smolvlm"):
+        return _split_image(config, encoded, n_image_tokens)
     return square_grid(n_image_tokens)
 
 
@@ -99,3 +106,14 @@ def _merged_grid(config, encoded) -> list[ImageTokenPlace]:
     rows, cols = height // merge, width // merge
     return [ImageTokenPlace((k // cols, k % cols), frame if frames > 1 else None)
             for frame in range(frames) for k in range(rows * cols)]
+
+
+def _split_image(config, encoded, n_image_tokens: int) -> list[ImageTokenPlace]:
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size // config.scale_factor
+    replacement = "".join(r["replacement"] for r in encoded.get("text_replacements") or [])
+    tags = [(int(row), int(col)) for row, col in re.findall(r"<row_(\d+)_col_(\d+)>", replacement)]
+    n_tiles = n_image_tokens // (side * side)
+    if len(tags) != n_tiles - (1 if tags else 0) or n_tiles * side * side != n_image_tokens:
+        return square_grid(n_image_tokens)  # a layout this rule does not know: no patches rather than wrong ones
+    return [ImageTokenPlace((k // side, k % side), tile) for tile in range(n_tiles) for k in range(side * side)]

@@ -165,5 +165,47 @@ def tiny_qwen2_5_vl() -> LoadedModel:
     return _qwen_vl("tiny-qwen2.5-vl", "qwen2_5_vl")
 
 
+IDEFICS_SCALE = 2  # pixel shuffle: 2x2 patches -> one token
+IDEFICS_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
+
+
+def _idefics(name: str, family: str) -> LoadedModel:
+    """Idefics3 ("idefics3") or SmolVLM ("smolvlm"): a SigLIP-style tower over 32-pixel tiles (4x4 patches, pixel
+    shuffle 2 -> 2x2 tokens each); an image larger than one tile is split into tiles plus a global image."""
+    import importlib
+
+    import transformers
+
+    prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
+    image_module = importlib.import_module(f"transformers.models.{family}.image_processing_pil_{family}")
+    tokenizer = _with_tokens(IDEFICS_TOKENS)
+    vision = getattr(transformers, f"{prefix}VisionConfig")(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, initializer_range=INIT_STD)
+    config = getattr(transformers, f"{prefix}Config")(
+        vision_config=vision, text_config=_llama_config(tokenizer), scale_factor=IDEFICS_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    config.initializer_range = INIT_STD
+    image_processor = getattr(image_module, f"{prefix}ImageProcessorPil")(
+        size={"longest_edge": 2 * TINY_IMAGE_SIZE}, max_image_size={"longest_edge": TINY_IMAGE_SIZE},
+        do_image_splitting=True)
+    seq_len = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2 // IDEFICS_SCALE ** 2
+    videos = {"video_processor": None} if family == "smolvlm" else {}
+    processor = _image_only(getattr(transformers, f"{prefix}Processor"))(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHATML_TEMPLATE,
+        **videos)
+    model = _seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
+    return LoadedModel(name, model, tokenizer, "vlm", name, processor=processor)
+
+
+def tiny_idefics3() -> LoadedModel:
+    return _idefics("tiny-idefics3", "idefics3")
+
+
+def tiny_smolvlm() -> LoadedModel:
+    return _idefics("tiny-smolvlm", "smolvlm")
+
+
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
-            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl}
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-idefics3": tiny_idefics3}

@@ -93,6 +93,11 @@ def _trace_and_reference(loaded, image):
     return trace, eager_calls(loaded.model, input_ids=ids, **extra)
 
 
+def _language_model(model):
+    inner = model.model
+    return getattr(inner, "language_model", None) or inner.text_model
+
+
 # ------------------------------------------------------------------------------------------------ the tests
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fixture_builds_fast_and_seeded(family, name):
@@ -157,11 +162,36 @@ def _planted_places(loaded, image) -> list[tuple]:
                     codes[tile, k] = code(tile, k // side, k % side, output[tile, k])
             return codes
 
-        handle = model.model.multi_modal_projector.register_forward_hook(project)
+        handles = [model.model.multi_modal_projector.register_forward_hook(project)]
         newline = model.model.image_newline
         saved = newline.detach().clone()
         with torch.no_grad():
             newline.zero_()
+    elif family in ("idefics3", "smolvlm"):
+        side, scale = config.vision_config.image_size // config.vision_config.patch_size, config.scale_factor
+
+        def encode(module, args, kwargs, output):  # [tile, side * side, d]: each patch's (tile, row, col)
+            hidden = output.last_hidden_state
+            codes = torch.zeros_like(hidden)
+            for tile in range(hidden.shape[0]):
+                for k in range(hidden.shape[1]):
+                    codes[tile, k] = code(tile, k // side, k % side, hidden[tile, k])
+            output.last_hidden_state = codes
+            return output
+
+        def shuffled(module, args, output):  # each token concatenates scale^2 patches' codes: its block
+            blocks = args[0].reshape(*args[0].shape[:2], scale * scale, -1)[..., :4]
+            codes = torch.zeros_like(output)
+            for tile in range(blocks.shape[0]):
+                for k in range(blocks.shape[1]):
+                    patches = blocks[tile, k]
+                    assert (patches[:, 1] == patches[0, 1]).all()  # one tile per token
+                    codes[tile, k] = code(int(patches[0, 1]) - 1, int(patches[:, 2].min()) // scale,
+                                          int(patches[:, 3].min()) // scale, output[tile, k])
+            return codes
+
+        handles = [model.model.vision_model.register_forward_hook(encode, with_kwargs=True),
+                   model.model.connector.modality_projection.register_forward_hook(shuffled)]
     else:  # Qwen: merged token k covers pixel rows merge^2 * k ... of the processor's patches
         merge = config.vision_config.spatial_merge_size
         patch = config.vision_config.patch_size
@@ -181,8 +211,8 @@ def _planted_places(loaded, image) -> list[tuple]:
             output.pooler_output = codes
             return output
 
-        handle = model.model.visual.register_forward_hook(merged, with_kwargs=True)
-    language = model.model.language_model
+        handles = [model.model.visual.register_forward_hook(merged, with_kwargs=True)]
+    language = _language_model(model)
     grab = language.register_forward_pre_hook(
         lambda module, args, kwargs: seen.__setitem__("embeds", kwargs["inputs_embeds"][0].detach().clone()),
         with_kwargs=True)
@@ -190,8 +220,8 @@ def _planted_places(loaded, image) -> list[tuple]:
         with torch.no_grad():
             model(input_ids=prepared.input_ids, **prepared.model_inputs)
     finally:
-        handle.remove()
-        grab.remove()
+        for handle in handles + [grab]:
+            handle.remove()
         if family in ("llava_next", "llava_onevision"):
             with torch.no_grad():
                 newline.copy_(saved)
@@ -236,7 +266,7 @@ def test_vhd_without_image_run(family, name):
 
 def _head_outputs(loaded, **inputs) -> torch.Tensor:
     """[layer, head, d_model] at the last row: each o_proj input split per head times its slice of W_O (eager)."""
-    layers = loaded.model.model.language_model.layers
+    layers = _language_model(loaded.model).layers
     heads = loaded.text_config.num_attention_heads
     captured = {}
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(
