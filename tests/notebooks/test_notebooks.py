@@ -13,7 +13,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 EXPECTED = ["01_quickstart", "02_visual_sinks_and_vhd", "03_routes_and_circuits", "04_hallucination_probes",
-            "05_long_context"]
+            "05_long_context", "06_causal_tools"]
 BUDGET_S = 180
 
 
@@ -23,7 +23,7 @@ def _read(path: Path):
     return nbformat.read(path, as_version=4)
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
 
 
