@@ -51,6 +51,7 @@ ANALYSES: dict[str, Analysis] = {a.key: a for a in [
     Analysis("rollout", "rollout", "attention rollout or flow (Abnar & Zuidema 2020)",
              "workbench rollout {bundle} --pos POS"),
     Analysis("blind_tokens", "blind_tokens", "blind (AVC) and outlier (DAMRO) image tokens", "workbench blind {bundle}"),
+    Analysis("opera", "opera", "OPERA over-trust scores (knowledge aggregation)", "workbench opera {bundle}"),
 ]}
 
 
