@@ -1,7 +1,8 @@
 """Hallucination: the generated text coloured by a per-token score, lookback-ratio curves and heatmap.
 
 Token probability and the lookback ratio come from every bundle's statistics; the probe score (Lookback
-Lens) and T-VHD come from analysis results and show how to produce them when missing.
+Lens) and T-VHD come from analysis results and show how to produce them when missing; OPERA's over-trust score
+(results/opera.json) is one more curve when present.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def layout(bundle=None, colour=None, **_):
 
 
 def series_for(trace) -> tuple[dict[str, dict[int, float]], list]:
-    """Per generated token: probability, lookback mean, and the probe / T-VHD results when present."""
+    """Per generated token: probability, lookback mean, and the probe / T-VHD / OPERA (log10 over-trust score)
+    results when present."""
     start, end = int(trace.generation.get("start", 0)), int(trace.generation.get("end", 0))
     positions = list(range(start, end))
     series: dict[str, dict[int, float]] = {}
@@ -73,9 +75,12 @@ def series_for(trace) -> tuple[dict[str, dict[int, float]], list]:
         means = np.nanmean(lookback, axis=(0, 1))
         series["lookback"] = {p: float(v) for p, v in zip(positions, means) if math.isfinite(float(v))}
     # analysis, its per-token values (at token positions), series name
-    for key, values_name, label in (("probe", "score", "probe"), ("vhd", "t_vhd", "vhd")):
+    for key, values_name, label in (("probe", "score", "probe"), ("vhd", "t_vhd", "vhd"),
+                                    ("opera", "opera_score", "opera")):
         found = results_mod.find(trace.results, key)
         if found is None:
+            if key == "opera":  # an optional extra curve: no hint for every bundle without it
+                continue
             if key != "vhd" or trace.meta.get("inputs", {}).get("image") is not None:  # VHD compares with/without image
                 notes.append(hint_panel(results_mod.hint(key, trace.path)))
             continue
@@ -115,7 +120,7 @@ def register(app) -> None:
         text = [html.Span(trace.meta["inputs"].get("prompt", ""), className="wb-muted"), html.Br()] + spans + [
             html.Div(dcc.Link("open the last generated token", href=link("/token", bundle=bundle, pos=end - 1)))]
         curves = token_series({k: v for k, v in series.items()}, texts=texts, positions=positions,
-                              secondary=("vhd",) if "vhd" in series else (),
+                              secondary=tuple(k for k in ("vhd", "opera") if k in series),
                               title="per generated token (lookback: row that predicted it)")
         lookback = token_lookback(trace)
         heat = (lookback_heatmap(lookback.mean(1), positions=positions, texts=texts,
