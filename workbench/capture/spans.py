@@ -78,6 +78,10 @@ def marker_spans(prompt: str, markers: str) -> list[CharSpan]:
         if end < 0:
             raise InputError(f"--span-markers: the {opening!r} at character {start - len(opening)} is never closed "
                              f"by {closing!r}")
+        again = prompt.find(opening, start, end)
+        if again >= 0:
+            raise InputError(f"--span-markers: the {opening!r} at character {start - len(opening)} is opened again at "
+                             f"{again} before its {closing!r}; items cannot nest")
         spans.append(CharSpan(f"item_{len(spans)}", start, end))
         cursor = end + len(closing)
     if not spans:

@@ -98,6 +98,7 @@ def test_span_specifications():
     (lambda: parse_span_option("doc1:0:12"), "is not NAME=START:END"),
     (lambda: marker_spans("<a>x", "<a>,</a>"), "is never closed"),
     (lambda: marker_spans("plain", "<a>,</a>"), "holds no"),
+    (lambda: marker_spans("<a>x<a>y</a>", "<a>,</a>"), "cannot nest"),
     (lambda: marker_spans("x", "<a>"), "is not OPEN,CLOSE"),
     (lambda: spans_from_json({"a": 1}, "line 2"), "must be a list"),
     (lambda: spans_from_json([{"name": "a", "start": "0", "end": 2}], "line 2"), "entry 0 must be"),

@@ -120,14 +120,13 @@ def truncate(relative: str, keep: int | None = None):
 
 
 def swap(bundle):
-    a, b = bundle / "tensors" / "layer_01.safetensors", bundle / "tensors" / "layer_02.safetensors"
-    data = a.read_bytes()
-    a.write_bytes(b.read_bytes())
-    b.write_bytes(data)
+    """The text shard of another save of the same trace swapped in: same size, same tensors, another bundle."""
+    other = workbench.load(bundle).save(bundle.parent / f"{bundle.stem}-other.wbtrace")
+    (bundle / "tensors" / "text.safetensors").write_bytes((other / "tensors" / "text.safetensors").read_bytes())
 
 
 def link_outside(bundle):
-    shard = bundle / "tensors" / "layer_00.safetensors"
+    shard = bundle / "tensors" / "text.safetensors"
     outside = bundle.parent / "outside.safetensors"
     shutil.copy(shard, outside)
     shard.unlink()
@@ -197,6 +196,12 @@ def cli_cases(root: Path) -> list[tuple[int, str, list]]:
         (2, "importance on words a letter model cannot read", ["importance", "-m", "planted-induction", "--prompts",
                                                                root / "words.jsonl"]),
         (2, "export --view nope", ["export", root / "good.wbtrace", "--view", "nope", "--out", root / "view.html"]),
+        (2, "trace --span past the prompt's end", ["trace", "-m", "tiny-gpt2", "-p", "abc", "--span", "a=0:9"]),
+        (2, "trace with overlapping spans", ["trace", "-m", "tiny-gpt2", "-p", "abcdef", "--span", "a=0:3",
+                                             "--span", "b=2:5"]),
+        (2, "trace --span-markers with nested items", ["trace", "-m", "tiny-gpt2", "-p", "<d>one <d>two</d>",
+                                                       "--span-markers", "<d>,</d>"]),
+        (2, "basin on a bundle traced without spans", ["basin", root / "good.wbtrace"]),
         (3, "--maps 0-30000000", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0-30000000"]),
         (3, "--maps 0:0-2000000 (the message stays short)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps",
                                                              "0:0-2000000"]),
@@ -252,10 +257,10 @@ def cli_cases(root: Path) -> list[tuple[int, str, list]]:
         (0, "generation from an encoder", ["trace", "-m", "tiny-bert", "-p", "x", "-n", "3"]),
         (8, "info on a missing bundle", ["info", root / "missing.wbtrace"]),
         (8, "info on a folder without manifest", ["info", root / "empty.wbtrace"]),
-        (8, "truncated shard", ["info", b("truncated-shard", truncate("tensors/layer_01.safetensors"))]),
+        (8, "truncated shard", ["info", b("truncated-shard", truncate("tensors/text.safetensors"))]),
         (8, "truncated manifest", ["info", b("truncated-manifest", truncate("manifest.json", 100))]),
         (8, "bundle from a newer workbench", ["info", b("newer", edit_manifest(lambda m: m.update(schema_version=7)))]),
-        (8, "two shards swapped", ["info", b("swapped", swap), "--no-verify"]),
+        (8, "a shard swapped in from another save", ["info", b("swapped", swap), "--no-verify"]),
         (8, "shard is a symbolic link out of the bundle", ["info", b("linked", link_outside)]),
         (8, "manifest names a file outside the bundle", ["info", b("escape", edit_manifest(
             lambda m: m["files"].update({"../../etc/passwd": {"bytes": 1}})))]),
@@ -320,7 +325,7 @@ def api_cases(root: Path):
         (3, "`workbench.trace(..., maps='all', max_map_memory='1KB')`",
          lambda: workbench.trace("tiny-llama", "x", maps="all", max_map_memory="1KB")),
         (8, "`workbench.load` of a missing path", lambda: workbench.load(root / "missing.wbtrace")),
-        (8, "`workbench.load` of a swapped-shard bundle, reading a layer",
+        (8, "`workbench.load` of a bundle with a swapped-in shard, reading a layer",
          lambda: workbench.load(root / "swapped.wbtrace").layer(1)),
         (8, "`workbench.load` of a bundle whose manifest claims 10^9 layers",
          lambda: workbench.load(root / "layers.wbtrace")),
