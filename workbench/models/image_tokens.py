@@ -16,6 +16,8 @@ family's processor and feature packing, written out in our words (docs/models.md
 - Idefics3 / SmolVLM: an image larger than one tile is split into rows x cols tiles (tiles 0.. row-major), then
   the whole image downscaled to one tile comes last (tile rows x cols); pixel shuffle folds each scale x scale
   block of a tile's patches into one token, so a tile holds (side / scale)^2 tokens, row-major.
+- Gemma 3: the SigLIP patch grid average-pooled to sqrt(mm_tokens_per_image) tokens a side, row-major; with
+  pan-and-scan, the whole image (tile 0) is followed by its crops (tiles 1..), each its own pooled grid.
 
 A token's `patch` is (row, col) in its tile's grid of tokens; `tile` is the tile's index in the vision tower's
 batch (the order the tower encoded them), None for families without tiles.
@@ -46,6 +48,11 @@ def image_token_places(config, encoded, n_image_tokens: int) -> list[ImageTokenP
         return _anyres(config, encoded, family)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return _merged_grid(config, encoded)
+    if family == "gemma3":
+        side = math.isqrt(config.mm_tokens_per_image)
+        tiles = n_image_tokens // (side * side)
+        return [ImageTokenPlace((k // side, k % side), tile if tiles > 1 else None)
+                for tile in range(tiles) for k in range(side * side)]
     if family in ("idefics3", "smolvlm"):
         return _split_image(config, encoded, n_image_tokens)
     return square_grid(n_image_tokens)

@@ -207,5 +207,41 @@ def tiny_smolvlm() -> LoadedModel:
     return _idefics("tiny-smolvlm", "smolvlm")
 
 
+GEMMA_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+GEMMA_TEMPLATE = CHATML_TEMPLATE.replace("'<image>\n'", "'<start_of_image>'")
+GEMMA_TOKENS_PER_IMAGE = 4  # 4x4 SigLIP patches average-pooled 2x2 -> a 2x2 grid of tokens
+
+
+def tiny_gemma3_vlm() -> LoadedModel:
+    """Gemma 3 with its vision tower: a SigLIP tower whose 4x4 patches are average-pooled into a 2x2 grid of soft
+    tokens between <start_of_image> and <end_of_image>; the language model's layers alternate sliding-window and
+    full attention, and image tokens attend to each other bidirectionally (token_type_ids)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    from workbench.models.tiny import TINY_SLIDING_WINDOW
+
+    tokenizer = _with_tokens(GEMMA_TOKENS, GEMMA_TEMPLATE)
+    tokenizer.boi_token, tokenizer.eoi_token, tokenizer.image_token = GEMMA_TOKENS
+    tokenizer.boi_token_id, tokenizer.eoi_token_id, tokenizer.image_token_id = (
+        tokenizer.convert_tokens_to_ids(token) for token in GEMMA_TOKENS)
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=512,
+        sliding_window=TINY_SLIDING_WINDOW, sliding_window_pattern=3, initializer_range=INIT_STD,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Gemma3Config(
+        text_config=text, vision_config=_siglip_vision(), mm_tokens_per_image=GEMMA_TOKENS_PER_IMAGE,
+        boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id, initializer_range=INIT_STD)
+    image_processor = Gemma3ImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+                                              do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE,
+                                image_seq_length=GEMMA_TOKENS_PER_IMAGE)
+    model = _seeded(lambda: Gemma3ForConditionalGeneration(config))
+    return LoadedModel("tiny-gemma3-vlm", model, tokenizer, "vlm", "tiny-gemma3-vlm", processor=processor)
+
+
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
-            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-idefics3": tiny_idefics3}
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-idefics3": tiny_idefics3,
+            "tiny-gemma3-vlm": tiny_gemma3_vlm}

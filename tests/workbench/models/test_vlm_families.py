@@ -10,6 +10,7 @@ and reads them back from the language model's input embeddings at the image posi
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -122,7 +123,8 @@ def test_capture_equals_eager_for_every_call(family, name, shape):
         (eager,) = calls["text", layer]
         stats = trace.layer(layer)
         assert_close(stats["maps"], eager[0], what=f"{name} text layer {layer} maps")
-        for stat, value in statistics_from_maps(eager[0], regions, causal=True).items():
+        visible = (eager[0] > 0).any(0)  # the keys the model's own mask let through (window, image blocks)
+        for stat, value in statistics_from_maps(eager[0], regions, causal=True, visible=visible).items():
             assert_close(stats[stat], value, what=f"{name} text layer {layer} {stat}")
     for layer in range(layout.stacks["vision"].n_layers):
         stats, start = trace.layer(layer, "vision"), 0
@@ -192,6 +194,29 @@ def _planted_places(loaded, image) -> list[tuple]:
 
         handles = [model.model.vision_model.register_forward_hook(encode, with_kwargs=True),
                    model.model.connector.modality_projection.register_forward_hook(shuffled)]
+    elif family == "gemma3":  # the projector average-pools the tower's patch grid: codes pooled by the model itself
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        pool = side // math.isqrt(config.mm_tokens_per_image)
+        projector = model.model.multi_modal_projector
+
+        def encode(module, args, kwargs, output):
+            hidden = output.last_hidden_state
+            codes = torch.zeros_like(hidden)
+            for k in range(hidden.shape[1]):
+                codes[0, k] = code(None, k // side, k % side, hidden[0, k])
+            output.last_hidden_state = codes
+            return output
+
+        def pooled(module, args, output):  # the mean of a pool x pool block of (row, col) codes
+            out = args[0].clone()
+            out[..., 2:4] = torch.floor(out[..., 2:4] / pool)
+            return out
+
+        saved = projector.mm_input_projection_weight.detach().clone()
+        with torch.no_grad():
+            projector.mm_input_projection_weight.copy_(torch.eye(*saved.shape))
+        handles = [model.model.vision_tower.register_forward_hook(encode, with_kwargs=True),
+                   projector.mm_soft_emb_norm.register_forward_hook(pooled)]
     else:  # Qwen: merged token k covers pixel rows merge^2 * k ... of the processor's patches
         merge = config.vision_config.spatial_merge_size
         patch = config.vision_config.patch_size
@@ -225,6 +250,9 @@ def _planted_places(loaded, image) -> list[tuple]:
         if family in ("llava_next", "llava_onevision"):
             with torch.no_grad():
                 newline.copy_(saved)
+        if family == "gemma3":
+            with torch.no_grad():
+                projector.mm_input_projection_weight.copy_(saved)
     places = []
     for position in prepared.image_positions():
         has, tile, row, col = (round(float(v)) for v in seen["embeds"][position, :4])
@@ -287,3 +315,14 @@ def _head_outputs(loaded, **inputs) -> torch.Tensor:
         per_head = captured[index].reshape(heads, -1)
         out.append(torch.einsum("hd,mhd->hm", per_head, weight.reshape(weight.shape[0], heads, -1)))
     return torch.stack(out)
+
+
+def test_gemma3_image_tokens_see_each_other_both_ways(family):
+    """Gemma 3's mask lets an image token see the later image tokens of its image (and nothing after them)."""
+    loaded = family("tiny-gemma3-vlm")
+    trace = workbench.trace(loaded, PROMPT, image=coded_image(*IMAGES["wide"]), maps="all", map_dtype="float32")
+    image = [token.i for token in trace.tokens if token.region == "image"]
+    for layer in range(trace.n_layers()):
+        maps = trace.layer(layer)["maps"]
+        assert (maps[:, image[0], image[-1]] > 0).all()
+        assert (maps[:, image[0], image[-1] + 1:] == 0).all()
