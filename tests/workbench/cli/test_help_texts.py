@@ -10,7 +10,7 @@ import pytest
 from tests.workbench.cli.cli_inprocess import run_cli
 from workbench.cli.vhd_scenes import rate_lines
 
-COMMANDS = [["trace"], ["sinks"], ["routes"], ["circuits"], ["vhd"], ["patch"], ["ablate"], ["lens"], ["importance"], ["info"], ["sweep"], ["app"],
+COMMANDS = [["trace"], ["sinks"], ["routes"], ["circuits"], ["vhd"], ["patch"], ["ablate"], ["lens"], ["importance"], ["opera"], ["blind"], ["info"], ["sweep"], ["app"],
             ["probe", "build"], ["probe", "train"], ["probe", "eval"]]
 
 
