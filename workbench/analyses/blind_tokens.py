@@ -162,7 +162,12 @@ def feature_layer(model, n_vision_layers: int) -> int:
     chosen = getattr(model.config, "vision_feature_layer", -1)
     if isinstance(chosen, (list, tuple)):
         chosen = chosen[-1]
-    return int(chosen) % n_vision_layers if chosen < 0 else int(chosen) - 1
+    # hidden_states[k] is the output of layer k - 1 (hidden_states[0]: the embeddings, which no attention made)
+    layer = int(chosen) % (n_vision_layers + 1) - 1
+    if layer < 0:
+        raise InputError("the projector reads the vision embeddings (vision_feature_layer 0), which no attention "
+                         "layer produced; DAMRO's [CLS] attention needs a vision layer")
+    return layer
 
 
 def blind_tokens(tracer, prompt: str, image, *, layer_gamma: float = 0.5, lamb: float = 0.99, top_k: int = 10,
