@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import eager_forward
+from tests.helpers import assert_close, eager_forward
 from PIL import Image
 
 import workbench
@@ -77,3 +77,39 @@ def test_unplanted_model_has_none_and_absolute_rule_and_missing_hidden(models, p
     assert above["layers"][-1]["cls_share"] is None  # no maps kept: only the all-rows share
     bare = sinks.analyse(workbench.trace(loaded, None, image=image)).artifacts
     assert not bare["available"] and "--hidden" in bare["reason"]
+
+
+def _photo(name: str):
+    """A real photograph that ships with scikit-learn (china.jpg, flower.jpg)."""
+    from pathlib import Path
+
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "images" / name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("photo", ["china.jpg", "flower.jpg"])
+def test_real_dinov2_capture_and_artifacts_against_eager(models, photo):
+    """dinov2-s (DINOv2 ViT-S/14, trained without registers) on a real photo: maps of every layer equal HF eager,
+    and the artifact table equals the rule recomputed from HF's own hidden states and maps."""
+    loaded = models("dinov2-s")
+    image = Image.open(_photo(photo)).convert("RGB")
+    trace = workbench.trace(loaded, None, image=image, maps="all", map_dtype="float32", hidden_states=True)
+    pixels = loaded.processor(images=image, return_tensors="pt")["pixel_values"]
+    reference = eager_forward(loaded.model, pixel_values=pixels)
+    assert len(trace.tokens) == reference.last_hidden_state.shape[1] == 1 + 16 * 16
+    for layer, eager_maps in enumerate(reference.attentions):
+        # 1e-4, not the tiny fixtures' 1e-5: SDPA and eager round differently, the residual streams then differ by
+        # ~1e-6 and a sharp layer (layer 3 here) turns that into ~2e-5 on its largest weights
+        assert_close(trace.layer(layer)["maps"], eager_maps[0], atol=1e-4, rtol=1e-4, what=f"layer {layer} maps")
+    found = sinks.analyse(trace).artifacts
+    for entry in found["layers"]:
+        norms = reference.hidden_states[entry["layer"] + 1][0].norm(dim=-1)
+        ratio = norms[1:] / norms[1:].median()
+        expected = (torch.nonzero(ratio > 4.0).flatten() + 1).tolist()
+        assert [a["position"] for a in entry["artifacts"]] == expected, f"layer {entry['layer']}"
+        top = int(ratio.argmax()) + 1
+        assert entry["top"]["position"] == top and entry["top"]["ratio"] == pytest.approx(float(ratio.max()), abs=1e-3)
+        maps = reference.attentions[entry["layer"]][0]
+        assert entry["top"]["cls_share"] == pytest.approx(float(maps[:, 0, top].mean()), abs=1e-5)

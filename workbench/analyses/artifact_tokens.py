@@ -16,7 +16,8 @@ The paper's criterion is applied at the model output; every layer is reported so
 Attention they receive, per layer, as shares of a query row's attention summed over the artifact keys and averaged
 over heads: from every query (key_mass / query rows, always available), and, where the layer's full maps were kept
 (`--maps`), from [CLS] and from the patch rows alone. `uniform_share` (artifacts / positions) is what a row that
-attends evenly would give them.
+attends evenly would give them. Each layer also reports its highest-norm patch (`top`: ratio to the median and the
+same shares), flagged or not, so a model without artifacts shows how far it is from having one.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ def find(trace, *, rule: Literal["relative", "absolute"] = "relative", factor: f
                  "uniform_share": round(len(flagged) / n, 6)}
         if flagged:
             entry.update(_received(trace, layer, flagged, roles, n))
+        top = int(patches[norm[patches].argmax()])  # the strongest candidate, flagged or not
+        ratio = round(float(norm[top]) / median, 3) if median else None
+        entry["top"] = {"position": top, "patch": list(trace.tokens[top].patch), "ratio": ratio,
+                        **_received(trace, layer, [top], roles, n)}
         layers.append(entry)
     last = layers[-1]
     return {"available": True, "options": options, "layers": layers, "tokens": last["artifacts"],

@@ -135,8 +135,10 @@ def _artifact_summary(console, found: dict) -> None:
     """One line per layer with artifact patches: how many, their norms against the median, attention received."""
     o = found["options"]
     rule = f"norm > {o['factor']:g} x median patch norm" if o["rule"] == "relative" else f"norm > {o['threshold']:g}"
+    top = found["layers"][-1]["top"]
     console.print(f"artifact tokens ({rule}): {len(found['tokens'])} at the output, first in layer "
-                  f"{found['first_layer']}")
+                  f"{found['first_layer']}; the output's highest-norm patch {tuple(top['patch'])} is "
+                  f"{top['ratio']:.2f} x the median")
     for entry in found["layers"]:
         if not entry["artifacts"]:
             continue

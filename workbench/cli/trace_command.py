@@ -215,18 +215,10 @@ def _attach_spans(items: list[dict], ranges: list[str] | None, markers: str | No
 
 
 def _is_vision_encoder(model: str) -> bool:
-    """Whether `model` (registry name or local directory) is a standalone image encoder, without loading it."""
-    from workbench.capture.vision_inputs import VISION_MODEL_TYPES
-    from workbench.models.loading import read_config
+    """Whether `model` is a registry image encoder (`workbench models`, kind "vision"), known without loading it."""
     from workbench.models.registry import REGISTRY
 
-    if model in REGISTRY:
-        return REGISTRY[model].kind == "vision"
-    try:
-        config = read_config(model)
-    except Exception:  # unknown names are reported where the model loads, with the full message
-        return False
-    return getattr(config, "model_type", None) in VISION_MODEL_TYPES
+    return model in REGISTRY and REGISTRY[model].kind == "vision"
 
 
 def _check_model_options(dtype: str, rope_scaling: str | None, max_length: int | None) -> None:
