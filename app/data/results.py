@@ -52,6 +52,7 @@ ANALYSES: dict[str, Analysis] = {a.key: a for a in [
              "workbench rollout {bundle} --pos POS"),
     Analysis("blind_tokens", "blind_tokens", "blind (AVC) and outlier (DAMRO) image tokens", "workbench blind {bundle}"),
     Analysis("opera", "opera", "OPERA over-trust scores (knowledge aggregation)", "workbench opera {bundle}"),
+    Analysis("basin", "basin", "attention basin over list items (Yi et al. 2025)", "workbench basin {bundle}"),
 ]}
 
 

@@ -72,7 +72,28 @@ def layout(bundle=None, stack=None, metric=None, layer=None, head=None, **_):
                       html.P("Click a cell of the heatmap to open that head.", className="wb-muted")],
                      className="wb-col-side"),
         ], className="wb-columns"),
+        html.Div(id="model-basin"),
     ])
+
+
+def basin_panel(bundle) -> list:
+    """The attention per list item of results/basin.json (`workbench basin`), or nothing when it has none."""
+    from workbench.app.data import results as results_mod
+    from workbench.app.figures.basin import basin_profile
+
+    found = results_mod.find(data().trace(bundle).results, "basin") if bundle else None
+    if found is None:
+        return []
+    warnings = [note(w, warning=True) for w in found.warnings]
+    if found.result is None:
+        return warnings
+    result = found.result
+    figure = basin_profile(result.profile, result.layer_profile, result.items, u_score=result.u_score,
+                           per=result.options.get("per", "item"))
+    return warnings + [graph("model-basin-profile", figure),
+                       html.P(f"Attention basin: query rows {result.rows[0]}-{result.rows[1] - 1} on each list item "
+                              "(user spans); U-score > 0 when both ends get more than the middle. Per-head U-scores: "
+                              "the metric menu above.", className="wb-muted")]
 
 
 def register(app) -> None:
@@ -98,6 +119,11 @@ def register(app) -> None:
         secondary = ("entropy",) if metric.name != "entropy" else ()
         return grid, layer_curves(curves, title="per layer (mean over heads, min-max band)",
                                   secondary=secondary), messages
+
+    @app.callback(Output("model-basin", "children"), Input(sel("bundle"), "value"))
+    @guarded("panel")
+    def render_basin(bundle):
+        return basin_panel(bundle)
 
     app.clientside_callback(OPEN_HEAD_FROM_GRID, Output("wb-nav", "href", allow_duplicate=True),
                             Input("model-grid", "clickData"), State(sel("bundle"), "value"),
