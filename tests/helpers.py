@@ -50,3 +50,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-
     excess = ((actual - expected).abs() - (atol + rtol * expected.abs())).max().item()
     error = (actual - expected).abs().max().item()
     assert excess <= 0, f"{what}: max abs error {error:.3g} exceeds {atol} + {rtol} * |expected|"
+
+
+def close_rows(got: list[dict], expected: list[dict], tolerance: float = 1e-5) -> bool:
+    """Table rows equal, floats within `tolerance` (absolute and relative): sweeps trace the inputs of a call in
+    padded batches, which move the numbers at fp32 rounding level against other batch sizes."""
+    assert len(got) == len(expected), f"{len(got)} rows != {len(expected)}"
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys(), f"columns {sorted(a)} != {sorted(b)}"
+        for key, value in b.items():
+            if isinstance(value, float) and isinstance(a[key], float):
+                assert abs(a[key] - value) <= tolerance * (1 + abs(value)), (key, a[key], value)
+            else:
+                assert a[key] == value, (key, a[key], value)
+    return True

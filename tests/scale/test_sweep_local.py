@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import workbench
+from tests.helpers import close_rows
 from workbench.errors import OutputExistsError
 from workbench.scale import SweepStore, read_inputs, run_sweep
 from workbench.scale.features import head_rows
@@ -55,7 +56,7 @@ def test_tables_equal_direct_traces_and_bundles(models, inputs_file, tmp_path):
         direct = sorted(head_rows(trace), key=lambda r: (r["layer"], r["head"]))
         swept = [r for r in heads.to_pylist() if r["index"] == item.index]
         swept = sorted(swept, key=lambda r: (r["layer"], r["head"]))
-        assert [{k: r[k] for k in direct[0]} for r in swept] == direct
+        assert close_rows([{k: r[k] for k in direct[0]} for r in swept], direct)
     bundles = [b for b in inputs.column("bundle").to_pylist() if b]
     assert bundles == ["bundles/000000.wbtrace", "bundles/000003.wbtrace"]
     loaded_bundle = workbench.load(result.out / bundles[1])
@@ -100,8 +101,8 @@ def test_resume_after_interruption_skips_done_and_drops_orphans(inputs_file, tmp
     resumed = run_sweep("tiny-gpt2", data, out, batch_size=3, threads=1)
     assert (resumed.n_resumed, resumed.n_traced) == (4, 3)
     assert not list(out.rglob("*orphan*")) and not list(out.rglob(".*.tmp"))
-    assert _rows(resumed.inputs()) == _rows(clean.inputs())
-    assert _rows(resumed.heads()) == _rows(clean.heads())
+    assert close_rows(_rows(resumed.inputs()), _rows(clean.inputs()))  # batches of 3 after 2: fp32 rounding
+    assert close_rows(_rows(resumed.heads()), _rows(clean.heads()))
     again = run_sweep("tiny-gpt2", data, out, batch_size=3, threads=1)  # nothing left: only re-aggregates
     assert (again.n_resumed, again.n_traced) == (7, 0)
 

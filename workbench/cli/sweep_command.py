@@ -20,7 +20,10 @@ def sweep(
     workers: int = typer.Option(0, "--workers", help="Ray model replicas (0: as many as the cluster fits)."),
     gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", help="GPUs per replica (>1: device_map)."),
     cpus_per_worker: float = typer.Option(1, "--cpus-per-worker", help="CPUs per Ray replica."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Inputs per worker call and per committed part."),
+    batch_size: int = typer.Option(8, "--batch-size", help=(
+        "Inputs per worker call and per committed part; with the hf backend the inputs of a call that agree in "
+        "tokens to generate and system message are traced together in left-padded forwards (results as if "
+        "traced one at a time).")),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers), nnsight or lens (TransformerLens)."),
     max_new_tokens: int = typer.Option(0, "--max-new-tokens", "-n", help="Tokens to generate per input."),
     bundles: int = typer.Option(0, "--bundles", help="Also save full bundles of this many evenly spread inputs."),

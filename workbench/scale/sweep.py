@@ -108,10 +108,11 @@ def run_sweep(model: str, data, out, *, images=None, executor: str = "local", ba
     """Trace every input of `data` (JSONL) with `model` into Parquet features under `out` (resumable).
 
     executor: "local" (this process) or "ray" (Ray Data actors; `ray_address` joins a cluster, else one starts
-        locally). batch_size: inputs per worker call and per committed part. workers: Ray replicas (0 = fill the
-        cluster). gpus_per_worker > 1 spreads each replica over several GPUs. threads: torch threads per replica
-        (default: cpus_per_worker on Ray; locally the usable CPUs minus the load average, shared by the workers);
-        equal threads give bit-identical numbers.
+        locally). batch_size: inputs per worker call and per committed part, traced together in padded forwards
+        where they can share one (`SweepWorker.trace_together`). workers: Ray replicas (0 = fill the cluster).
+        gpus_per_worker > 1 spreads each replica over several GPUs. threads: torch threads per replica (default:
+        cpus_per_worker on Ray; locally the usable CPUs minus the load average, shared by the workers); equal
+        threads and batch sizes give bit-identical numbers (other batch sizes agree to fp32 rounding).
     bundles: also save full bundles of this many evenly spread inputs. force: delete a previous sweep in `out`.
     remote: run the model on NDIF through nnsight (needs backend "nnsight", NDIF_API_KEY and network; checked
         first, failing at once).

@@ -94,26 +94,57 @@ class SweepWorker:
         import torch
 
         from workbench.errors import WorkbenchError
-        from workbench.scale.features import error_row, head_rows, input_row
+        from workbench.scale.features import error_row
 
-        config = self.config
         started = time.perf_counter()
-        new_tokens = item.max_new_tokens if item.max_new_tokens is not None else config.max_new_tokens
-        if self.loaded.kind == "encoder":
-            new_tokens = 0
         try:
-            trace = self.tracer.trace(item.prompt, item.image, plan=self.plan, max_new_tokens=new_tokens,
-                                      system=item.system if item.system is not None else config.system,
-                                      raw=config.raw)
+            trace = self.tracer.trace(item.prompt, item.image, plan=self.plan, max_new_tokens=self._new_tokens(item),
+                                      system=self._system(item), raw=self.config.raw)
         except (WorkbenchError, torch.OutOfMemoryError) as error:  # this input's fault: record it, go on
             message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             return {**error_row(item, message, seconds=time.perf_counter() - started), "heads": []}
+        return self._row(item, trace, time.perf_counter() - started)
+
+    def trace_together(self, items: list) -> list[dict]:
+        """Rows of inputs that agree in tokens to generate and system message, traced in padded batches
+        (`Tracer.trace_batch`); where the batch fails on an input's fault, each is traced alone for its own row.
+        Each row's seconds: its share of the batch's time, plus saving its bundle."""
+        import torch
+
+        from workbench.errors import WorkbenchError
+
+        if len(items) == 1 or self.config.remote or self.config.backend != "hf":
+            return [self.trace_one(item) for item in items]
+        started = time.perf_counter()
+        try:
+            traces = self.tracer.trace_batch([item.prompt for item in items], [item.image for item in items],
+                                             plan=self.plan, max_new_tokens=self._new_tokens(items[0]),
+                                             system=self._system(items[0]), raw=self.config.raw)
+        except (WorkbenchError, torch.OutOfMemoryError):
+            return [self.trace_one(item) for item in items]
+        share = (time.perf_counter() - started) / len(items)
+        return [self._row(item, trace, share) for item, trace in zip(items, traces, strict=True)]
+
+    def _new_tokens(self, item) -> int:
+        if self.loaded.kind == "encoder":
+            return 0
+        return item.max_new_tokens if item.max_new_tokens is not None else self.config.max_new_tokens
+
+    def _system(self, item):
+        return item.system if item.system is not None else self.config.system
+
+    def _row(self, item, trace, seconds: float) -> dict:
+        """The result row of one traced input (its bundle saved if it is one of the kept ones)."""
+        from workbench.scale.features import head_rows, input_row
+
+        config = self.config
+        started = time.perf_counter()
         bundle = None
         if item.index in config.bundle_indices:
             path = os.path.join(config.out, "bundles", f"{item.id}.wbtrace")
             trace.save(path, force=True)  # atomic; a re-run after a crash replaces it
             bundle = os.path.join("bundles", f"{item.id}.wbtrace")
-        row = input_row(item, trace, seconds=time.perf_counter() - started, bundle=bundle)
+        row = input_row(item, trace, seconds=seconds + time.perf_counter() - started, bundle=bundle)
         row["heads"] = head_rows(trace)
         return row
 
@@ -123,4 +154,8 @@ class SweepWorker:
         from workbench.scale.inputs import SweepInput
 
         items = [SweepInput(**row) for row in batch.to_pylist()]
-        return pa.Table.from_pylist([self.trace_one(item) for item in items], schema=result_schema())
+        groups: dict[tuple, list] = {}  # the inputs of this call that can share a padded forward, in input order
+        for item in items:
+            groups.setdefault((self._new_tokens(item), self._system(item)), []).append(item)
+        rows = {row["index"]: row for group in groups.values() for row in self.trace_together(group)}
+        return pa.Table.from_pylist([rows[item.index] for item in items], schema=result_schema())
