@@ -41,8 +41,9 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
     spec = REGISTRY.get(name)
     if spec is not None and spec.source == "tiny":
         from workbench.models.tiny import BUILDERS
+        from workbench.models.tiny_vlm import BUILDERS as VLM_BUILDERS
 
-        loaded = BUILDERS[name]()
+        loaded = {**BUILDERS, **VLM_BUILDERS}[name]()
         if overrides:
             raise ModelNotFoundError("RoPE scaling applies to models loaded from weights, not the tiny fixtures")
     elif spec is not None and spec.kind == "vision":

@@ -38,6 +38,18 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("tiny-siglip-vision", "tiny", "vision", "random 2-layer SigLIP vision encoder, no [CLS] (test fixture)"),
         ModelSpec("tiny-gemma3", "tiny", "causal", "random 6-layer Gemma 3: 5 sliding-window (8) : 1 full layers, "
                   "4 query heads : 1 KV head (test fixture)"),
+        ModelSpec("tiny-llava-next", "tiny", "vlm", "random LLaVA-NeXT: base image + anyres tiles (up to 2x2) with "
+                  "image-newline tokens, CLIP tower, Llama (test fixture)"),
+        ModelSpec("tiny-llava-onevision", "tiny", "vlm", "random LLaVA-OneVision: anyres tiles over a SigLIP tower, "
+                  "Qwen2 language model (test fixture)"),
+        ModelSpec("tiny-qwen2-vl", "tiny", "vlm", "random Qwen2-VL: dynamic resolution, 2x2 merged patches, M-RoPE "
+                  "(test fixture)"),
+        ModelSpec("tiny-qwen2.5-vl", "tiny", "vlm", "random Qwen2.5-VL: as Qwen2-VL plus window attention in the "
+                  "vision tower (test fixture)"),
+        ModelSpec("tiny-idefics3", "tiny", "vlm", "random Idefics3: image split into tiles plus a global image, "
+                  "pixel shuffle 2 (test fixture)"),
+        ModelSpec("tiny-gemma3-vlm", "tiny", "vlm", "random Gemma 3 with vision: pooled SigLIP tokens attended "
+                  "bidirectionally, sliding-window layers (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
         ModelSpec("planted-sink", "data", "causal", "3-layer Llama with a planted BOS sink head and a hidden sink "
@@ -49,6 +61,13 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("llava", "hub", "vlm", "LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf"),
         ModelSpec("llava-13b", "hub", "vlm", "LLaVA-1.5-13B", "llava-hf/llava-1.5-13b-hf"),
         ModelSpec("bakllava", "hub", "vlm", "BakLLaVA-1 (Mistral-7B language model)", "llava-hf/bakLlava-v1-hf"),
+        ModelSpec("llava-next", "hub", "vlm", "LLaVA-NeXT (LLaVA-1.6) Mistral-7B", "llava-hf/llava-v1.6-mistral-7b-hf"),
+        ModelSpec("llava-onevision", "hub", "vlm", "LLaVA-OneVision Qwen2-0.5B",
+                  "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
+        ModelSpec("qwen2-vl", "hub", "vlm", "Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"),
+        ModelSpec("qwen2.5-vl", "hub", "vlm", "Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
+        ModelSpec("idefics3", "hub", "vlm", "Idefics3-8B-Llama3", "HuggingFaceM4/Idefics3-8B-Llama3"),
+        ModelSpec("gemma-3-4b", "hub", "vlm", "Gemma 3 4B instruction-tuned, with vision", "google/gemma-3-4b-it"),
         ModelSpec("llama-3.2-1b", "hub", "causal", "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
         ModelSpec("llama-3.1-8b", "hub", "causal", "Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
         ModelSpec("smollm2-1.7b", "hub", "causal", "SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),

@@ -82,9 +82,9 @@ def eager_calls(model, **inputs) -> dict[tuple[str, int], list[torch.Tensor]]:
     return calls
 
 
-def _trace_and_reference(loaded, image):
-    trace = workbench.trace(loaded, PROMPT, image=image, max_new_tokens=NEW_TOKENS, maps="all", vision_maps="all",
-                            map_dtype="float32")
+def _trace_and_reference(loaded, image, maps: bool = True):
+    options = {"maps": "all", "vision_maps": "all", "map_dtype": "float32"} if maps else {"kernel": "auto"}
+    trace = workbench.trace(loaded, PROMPT, image=image, max_new_tokens=NEW_TOKENS, **options)
     prepared = prepare_input(loaded, PROMPT, image)
     ids = torch.tensor([[token.id for token in trace.tokens]])
     extra = dict(prepared.model_inputs)
@@ -110,35 +110,42 @@ def test_fixture_builds_fast_and_seeded(family, name):
     assert all(torch.equal(first[key], value) for key, value in again.model.named_parameters())
 
 
+@pytest.mark.parametrize("maps", [True, False], ids=["maps", "statistics-only"])
 @pytest.mark.parametrize("shape", list(IMAGES))
 @pytest.mark.parametrize("name", FAMILIES)
-def test_capture_equals_eager_for_every_call(family, name, shape):
+def test_capture_equals_eager_for_every_call(family, name, shape, maps):
     """Every language-model layer (prompt and decode rows) and every vision-tower call (each anyres tile, each
-    packed chunk) against eager maps, and the statistics against the eager maps' own."""
+    packed chunk) against eager maps, and the statistics against the eager maps' own: with full maps (the two-pass
+    path) and statistics only ("auto": the one-pass kernel where it applies)."""
     loaded = family(name)
-    trace, calls = _trace_and_reference(loaded, coded_image(*IMAGES[shape]))
+    trace, calls = _trace_and_reference(loaded, coded_image(*IMAGES[shape]), maps=maps)
     regions = trace.regions
     layout = discover_layout(loaded.model)
     for layer in range(layout.stacks["text"].n_layers):
         (eager,) = calls["text", layer]
         stats = trace.layer(layer)
-        assert_close(stats["maps"], eager[0], what=f"{name} text layer {layer} maps")
+        if maps:
+            assert_close(stats["maps"], eager[0], what=f"{name} text layer {layer} maps")
         visible = (eager[0] > 0).any(0)  # the keys the model's own mask let through (window, image blocks)
         for stat, value in statistics_from_maps(eager[0], regions, causal=True, visible=visible).items():
             assert_close(stats[stat], value, what=f"{name} text layer {layer} {stat}")
     for layer in range(layout.stacks["vision"].n_layers):
         stats, start = trace.layer(layer, "vision"), 0
-        covered = torch.zeros(stats["maps"].shape[-1], dtype=torch.bool)
         for call in calls["vision", layer]:
             for tile in call:  # the tiles of a batched call, then the next call's
                 n = tile.shape[-1]
                 block = slice(start, start + n)
-                assert_close(stats["maps"][:, block, block], tile, what=f"{name} vision {layer} at {start}")
-                assert_close(stats["entropy"][:, block], statistics_from_maps(tile, torch.zeros(n, dtype=torch.long),
-                                                                               causal=False)["entropy"])
-                covered[block] = True
+                if maps:
+                    assert_close(stats["maps"][:, block, block], tile, what=f"{name} vision {layer} at {start}")
+                reference = statistics_from_maps(tile, torch.zeros(n, dtype=torch.long), causal=False)
+                for stat in ("entropy", "key_mass"):
+                    assert_close(stats[stat][:, block], reference[stat], what=f"{name} vision {layer} {stat}")
                 start += n
-        assert covered.all() and start == stats["maps"].shape[-1]
+        assert start == stats["entropy"].shape[-1]  # every position of the stack came from one eager call
+    run = trace.meta["capture"]["kernels_run"]
+    from workbench.kernels import fused_cpu
+
+    assert ("one-pass" in run["text"] and "one-pass" in run["vision"]) == (not maps and fused_cpu.load())
 
 
 def _planted_places(loaded, image) -> list[tuple]:
@@ -326,3 +333,21 @@ def test_gemma3_image_tokens_see_each_other_both_ways(family):
         maps = trace.layer(layer)["maps"]
         assert (maps[:, image[0], image[-1]] > 0).all()
         assert (maps[:, image[0], image[-1] + 1:] == 0).all()
+
+
+def test_registry_names_load_and_hub_aliases_fail_in_one_line(tmp_path, monkeypatch):
+    """Every tiny VLM name loads through `load_model`; the real checkpoints' aliases are VLMs whose missing weights
+    are one line naming the hub id (this machine has no hub)."""
+    from workbench.errors import WeightsMissingError
+    from workbench.models.registry import REGISTRY
+
+    for name in FAMILIES:
+        assert REGISTRY[name].source == "tiny" and REGISTRY[name].kind == "vlm"
+    assert workbench.load_model("tiny-idefics3").model.config.model_type == "idefics3"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "idefics3", "gemma-3-4b"):
+        assert REGISTRY[alias].kind == "vlm" and REGISTRY[alias].source == "hub"
+        with pytest.raises(WeightsMissingError) as raised:
+            workbench.load_model(alias)
+        assert REGISTRY[alias].hub_id in str(raised.value) and "\n" not in str(raised.value)
