@@ -28,7 +28,7 @@ IMAGE = "data/scenes/images/scene_0001.png"
     (["trace", "-m", "no-such-model", "-p", "hi", "--intervene", "damro"], "workbench blind --intervene"),
 ])
 def test_bad_options_end_in_one_line_before_loading(args, message):
-    code, out, err = run_cli(*args)
+    code, _, err = run_cli(*args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
     assert message in err and "no-such-model" not in err
 
