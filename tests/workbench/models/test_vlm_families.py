@@ -351,3 +351,16 @@ def test_registry_names_load_and_hub_aliases_fail_in_one_line(tmp_path, monkeypa
         with pytest.raises(WeightsMissingError) as raised:
             workbench.load_model(alias)
         assert REGISTRY[alias].hub_id in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_circuits_refuse_m_rope_in_one_line(family):
+    """Circuit tracing's rotary form assumes one position per token; M-RoPE (Qwen2-VL) gives image tokens 2D
+    positions and shifts the text after them, so circuits refuse it rather than report wrong Omega forms."""
+    from workbench.analyses import circuits
+    from workbench.errors import InputError
+
+    loaded = family("tiny-qwen2-vl")
+    trace = workbench.trace(loaded, PROMPT, image=coded_image(*IMAGES["wide"]), decomposition=True)
+    with pytest.raises(InputError, match="M-RoPE") as raised:
+        circuits.analyse(trace, model=loaded)
+    assert "\n" not in str(raised.value)

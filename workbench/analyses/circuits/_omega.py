@@ -183,6 +183,12 @@ def _norm(layer_module) -> Norm:
 
 def _rotary(model, d_head: int):
     """(inv_freq, attention_scaling) of the language model's rotary embedding, or None without RoPE."""
+    text_config = getattr(model.config, "text_config", None) or model.config
+    if (getattr(text_config, "rope_parameters", None) or {}).get("mrope_section"):
+        raise InputError("this model uses M-RoPE (Qwen2-VL family: separate temporal / height / width rotary "
+                         "positions, image tokens on a 2D grid, text positions not equal to token positions), which "
+                         f"circuit tracing does not support: its forms assume one position per token; supported: "
+                         f"{SUPPORTED}")
     for name, module in model.named_modules():
         if type(module).__name__.endswith("RotaryEmbedding") and "vision" not in name and "visual" not in name:
             inv_freq = module.inv_freq.detach().float().cpu()
