@@ -46,3 +46,13 @@ def test_bundles_store_both_results_and_the_export_carries_them(tmp_path):
     json.dumps(exported, allow_nan=False)
     code, _, err = run_cli("blind", "-m", "tiny-llama", "-p", "hi", "--image", IMAGE)
     assert code == 2 and "takes no image" in err
+
+
+def test_caption_objects_are_labelled_against_the_scene():
+    from workbench.cli.opera_scenes import objects
+
+    words = ["a", " red", " circle", " and", " a", " green", " square", "."]
+    tokens = [{"text": w} for w in words]
+    found = objects(tokens, [["red", "circle"], ["blue", "square"]])
+    assert [(o["step"], o["colour"], o["shape"], o["hallucinated"]) for o in found] == [
+        (2, "red", "circle", False), (6, "green", "square", True)]
