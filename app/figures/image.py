@@ -63,3 +63,18 @@ def flagged_patches(grid: np.ndarray, groups: list[tuple[str, str, str, list[tup
                                  name=f"{name} ({len(patches)})", showlegend=True))
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
     return fig
+
+
+ARTIFACT_COLOUR = "#39ff14"
+
+
+def mark_artifacts(fig: go.Figure, patches: list[tuple[int, int]], *, name: str = "high-norm artifact tokens") -> go.Figure:
+    """Outline a vision encoder's high-norm artifact patches (Darcet et al. 2024) on a patch overlay: green dotted
+    squares just inside the cell, so a patch also outlined as a sink keeps both marks, plus a legend entry."""
+    for row, col in patches:
+        fig.add_shape(type="rect", x0=col - 0.38, x1=col + 0.38, y0=row - 0.38, y1=row + 0.38,
+                      line=dict(color=ARTIFACT_COLOUR, width=3, dash="dot"))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=ARTIFACT_COLOUR, width=3, dash="dot"),
+                             name=f"{name} ({len(patches)})", showlegend=True))
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
+    return fig

@@ -9,7 +9,7 @@ from workbench.app.data import results as results_mod
 from workbench.app.data.images import data_uri, model_view
 from workbench.app.data.metrics import key_alpha
 from workbench.app.figures.common import message_figure
-from workbench.app.figures.image import flagged_patches, patch_overlay
+from workbench.app.figures.image import flagged_patches, mark_artifacts, patch_overlay
 from workbench.app.pages.common import (
     Page,
     as_int,
@@ -139,6 +139,10 @@ def register(app) -> None:
         who = "mean over heads" if head_pick is None else f"head {head_pick}"
         fig = patch_overlay(grid, image_uri=uri, marked=marked, label=label, positions=grid_positions,
                             title=f"{label} — {stack} stack, {where}, {who}")
+        if stack == "text" and trace.model.get("kind") == "vision":
+            cells, artifact_note = artifact_cells(trace, layer_pick, grid_positions)
+            notes.append(note(artifact_note))
+            fig = mark_artifacts(fig, cells)
         return fig, notes
 
 
@@ -183,6 +187,27 @@ def blind_figure(result, image_uri):
     return figure, notes
 
 
+def artifact_cells(trace, layer_pick, grid_positions) -> tuple[list[tuple[int, int]], str]:
+    """A vision encoder's high-norm artifact patches from results/sinks.json: at the output (all layers picked) or
+    in the picked layer."""
+    found = results_mod.find(trace.results, "sinks")
+    artifacts = found.result.artifacts if found is not None and found.result is not None else None
+    if not artifacts or not artifacts.get("available"):
+        why = (artifacts or {}).get("reason") or results_mod.hint("sinks", trace.path)
+        return [], f"high-norm artifact tokens: none to show ({why})"
+    layers = {entry["layer"]: entry for entry in artifacts["layers"]}
+    entry = layers.get(layer_pick) if layer_pick is not None else artifacts["layers"][-1]
+    listed = entry["artifacts"] if entry is not None else []
+    cells = [tuple(int(v) for v in np.argwhere(grid_positions == a["position"])[0]) for a in listed
+             if (grid_positions == a["position"]).any()]
+    o = artifacts["options"]
+    rule = f"norm > {o['factor']:g} x the median patch norm" if o["rule"] == "relative" else f"norm > {o['threshold']:g}"
+    top = entry["top"] if entry is not None else None
+    closest = f"; the highest-norm patch {tuple(top['patch'])} is {top['ratio']:.2f} x the median" if top else ""
+    return cells, (f"green dotted: {len(cells)} high-norm artifact tokens ({rule}, Darcet et al.) in layer "
+                   f"{entry['layer'] if entry else layer_pick}{closest}")
+
+
 def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[list[tuple[int, int]], str]:
     """Visual sink patches: from results/sinks.json when present, else a statistics heuristic."""
     where = {int(p): tuple(int(v) for v in np.argwhere(grid_positions == p)[0]) for p in patch_positions}
@@ -196,7 +221,8 @@ def _marked(trace, stack, received, patch_positions, grid_positions) -> tuple[li
     marked = [where[int(patch_positions[i])] for i in heavy]
     return marked, (f"outlined: {len(marked)} patches receiving over {HEAVY_PATCH_FACTOR:g}x the mean image attention "
                     "(averaged over layers and heads; a statistics heuristic). " + (
-                        _no_visual_sinks(found, trace) if stack == "text" else ""))
+                        _no_visual_sinks(found, trace) if stack == "text" and trace.model.get("kind") != "vision"
+                        else ""))
 
 
 def _no_visual_sinks(found, trace) -> str:
