@@ -57,6 +57,10 @@ def build(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads [default: the usable CPUs "
                                                                   "minus the load average, at least 1]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Inputs traced together in one left-padded forward (each "
+                                                           "row as if traced alone; fewer where their logits would "
+                                                           "outgrow one long prompt's; --reference-lookback traces "
+                                                           "one at a time)."),
 ) -> None:
     """Trace inputs with known answers and write per-token features + labels to one Parquet table."""
     from workbench import option_checks as options
@@ -74,6 +78,7 @@ def build(
     options.count("--top-k", top_k, low=1, high=1_000_000)  # the attention graph is built from the top-k lists
     options.count("--edges-per-node", edges_per_node, low=1, high=1_000_000)
     options.count("--threads", threads, low=1, high=4096)
+    options.count("--batch-size", batch_size, low=1, high=4096)
     dataset.check_output(out, force)
     if scenes is not None:
         items = tasks.scene_items(scenes)
@@ -113,7 +118,7 @@ def build(
 
         meta = dataset.build(loaded, items, out, max_new_tokens=new_tokens, top_k=top_k, edges_per_node=edges_per_node,
                              embed=embed, vhd=vhd, reference_lookback=reference_lookback, force=force,
-                             command=_command(), on_start=on_start,
+                             command=_command(), batch_size=batch_size, on_start=on_start,
                              on_advance=on_advance)
     data = dataset.load(out)
     labels = data.labels
