@@ -12,6 +12,7 @@ Quantities (inputs are a layer's statistics, torch tensors or numpy arrays; outp
     QUERY_ROWS, key_columns                          which query rows enter alpha (prompt rows by default)
     lookback_ratio, mean_lookback_ratio              Lookback Lens (Chuang et al. 2024), C / (C + N) per row
     lookback_ratio_reference                         the same in the released code's convention (header = new)
+    span_lookback_ratio                              the same with the context narrowed to chosen user spans
     region_shares, mean_over_rows, seen_rows         per-row attention mass on each region, averaged over rows
     normalised_entropy                               row entropy / log(visible keys)
     predicting_row, predicted_position, predicting_rows   token position <-> the row that predicts it
@@ -157,6 +158,18 @@ def lookback_ratio(region_mass, region_count, context: tuple[str, ...] = CONTEXT
     ids = [REGIONS.index(name) for name in context]
     c = _mean_per_key(mass[..., ids].sum(-1), count[..., ids].sum(-1))
     n = _mean_per_key(mass[..., GENERATED], count[..., GENERATED])
+    total = c + n
+    return torch.where(total > 0, c / torch.where(total > 0, total, 1.0), LOOKBACK_UNDEFINED)
+
+
+def span_lookback_ratio(region_mass, region_count, span_mass, span_count, spans) -> torch.Tensor:
+    """Lookback ratio [head, query_pos] with the context narrowed to chosen user spans (`spans`: their column
+    indices in span_mass [head, query_pos, span] / span_count [query_pos, span]): C = mean attention per key of the
+    chosen spans, N = mean attention per generated key, C / (C + N); same edge cases as `lookback_ratio`. Asks
+    whether generated rows look back at a particular document rather than at the whole input. float64."""
+    spans = list(spans)
+    c = _mean_per_key(_f64(span_mass)[..., spans].sum(-1), _f64(span_count)[..., spans].sum(-1))
+    n = _mean_per_key(_f64(region_mass)[..., GENERATED], _f64(region_count)[..., GENERATED])
     total = c + n
     return torch.where(total > 0, c / torch.where(total > 0, total, 1.0), LOOKBACK_UNDEFINED)
 

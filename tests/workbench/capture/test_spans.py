@@ -111,3 +111,26 @@ def test_bad_span_specifications_are_one_line_errors(call, message):
     with pytest.raises(InputError, match=message) as caught:
         call()
     assert "\n" not in str(caught.value)
+
+
+def test_span_lookback_ratio_equals_eager_maps(models):
+    """Lookback ratio over chosen spans (C = mean weight per key of spans 0 and 2, N = per generated key) against
+    the same means taken straight from HF eager maps over the generated rows."""
+    from workbench.traces.metrics import span_lookback_ratio
+
+    loaded = models("tiny-llama")
+    trace = workbench.trace(loaded, PROMPT, max_new_tokens=4, spans=marker_spans(PROMPT, "<doc>,</doc>"))
+    ids = torch.tensor([[token.id for token in trace.tokens]])
+    eager = eager_forward(loaded.model, input_ids=ids).attentions
+    ranges = [tuple(span["tokens"]) for span in trace.meta["inputs"]["spans"]]
+    start, n = trace.generation["start"], len(trace.tokens)
+    chosen = torch.cat([torch.arange(*ranges[0]), torch.arange(*ranges[2])])
+    for layer in range(trace.n_layers()):
+        maps = eager[layer][0].double()
+        stats = trace.layer(layer)
+        ratio = span_lookback_ratio(stats["region_mass"], stats["region_count"], stats["span_mass"],
+                                    stats["span_count"], [0, 2])
+        for row in range(start, n):
+            c = maps[:, row, chosen].mean(-1)
+            n_mean = maps[:, row, start:row + 1].mean(-1)  # generated keys the row sees (itself included)
+            assert_close(ratio[:, row], c / (c + n_mean), atol=1e-5, what=f"layer {layer} row {row}")
