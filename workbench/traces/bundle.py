@@ -1,9 +1,11 @@
-"""The `NAME.wbtrace/` bundle: manifest.json + per-layer safetensors shards + results/*.json. This module writes
-it; `reading` loads and checks it (its public names are re-exported here).
+"""The `NAME.wbtrace/` bundle: manifest.json + one safetensors shard per stack + results/*.json. This module
+writes it; `reading` loads and checks it (its public names are re-exported here).
 
-A tensor held under several names (the visibility counts that every layer of one mask shares) is written once,
-in tensors/shared.safetensors, and each name's index entry points there; bundles written before that hold a
-copy per layer in each layer's file, and both read the same way (through the index).
+Every tensor of a stack sits in that stack's shard under its full name (`layer_05.key_mass`): a bundle is a
+handful of files whatever the layer count, and a reader still maps one tensor at a time (safetensors' header
+gives each tensor's byte range). A tensor held under several names (the visibility counts that every layer of
+one mask shares) is written once, under its first name, and each name's index entry points there. Bundles of
+schema 1 (one file per layer, tensors/shared.safetensors, SHA-256 checksums) read the same way, through the index.
 
 Writes go to a hidden staging folder beside the target and are renamed into place (replacing a bundle is
 one atomic exchange on Linux), so a crash never leaves a half bundle and a concurrent reader sees the old
@@ -25,12 +27,14 @@ import torch
 from workbench import strict_json
 from workbench.errors import OutputExistsError
 from workbench.traces.reading import (  # noqa: F401  (the reader's public names, re-exported)
+    CHECKSUM,
     DTYPES,
     MAX_MANIFEST_BYTES,
     MAX_RESULT_BYTES,
     SHARD_BUNDLE,
     SHARD_FILE,
     BundleTensors,
+    checksum,
     open_bundle,
     read_manifest,
     sha256,
@@ -39,13 +43,13 @@ from workbench.traces.schema import FORMAT, MANIFEST, SCHEMA_VERSION
 from workbench.traces.swap import exchange
 
 _RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
-# Data held under several tensor names, keyed by the first full name (per-layer files key by the stat alone).
-SHARED_FILE = "tensors/shared.safetensors"
 
 
-def _file_of(name: str) -> tuple[str, str]:
-    group, _, key = name.rpartition(".")
-    return f"tensors/{group.replace('.', '_')}.safetensors", key
+def shard_of(name: str) -> str:
+    """The shard a tensor is written to: its stack's (`vision.*` the vision tower's, `inputs.*` the input image's,
+    the text stack's layers and per-position `outputs.*` the text shard's)."""
+    group = name.split(".", 1)[0]
+    return f"tensors/{group if group in ('vision', 'inputs') else 'text'}.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -85,16 +89,16 @@ def save_bundle(trace, path: Path, *, force: bool = False) -> Path:
         tensors = {name: trace.tensor(name).detach().cpu().contiguous() for name in trace.tensor_names()}
         sharing = _names_by_storage(tensors)
         for name, tensor in tensors.items():
-            names = sharing.get(_storage_of(tensor), [name])
-            file, key = _file_of(name) if len(names) == 1 else (SHARED_FILE, names[0])
-            if name == names[0]:
-                groups.setdefault(file, {})[key] = tensor.clone() if tensor.storage_offset() else tensor
-            index[name] = {"file": file, "key": key, "dtype": str(tensor.dtype).removeprefix("torch."),
+            first = sharing.get(_storage_of(tensor), [name])[0]
+            file = shard_of(first)
+            if name == first:
+                groups.setdefault(file, {})[name] = tensor.clone() if tensor.storage_offset() else tensor
+            index[name] = {"file": file, "key": first, "dtype": str(tensor.dtype).removeprefix("torch."),
                            "shape": list(tensor.shape), "axes": list(trace.axes(name))}
         files = {}
         for file, tensors in sorted(groups.items()):
             save_file(tensors, str(staging / file), metadata={SHARD_BUNDLE: bundle_id, SHARD_FILE: file})
-            files[file] = {"bytes": (staging / file).stat().st_size, "sha256": sha256(staging / file)}
+            files[file] = {"bytes": (staging / file).stat().st_size, CHECKSUM: checksum(staging / file)}
         if trace.results:
             (staging / "results").mkdir()
             for name, data in trace.results.items():
@@ -120,7 +124,7 @@ def _storage_of(tensor: torch.Tensor) -> tuple | None:
 
 def _names_by_storage(tensors: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
     """storage -> names, for data held under several names (a capture's count tensors shared by the layers of one
-    mask): written once, in SHARED_FILE under the first name, and every name's index entry points there."""
+    mask): written once, under the first name in that name's shard, and every name's index entry points there."""
     names: dict[tuple, list[str]] = {}
     for name, tensor in tensors.items():
         storage = _storage_of(tensor)

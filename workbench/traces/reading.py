@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import torch
+import xxhash
 
 from workbench import strict_json
 from workbench.errors import BundleError
@@ -41,21 +42,47 @@ SHARD_BUNDLE, SHARD_FILE = "workbench_bundle", "workbench_file"
 LOAD_ATTEMPTS = 20  # loads restarted because a writer replaced the bundle meanwhile, before giving up
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+# The files index records each file's checksum under the name of its hash: xxh3_128 since schema 2 (about 10x
+# faster than SHA-256, so hashing no longer dominates writing a large bundle), sha256 in schema-1 bundles. Either
+# detects damage and any edit of a shard that leaves the manifest alone; neither could stop a deliberate forger,
+# who can rewrite the manifest's checksum as easily as the shard.
+CHECKSUM = "xxh3_128"
+_HASHES = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+
+
+def _digest(path: Path, hash_name: str) -> str:
+    digest = _HASHES[hash_name]()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-class BundleTensors:
-    """Lazy tensors of a bundle: each shard is opened (memory-mapped) on first use and checked."""
+def checksum(path: Path) -> str:
+    """The checksum a bundle of this schema records for a file (CHECKSUM)."""
+    return _digest(path, CHECKSUM)
 
-    def __init__(self, root: Path, index: dict[str, dict], bundle_id: str | None = None):
+
+def sha256(path: Path) -> str:
+    return _digest(path, "sha256")
+
+
+class BundleTensors:
+    """Lazy tensors of a bundle: each read takes only that tensor's bytes (or one slice's) from its shard.
+
+    The loader located every tensor in its shard's header and checked it against the manifest; a read opens the
+    shard again, makes sure it is the very file the loader checked (device, inode, size, modification time), and
+    reads the byte range. No header is parsed per read, so reading one layer costs the same whatever the number of
+    layers (or tensors) a shard holds.
+    """
+
+    def __init__(self, root: Path, index: dict[str, dict], bundle_id: str | None = None,
+                 places: dict[str, tuple[int, int]] | None = None, files: dict[str, tuple] | None = None):
         self._root = root
         self._index = index
         self._bundle_id = bundle_id
+        self._places = places or {}  # name -> absolute (begin, end) byte range in its shard
+        self._files = files or {}  # shard -> identity of the file the loader checked
 
     def names(self) -> list[str]:
         return sorted(self._index)
@@ -69,47 +96,40 @@ class BundleTensors:
         if index is not None and not 0 <= index < (entry["shape"] or [0])[0]:
             raise IndexError(f"{name}: index {index} outside the first axis of shape {entry['shape']}")
         try:
-            return self._read(entry, index)
+            return self._read(name, entry, index)
         except BundleError:
             if self._replaced():
                 raise BundleError(f"{self._root}: was replaced (saved again) after this trace was loaded; load it "
                                   "again") from None
             raise
 
-    def _read(self, entry: dict, index: int | None) -> torch.Tensor:
-        from safetensors import SafetensorError, safe_open
-
+    def _read(self, name: str, entry: dict, index: int | None) -> torch.Tensor:
         file = self._root / entry["file"]
         try:
             handle = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as error:
             raise BundleError(f"{file}: unreadable ({error.strerror}); the bundle is incomplete, trace again") from None
-        pinned = str(file)
         try:
-            if not stat.S_ISREG(os.fstat(handle).st_mode):
+            info = os.fstat(handle)
+            if not stat.S_ISREG(info.st_mode):
                 raise BundleError(f"{file}: is not a plain file; bundles hold plain files only")
-            # safetensors reads the header through one open and maps the data through a second open of the same
-            # name: naming the file by our handle makes both the same file even if a save replaces the bundle.
-            pinned = f"/proc/self/fd/{handle}" if os.path.isdir("/proc/self/fd") else str(file)
-            with safe_open(pinned, framework="pt") as shard:
-                _check_identity(file, entry["file"], shard.metadata() or {}, self._bundle_id)
-                if entry["key"] not in shard.keys():
-                    raise BundleError(f"{file}: has no tensor {_shown(entry['key'])}; the bundle is corrupt, trace again")
-                if index is None:
-                    tensor = shard.get_tensor(entry["key"])
-                    shape = list(tensor.shape)
-                else:
-                    piece = shard.get_slice(entry["key"])
-                    shape, tensor = list(piece.get_shape()), piece[index]
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            said = str(error).splitlines()[0].replace(pinned, str(file))
-            raise BundleError(f"{file}: unreadable ({said}); the bundle is corrupt, trace again") from None
+            if shards.identity(info) != self._files.get(entry["file"]):
+                raise BundleError(f"{file}: changed after the bundle was loaded; the bundle is corrupt, trace again")
+            dtype, shape = DTYPES[entry["dtype"]], list(entry["shape"])
+            begin, end = self._places[name]
+            if index is not None:
+                row = (end - begin) // shape[0]
+                begin, end, shape = begin + index * row, begin + (index + 1) * row, shape[1:]
+            data = bytearray(end - begin)
+            if data and os.preadv(handle, [data], begin) != len(data):
+                raise BundleError(f"{file}: ends inside {_shown(entry['key'])}; the bundle is corrupt, trace again")
+        except OSError as error:
+            raise BundleError(f"{file}: unreadable ({error.strerror or error}); the bundle is corrupt, trace "
+                              "again") from None
         finally:
             os.close(handle)
-        if str(tensor.dtype).removeprefix("torch.") != entry["dtype"] or shape != entry["shape"]:
-            raise BundleError(f"{file}: {entry['key']} is {tensor.dtype} {shape} but the manifest "
-                              f"says {entry['dtype']} {entry['shape']}; the bundle is corrupt, trace again")
-        return tensor
+        # safetensors stores little-endian, C-order data: the bytes are the tensor.
+        return torch.frombuffer(data, dtype=dtype).reshape(shape) if data else torch.empty(shape, dtype=dtype)
 
     def _replaced(self) -> bool:
         """True when the folder now holds another bundle than the one loaded (asked only after a read failed)."""
@@ -205,7 +225,7 @@ def read_manifest(root: Path, folder: Path | None = None) -> dict:
     return manifest
 
 
-def _check_index(root: Path, folder: Path, manifest: dict) -> dict[str, dict]:
+def _check_index(root: Path, folder: Path, manifest: dict) -> tuple[dict[str, dict], dict, dict]:
     where = root / MANIFEST
     files, index = manifest.get("files"), manifest.get("tensors")
     if not isinstance(files, dict) or not isinstance(index, dict):
@@ -233,23 +253,31 @@ def _check_index(root: Path, folder: Path, manifest: dict) -> dict[str, dict]:
         declared = math.prod(shape) * DTYPES[dtype].itemsize
         if declared > files[entry["file"]]["bytes"]:
             raise _fail(root / entry["file"], f"cannot hold tensor {_shown(name)} of {_shown(declared)} bytes; the bundle is corrupt")
-    _check_shards(root, folder, manifest.get("bundle_id"), files, index)
-    return index
+    places, identities = _check_shards(root, folder, manifest.get("bundle_id"), files, index)
+    return index, places, identities
 
 
-def _check_shards(root: Path, folder: Path, bundle_id: str | None, files: dict, index: dict[str, dict]) -> None:
-    """Every shard's header holds the tensors the index lists (dtype, shape, byte range) and names this bundle."""
-    by_file: dict[str, list[dict]] = {}
-    for entry in index.values():
-        by_file.setdefault(entry["file"], []).append(entry)
+def _check_shards(root: Path, folder: Path, bundle_id: str | None, files: dict,
+                  index: dict[str, dict]) -> tuple[dict[str, tuple[int, int]], dict[str, tuple]]:
+    """Every shard's header holds the tensors the index lists (dtype, shape, byte range) and names this bundle.
+    Returns where each tensor's bytes lie (name -> absolute begin, end) and each shard's file identity."""
+    by_file: dict[str, list[str]] = {}
+    for name, entry in index.items():
+        by_file.setdefault(entry["file"], []).append(name)
+    places, identities = {}, {}
     for relative in files:
         try:
-            header, data_bytes = shards.read_header(folder / relative)
+            header, data_bytes, info = shards.read_header(folder / relative)
             _check_identity(root / relative, relative, shards.metadata(header), bundle_id)
-            for entry in by_file.get(relative, []):
-                shards.check_entry(header, data_bytes, entry["key"], entry["dtype"], entry["shape"])
+            start = info.st_size - data_bytes
+            for name in by_file.get(relative, []):
+                entry = index[name]
+                begin, end = shards.check_entry(header, data_bytes, entry["key"], entry["dtype"], entry["shape"])
+                places[name] = (start + begin, start + end)
+            identities[relative] = shards.identity(info)
         except shards.ShardError as error:
             raise _fail(root / relative, f"{error}; the bundle is corrupt, trace again") from None
+    return places, identities
 
 
 def _read_results(root: Path, folder: Path) -> dict[str, dict]:
@@ -277,13 +305,16 @@ def _read_results(root: Path, folder: Path) -> dict[str, dict]:
 
 def _open_folder(root: Path, folder: Path, verify: bool) -> dict:
     manifest = read_manifest(root, folder)
-    index = _check_index(root, folder, manifest)
+    index, places, identities = _check_index(root, folder, manifest)
     if verify:
         for relative, info in manifest["files"].items():
-            if info.get("sha256") != sha256(folder / relative):
+            hash_name = next((name for name in _HASHES if name in info), None)
+            if hash_name is None:
+                raise _fail(root / MANIFEST, f"has no checksum for {_shown(relative)}; the bundle is corrupt")
+            if info[hash_name] != _digest(folder / relative, hash_name):
                 raise _fail(root / relative, "does not match its checksum; the bundle is corrupt, trace again")
     tokens, meta = check_metadata(root / MANIFEST, manifest, index)
-    return {"meta": meta, "tokens": tokens, "tensors": BundleTensors(root, index, manifest.get("bundle_id")),
+    return {"meta": meta, "tokens": tokens, "tensors": BundleTensors(root, index, manifest.get("bundle_id"), places, identities),
             "results": _read_results(root, folder), "path": root}
 
 
@@ -314,7 +345,7 @@ def _pinned(root: Path) -> Iterator[tuple[Path, Callable[[], bool]]]:
 
 def open_bundle(path: Path, *, verify: bool = False) -> dict:
     """The checked parts of a `Trace` stored at `path`: meta, tokens, tensors (read lazily per layer),
-    results and path. verify=True also checks every file's sha256. `workbench.load` builds the Trace (see the
+    results and path. verify=True also checks every file's checksum. `workbench.load` builds the Trace (see the
     example in `bundle.save_bundle`)."""
     root = path.expanduser()
     for attempt in range(LOAD_ATTEMPTS):

@@ -4,6 +4,7 @@ Bump SCHEMA_VERSION when a change to manifest.json or the shards would mislead a
 refuse bundles newer than the version they know.
 """
 
-SCHEMA_VERSION = 1
+# 2: one shard per stack and xxh3_128 checksums (1: one shard per layer, sha256); this version reads both.
+SCHEMA_VERSION = 2
 FORMAT = "workbench-trace"
 MANIFEST = "manifest.json"

@@ -26,9 +26,10 @@ class ShardError(ValueError):
     """A shard's header is unreadable or disagrees with the manifest (the message says how)."""
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """(header, bytes of tensor data after it) of the regular file at `path`. Opened without following links
-    and without blocking, so a file swapped for a link or FIFO after the loader's checks is refused, not read."""
+def read_header(path: Path) -> tuple[dict, int, os.stat_result]:
+    """(header, bytes of tensor data after it, the file's stat) of the regular file at `path`. Opened without
+    following links and without blocking, so a file swapped for a link or FIFO after the loader's checks is
+    refused, not read. The data starts at byte st_size - data bytes; a header's data_offsets count from there."""
     try:
         handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
@@ -49,11 +50,16 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise ShardError("has a header that is not JSON") from None
     if not isinstance(header, dict):
         raise ShardError("has a header that is not a JSON object")
-    return header, info.st_size - 8 - length
+    return header, info.st_size - 8 - length, info
 
 
-def check_entry(header: dict, data_bytes: int, key: str, dtype: str, shape: list[int]) -> None:
-    """The header holds tensor `key` with this dtype and shape, inside the file."""
+def identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file from another, or from itself rewritten: device, inode, size, modification time."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def check_entry(header: dict, data_bytes: int, key: str, dtype: str, shape: list[int]) -> tuple[int, int]:
+    """The header holds tensor `key` with this dtype and shape, inside the file: its (begin, end) data offsets."""
     found = header.get(key)
     if key == "__metadata__" or not isinstance(found, dict):
         raise ShardError(f"has no tensor {key[:60]!r}")
@@ -65,6 +71,7 @@ def check_entry(header: dict, data_bytes: int, key: str, dtype: str, shape: list
             and 0 <= offsets[0] <= offsets[1] <= data_bytes
             and offsets[1] - offsets[0] == math.prod(shape) * ITEM_BYTES[CODES[dtype]]):
         raise ShardError(f"places {key[:60]} outside its data")
+    return offsets[0], offsets[1]
 
 
 def metadata(header: dict) -> dict:

@@ -172,7 +172,7 @@ class Trace:
 
 
 def load(path: str | Path, *, verify: bool = False) -> Trace:
-    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's sha256.
+    """Open a bundle lazily (tensors are read per layer on use). verify=True also checks every file's checksum.
 
     >>> import tempfile, workbench
     >>> path = workbench.trace("tiny-gpt2", "The cat sat on the mat").save(f"{tempfile.mkdtemp()}/cat.wbtrace")

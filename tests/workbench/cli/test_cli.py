@@ -140,9 +140,9 @@ def test_info_rejects_damaged_bundles(tmp_path):
     bundle = tmp_path / "b.wbtrace"
     assert run("trace", "--model", "tiny-gpt2", "--prompt", "hello", "--out", bundle).returncode == 0
     assert run("info", bundle).returncode == 0
-    shard = bundle / "tensors" / "layer_01.safetensors"
+    shard = bundle / "tensors" / "text.safetensors"
     shard.write_bytes(shard.read_bytes()[:-7])
-    assert_user_error(run("info", bundle), "layer_01.safetensors")
+    assert_user_error(run("info", bundle), "text.safetensors")
     manifest = bundle / "manifest.json"
     data = json.loads(manifest.read_text())
     data["schema_version"] = 7

@@ -3,7 +3,6 @@ from the stored statistics (an edited bundle), and shown by `workbench info` and
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -42,19 +41,12 @@ def planted(models, tmp_path_factory):
 
 
 def _scale_normaliser(bundle, *, layer: int, factor: float) -> None:
-    """Rewrite one shard with Z scaled (same shard metadata, manifest sizes and checksums updated)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    """Rewrite the text shard with layer's Z scaled (same shard metadata, manifest sizes and checksums updated)."""
 
-    relative = f"tensors/layer_{layer:02d}.safetensors"
-    with safe_open(str(bundle / relative), framework="pt") as shard:
-        metadata, tensors = shard.metadata(), {key: shard.get_tensor(key) for key in shard.keys()}
-    tensors["normaliser"] = tensors["normaliser"] * factor
-    save_file(tensors, str(bundle / relative), metadata=metadata)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    data = (bundle / relative).read_bytes()
-    manifest["files"][relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    def scale(tensors):
+        tensors["normaliser"] = tensors["normaliser"] * factor
+
+    _edit_shard(bundle, layer=layer, edit=scale)
 
 
 def test_capture_flags_non_finite_statistics_where_they_start(planted):
@@ -114,18 +106,22 @@ def test_every_bundle_page_of_the_app_warns(planted):
 
 
 def _edit_shard(bundle, *, layer: int, edit) -> None:
-    """Rewrite one shard's tensors with `edit(tensors)` (manifest sizes and checksums updated)."""
+    """Rewrite one layer's tensors in the text shard with `edit(tensors)`, tensors keyed by stat (manifest sizes
+    and checksums updated)."""
+    import xxhash
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    relative = f"tensors/layer_{layer:02d}.safetensors"
+    relative, prefix = "tensors/text.safetensors", f"layer_{layer:02d}."
     with safe_open(str(bundle / relative), framework="pt") as shard:
         metadata, tensors = shard.metadata(), {key: shard.get_tensor(key) for key in shard.keys()}
-    edit(tensors)
+    own = {key[len(prefix):]: tensor for key, tensor in tensors.items() if key.startswith(prefix)}
+    edit(own)
+    tensors.update({prefix + stat: tensor for stat, tensor in own.items()})
     save_file(tensors, str(bundle / relative), metadata=metadata)
     manifest = json.loads((bundle / "manifest.json").read_text())
     data = (bundle / relative).read_bytes()
-    manifest["files"][relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"][relative] = {"bytes": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -134,7 +130,7 @@ def _unrecorded_row(tensors):  # what a missed attention call leaves: zeros ever
         tensors[name] = tensors[name].clone()
         tensors[name][:, 4] = 0
     for name in ("region_mass", "region_count"):
-        if name not in tensors:  # counts shared by the layers of one mask live in tensors/shared.safetensors
+        if name not in tensors:  # counts shared by the layers of one mask are stored under layer 0's name
             continue
         tensors[name] = tensors[name].clone()
         tensors[name][..., 4, :] = 0

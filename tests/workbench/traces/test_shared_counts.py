@@ -1,5 +1,5 @@
 """Mask-only counts (key_count, region_count, prompt_key_count) are computed once per forward and stored once
-per bundle for the layers that share a mask; bundles written the old way (a copy per layer) still read."""
+per bundle for the layers that share a mask; a trace holding a copy per layer still writes and reads."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def test_counts_equal_their_definition_and_are_stored_once(traced, tmp_path):
     for stat in COUNTS:
         places = {(index[f"layer_{layer:02d}.{stat}"]["file"], index[f"layer_{layer:02d}.{stat}"]["key"])
                   for layer in range(traced.n_layers())}
-        assert places == {("tensors/shared.safetensors", f"layer_00.{stat}")}, stat
+        assert places == {("tensors/text.safetensors", f"layer_00.{stat}")}, stat
     from safetensors import safe_open
 
-    with safe_open(str(path / "tensors" / "layer_01.safetensors"), framework="pt") as shard:
-        assert not set(COUNTS) & set(shard.keys())  # no per-layer copy
+    with safe_open(str(path / "tensors" / "text.safetensors"), framework="pt") as shard:
+        assert not {f"layer_01.{stat}" for stat in COUNTS} & set(shard.keys())  # no per-layer copy
     loaded = workbench.load(path, verify=True)
     for layer in range(traced.n_layers()):
         stats = loaded.layer(layer)
@@ -51,15 +51,14 @@ def test_counts_equal_their_definition_and_are_stored_once(traced, tmp_path):
         expected["key_count"])
 
 
-def test_a_bundle_written_the_old_way_still_reads(traced, tmp_path):
-    # the layout before shared counts: every layer's counts a tensor of its own, in that layer's file
+def test_counts_held_per_layer_are_written_per_layer(traced, tmp_path):
+    # a trace whose every layer holds counts of its own (as captures did before shared counts)
     own_copies = {name: (traced.tensor(name).clone(), traced.axes(name)) for name in traced.tensor_names()}
     old = Trace(meta=traced.meta, tokens=traced.tokens, tensors=MemoryTensors(own_copies))
     path = old.save(tmp_path / "old.wbtrace")
     index = json.loads((path / "manifest.json").read_text())["tensors"]
-    assert index["layer_01.key_count"] == {**index["layer_01.key_count"], "file": "tensors/layer_01.safetensors",
-                                           "key": "key_count"}
-    assert not (path / "tensors" / "shared.safetensors").exists()
+    assert index["layer_01.key_count"] == {**index["layer_01.key_count"], "file": "tensors/text.safetensors",
+                                           "key": "layer_01.key_count"}
     loaded = workbench.load(path, verify=True)
     expected = _reference_counts(traced)
     for layer in range(traced.n_layers()):
