@@ -12,8 +12,10 @@ from workbench.traces import metrics
 from workbench.traces.tokens import REGIONS
 
 
-def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], generated_rows: torch.Tensor) -> dict:
-    """One layer's entry of the export; `generated_rows` are the rows that predicted generated tokens."""
+def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], generated_rows: torch.Tensor,
+                  span_names: list[str] | None = None) -> dict:
+    """One layer's entry of the export; `generated_rows` are the rows that predicted generated tokens; span_names:
+    the trace's user spans (their shares are exported like the regions' where the layer stores span_mass)."""
     key_mass, region_count = stats["key_mass"].double(), stats["region_count"]
     alpha = metrics.alpha(key_mass, stats["key_count"])
     sinks = metrics.sink_mask(alpha)
@@ -41,6 +43,10 @@ def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], ge
                 REGIONS[r]: round(float(generated_shares[head, r]), 6) for r in regions_present
             }
             entry["generated_rows_lookback_ratio"] = round(float(lookback[head]), 6)
+        if span_names and "span_mass" in stats:
+            entry["span_share"] = _span_shares(stats, span_names, head, None)
+            if len(generated_rows):
+                entry["generated_rows_span_share"] = _span_shares(stats, span_names, head, generated_rows)
         heads.append(entry)
     return {
         "top_key": top_key,
@@ -48,6 +54,12 @@ def layer_summary(stats: dict[str, torch.Tensor], regions_present: list[int], ge
         "entropy_mean": round(float(entropy_mean.mean()), 6),
         "heads": heads,
     }
+
+
+def _span_shares(stats: dict, names: list[str], head: int, rows) -> dict[str, float]:
+    """{span name: mean over query rows of the row's attention mass on the span} of one head."""
+    shares = metrics.mean_over_rows(stats["span_mass"][head:head + 1], stats["region_count"], rows)[0]
+    return {name: round(float(share), 6) for name, share in zip(names, shares)}
 
 
 def stack_summary(trace, stack: str) -> list[dict]:
@@ -62,7 +74,8 @@ def stack_summary(trace, stack: str) -> list[dict]:
     for layer in range(trace.n_layers(stack)):
         stats = trace.layer(layer, stack)
         if "key_mass" in stats:
-            layers.append({"layer": layer, **layer_summary(stats, present, generated_rows)})
+            spans = [span["name"] for span in trace.meta.get("inputs", {}).get("spans") or []] if stack == "text" else None
+            layers.append({"layer": layer, **layer_summary(stats, present, generated_rows, spans)})
     return layers
 
 

@@ -134,3 +134,15 @@ def test_span_lookback_ratio_equals_eager_maps(models):
             c = maps[:, row, chosen].mean(-1)
             n_mean = maps[:, row, start:row + 1].mean(-1)  # generated keys the row sees (itself included)
             assert_close(ratio[:, row], c / (c + n_mean), atol=1e-5, what=f"layer {layer} row {row}")
+
+
+def test_json_export_carries_span_shares(models):
+    """The export's span_share of a head is the mean over query rows of its span mass, summed here from eager maps."""
+    loaded = models("tiny-llama")
+    trace = workbench.trace(loaded, PROMPT, max_new_tokens=2, spans=marker_spans(PROMPT, "<doc>,</doc>"))
+    ids = torch.tensor([[token.id for token in trace.tokens]])
+    maps = eager_forward(loaded.model, input_ids=ids).attentions[1][0].double()
+    (a, b) = trace.meta["inputs"]["spans"][1]["tokens"]
+    head = json.loads(json.dumps(trace.to_json()))["summary"]["text"][1]["heads"][2]
+    assert head["span_share"]["item_1"] == pytest.approx(maps[2, :, a:b].sum(-1).mean().item(), abs=1e-5)
+    assert set(head["generated_rows_span_share"]) == {"item_0", "item_1", "item_2"}
