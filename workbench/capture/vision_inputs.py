@@ -58,15 +58,17 @@ def position_roles(tokens) -> dict[str, list[int]]:
     return roles
 
 
-def prepare_vision_input(loaded: LoadedModel, prompt, image):
-    """A PreparedInput for a vision encoder: pixel values of `image`, no text (a prompt is refused)."""
-    from workbench.capture.inputs import PreparedInput, load_image
-
+def check_vision_request(loaded: LoadedModel, prompt, image) -> None:
+    """Refuse a prompt, or a missing image, for a vision encoder (one line, before any pixel is read)."""
     if prompt is not None and str(prompt).strip():
         raise InputError(f"{loaded.name} is a vision encoder and takes an image only; drop the prompt")
     if image is None:
         raise InputError(f"{loaded.name} is a vision encoder; pass an image with --image")
-    pil_image, image_meta = load_image(image)
+
+
+def vision_input(loaded: LoadedModel, pil_image, image_meta: dict) -> tuple:
+    """(input_ids [1, query_pos] of NO_TOKEN_ID, model inputs {pixel_values}, tokens, meta) of an RGB image: the
+    fields of a `capture.inputs.PreparedInput`, which wraps them."""
     pixels = loaded.processor(images=pil_image, return_tensors="pt")["pixel_values"]
     patch = patch_size(loaded.model.config)
     grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
@@ -74,4 +76,4 @@ def prepare_vision_input(loaded: LoadedModel, prompt, image):
     input_ids = torch.full((1, len(tokens)), NO_TOKEN_ID, dtype=torch.long)
     meta = {"prompt": None, "system": None, "raw": True, "chat_template": False, "text": "",
             "image": image_meta, "patch_grid": list(grid), "pixel_size": [int(pixels.shape[-2]), int(pixels.shape[-1])]}
-    return PreparedInput(input_ids, {"pixel_values": pixels}, tokens, meta, pil_image)
+    return input_ids, {"pixel_values": pixels}, tokens, meta
