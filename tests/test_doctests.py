@@ -17,7 +17,7 @@ MODULES = [
     "workbench", "workbench.capture.tracer", "workbench.traces.trace", "workbench.traces.bundle",
     "workbench.models.loading", "workbench.analyses.sinks", "workbench.analyses.routes",
     "workbench.analyses.circuits", "workbench.analyses.divergence", "workbench.analyses.rollout",
-    "workbench.analyses.funnel", "workbench.kernels.api",
+    "workbench.analyses.funnel", "workbench.analyses.basin", "workbench.kernels.api",
     "workbench.kernels.forward", "workbench.kernels.fused_cpu", "workbench.probes", "workbench.probes.roc", "workbench.app.notebook",
     "workbench.app.figures.probes", "workbench.threads",
 ]

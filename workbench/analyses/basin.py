@@ -116,7 +116,7 @@ def analyse(trace, *, rows: Literal["after", "generated"] = "after", per: Litera
     >>> t = workbench.trace("tiny-llama", prompt, max_new_tokens=2, spans=marker_spans(prompt, "<d>,</d>"))
     >>> r = analyse(t)
     >>> r.received.shape, [item["name"] for item in r.items]
-    ((2, 6, 3), ['item_0', 'item_1', 'item_2'])
+    ((3, 6, 3), ['item_0', 'item_1', 'item_2'])
     """
     if rows not in ROWS:
         raise InputError(f"rows takes {', '.join(ROWS)}, not {rows!r}")
