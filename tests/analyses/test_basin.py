@@ -129,3 +129,25 @@ def test_smollm2_span_masses_equal_eager_maps(models):
         mass = torch.stack([maps[..., a:b].sum(-1) for a, b in ranges], dim=-1)
         assert (trace.layer(layer)["span_mass"].double() - mass).abs().max() < 1e-5, layer
         assert np.allclose(result.received[layer], mass[:, first:].mean(1).numpy(), atol=1e-5)
+
+
+def test_prompt_set_lines_carry_their_own_spans(tmp_path):
+    """`trace --prompts` reads each line's "spans" (characters of its prompt) into that bundle's inputs.spans."""
+    prompt = "A: red. B: green. C: blue. Which?"
+    lines = [{"prompt": prompt, "name": "colours", "spans": [{"name": "a", "start": 3, "end": 7},
+                                                             {"name": "b", "start": 11, "end": 17},
+                                                             {"name": "c", "start": 21, "end": 26}]},
+             {"prompt": prompt, "name": "bad", "spans": [{"name": "a", "start": 3, "end": 99}]}]
+    (tmp_path / "set.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    code, _, err = run_cli("trace", "-m", "tiny-llama", "--prompts", tmp_path / "set.jsonl", "-n", "1", "--out",
+                           tmp_path / "out")
+    assert code == 0, err
+    trace = workbench.load(tmp_path / "out" / "colours.wbtrace")
+    spans = trace.meta["inputs"]["spans"]
+    assert [(s["name"], s["start"], s["end"]) for s in spans] == [("a", 3, 7), ("b", 11, 17), ("c", 21, 26)]
+    for span in spans:  # the tokens cover the span's characters
+        a, b = span["tokens"]
+        assert prompt[span["start"]:span["end"]] in "".join(token.text for token in trace.tokens[a:b])
+    (tmp_path / "bad.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    code, _, err = run_cli("trace", "-m", "tiny-llama", "--prompts", tmp_path / "bad.jsonl", "--out", tmp_path / "o2")
+    assert code == 2 and "0 <= START < END <= 33" in err and len(err.strip().splitlines()) == 1
