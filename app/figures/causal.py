@@ -75,7 +75,8 @@ def pruning_curve(removed: list[int], loss: list[float], accuracy: list[float], 
         xaxis=dict(title=f"heads removed ({'least' if order == 'least' else 'most'} important first, of {n_heads})",
                    range=[-0.5, n_heads + 0.5]),
         yaxis=dict(title="mean loss (nats)"),
-        yaxis2=dict(title="next-token accuracy", overlaying="y", side="right", range=[0, 1.02], showgrid=False),
+        yaxis2=dict(title="next-token accuracy", overlaying="y", side="right", range=[0, 1.02], showgrid=False,
+                    tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1]),
         legend=dict(orientation="h", y=-0.25))
     return fig
 

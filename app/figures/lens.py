@@ -26,6 +26,7 @@ def lens_target_curve(probability: list[float], rank: list[int], *, target: str,
                              customdata=names, line=dict(color="#1f77b4", dash="dot"),
                              hovertemplate="%{customdata}<br>rank %{y}<extra></extra>"))
     step = max(1, -(-n // 32))
+    decades = [10 ** k for k in range(len(str(max([int(r) for r in rank], default=1))) + 1)]  # 1, 10, ... past the max
     fig.update_layout(
         title=title, template="plotly_white", font=FONT, height=height,
         margin=dict(l=60, r=60, t=50 if title else 20, b=60), legend=dict(orientation="h", y=-0.3),
@@ -33,5 +34,5 @@ def lens_target_curve(probability: list[float], rank: list[int], *, target: str,
                    ticktext=[f"L{i}" if i < n - 1 else "out" for i in x[::step]]),
         yaxis=dict(title="probability", range=[0, 1.02]),
         yaxis2=dict(title="rank (1 = top)", type="log", overlaying="y", side="right", showgrid=False,
-                    autorange="reversed"))
+                    autorange="reversed", tickmode="array", tickvals=decades, ticktext=[f"{v:,}" for v in decades]))
     return fig

@@ -77,7 +77,7 @@ def rollout_view(bundle: str, name: str | None) -> html.Div:
     position = result.position
     what = "attention flow (max-flow, normalised)" if result.method == "flow" else "attention rollout"
     top = ", ".join(f"{entry.get('position')} '{token_text(str(entry.get('text', '')), 16)}' "
-                    f"{float(entry.get('relevance', 0)):.3f}" for entry in list(result.tokens)[:6])
+                    f"{float(entry.get('relevance', 0)):.3g}" for entry in list(result.tokens)[:6])
     parts += [html.P(f"results/{found.name}.json: {what} of position {position} "
                      f"'{token_text(texts[position], 24)}' ({result.stack} stack, maps {result.maps}); each bar is "
                      "how much that input token contributes to the position's output, summing to 1. Positions after "

@@ -18,7 +18,8 @@ TOP_SHOWN = 5
 
 def section() -> html.Div:
     """The section's place in the Token view's layout (filled by the callback)."""
-    return html.Div([html.H3("Logit lens and direct logit attribution"), html.Div(id="token-lens-view")])
+    return html.Div([html.H3("Logit lens and direct logit attribution"), html.Div(id="token-lens-view")],
+                    id="token-lens-section")
 
 
 def register(app) -> None:
