@@ -27,7 +27,7 @@ from workbench.analyses.result import HeadMetric, Result, stored_version
 from workbench.errors import InputError
 from workbench.traces.names import tensor_name
 
-__all__ = ["BasinResult", "ROWS", "analyse", "stored_spans", "u_score"]
+__all__ = ["ROWS", "BasinResult", "analyse", "stored_spans", "u_score"]
 
 METHOD = "Attention basin, Yi et al. 2025: attention received per list item vs its position (span statistics)"
 ROWS = ("after", "generated")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -119,7 +120,7 @@ def check_spans(spans: list[CharSpan], prompt: str, *, what: str = "--span") -> 
             raise InputError(f"{what}: span {span.name!r} = {span.start}:{span.end} must satisfy 0 <= START < END <= "
                              f"{len(prompt)} (the prompt's length in characters)")
     ordered = sorted(spans, key=lambda span: span.start)
-    for left, right in zip(ordered, ordered[1:]):
+    for left, right in pairwise(ordered):
         if right.start < left.end:
             raise InputError(f"{what}: spans {left.name!r} and {right.name!r} overlap; spans must be disjoint")
     return ordered

@@ -11,8 +11,16 @@ import torch
 
 import workbench
 from tests.helpers import assert_close, eager_forward
-from workbench.capture.spans import (CharSpan, cell_ids, check_spans, locate_spans, marker_spans, parse_span_option,
-                                     spans_from_json, split_cells)
+from workbench.capture.spans import (
+    CharSpan,
+    cell_ids,
+    check_spans,
+    locate_spans,
+    marker_spans,
+    parse_span_option,
+    spans_from_json,
+    split_cells,
+)
 from workbench.errors import BundleError, InputError
 
 PROMPT = "Notes: <doc>apples and pears</doc> <doc>red cars</doc> <doc>blue sky above</doc> Which one?"
