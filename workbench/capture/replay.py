@@ -6,7 +6,8 @@ rows are computed from that layer's queries and keys, and the forward stops afte
 A single forward over the final sequence gives the same attention as the traced generation with a KV cache.
 Memory: the maps asked for, computed in head groups of at most MAP_GROUP_BYTES of fp32 at a time.
 
-A bundle traced under an intervention (ACT, VAR) is replayed under the same one, rebuilt from its manifest by the
+A bundle traced under an intervention (ACT, VAR; or a decoding one, AVC / DAMRO, which edits no attention and so
+needs no edit here) is replayed under the same one, rebuilt from its manifest by the
 caller (`workbench.interventions.recorded`) and checked here against the record; without it the replay is refused,
 since the unedited model's attention is not what the bundle describes. As in capture, the maps are computed from
 each layer's queries and keys, so they show that layer's attention before its own edit, in a run whose earlier
@@ -198,6 +199,10 @@ def _edit_runtime(tracer, trace, intervention):
     if differs:
         raise InputError(f"the intervention given differs from the one this bundle was traced under "
                          f"({', '.join(differs)}); replay with workbench.interventions.recorded(trace.meta) {redo}")
+    if getattr(intervention, "decoding", False):
+        # AVC / DAMRO chose the generated tokens from a contrast run beside the plain one; the bundle holds the plain
+        # run's attention over them, which one unedited forward over the bundle's tokens recomputes.
+        return None
     return intervention.start(tracer.layout, image_positions=[t.i for t in trace.tokens if t.region == "image"])
 
 
@@ -227,6 +232,15 @@ def _bundle_inputs(loaded, trace, image, stop: int) -> dict:
     VLM)."""
     from workbench.capture.inputs import prepare_input
 
+    if loaded.kind == "vision":  # an image encoder's one forward over all its positions: the image again
+        if image is None:
+            raise InputError("recomputing attention of this vision-encoder bundle needs its input image; put the "
+                             "image in the traces folder's images/ (named by its sha256) or pass --images DIR")
+        prepared = prepare_input(loaded, None, image)
+        if prepared.tokens != trace.tokens:
+            raise InputError("this image gives the encoder other positions than the bundle's (another image or "
+                             "processor); trace it again with --maps to store the maps")
+        return forward_inputs(loaded, prepared.input_ids, prepared.model_inputs)
     ids = torch.tensor([[token.id for token in trace.tokens[:stop]]])
     model_inputs: dict = {}
     if loaded.kind == "vlm" and trace.meta["inputs"].get("image"):

@@ -75,7 +75,8 @@ class Tracer:
     # -- capture ------------------------------------------------------------------------------------------------
     def trace(self, prompt: str, image=None, *, plan: CapturePlan | None = None, max_new_tokens: int = 0,
               system: str | None = None, raw: bool = False, max_length: int | None = None, intervention=None,
-              progress: Callable[[int, int], None] | None = None, spans=None, **plan_options) -> Trace:
+              progress: Callable[[int, int], None] | None = None, spans=None, continuation: Sequence[int] | None = None,
+              **plan_options) -> Trace:
         """Trace `prompt` (and `image`) and greedily generate up to `max_new_tokens` tokens with capture on.
 
         plan: a CapturePlan, or its options as keywords (maps, vision_maps, hidden_states, head_outputs, top_k,
@@ -85,13 +86,22 @@ class Tracer:
         progress: called as progress(done_forwards, total_forwards).
         spans: user spans of the prompt (`workbench.capture.spans.CharSpan`s: name, character range) whose attention
             mass and key count per query row are stored like the regions' (span_mass, span_count; hf backend).
+        continuation: generate these token ids (at most max_new_tokens) instead of the argmax, capturing the model's
+            attention over them (hf backend): how a decoding intervention's tokens are traced
+            (`workbench.analyses.recalibration.trace`).
         """
+        from workbench.errors import InputError
+
         plan = self._plan(plan, plan_options)
         loaded = self.loaded
         if image is not None and not self._backend.accepts_images:
-            from workbench.errors import InputError
-
             raise InputError(f"the {self.backend} backend traces text models; use --backend hf or nnsight for images")
+        if getattr(intervention, "decoding", False):  # AVC / DAMRO change the decoding loop, not attention
+            raise InputError(f"{intervention.name} is a decoding intervention; trace it with "
+                             "workbench.analyses.recalibration.trace (CLI: workbench trace --intervene)")
+        if continuation is not None and (self.backend != "hf" or len(continuation) > max_new_tokens):
+            raise InputError(f"a continuation of {len(continuation)} tokens needs the hf backend and max_new_tokens "
+                             f">= its length (got {self.backend}, {max_new_tokens})")
         prepared = prepare_input(loaded, prompt, image, system=system, raw=raw)
         if spans:
             self._place_spans(prepared, prompt, spans)
@@ -102,8 +112,9 @@ class Tracer:
         if intervention is not None:
             check_intervention_length(loaded, prompt_length + max_new_tokens)
             runtime = intervention.start(self.layout, image_positions=prepared.image_positions())
+        forced = {"continuation": list(continuation)} if continuation is not None else {}
         captured = self._backend.capture(prepared, plan, max_new_tokens=max_new_tokens, eos=eos_ids(loaded),
-                                         edit=runtime, progress=progress)
+                                         edit=runtime, progress=progress, **forced)
         trace = _as_trace(loaded, prepared, captured, plan, max_new_tokens)
         if runtime is not None:
             trace.meta["capture"]["intervention"] = {**intervention.to_json(), "report": runtime.report()}

@@ -48,7 +48,9 @@ def trace(
     intervene: str | None = typer.Option(None, "--intervene",
                                             help="Intervene on attention while tracing: 'act:beta=0.4' (ACT) or "
                                                  "'var:rho=0.5,p=0.6' (VAR); its effect goes to "
-                                                 "results/intervention.json. See docs/analyses/sinks.md."),
+                                                 "results/intervention.json. See docs/analyses/sinks.md. On a VLM, "
+                                                 "'avc:alpha=1' / 'damro:top_k=10' decode contrastively against "
+                                                 "blind / outlier image tokens (docs/analyses/blind-tokens.md)."),
     system: str | None = typer.Option(None, "--system", help="System message for chat templates."),
     span: list[str] | None = typer.Option(None, "--span", help="Measure a span of the prompt like a region: "
                                                                 "NAME=START:END characters (repeatable)."),
@@ -108,14 +110,18 @@ def trace(
     plan = CapturePlan.build(maps=maps, vision_maps=vision_maps, hidden_states=hidden, head_outputs=head_outputs,
                              top_k=top_k, decomposition=decomposition, kernel=kernel, max_map_memory=max_map_memory,
                              device=_checked_device(device))
+    decoding = None
     if intervene:
-        from workbench.interventions import parse
+        from workbench.interventions.spec import CAPTURE, parse
 
-        parse(intervene)
+        decoding = parse(intervene, kinds=CAPTURE)
+        decoding = decoding if getattr(decoding, "decoding", False) else None
     items = read_prompts(prompts) if prompts else [
         {"prompt": prompt, "image": str(image) if image else None, "name": None}]
     if prompts and image:
         raise InputError("with --prompts, give images per line in the JSONL file instead of --image")
+    if decoding is not None:
+        _check_decoding(decoding, model, backend, items)
     _attach_spans(items, span, span_markers, backend)
     jobs = _plan_outputs(items, model, out, json_out, force, many=prompts is not None)
     if not remote:  # against the model's config: wrong layers or heads fail before the weights load
@@ -170,6 +176,17 @@ def trace(
             item, bundle_path, json_path = batch[0]
             step_task = bars.add_task(f"{item.get('name') or 'trace'}", total=None)
             new_tokens = new_tokens_of(item)
+            if decoding is not None:  # tokens from the contrastive decoding, attention of the plain run over them
+                from workbench.analyses.recalibration import trace as trace_decoded
+
+                result = trace_decoded(
+                    tracer, item["prompt"], item.get("image"), decoding, plan=plan, max_new_tokens=new_tokens,
+                    system=item.get("system", system), raw=raw, max_length=max_length, spans=item.get("spans"),
+                    progress=lambda done, total, task=step_task: bars.update(task, completed=done, total=total))
+                bars.remove_task(step_task)
+                _report_decoding(result)
+                finish(result, item, bundle_path, json_path)
+                continue
             spec = resolve_intervention(intervene, tracer, item, system=item.get("system", system), raw=raw)
             result = tracer.trace(
                 item["prompt"], item.get("image"), plan=plan, max_new_tokens=new_tokens, intervention=spec,
@@ -212,6 +229,33 @@ def _attach_spans(items: list[dict], ranges: list[str] | None, markers: str | No
         item["spans"] = check_spans(spans, item["prompt"], what="--span" if given else "spans") if spans else None
         if spans and backend != "hf":
             raise InputError(f"spans are captured by the hf backend only, not {backend}; use --backend hf")
+
+
+def _check_decoding(spec, model: str, backend: str, items: list[dict]) -> None:
+    """AVC / DAMRO contrast image tokens: a VLM (known from the registry or its config, before loading), an image
+    for every input, and the hf backend, whose decoder runs the contrast sequence."""
+    from workbench.models.loading import model_kind, read_config
+    from workbench.models.registry import REGISTRY
+
+    config = None if model in REGISTRY else read_config(model)
+    kind = REGISTRY[model].kind if model in REGISTRY else model_kind(config) if config is not None else None
+    if kind is not None and kind != "vlm":
+        raise InputError(f"--intervene {spec.name} contrasts image tokens, but {model} takes no image; use a "
+                         "vision-language model (e.g. llava-scenes) or an attention intervention (act, var)")
+    if backend != "hf":
+        raise InputError(f"--intervene {spec.name} decodes with the hf backend only, not {backend}; use --backend hf")
+    missing = [item.get("name") or "the prompt" for item in items if not item.get("image")]
+    if missing:
+        raise InputError(f"--intervene {spec.name} contrasts image tokens: {missing[0]} has no image (pass --image, "
+                         'or "image" on every --prompts line)')
+
+
+def _report_decoding(result) -> None:
+    from workbench.cli.printing import SafeConsole
+
+    record = result.meta["capture"]["intervention"]
+    SafeConsole(stderr=True).print(f"intervention {record['name']}: contrastive decoding against image tokens "
+                                   f"{record['report']['kept']}", markup=False)
 
 
 def _is_vision_encoder(model: str) -> bool:

@@ -10,7 +10,8 @@ where the contrast sequence sees only the suspect image tokens:
 - DAMRO: the image tokens other than the top-k [CLS]-attention outliers are removed from the sequence, so the
   contrast run sees k image tokens.
 The references sample; the workbench decodes greedily (argmax of logits'; the loop is
-`workbench.analyses.recalibration`, which finds the tokens). Specs parse from `avc:alpha=1` /
+`workbench.analyses.recalibration`, which finds the tokens and traces them: `workbench trace --intervene avc`
+records the plain run's attention over the contrastively decoded tokens). Specs parse from `avc:alpha=1` /
 `damro:top_k=10,alpha=2` like the attention interventions (`spec.parse(text, kinds=DECODING)`).
 """
 
@@ -34,6 +35,7 @@ class AVC:
     beta: float = 0.1
 
     name = "avc"
+    decoding = True  # changes the decoding loop, not attention (`recalibration.trace` captures it)
 
     def __post_init__(self):
         _check(self.name, self.alpha, self.beta)
@@ -57,6 +59,7 @@ class DAMRO:
     beta: float = 0.1
 
     name = "damro"
+    decoding = True
 
     def __post_init__(self):
         _check(self.name, self.alpha, self.beta)

@@ -1,6 +1,6 @@
 """Intervention specs from the command line ('act:beta=0.4', 'var:rho=0.5,p=0.6' -> ACT / VAR; the decoding
-interventions 'avc:alpha=1', 'damro:top_k=10' -> AVC / DAMRO with kinds=DECODING) and from a bundle's manifest
-(`recorded`: the spec a bundle was traced under, so a replay can apply it again)."""
+interventions 'avc:alpha=1', 'damro:top_k=10' -> AVC / DAMRO with kinds=DECODING; all four with kinds=CAPTURE)
+and from a bundle's manifest (`recorded`: the spec a bundle was traced under, so a replay can apply it again)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from workbench.interventions.contrastive import AVC, DAMRO
 from workbench.interventions.var import VAR
 
 SPECS = {"act": ACT, "var": VAR}
-# Contrastive decoding against suspect image tokens: they change the decoding loop, not attention, so a capture's
-# --intervene does not take them (`workbench blind --intervene` does).
+# Contrastive decoding against suspect image tokens: they change the decoding loop, not attention. `workbench trace
+# --intervene` takes both kinds (CAPTURE: the decoding ones through `analyses.recalibration.trace`), `workbench blind
+# --intervene` the decoding ones.
 DECODING = {"avc": AVC, "damro": DAMRO}
+CAPTURE = {**SPECS, **DECODING}
 
 
 def parse(text: str, kinds: dict = SPECS):
@@ -23,12 +25,13 @@ def parse(text: str, kinds: dict = SPECS):
     name, _, options = text.strip().partition(":")
     spec = kinds.get(name.strip().lower())
     if spec is None:
-        other = DECODING if kinds is SPECS else SPECS
-        if name.strip().lower() in other:
-            where = "workbench blind --intervene" if kinds is SPECS else "workbench trace --intervene"
+        if name.strip().lower() in CAPTURE:
+            where = "workbench trace --intervene" if name.strip().lower() in SPECS else \
+                "workbench trace --intervene or workbench blind --intervene"
             raise InputError(f"{name.strip()} is applied by `{where}`, not here")
         names = " or ".join(f"{k}:..." for k in kinds)
-        raise InputError(f"unknown intervention {name!r}; use {names} (e.g. {'var:rho=0.5,p=0.6' if kinds is SPECS else 'damro:top_k=10'})")
+        example = "damro:top_k=10" if kinds is DECODING else "var:rho=0.5,p=0.6"
+        raise InputError(f"unknown intervention {name!r}; use {names} (e.g. {example})")
     pairs: list[list[str]] = []
     for piece in filter(None, (part.strip() for part in options.split(","))):
         if "=" in piece:
@@ -74,7 +77,7 @@ def recorded(meta: dict):
         return None
     redo = "its maps cannot be recomputed; trace it again with --maps to store them"
     name = record.get("name") if isinstance(record, dict) else None
-    spec = SPECS.get(name) if isinstance(name, str) else None
+    spec = CAPTURE.get(name) if isinstance(name, str) else None
     if spec is None:
         raise InputError(f"this bundle was traced under intervention {name!r}, which this workbench cannot rebuild; "
                          f"{redo}")

@@ -25,7 +25,8 @@ IMAGE = "data/scenes/images/scene_0001.png"
     (["blind", "-m", "no-such-model", "--scenes", "data/scenes", "--intervene", "damro:top_k=0"], "top_k"),
     (["blind", "-m", "no-such-model", "--scenes", "data/scenes", "--layer-gamma", "0"], "--layer-gamma"),
     (["blind", "-m", "no-such-model", "--scenes", "data/scenes", "--lamb", "nan"], "--lamb"),
-    (["trace", "-m", "no-such-model", "-p", "hi", "--intervene", "damro"], "workbench blind --intervene"),
+    (["trace", "-m", "tiny-gpt2", "-p", "hi", "--intervene", "damro"], "tiny-gpt2 takes no image"),
+    (["trace", "-m", "tiny-llava", "-p", "hi", "--intervene", "avc:alpha=-1"], "avc: alpha"),
 ])
 def test_bad_options_end_in_one_line_before_loading(args, message):
     code, _, err = run_cli(*args)

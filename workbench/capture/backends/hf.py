@@ -31,7 +31,9 @@ class HFBackend:
     def hf_model(self):
         return self.loaded.model
 
-    def capture(self, prepared, plan, *, max_new_tokens: int, eos: set[int], edit=None, progress=None) -> Captured:
+    def capture(self, prepared, plan, *, max_new_tokens: int, eos: set[int], edit=None, progress=None,
+                continuation=None) -> Captured:
+        """continuation: generate these token ids instead of the argmax (at most max_new_tokens of them)."""
         loaded = self.loaded
         prompt_length = prepared.input_ids.shape[1]
         capacity = prompt_length + max_new_tokens
@@ -71,7 +73,7 @@ class HFBackend:
                     return logits
 
                 greedy(output.logits[0, -1], feed, max_new_tokens=max_new_tokens, eos=eos, feed_last=True,
-                       on_token=on_token)
+                       on_token=on_token, continuation=continuation)
         if progress:
             progress(max_new_tokens + 1, max_new_tokens + 1)
         tensors = recorder.tensors()
