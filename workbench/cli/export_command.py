@@ -92,7 +92,7 @@ def parse_params(params: list[str]) -> dict[str, str]:
 def export(
     bundle: Path = typer.Argument(..., help="The NAME.wbtrace bundle to show."),
     view: str = typer.Option(..., "--view", "-v", help="The view: model, heads, head, token, image, circuits, "
-                             "hallucination or compare."),
+                             "hallucination, compare, causal or rollout."),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.html (self-contained: opens from file:// with no "
                              "server or network) or FILE.png."),
     layer: int | None = typer.Option(None, "--layer", help="Layer to select."),
