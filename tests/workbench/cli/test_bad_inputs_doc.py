@@ -207,7 +207,7 @@ def cli_cases(root: Path) -> list[tuple[int, str, list]]:
         (2, "blind --intervene act (an attention intervention)", ["blind", "-m", "tiny-llava", "--scenes", root,
                                                                   "--intervene", "act"]),
         (2, "blind on a text-only model", ["blind", "-m", "tiny-llama", "-p", "x", "--image", root / "cat.png"]),
-        (2, "trace --intervene damro (a decoding intervention)", ["trace", "-m", "tiny-gpt2", "-p", "x",
+        (2, "trace --intervene damro on a text model", ["trace", "-m", "tiny-gpt2", "-p", "x",
                                                                   "--intervene", "damro"]),
         (3, "--maps 0-30000000", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps", "0-30000000"]),
         (3, "--maps 0:0-2000000 (the message stays short)", ["trace", "-m", "tiny-gpt2", "-p", "x", "--maps",
