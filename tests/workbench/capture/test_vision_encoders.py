@@ -112,3 +112,16 @@ def test_cli_traces_an_image_and_refuses_a_prompt_before_loading(image, tmp_path
     assert "takes an image only" in err
     code, _, err = run_cli("trace", "--model", "tiny-dinov2")
     assert code == 2 and "--image" in err
+
+
+def test_replay_recomputes_maps_from_the_image(models, image):
+    from workbench.capture import Tracer
+
+    tracer = Tracer.open(models("tiny-dinov2-reg"), copy_model=False)
+    trace = tracer.trace(None, image)  # statistics only: the app's "from one query" view replays
+    replayed = tracer.replay(trace, layers=[0, 2], image=image)
+    reference = _eager(tracer.loaded, image)
+    for layer, result in replayed.items():
+        assert_close(result.maps, reference.attentions[layer][0], what=f"replayed layer {layer}")
+    with pytest.raises(InputError, match="needs its input image"):
+        tracer.replay(trace, layers=[0])
