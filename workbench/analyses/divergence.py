@@ -34,6 +34,7 @@ from workbench.traces.metrics import predicted_position, predicting_row
 
 __all__ = ["VHR", "VHDResult", "analyse", "head_distance", "rank_heads", "t_vhd", "vhd"]
 
+PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")  # processor outputs with one entry per input token
 METHOD = "He et al. 2025, Vision-aware Head Divergence (head output through W_O, with vs without the image)"
 Distance = Literal["cosine", "l2"]
 
@@ -232,7 +233,12 @@ def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | No
     stack = tracer.layout.stacks["text"]
     top_k = top_k or default_top_k(stack.n_layers, stack.n_heads)
     ids = prepared.input_ids
-    text_ids = ids[:, ids[0] != loaded.model.config.image_token_id]
+    kept = ids[0] != loaded.model.config.image_token_id
+    text_ids = ids[:, kept]
+    # per-token inputs follow the kept tokens: PaliGemma's prefix-LM types keep the text prompt one bidirectional
+    # prefix as in the with-image run (without them transformers' SDPA path would even attend to later tokens)
+    text_inputs = {key: value[:, kept] for key, value in prepared.model_inputs.items()
+                   if key in PER_TOKEN_INPUTS and value.shape[-1] == ids.shape[1]}
     paired = _PairedHeads(tracer.layout, vhr, distance)
     values, selections, tokens = [], [], []
 
@@ -258,7 +264,7 @@ def vhd(tracer, prompt: str, image, *, max_new_tokens: int = 16, top_k: int | No
         feeds = {}
 
         def start_text() -> None:
-            _, feeds["text"] = tracer.decoder(forward_inputs(loaded, text_ids, {}))
+            _, feeds["text"] = tracer.decoder(forward_inputs(loaded, text_ids, text_inputs))
 
         def start_image() -> torch.Tensor:
             first, feeds["image"] = tracer.decoder(forward_inputs(loaded, ids, prepared.model_inputs))

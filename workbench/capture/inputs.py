@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from workbench.capture.vision_inputs import check_vision_request, vision_input
 from workbench.errors import InputError
 from workbench.images import open_rgb, read_image_file
 from workbench.models.loaded import LoadedModel
@@ -96,10 +95,14 @@ def _overlaps(span, start: int, end: int) -> bool:
 
 def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str | None = None,
                   raw: bool = False) -> PreparedInput:
-    if loaded.kind == "vision":  # an image encoder: pixels in, [CLS] / registers / patches out, no text
-        check_vision_request(loaded, prompt, image)
-        pil_image, image_meta = load_image(image)
-        return PreparedInput(*vision_input(loaded, pil_image, image_meta), image=pil_image)
+    if loaded.kind == "vision":
+        from workbench.capture.vision_inputs import prepare_vision_input
+
+        return prepare_vision_input(loaded, prompt, image)
+    if loaded.kind == "vision":
+        from workbench.capture.vision_inputs import prepare_vision_input
+
+        return prepare_vision_input(loaded, prompt, image)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty; pass some text with --prompt")
     if image is not None and loaded.kind != "vlm":
@@ -124,20 +127,32 @@ def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str |
                                    return_text_replacement_offsets=True)
         replacements = (encoded.pop("text_replacement_offsets", None) or [[]])[0]
         n_image_tokens = int((encoded["input_ids"] == loaded.model.config.image_token_id).sum())
-        # Offsets refer to the text the processor expanded each image placeholder into.
-        text = _expanded(text, replacements, image_token, n_image_tokens)
+        # Offsets refer to the text the processor laid out (PaliGemma adds BOS and a newline) and then expanded
+        # each image placeholder in.
+        text = _expanded(_laid_out(loaded.processor, text, pil_image), replacements, image_token, n_image_tokens)
     else:
         encoded = loaded.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     offsets = encoded.pop("offset_mapping")[0].tolist()
     tokens = _label_tokens(loaded, input_ids[0].tolist(), offsets, text, prompt, system, default_system,
                            dict(encoded, text_replacements=replacements) if pil_image is not None else None)
-    model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
+    model_inputs = {key: value for key, value in encoded.items()
+                    if key not in ("input_ids", "attention_mask", "labels")}  # (PaliGemma's processor adds labels)
     if loaded.kind == "encoder" and "token_type_ids" in encoded:
         model_inputs["token_type_ids"] = encoded["token_type_ids"]
     meta = {"prompt": prompt, "system": system, "raw": raw, "chat_template": use_template, "text": text,
             "image": image_meta}
     return PreparedInput(input_ids, model_inputs, tokens, meta, pil_image, offsets)
+
+
+def _laid_out(processor, text: str, image) -> str:
+    """The text as the processor lays it out before expanding placeholders (its `prepare_inputs_layout`: most
+    return it as is, PaliGemma's puts BOS after the image and a newline at the end)."""
+    layout = getattr(processor, "prepare_inputs_layout", None)
+    if layout is None:
+        return text
+    laid = layout(images=image, text=text)[1]
+    return laid[0] if isinstance(laid, (list, tuple)) else laid
 
 
 def _expanded(text: str, replacements: list[dict], image_token: str, n_image_tokens: int) -> str:

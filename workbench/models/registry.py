@@ -50,6 +50,8 @@ REGISTRY: dict[str, ModelSpec] = {
                   "pixel shuffle 2 (test fixture)"),
         ModelSpec("tiny-gemma3-vlm", "tiny", "vlm", "random Gemma 3 with vision: pooled SigLIP tokens attended "
                   "bidirectionally, sliding-window layers (test fixture)"),
+        ModelSpec("tiny-paligemma", "tiny", "vlm", "random PaliGemma: SigLIP tokens, BOS and prompt as one prefix "
+                  "attended bidirectionally (prefix-LM), Gemma (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
         ModelSpec("planted-sink", "data", "causal", "3-layer Llama with a planted BOS sink head and a hidden sink "
@@ -68,6 +70,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen2.5-vl", "hub", "vlm", "Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
         ModelSpec("idefics3", "hub", "vlm", "Idefics3-8B-Llama3", "HuggingFaceM4/Idefics3-8B-Llama3"),
         ModelSpec("gemma-3-4b", "hub", "vlm", "Gemma 3 4B instruction-tuned, with vision", "google/gemma-3-4b-it"),
+        ModelSpec("paligemma", "hub", "vlm", "PaliGemma 3B mix 224 (Gemma 1 language model)",
+                  "google/paligemma-3b-mix-224"),
         ModelSpec("llama-3.2-1b", "hub", "causal", "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
         ModelSpec("llama-3.1-8b", "hub", "causal", "Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
         ModelSpec("smollm2-1.7b", "hub", "causal", "SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),

@@ -242,6 +242,28 @@ def tiny_gemma3_vlm() -> LoadedModel:
     return LoadedModel("tiny-gemma3-vlm", model, tokenizer, "vlm", "tiny-gemma3-vlm", processor=processor)
 
 
+
+def tiny_paligemma() -> LoadedModel:
+    """PaliGemma: a SigLIP tower's 4x4 patches as 16 image tokens, then BOS, the prompt and a newline, all one
+    prefix that attends bidirectionally (prefix-LM); generated tokens attend causally. Gemma language model."""
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = byte_level_tokenizer()
+    text = GemmaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=512, initializer_range=INIT_STD,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = PaliGemmaConfig(vision_config=_siglip_vision(), text_config=text, projection_dim=64, hidden_size=64,
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    config.initializer_range = INIT_STD
+    image_processor = SiglipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    image_processor.image_seq_length = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = _seeded(lambda: PaliGemmaForConditionalGeneration(config))
+    return LoadedModel("tiny-paligemma", model, tokenizer, "vlm", "tiny-paligemma", processor=processor)
+
+
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
             "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-idefics3": tiny_idefics3,
-            "tiny-gemma3-vlm": tiny_gemma3_vlm}
+            "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma}

@@ -88,9 +88,13 @@ def _trace_and_reference(loaded, image, maps: bool = True):
     prepared = prepare_input(loaded, PROMPT, image)
     ids = torch.tensor([[token.id for token in trace.tokens]])
     extra = dict(prepared.model_inputs)
-    if "mm_token_type_ids" in extra:  # Qwen's per-token modality (0: text), over the generated tokens too
-        types = extra["mm_token_type_ids"]
-        extra["mm_token_type_ids"] = torch.cat([types, types.new_zeros(1, ids.shape[1] - types.shape[1])], 1)
+    # per-token types over the generated tokens too: Qwen's modality and Gemma 3's image flag (0: text), PaliGemma's
+    # prefix / suffix (1: the causal suffix)
+    for key, generated in (("mm_token_type_ids", 0), ("token_type_ids", int(loaded.model.config.model_type ==
+                                                                                "paligemma"))):
+        if key in extra:
+            types = extra[key]
+            extra[key] = torch.cat([types, types.new_full((1, ids.shape[1] - types.shape[1]), generated)], 1)
     return trace, eager_calls(loaded.model, input_ids=ids, **extra)
 
 
@@ -161,21 +165,23 @@ def _planted_places(loaded, image) -> list[tuple]:
         out[:4] = torch.tensor([1.0, 0.0 if tile is None else tile + 1.0, row, col])
         return out
 
-    if family in ("llava_next", "llava_onevision"):
+    if family in ("llava_next", "llava_onevision", "paligemma"):
         side = config.vision_config.image_size // config.vision_config.patch_size
+        tiled = family != "paligemma"
 
         def project(module, args, output):  # [tile, side * side, d]: tile 0 the base image, then the crops
             codes = torch.zeros_like(output)
             for tile in range(output.shape[0]):
                 for k in range(output.shape[1]):
-                    codes[tile, k] = code(tile, k // side, k % side, output[tile, k])
+                    codes[tile, k] = code(tile if tiled else None, k // side, k % side, output[tile, k])
             return codes
 
         handles = [model.model.multi_modal_projector.register_forward_hook(project)]
-        newline = model.model.image_newline
-        saved = newline.detach().clone()
-        with torch.no_grad():
-            newline.zero_()
+        if tiled:
+            newline = model.model.image_newline
+            saved = newline.detach().clone()
+            with torch.no_grad():
+                newline.zero_()
     elif family in ("idefics3", "smolvlm"):
         side, scale = config.vision_config.image_size // config.vision_config.patch_size, config.scale_factor
 
@@ -293,7 +299,10 @@ def test_vhd_without_image_run(family, name):
     ids = prepared.input_ids
     without_ids = ids[:, ids[0] != loaded.model.config.image_token_id]
     with_image = _head_outputs(loaded, input_ids=ids, **prepared.model_inputs)
-    without = _head_outputs(loaded, input_ids=without_ids)
+    kept = ids[0] != loaded.model.config.image_token_id
+    per_token = {key: value[:, kept] for key, value in prepared.model_inputs.items()
+                 if key in ("token_type_ids", "mm_token_type_ids")}  # PaliGemma's prefix stays one prefix
+    without = _head_outputs(loaded, input_ids=without_ids, **per_token)
     cosine = torch.nn.functional.cosine_similarity(with_image.double(), without.double(), dim=-1)
     assert result.cost["text_only_tokens"] == without_ids.shape[1] < ids.shape[1]
     assert (result.vhd[0].double() - (1 - cosine)).abs().max() < 1e-4
@@ -346,7 +355,8 @@ def test_registry_names_load_and_hub_aliases_fail_in_one_line(tmp_path, monkeypa
     assert workbench.load_model("tiny-idefics3").model.config.model_type == "idefics3"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "idefics3", "gemma-3-4b"):
+    for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "idefics3", "gemma-3-4b",
+                  "paligemma"):
         assert REGISTRY[alias].kind == "vlm" and REGISTRY[alias].source == "hub"
         with pytest.raises(WeightsMissingError) as raised:
             workbench.load_model(alias)
@@ -364,3 +374,16 @@ def test_circuits_refuse_m_rope_in_one_line(family):
     with pytest.raises(InputError, match="M-RoPE") as raised:
         circuits.analyse(trace, model=loaded)
     assert "\n" not in str(raised.value)
+
+
+def test_paligemma_prefix_attends_both_ways(family):
+    """PaliGemma's prefix-LM mask: every prompt position (image, BOS, text) sees the whole prompt, later positions
+    included; generated tokens see causally."""
+    loaded = family("tiny-paligemma")
+    trace = workbench.trace(loaded, PROMPT, image=coded_image(*IMAGES["wide"]), max_new_tokens=NEW_TOKENS,
+                            maps="all", map_dtype="float32")
+    start = trace.generation["start"]
+    for layer in range(trace.n_layers()):
+        maps = trace.layer(layer)["maps"]
+        assert (maps[:, 0, start - 1] > 0).all() and (maps[:, :start, start:] == 0).all()
+        assert (maps[:, start, start + 1:] == 0).all()
