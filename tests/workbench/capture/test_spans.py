@@ -154,3 +154,20 @@ def test_json_export_carries_span_shares(models):
     head = json.loads(json.dumps(trace.to_json()))["summary"]["text"][1]["heads"][2]
     assert head["span_share"]["item_1"] == pytest.approx(maps[2, :, a:b].sum(-1).mean().item(), abs=1e-5)
     assert set(head["generated_rows_span_share"]) == {"item_0", "item_1", "item_2"}
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", pytest.param("minilm", marks=pytest.mark.slow)])
+def test_encoder_span_mass_equals_eager_maps(models, name):
+    """Bidirectional attention: every row sees every span whole (counts = span lengths) and its mass on each span is
+    the sum of the eager map over the span's tokens."""
+    loaded = models(name)
+    trace = workbench.trace(loaded, PROMPT, spans=marker_spans(PROMPT, "<doc>,</doc>"))
+    ids = torch.tensor([[token.id for token in trace.tokens]])
+    eager = eager_forward(loaded.model, input_ids=ids).attentions
+    ranges = [tuple(span["tokens"]) for span in trace.meta["inputs"]["spans"]]
+    lengths = torch.tensor([b - a for a, b in ranges])
+    for layer in range(trace.n_layers()):
+        maps = eager[layer][0].double()
+        mass = torch.stack([maps[..., a:b].sum(-1) for a, b in ranges], dim=-1)
+        assert_close(trace.layer(layer)["span_mass"], mass, atol=1e-5, what=f"{name} layer {layer}")
+        assert torch.equal(trace.layer(layer)["span_count"], lengths.expand(len(trace.tokens), -1))
