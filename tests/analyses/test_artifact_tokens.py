@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import assert_close, eager_forward
 from PIL import Image
 
 import workbench
+from tests.helpers import assert_close, eager_forward
 from workbench.analyses import sinks
 
 PLANTED_PATCH = (1, 2)

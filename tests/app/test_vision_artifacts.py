@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from workbench.app.figures.image import ARTIFACT_COLOUR, mark_artifacts, patch_overlay
+from workbench.app.pages.image import artifact_cells, patch_layout
 
 import workbench
 from workbench.analyses import sinks
-from workbench.app.figures.image import ARTIFACT_COLOUR, mark_artifacts, patch_overlay
-from workbench.app.pages.image import artifact_cells, patch_layout
 
 PLANTED_PATCH = (2, 1)
 
@@ -52,7 +52,7 @@ def test_image_page_outlines_the_artifact_over_http(tmp_path):
 
     _planted_trace(tmp_path)
     client = create_app(tmp_path).server.test_client()
-    selector = lambda key, value: {"id": {"key": key, "type": "wb-sel"}, "property": "value", "value": value}  # noqa: E731
+    selector = lambda key, value: {"id": {"key": key, "type": "wb-sel"}, "property": "value", "value": value}
     body = {"output": "..image-overlay.figure...image-notes.children..",
             "outputs": [{"id": "image-overlay", "property": "figure"}, {"id": "image-notes", "property": "children"}],
             "inputs": [selector("bundle", "planted"), selector("stack", "text"),

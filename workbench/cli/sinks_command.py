@@ -142,12 +142,13 @@ def _artifact_summary(console, found: dict) -> None:
     for entry in found["layers"]:
         if not entry["artifacts"]:
             continue
-        share = lambda key: "n/a" if entry.get(key) is None else f"{entry[key]:.3f}"  # noqa: E731
+        cls, patch, every = ("n/a" if entry.get(key) is None else f"{entry[key]:.3f}"
+                             for key in ("cls_share", "patch_share", "all_share"))
         console.print(f"  layer {entry['layer']:>2}: {len(entry['artifacts'])} patches "
                       f"{[tuple(a['patch']) for a in entry['artifacts']][:6]}, max norm "
                       f"{max(a['norm'] for a in entry['artifacts']):.1f} vs median {entry['median_patch_norm']:.1f}; "
-                      f"attention share from [CLS] {share('cls_share')}, patches {share('patch_share')}, all "
-                      f"{share('all_share')} (uniform {entry['uniform_share']:.3f})")
+                      f"attention share from [CLS] {cls}, patches {patch}, all {every} (uniform "
+                      f"{entry['uniform_share']:.3f})")
 
 
 # -- `workbench trace --intervene` ---------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from PIL import Image
 
 import workbench
+from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from workbench.capture.vision_inputs import position_roles
 from workbench.errors import InputError
-from workbench.traces.trace import load
 from workbench.models.tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, TINY_REGISTERS
+from workbench.traces.trace import load
 
 # name -> ([CLS] count, register count), from how each family builds its sequence
 VISION_MODELS = {"tiny-vit": (1, 0), "tiny-dinov2": (1, 0), "tiny-dinov2-reg": (1, TINY_REGISTERS),
