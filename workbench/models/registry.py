@@ -46,6 +46,8 @@ REGISTRY: dict[str, ModelSpec] = {
                   "(test fixture)"),
         ModelSpec("tiny-qwen2.5-vl", "tiny", "vlm", "random Qwen2.5-VL: as Qwen2-VL plus window attention in the "
                   "vision tower (test fixture)"),
+        ModelSpec("tiny-qwen3-vl", "tiny", "vlm", "random Qwen3-VL: as Qwen2-VL with interleaved M-RoPE, a learned "
+                  "vision position table and deepstack features (test fixture)"),
         ModelSpec("tiny-idefics3", "tiny", "vlm", "random Idefics3: image split into tiles plus a global image, "
                   "pixel shuffle 2 (test fixture)"),
         ModelSpec("tiny-gemma3-vlm", "tiny", "vlm", "random Gemma 3 with vision: pooled SigLIP tokens attended "
@@ -68,6 +70,7 @@ REGISTRY: dict[str, ModelSpec] = {
                   "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
         ModelSpec("qwen2-vl", "hub", "vlm", "Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"),
         ModelSpec("qwen2.5-vl", "hub", "vlm", "Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
+        ModelSpec("qwen3-vl", "hub", "vlm", "Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"),
         ModelSpec("idefics3", "hub", "vlm", "Idefics3-8B-Llama3", "HuggingFaceM4/Idefics3-8B-Llama3"),
         ModelSpec("gemma-3-4b", "hub", "vlm", "Gemma 3 4B instruction-tuned, with vision", "google/gemma-3-4b-it"),
         ModelSpec("paligemma", "hub", "vlm", "PaliGemma 3B mix 224 (Gemma 1 language model)",

@@ -3,7 +3,9 @@
 Every fixture pairs a 2-layer vision tower with a 3-layer language model and the family's own processor built
 from local objects (the byte-level tokenizer plus the family's special tokens, a PIL image processor), so the
 tests run the exact transformers code paths of the real checkpoints: LLaVA-NeXT and LLaVA-OneVision (anyres
-tiles and image-newline tokens), Qwen2-VL / Qwen2.5-VL (dynamic resolution, 2x2 merged patches, M-RoPE).
+tiles and image-newline tokens), Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dynamic resolution, 2x2 merged patches,
+M-RoPE), Idefics3 (image splitting, pixel shuffle), Gemma 3 (pooled tokens, bidirectional image block) and
+PaliGemma (prefix-LM).
 Image sizes are kept small (16-64 pixels) so a build plus a traced forward takes well under a second.
 """
 
@@ -126,7 +128,7 @@ def _qwen_vl(name: str, family: str) -> LoadedModel:
     import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[family]
     tokenizer = _with_tokens(QWEN_SPECIAL_TOKENS, QWEN_TEMPLATE, image_token="<|image_pad|>",
                              video_token="<|video_pad|>")
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
@@ -140,6 +142,11 @@ def _qwen_vl(name: str, family: str) -> LoadedModel:
               "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": 2, "initializer_range": INIT_STD}
     if family == "qwen2_5_vl":  # window attention over 16x16-pixel windows in layer 0, full attention in layer 1
         vision.update(intermediate_size=64, out_hidden_size=96, window_size=16, fullatt_block_indexes=[1])
+    if family == "qwen3_vl":  # a learned 8x8 position table, layer 0's merged features added into the LM (deepstack)
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": QWEN_PATCH_SIZE,
+                  "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": 2, "out_hidden_size": 96,
+                  "num_position_embeddings": 64, "deepstack_visual_indexes": [0], "initializer_range": INIT_STD}
+        text.update(head_dim=16, rope_parameters={**rope, "mrope_interleaved": True})
     config = getattr(transformers, f"{prefix}Config")(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -163,6 +170,10 @@ def tiny_qwen2_vl() -> LoadedModel:
 
 def tiny_qwen2_5_vl() -> LoadedModel:
     return _qwen_vl("tiny-qwen2.5-vl", "qwen2_5_vl")
+
+
+def tiny_qwen3_vl() -> LoadedModel:
+    return _qwen_vl("tiny-qwen3-vl", "qwen3_vl")
 
 
 IDEFICS_SCALE = 2  # pixel shuffle: 2x2 patches -> one token
@@ -265,5 +276,5 @@ def tiny_paligemma() -> LoadedModel:
 
 
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
-            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-idefics3": tiny_idefics3,
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3,
             "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma}
