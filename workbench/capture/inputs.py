@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.capture.vision_inputs import check_vision_request, vision_input
 from workbench.errors import InputError
 from workbench.images import open_rgb, read_image_file
 from workbench.models.loaded import LoadedModel
@@ -95,14 +96,10 @@ def _overlaps(span, start: int, end: int) -> bool:
 
 def prepare_input(loaded: LoadedModel, prompt: str, image=None, *, system: str | None = None,
                   raw: bool = False) -> PreparedInput:
-    if loaded.kind == "vision":
-        from workbench.capture.vision_inputs import prepare_vision_input
-
-        return prepare_vision_input(loaded, prompt, image)
-    if loaded.kind == "vision":
-        from workbench.capture.vision_inputs import prepare_vision_input
-
-        return prepare_vision_input(loaded, prompt, image)
+    if loaded.kind == "vision":  # an image encoder: pixels in, [CLS] / registers / patches out, no text
+        check_vision_request(loaded, prompt, image)
+        pil_image, image_meta = load_image(image)
+        return PreparedInput(*vision_input(loaded, pil_image, image_meta), image=pil_image)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty; pass some text with --prompt")
     if image is not None and loaded.kind != "vlm":
