@@ -53,3 +53,13 @@ def test_basin_panel_draws_the_stored_profile(app_and_trace):
 def test_no_panel_without_the_result(app_and_trace):
     app, _ = app_and_trace
     assert _render(app, "without") == []
+
+
+def test_per_head_u_scores_reach_the_model_view_metrics(app_and_trace):
+    from workbench.app.data import results as results_mod
+
+    _, trace = app_and_trace
+    metrics, warnings = results_mod.head_metrics(trace.results, "text", trace.n_layers(), trace.n_heads())
+    assert not warnings and "result:basin:basin_u_score" in metrics
+    stored = basin.BasinResult.from_json(trace.results["basin"])
+    assert np.allclose(metrics["result:basin:basin_u_score"].values, stored.head_u_scores, equal_nan=True)
