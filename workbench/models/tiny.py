@@ -18,7 +18,8 @@ INIT_STD = 0.2
 SEED = 0
 
 
-def _seeded(build):
+def seeded(build):
+    """build() under the fixtures' seed, without touching the caller's random state; in eval mode."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -27,7 +28,8 @@ def _seeded(build):
     return model.eval()
 
 
-def _llama_config(tokenizer, **overrides):
+def llama_config(tokenizer, **overrides):
+    """The fixtures' 3-layer Llama config (6 query heads : 2 KV heads) over `tokenizer`, with `overrides`."""
     from transformers import LlamaConfig
 
     fields = dict(
@@ -48,7 +50,7 @@ def tiny_gpt2() -> LoadedModel:
         vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=3, n_head=4,
         initializer_range=INIT_STD, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    return LoadedModel("tiny-gpt2", _seeded(lambda: GPT2LMHeadModel(config)), tokenizer, "causal", "tiny-gpt2")
+    return LoadedModel("tiny-gpt2", seeded(lambda: GPT2LMHeadModel(config)), tokenizer, "causal", "tiny-gpt2")
 
 
 def tiny_gpt2_biased() -> LoadedModel:
@@ -69,8 +71,8 @@ def tiny_llama() -> LoadedModel:
     from transformers import LlamaForCausalLM
 
     tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
-    config = _llama_config(tokenizer)
-    return LoadedModel("tiny-llama", _seeded(lambda: LlamaForCausalLM(config)), tokenizer, "causal", "tiny-llama")
+    config = llama_config(tokenizer)
+    return LoadedModel("tiny-llama", seeded(lambda: LlamaForCausalLM(config)), tokenizer, "causal", "tiny-llama")
 
 
 def tiny_bert() -> LoadedModel:
@@ -82,7 +84,7 @@ def tiny_bert() -> LoadedModel:
         intermediate_size=128, max_position_embeddings=256, initializer_range=INIT_STD,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return LoadedModel("tiny-bert", _seeded(lambda: BertModel(config, add_pooling_layer=False)), tokenizer,
+    return LoadedModel("tiny-bert", seeded(lambda: BertModel(config, add_pooling_layer=False)), tokenizer,
                        "encoder", "tiny-bert")
 
 
@@ -100,7 +102,7 @@ def tiny_llava() -> LoadedModel:
         image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=32, initializer_range=INIT_STD,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=_llama_config(tokenizer),
+        vision_config=vision, text_config=llama_config(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
         vision_feature_select_strategy="default", projector_hidden_act="gelu",
         image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
@@ -113,7 +115,7 @@ def tiny_llava() -> LoadedModel:
         image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
         vision_feature_select_strategy="default", chat_template=CHATML_TEMPLATE, num_additional_image_tokens=1,
     )
-    model = _seeded(lambda: LlavaForConditionalGeneration(config))
+    model = seeded(lambda: LlavaForConditionalGeneration(config))
     return LoadedModel("tiny-llava", model, tokenizer, "vlm", "tiny-llava", processor=processor)
 
 
@@ -133,7 +135,7 @@ def tiny_gemma3() -> LoadedModel:
         initializer_range=INIT_STD, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return LoadedModel("tiny-gemma3", _seeded(lambda: Gemma3ForCausalLM(config)), tokenizer, "causal", "tiny-gemma3")
+    return LoadedModel("tiny-gemma3", seeded(lambda: Gemma3ForCausalLM(config)), tokenizer, "causal", "tiny-gemma3")
 
 
 def tiny_qwen2_window() -> LoadedModel:
@@ -148,7 +150,7 @@ def tiny_qwen2_window() -> LoadedModel:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    return LoadedModel("tiny-qwen2-window", _seeded(lambda: Qwen2ForCausalLM(config)), tokenizer, "causal",
+    return LoadedModel("tiny-qwen2-window", seeded(lambda: Qwen2ForCausalLM(config)), tokenizer, "causal",
                        "tiny-qwen2-window")
 
 
@@ -166,7 +168,7 @@ def tiny_llama4_chunked() -> LoadedModel:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    return LoadedModel("tiny-llama4-chunked", _seeded(lambda: Llama4ForCausalLM(config)), tokenizer, "causal",
+    return LoadedModel("tiny-llama4-chunked", seeded(lambda: Llama4ForCausalLM(config)), tokenizer, "causal",
                        "tiny-llama4-chunked")
 
 
@@ -187,7 +189,7 @@ def _pil_processor(module: str, name: str, **fields):
 
 
 def _vision(name: str, model_class, config, processor) -> LoadedModel:
-    return LoadedModel(name, _seeded(lambda: model_class(config)), None, "vision", name, processor=processor)
+    return LoadedModel(name, seeded(lambda: model_class(config)), None, "vision", name, processor=processor)
 
 
 def tiny_vit() -> LoadedModel:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from workbench.models.byte_tokenizer import CHATML_TEMPLATE, byte_level_tokenizer
 from workbench.models.loaded import LoadedModel
-from workbench.models.tiny import INIT_STD, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, _llama_config, _seeded
+from workbench.models.tiny import INIT_STD, TINY_IMAGE_SIZE, TINY_PATCH_SIZE, llama_config, seeded
 
 # (height, width) resolutions an anyres image may be tiled into: 1x2, 2x1 and 2x2 tiles of the base size.
 ANYRES_PINPOINTS = [[TINY_IMAGE_SIZE, 2 * TINY_IMAGE_SIZE], [2 * TINY_IMAGE_SIZE, TINY_IMAGE_SIZE],
@@ -69,7 +69,7 @@ def tiny_llava_next() -> LoadedModel:
 
     tokenizer = byte_level_tokenizer(chat_template=CHATML_TEMPLATE)
     config = LlavaNextConfig(
-        vision_config=_clip_vision(), text_config=_llama_config(tokenizer),
+        vision_config=_clip_vision(), text_config=llama_config(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
         vision_feature_select_strategy="default", image_grid_pinpoints=ANYRES_PINPOINTS,
         image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
@@ -83,7 +83,7 @@ def tiny_llava_next() -> LoadedModel:
         image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
         vision_feature_select_strategy="default", chat_template=CHATML_TEMPLATE, num_additional_image_tokens=1,
     )
-    model = _seeded(lambda: LlavaNextForConditionalGeneration(config))
+    model = seeded(lambda: LlavaNextForConditionalGeneration(config))
     return LoadedModel("tiny-llava-next", model, tokenizer, "vlm", "tiny-llava-next", processor=processor)
 
 
@@ -101,7 +101,7 @@ def tiny_llava_onevision() -> LoadedModel:
     )
 
     tokenizer = _with_tokens(["<video>"], video_token="<video>")
-    text = Qwen2Config(**_llama_config(tokenizer).to_dict() | {"model_type": "qwen2"})
+    text = Qwen2Config(**llama_config(tokenizer).to_dict() | {"model_type": "qwen2"})
     config = LlavaOnevisionConfig(
         vision_config=_siglip_vision(), text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
@@ -115,7 +115,7 @@ def tiny_llava_onevision() -> LoadedModel:
         image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
         vision_feature_select_strategy="full", chat_template=CHATML_TEMPLATE,
     )
-    model = _seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
+    model = seeded(lambda: LlavaOnevisionForConditionalGeneration(config))
     return LoadedModel("tiny-llava-onevision", model, tokenizer, "vlm", "tiny-llava-onevision", processor=processor)
 
 
@@ -132,7 +132,7 @@ def _qwen_vl(name: str, family: str) -> LoadedModel:
     tokenizer = _with_tokens(QWEN_SPECIAL_TOKENS, QWEN_TEMPLATE, image_token="<|image_pad|>",
                              video_token="<|video_pad|>")
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    llama = _llama_config(tokenizer)
+    llama = llama_config(tokenizer)
     rope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}  # 2+3+3 = d_head / 2
     text = {"vocab_size": llama.vocab_size, "hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 512,
@@ -160,7 +160,7 @@ def _qwen_vl(name: str, family: str) -> LoadedModel:
     )
     processor = _image_only(getattr(transformers, f"{prefix}Processor"))(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
-    model = _seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
+    model = seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
     return LoadedModel(name, model, tokenizer, "vlm", name, processor=processor)
 
 
@@ -195,7 +195,7 @@ def _idefics(name: str, family: str) -> LoadedModel:
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, initializer_range=INIT_STD)
     config = getattr(transformers, f"{prefix}Config")(
-        vision_config=vision, text_config=_llama_config(tokenizer), scale_factor=IDEFICS_SCALE,
+        vision_config=vision, text_config=llama_config(tokenizer), scale_factor=IDEFICS_SCALE,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
     config.initializer_range = INIT_STD
     image_processor = getattr(image_module, f"{prefix}ImageProcessorPil")(
@@ -206,7 +206,7 @@ def _idefics(name: str, family: str) -> LoadedModel:
     processor = _image_only(getattr(transformers, f"{prefix}Processor"))(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHATML_TEMPLATE,
         **videos)
-    model = _seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
+    model = seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
     return LoadedModel(name, model, tokenizer, "vlm", name, processor=processor)
 
 
@@ -249,7 +249,7 @@ def tiny_gemma3_vlm() -> LoadedModel:
                                               do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE,
                                 image_seq_length=GEMMA_TOKENS_PER_IMAGE)
-    model = _seeded(lambda: Gemma3ForConditionalGeneration(config))
+    model = seeded(lambda: Gemma3ForConditionalGeneration(config))
     return LoadedModel("tiny-gemma3-vlm", model, tokenizer, "vlm", "tiny-gemma3-vlm", processor=processor)
 
 
@@ -271,7 +271,7 @@ def tiny_paligemma() -> LoadedModel:
     image_processor = SiglipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
     image_processor.image_seq_length = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model = _seeded(lambda: PaliGemmaForConditionalGeneration(config))
+    model = seeded(lambda: PaliGemmaForConditionalGeneration(config))
     return LoadedModel("tiny-paligemma", model, tokenizer, "vlm", "tiny-paligemma", processor=processor)
 
 
