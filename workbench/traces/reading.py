@@ -76,13 +76,13 @@ class BundleTensors:
     layers (or tensors) a shard holds.
     """
 
-    def __init__(self, root: Path, index: dict[str, dict], bundle_id: str | None = None,
-                 places: dict[str, tuple[int, int]] | None = None, files: dict[str, tuple] | None = None):
+    def __init__(self, root: Path, index: dict[str, dict], bundle_id: str | None, places: dict[str, tuple[int, int]],
+                 files: dict[str, tuple]):
         self._root = root
         self._index = index
         self._bundle_id = bundle_id
-        self._places = places or {}  # name -> absolute (begin, end) byte range in its shard
-        self._files = files or {}  # shard -> identity of the file the loader checked
+        self._places = places  # name -> absolute (begin, end) byte range in its shard
+        self._files = files  # shard -> identity of the file the loader checked
 
     def names(self) -> list[str]:
         return sorted(self._index)
