@@ -14,6 +14,7 @@ extra memory is O(query_pos * region * spans) per head for one layer at a time, 
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from itertools import pairwise
@@ -128,21 +129,25 @@ def check_spans(spans: list[CharSpan], prompt: str, *, what: str = "--span") -> 
 
 # -- placing spans on tokens ---------------------------------------------------------------------------------
 def locate_spans(spans: list[CharSpan], *, offsets: list, text: str, prompt: str, n_positions: int) -> TokenSpans:
-    """Each span's tokens: those with most of their characters inside it (the earlier span on a tie). offsets:
-    the tokenizer's (start, end) characters of every position in `text`, the rendered input that holds the
-    prompt (its last occurrence, as the region labels read it). A span that covers no token is an InputError."""
+    """Each span's tokens: those with more than half of their characters inside it (spans are disjoint, so at most
+    one span qualifies). offsets: the tokenizer's (start, end) characters of every position in `text`, the rendered
+    input that holds the prompt (its last occurrence, as the region labels read it). A span that covers no token is
+    an InputError."""
     base = text.rfind(prompt)
     if base < 0:
         raise InputError("spans need the prompt's text in the model input; this template rewrote it (try --raw)")
+    order = sorted(range(len(spans)), key=lambda index: spans[index].start)
+    starts = [base + spans[index].start for index in order]
     ids = torch.full((n_positions,), len(spans), dtype=torch.long)
     for position, (start, end) in enumerate(offsets):
-        best, best_overlap = None, 0
-        for index, span in enumerate(spans):
-            overlap = min(end, base + span.end) - max(start, base + span.start)
-            if overlap * 2 > (end - start) and overlap > best_overlap:
-                best, best_overlap = index, overlap
-        if best is not None:
-            ids[position] = best
+        # more than half of [start, end) inside a span puts the token's midpoint inside it: one bisect finds it
+        found = bisect.bisect_right(starts, (start + end) / 2) - 1
+        if found < 0 or end <= start:
+            continue
+        span = spans[order[found]]
+        overlap = min(end, base + span.end) - max(start, base + span.start)
+        if overlap * 2 > end - start:
+            ids[position] = order[found]
     ranges = []
     for index, span in enumerate(spans):
         positions = torch.nonzero(ids == index).flatten()
