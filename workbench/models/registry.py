@@ -50,6 +50,8 @@ REGISTRY: dict[str, ModelSpec] = {
                   "vision position table and deepstack features (test fixture)"),
         ModelSpec("tiny-idefics3", "tiny", "vlm", "random Idefics3: image split into tiles plus a global image, "
                   "pixel shuffle 2 (test fixture)"),
+        ModelSpec("tiny-smolvlm", "tiny", "vlm", "random SmolVLM: Idefics3's layout with SmolVLM's processor "
+                  "(test fixture)"),
         ModelSpec("tiny-gemma3-vlm", "tiny", "vlm", "random Gemma 3 with vision: pooled SigLIP tokens attended "
                   "bidirectionally, sliding-window layers (test fixture)"),
         ModelSpec("tiny-paligemma", "tiny", "vlm", "random PaliGemma: SigLIP tokens, BOS and prompt as one prefix "
@@ -72,6 +74,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen2.5-vl", "hub", "vlm", "Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
         ModelSpec("qwen3-vl", "hub", "vlm", "Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"),
         ModelSpec("idefics3", "hub", "vlm", "Idefics3-8B-Llama3", "HuggingFaceM4/Idefics3-8B-Llama3"),
+        ModelSpec("smolvlm", "hub", "vlm", "SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-256M-Instruct"),
         ModelSpec("gemma-3-4b", "hub", "vlm", "Gemma 3 4B instruction-tuned, with vision", "google/gemma-3-4b-it"),
         ModelSpec("paligemma", "hub", "vlm", "PaliGemma 3B mix 224 (Gemma 1 language model)",
                   "google/paligemma-3b-mix-224"),

@@ -4,7 +4,7 @@ Every fixture pairs a 2-layer vision tower with a 3-layer language model and the
 from local objects (the byte-level tokenizer plus the family's special tokens, a PIL image processor), so the
 tests run the exact transformers code paths of the real checkpoints: LLaVA-NeXT and LLaVA-OneVision (anyres
 tiles and image-newline tokens), Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dynamic resolution, 2x2 merged patches,
-M-RoPE), Idefics3 (image splitting, pixel shuffle), Gemma 3 (pooled tokens, bidirectional image block) and
+M-RoPE), Idefics3 and SmolVLM (image splitting, pixel shuffle), Gemma 3 (pooled tokens, bidirectional image block) and
 PaliGemma (prefix-LM).
 Image sizes are kept small (16-64 pixels) so a build plus a traced forward takes well under a second.
 """
@@ -206,6 +206,10 @@ def _idefics(name: str, family: str) -> LoadedModel:
     processor = _image_only(getattr(transformers, f"{prefix}Processor"))(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHATML_TEMPLATE,
         **videos)
+    if family == "smolvlm":  # its apply_chat_template reads the video sampling defaults even for an image
+        from types import SimpleNamespace
+
+        processor.video_processor = SimpleNamespace(num_frames=64, fps=1)
     model = seeded(lambda: getattr(transformers, f"{prefix}ForConditionalGeneration")(config))
     return LoadedModel(name, model, tokenizer, "vlm", name, processor=processor)
 
@@ -276,5 +280,5 @@ def tiny_paligemma() -> LoadedModel:
 
 
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
-            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3,
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3, "tiny-smolvlm": tiny_smolvlm,
             "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma}

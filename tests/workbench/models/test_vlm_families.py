@@ -355,7 +355,7 @@ def test_registry_names_load_and_hub_aliases_fail_in_one_line(tmp_path, monkeypa
     assert workbench.load_model("tiny-idefics3").model.config.model_type == "idefics3"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "gemma-3-4b",
+    for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "gemma-3-4b",
                   "paligemma"):
         assert REGISTRY[alias].kind == "vlm" and REGISTRY[alias].source == "hub"
         with pytest.raises(WeightsMissingError) as raised:
