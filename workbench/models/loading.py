@@ -81,6 +81,10 @@ def model_directory(name: str, *, prepare: bool = True) -> Path | None:
             convert, cached = converted[name]
             return convert() if prepare else cached()
         return packaged.minilm_dir()
+    if spec is not None and spec.name == "smol-llava":  # shipped as trained parts over packaged bases
+        from workbench.models import smol_llava
+
+        return smol_llava.assembled_dir() if prepare else smol_llava.assembled_cached()
     if spec is not None and spec.source == "data":
         directory = data_root() / spec.data_dir
         if not (directory / "config.json").exists():

@@ -58,6 +58,9 @@ REGISTRY: dict[str, ModelSpec] = {
                   "attended bidirectionally (prefix-LM), Gemma (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
+        ModelSpec("smol-llava", "data", "vlm", "LLaVA-1.5-style VLM from real parts: DINOv2 ViT-S/14 (frozen) -> "
+                  "trained MLP projector -> SmolLM2-135M-Instruct with trained LoRA adapters; 36 image tokens",
+                  data_dir="models/smol_llava"),
         ModelSpec("planted-sink", "data", "causal", "3-layer Llama with a planted BOS sink head and a hidden sink "
                   "on '.' (ground_truth.json)", data_dir="models/planted/sink"),
         ModelSpec("planted-induction", "data", "causal", "2-layer GPT-2 with a planted previous-token -> induction "
