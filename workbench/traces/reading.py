@@ -121,7 +121,7 @@ class BundleTensors:
                 row = (end - begin) // shape[0]
                 begin, end, shape = begin + index * row, begin + (index + 1) * row, shape[1:]
             data = bytearray(end - begin)
-            if data and os.preadv(handle, [data], begin) != len(data):
+            if _read_into(handle, data, begin) != len(data):
                 raise BundleError(f"{file}: ends inside {_shown(entry['key'])}; the bundle is corrupt, trace again")
         except OSError as error:
             raise BundleError(f"{file}: unreadable ({error.strerror or error}); the bundle is corrupt, trace "
@@ -139,6 +139,28 @@ class BundleTensors:
             return read_manifest(self._root).get("bundle_id") != self._bundle_id
         except BundleError:
             return False
+
+
+def _read_into(handle: int, data: bytearray, offset: int) -> int:
+    """Fill `data` from the file at `offset`; the bytes read (fewer only at the end of the file). One system call
+    moves at most ~2 GiB on Linux, so a large tensor takes several."""
+    view, done = memoryview(data), 0
+    while done < len(data):
+        if hasattr(os, "preadv"):
+            got = os.preadv(handle, [view[done:]], offset + done)
+        else:  # no positional reads (Windows): seek, then read
+            os.lseek(handle, offset + done, os.SEEK_SET)
+            got = os.readv(handle, [view[done:]]) if hasattr(os, "readv") else _read_chunk(handle, view[done:])
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def _read_chunk(handle: int, view: memoryview) -> int:
+    chunk = os.read(handle, min(len(view), 1 << 30))
+    view[:len(chunk)] = chunk
+    return len(chunk)
 
 
 def _check_identity(file: Path, relative: str, metadata: dict, bundle_id: str | None) -> None:

@@ -163,3 +163,17 @@ def test_reading_one_layer_reads_its_bytes_only_whatever_the_layer_count(traced,
         monkeypatch.setattr(os, "preadv", real)
         assert sum(read) == expected, factor
         assert all(_same(stats[stat], tensor) for stat, tensor in traced.layer(1).items())
+
+
+def test_a_read_cut_short_by_the_system_is_continued(traced, tmp_path, monkeypatch):
+    """Linux moves at most ~2 GiB per read call: a large tensor arrives in pieces and must still come back whole.
+    Simulated with reads capped at 7 bytes."""
+    loaded = workbench.load(traced.save(tmp_path / "b.wbtrace"))
+    real = os.preadv
+
+    def capped(handle, buffers, offset):
+        return real(handle, [memoryview(buffers[0])[:7]], offset)
+
+    monkeypatch.setattr(os, "preadv", capped)
+    for name in ("layer_01.maps", "layer_00.entropy", "outputs.next_token_logprob"):
+        assert _same(loaded.tensor(name), traced.tensor(name)), name
