@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def blind_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("blind") / "traces"
     (root / "images").mkdir(parents=True)
-    data = open(IMAGE, "rb").read()
+    data = Path(IMAGE).read_bytes()
     (root / "images" / f"{hashlib.sha256(data).hexdigest()}.png").write_bytes(data)
     code, _, err = run_cli("trace", "-m", "llava-scenes", "-p", PROMPT, "--image", IMAGE, "-n", "3",
                            "--intervene", "avc", "-o", str(root / "scene.wbtrace"))
