@@ -195,10 +195,12 @@ def _check_map_memory(loaded, layout, plan: CapturePlan, text_positions: int) ->
         info = layout.stacks[stack]
         if stack == "text":
             positions = text_positions
-        else:  # a CLIP-style tower sees (image_size / patch_size)^2 patches plus [CLS]
+        else:  # a CLIP-style tower sees (image_size / patch_size)^2 patches plus [CLS] (per tile)
             vision = getattr(loaded.model.config, "vision_config", None)
             size, patch = getattr(vision, "image_size", 0), getattr(vision, "patch_size", 0)
-            positions = (size // patch) ** 2 + 1 if size and patch else 0
+            sides = [(s // p) for s, p in zip(*(v if isinstance(v, (list, tuple)) else (v, v) for v in (size, patch)))
+                     ] if size and patch else []  # InternVL's config gives (height, width) pairs
+            positions = sides[0] * sides[1] + 1 if sides else 0
         layers = sum(1 for layer in range(info.n_layers) if selection.wants(layer))
         requests.append((stack, layers, len(selection.head_list(info.n_heads)), positions))
     check_map_memory(requests, plan.map_dtype, plan.max_map_memory)

@@ -16,6 +16,8 @@ family's processor and feature packing, written out in our words (docs/models.md
 - Idefics3 / SmolVLM: an image larger than one tile is split into rows x cols tiles (tiles 0.. row-major), then
   the whole image downscaled to one tile comes last (tile rows x cols); pixel shuffle folds each scale x scale
   block of a tile's patches into one token, so a tile holds (side / scale)^2 tokens, row-major.
+- InternVL: the image cut into a grid of tiles (tiles 0.. row-major) plus, when there are several, a thumbnail
+  of the whole image (the last tile); pixel shuffle folds 2x2 patches of a tile into one token, row-major.
 - Gemma 3: the SigLIP patch grid average-pooled to sqrt(mm_tokens_per_image) tokens a side, row-major; with
   pan-and-scan, the whole image (tile 0) is followed by its crops (tiles 1..), each its own pooled grid.
 
@@ -55,6 +57,12 @@ def image_token_places(config, encoded, n_image_tokens: int) -> list[ImageTokenP
                 for tile in range(tiles) for k in range(side * side)]
     if family in ("idefics3", "smolvlm"):
         return _split_image(config, encoded, n_image_tokens)
+    if family == "internvl":  # tiles of (side * downsample_ratio)^2 tokens each, in the tower's order
+        vision = config.vision_config
+        side = int(vision.image_size[0] // vision.patch_size[0] * config.downsample_ratio)
+        tiles = n_image_tokens // (side * side)
+        return [ImageTokenPlace((k // side, k % side), tile if tiles > 1 else None)
+                for tile in range(tiles) for k in range(side * side)]
     return square_grid(n_image_tokens)
 
 

@@ -170,7 +170,7 @@ def model_kind(config) -> str:
 SUPPORTED_FAMILIES = ("decoder language models (GPT-2, Llama, Mistral, Qwen2, Gemma, SmolLM2, ...)",
                       "BERT-style encoders (BERT, RoBERTa, DistilBERT, MiniLM, ...)",
                       "vision-language models (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
-                      "Idefics3, Gemma 3, PaliGemma)")
+                      "Idefics3, SmolVLM, Gemma 3, PaliGemma, InternVL)")
 
 
 def check_supported(config, where) -> None:

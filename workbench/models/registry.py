@@ -56,6 +56,8 @@ REGISTRY: dict[str, ModelSpec] = {
                   "bidirectionally, sliding-window layers (test fixture)"),
         ModelSpec("tiny-paligemma", "tiny", "vlm", "random PaliGemma: SigLIP tokens, BOS and prompt as one prefix "
                   "attended bidirectionally (prefix-LM), Gemma (test fixture)"),
+        ModelSpec("tiny-internvl", "tiny", "vlm", "random InternVL: up to 4 tiles plus a thumbnail, pixel shuffle, "
+                  "Qwen2 (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
         ModelSpec("smol-llava", "data", "vlm", "LLaVA-1.5-style VLM from real parts: DINOv2 ViT-S/14 (frozen) -> "
@@ -81,6 +83,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("gemma-3-4b", "hub", "vlm", "Gemma 3 4B instruction-tuned, with vision", "google/gemma-3-4b-it"),
         ModelSpec("paligemma", "hub", "vlm", "PaliGemma 3B mix 224 (Gemma 1 language model)",
                   "google/paligemma-3b-mix-224"),
+        ModelSpec("internvl", "hub", "vlm", "InternVL3-1B (transformers format)", "OpenGVLab/InternVL3-1B-hf"),
         ModelSpec("llama-3.2-1b", "hub", "causal", "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
         ModelSpec("llama-3.1-8b", "hub", "causal", "Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
         ModelSpec("smollm2-1.7b", "hub", "causal", "SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),

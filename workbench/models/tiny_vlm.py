@@ -279,6 +279,40 @@ def tiny_paligemma() -> LoadedModel:
     return LoadedModel("tiny-paligemma", model, tokenizer, "vlm", "tiny-paligemma", processor=processor)
 
 
+
+INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+INTERNVL_TEMPLATE = CHATML_TEMPLATE.replace("'<image>\n'", "'<IMG_CONTEXT>\n'")
+
+
+def tiny_internvl() -> LoadedModel:
+    """InternVL: the image cut into up to 4 tiles of 32 pixels (plus a thumbnail when there are several), each
+    tile's 4x4 patches pixel-shuffled (ratio 0.5) into 2x2 tokens between <img> and </img>; Qwen2 language model."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, Qwen2Config
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tokenizer = _with_tokens(INTERNVL_TOKENS, INTERNVL_TEMPLATE)
+    for attribute, token in zip(("start_image_token", "end_image_token", "context_image_token", "video_token"),
+                                INTERNVL_TOKENS):
+        setattr(tokenizer, attribute, token)
+        setattr(tokenizer, f"{attribute}_id", tokenizer.convert_tokens_to_ids(token))
+    text = Qwen2Config(**llama_config(tokenizer).to_dict() | {"model_type": "qwen2"})
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+              "image_size": TINY_IMAGE_SIZE, "patch_size": TINY_PATCH_SIZE,
+              "initializer_range": INIT_STD}
+    config = InternVLConfig(vision_config=vision, text_config=text, downsample_ratio=0.5,
+                            image_token_id=tokenizer.context_image_token_id, vision_feature_layer=-1,
+                            vision_feature_select_strategy="default")
+    config.initializer_range = INIT_STD
+    image_processor = GotOcr2ImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+                                               crop_to_patches=True, min_patches=1, max_patches=4)
+    processor = _image_only(InternVLProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2 // 4, chat_template=INTERNVL_TEMPLATE)
+    model = seeded(lambda: InternVLForConditionalGeneration(config))
+    return LoadedModel("tiny-internvl", model, tokenizer, "vlm", "tiny-internvl", processor=processor)
+
+
 BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
             "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3, "tiny-smolvlm": tiny_smolvlm,
-            "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma}
+            "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma,
+            "tiny-internvl": tiny_internvl}

@@ -182,15 +182,19 @@ def _planted_places(loaded, image) -> list[tuple]:
             saved = newline.detach().clone()
             with torch.no_grad():
                 newline.zero_()
-    elif family in ("idefics3", "smolvlm"):
-        side, scale = config.vision_config.image_size // config.vision_config.patch_size, config.scale_factor
+    elif family in ("idefics3", "smolvlm", "internvl"):
+        internvl = family == "internvl"
+        vision = config.vision_config
+        side = (vision.image_size[0] // vision.patch_size[0]) if internvl else vision.image_size // vision.patch_size
+        scale = round(1 / config.downsample_ratio) if internvl else config.scale_factor
+        first = 1 if internvl else 0  # InternVL's tower keeps a [CLS] the model drops
 
         def encode(module, args, kwargs, output):  # [tile, side * side, d]: each patch's (tile, row, col)
             hidden = output.last_hidden_state
             codes = torch.zeros_like(hidden)
             for tile in range(hidden.shape[0]):
-                for k in range(hidden.shape[1]):
-                    codes[tile, k] = code(tile, k // side, k % side, hidden[tile, k])
+                for k in range(hidden.shape[1] - first):
+                    codes[tile, first + k] = code(tile, k // side, k % side, hidden[tile, k])
             output.last_hidden_state = codes
             return output
 
@@ -205,8 +209,10 @@ def _planted_places(loaded, image) -> list[tuple]:
                                           int(patches[:, 3].min()) // scale, output[tile, k])
             return codes
 
-        handles = [model.model.vision_model.register_forward_hook(encode, with_kwargs=True),
-                   model.model.connector.modality_projection.register_forward_hook(shuffled)]
+        tower = model.model.vision_tower if internvl else model.model.vision_model
+        projector = model.model.multi_modal_projector if internvl else model.model.connector.modality_projection
+        handles = [tower.register_forward_hook(encode, with_kwargs=True),
+                   projector.register_forward_hook(shuffled)]
     elif family == "gemma3":  # the projector average-pools the tower's patch grid: codes pooled by the model itself
         side = config.vision_config.image_size // config.vision_config.patch_size
         pool = side // math.isqrt(config.mm_tokens_per_image)
@@ -356,7 +362,7 @@ def test_registry_names_load_and_hub_aliases_fail_in_one_line(tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     for alias in ("llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "idefics3", "smolvlm", "gemma-3-4b",
-                  "paligemma"):
+                  "paligemma", "internvl"):
         assert REGISTRY[alias].kind == "vlm" and REGISTRY[alias].source == "hub"
         with pytest.raises(WeightsMissingError) as raised:
             workbench.load_model(alias)
