@@ -21,6 +21,8 @@ numerics check (inf / NaN, Z = 1) runs once over the recorded statistics at the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from workbench.capture.decomposition import DecompositionStore
@@ -161,7 +163,9 @@ class Recorder:
                 if name in self.key_regions:
                     return
                 tiles, length = (hidden.shape[0], hidden.shape[1]) if hidden.dim() == 3 else (1, hidden.shape[0])
-                regions = vision_regions(length) if hidden.dim() == 3 else torch.full(
+                # a tile is a square grid of patches, after a [CLS] when one longer (CLIP, InternVL; not SigLIP)
+                with_cls = hidden.dim() == 3 and math.isqrt(length) ** 2 != length
+                regions = vision_regions(length) if with_cls else torch.full(
                     (length,), REGIONS.index("image"), dtype=torch.long)
                 self.set_regions(name, regions.repeat(tiles))
                 self.length[name] = tiles * length

@@ -23,8 +23,10 @@ from tests.helpers import assert_close, statistics_from_maps
 from workbench.capture.inputs import prepare_input
 from workbench.capture.layout import discover_layout
 from workbench.models import tiny_vlm
+from workbench.traces.tokens import REGIONS
 
 FAMILIES = list(tiny_vlm.BUILDERS)
+WITH_CLS = ("clip_vision_model", "internvl_vision")  # towers that put a [CLS] before each tile's patches
 PROMPT = "What is red?"
 NEW_TOKENS = 2
 
@@ -141,8 +143,11 @@ def test_capture_equals_eager_for_every_call(family, name, shape, maps):
                 block = slice(start, start + n)
                 if maps:
                     assert_close(stats["maps"][:, block, block], tile, what=f"{name} vision {layer} at {start}")
-                reference = statistics_from_maps(tile, torch.zeros(n, dtype=torch.long), causal=False)
-                for stat in ("entropy", "key_mass"):
+                regions = torch.full((n,), REGIONS.index("image"))
+                if loaded.model.config.vision_config.model_type in WITH_CLS:
+                    regions[0] = REGIONS.index("special")
+                reference = statistics_from_maps(tile, regions, causal=False)
+                for stat in ("entropy", "key_mass", "region_mass"):
                     assert_close(stats[stat][:, block], reference[stat], what=f"{name} vision {layer} {stat}")
                 start += n
         assert start == stats["entropy"].shape[-1]  # every position of the stack came from one eager call
