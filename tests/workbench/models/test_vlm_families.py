@@ -398,3 +398,23 @@ def test_paligemma_prefix_attends_both_ways(family):
         maps = trace.layer(layer)["maps"]
         assert (maps[:, 0, start - 1] > 0).all() and (maps[:, :start, start:] == 0).all()
         assert (maps[:, start, start + 1:] == 0).all()
+
+
+def test_tiles_survive_a_bundle_and_the_cli_reads_it(family, tmp_path):
+    """A tiled family's tokens keep their patch and tile through a saved bundle; `workbench info` reads it and
+    names the kernels that ran per stack."""
+    import subprocess
+
+    loaded = family("tiny-llava-next")
+    trace = workbench.trace(loaded, PROMPT, image=coded_image(*IMAGES["wide"]), max_new_tokens=1)
+    path = tmp_path / "next.wbtrace"
+    trace.save(path)
+    again = workbench.load(path)
+    assert [(t.patch, t.tile) for t in again.tokens] == [(t.patch, t.tile) for t in trace.tokens]
+    assert {t.tile for t in again.tokens if t.region == "image"} >= {0, 1, 2}
+    info = subprocess.run([sys.executable, "-m", "workbench.cli.main", "info", str(path)], capture_output=True,
+                          text=True, check=False)
+    assert info.returncode == 0, info.stderr
+    from workbench.kernels import fused_cpu
+
+    assert "vision" in info.stdout and ("one-pass" in info.stdout) == bool(fused_cpu.load())
