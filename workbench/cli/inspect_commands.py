@@ -12,6 +12,12 @@ def _availability(spec) -> str:
 
     if spec.source == "tiny":
         return "built in"
+    if spec.name == "smol-llava":  # trained parts over packaged bases
+        from workbench.models import smol_llava
+
+        if not smol_llava.trained_files_present():
+            return "not trained yet (data/models/smol_llava/train.py)"
+        return "shipped" if smol_llava.assembled_cached() else "shipped (assembled on first use)"
     if spec.source == "data":
         from workbench.models.registry import data_root
 
