@@ -173,6 +173,13 @@ SUPPORTED_FAMILIES = ("decoder language models (GPT-2, Llama, Mistral, Qwen2, Ge
                       "Idefics3, SmolVLM, Gemma 3, PaliGemma, InternVL)")
 
 
+# Vision-language families transformers loads but capture would get wrong: refused with the reason.
+UNTRACEABLE_VLMS = {
+    "mllama": "its cross-attention layers attend from text to image tokens, a stack capture does not model yet",
+    "llama4": "its image processor needs torchvision, which this torch build does not ship",
+}
+
+
 def check_supported(config, where) -> None:
     """Refuse, in one line and before any weights load, a config no family of the workbench can trace (a DINOv2
     or CLIP backbone, a seq2seq model): transformers would otherwise fail with a raw ValueError."""
@@ -182,9 +189,10 @@ def check_supported(config, where) -> None:
     names = {"vlm": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
              "causal": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
              "encoder": modeling_auto.MODEL_MAPPING_NAMES}[model_kind(config)]
-    if model_type not in names:
+    if model_type not in names or model_type in UNTRACEABLE_VLMS:
+        why = f" ({UNTRACEABLE_VLMS[model_type]})" if model_type in UNTRACEABLE_VLMS else ""
         raise ModelNotFoundError(f"{where} holds a {type(config).__name__} (model_type {model_type!r}), which the "
-                                 f"workbench cannot trace; it supports {'; '.join(SUPPORTED_FAMILIES)}")
+                                 f"workbench cannot trace{why}; it supports {'; '.join(SUPPORTED_FAMILIES)}")
 
 
 def _apply_rope_scaling(config, rope_scaling: str, rope_length: int) -> float:

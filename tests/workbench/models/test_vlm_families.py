@@ -418,3 +418,20 @@ def test_tiles_survive_a_bundle_and_the_cli_reads_it(family, tmp_path):
     from workbench.kernels import fused_cpu
 
     assert "vision" in info.stdout and ("one-pass" in info.stdout) == bool(fused_cpu.load())
+
+
+def test_untraceable_vlm_families_are_refused_in_one_line(tmp_path):
+    """Mllama (cross-attention layers) is refused before any weights load, naming the class, the reason and the
+    families that work; a supported family's config passes the same check."""
+    from transformers import MllamaConfig
+
+    from workbench.errors import ModelNotFoundError
+    from workbench.models.loading import check_supported
+
+    MllamaConfig().save_pretrained(tmp_path)
+    with pytest.raises(ModelNotFoundError) as raised:
+        workbench.load_model(str(tmp_path))
+    message = str(raised.value)
+    assert "MllamaConfig" in message and "cross-attention" in message and "Qwen2-VL" in message
+    assert "\n" not in message
+    check_supported(tiny_vlm.BUILDERS["tiny-qwen2-vl"]().model.config, "here")
