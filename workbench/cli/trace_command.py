@@ -11,8 +11,8 @@ import typer
 from workbench.cli.paths import check_bundle_output, check_json_output, is_stdout, output_folder, write_json
 from workbench.errors import InputError
 
-# Prompts per padded forward with --prompts: on CPU, 8 short prompts (~40 tokens) per forward already take most of
-# what batching gains over one at a time (benchmarks/short_prompts.py), and 8 keeps a batch's memory small.
+# Prompts per padded forward with --prompts: on CPU, batches of 8 short prompts (~45 tokens) do 1.7x less work than
+# one at a time and 16 only ~10% less again (benchmarks/RESULTS.md), while memory and padding waste grow with it.
 DEFAULT_BATCH_SIZE = 8
 
 
