@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from PIL import Image
 
+from tests.helpers import assert_close, eager_forward, statistics_from_maps
 from workbench.capture import Tracer
 from workbench.capture.backends import hf_batch
 from workbench.capture.generation import greedy, greedy_rows
@@ -150,3 +150,19 @@ def test_smollm2_batched_equals_one_at_a_time(models, one_torch_thread):
     batched = tracer.trace_batch(prompts, max_new_tokens=4)
     for prompt, trace in zip(prompts, batched, strict=True):
         assert_same_trace(trace, tracer.trace(prompt, max_new_tokens=4), what=f"smollm2 {prompt[:8]!r}")
+
+
+@pytest.mark.parametrize("name,with_images", [("tiny_qwen2_vl", False), ("tiny_internvl", True),
+                                              ("tiny_paligemma", False)])
+def test_other_vlm_families(one_torch_thread, name, with_images):
+    """Multimodal-RoPE positions (Qwen2-VL) on text, InternVL with an image per row, and PaliGemma (1-based
+    positions, prefix attention: traced one at a time) all equal their inputs traced alone."""
+    from workbench.models import tiny_vlm
+
+    tracer = Tracer.open(getattr(tiny_vlm, name)())
+    prompts = ["Hi", "A longer prompt with more words in it"]
+    images = [Image.new("RGB", (32, 32), (200, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 200))] \
+        if with_images else [None, None]
+    for prompt, image, trace in zip(prompts, images, tracer.trace_batch(prompts, images, max_new_tokens=2),
+                                    strict=True):
+        assert_same_trace(trace, tracer.trace(prompt, image, max_new_tokens=2), what=f"{name} {prompt!r}")

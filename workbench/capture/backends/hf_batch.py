@@ -22,6 +22,9 @@ from workbench.capture.rows import RowRecorders
 from workbench.traces.tokens import REGIONS, Token
 
 BATCHED_MODEL_INPUTS = ("pixel_values",)  # processor outputs a batch can stack (one image per row)
+# Model types whose positions or masks the padded forward does not reproduce: PaliGemma counts positions from 1
+# and attends both ways over its prefix (checked: its batched greedy tokens differed from one at a time).
+NOT_PADDABLE = {"paligemma": "PaliGemma's 1-based positions and prefix attention"}
 
 
 def batchable(loaded, prepared: list, plan) -> str | None:
@@ -30,6 +33,9 @@ def batchable(loaded, prepared: list, plan) -> str | None:
         return f"a model of kind {loaded.kind} (no padded forward yet)"
     if plan.decomposition:
         return "decomposition requested"
+    model_type = getattr(loaded.model.config, "model_type", None)
+    if model_type in NOT_PADDABLE:
+        return NOT_PADDABLE[model_type]
     keys = {frozenset(p.model_inputs) for p in prepared}
     if len(keys) > 1:
         return "inputs with and without images"
