@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[2]) not in sys.path:
     sys.path.insert(0, str(HERE.parents[2]))
 
-from workbench.datasets import scenes  # noqa: E402
+from workbench.datasets import scenes
 
 DATA = HERE.parents[1] / "scenes"
 

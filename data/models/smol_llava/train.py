@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[2]) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(HERE.parents[2]))
 
-from workbench.datasets import scenes  # noqa: E402
-from workbench.models import packaged, smol_llava  # noqa: E402
+from workbench.datasets import scenes
+from workbench.models import packaged, smol_llava
 
 
 def local_module(name: str):
@@ -96,7 +96,9 @@ def cached_features(model, processor, cfg: dict, log) -> torch.Tensor:
     """Tower features of every training scene, computed once and kept in the workbench cache (fp16)."""
     from safetensors.torch import load_file, save_file
 
-    path = packaged.cache_dir() / "smol_llava" / f"features-seed{cfg['seed']}-{cfg['scenes']}.safetensors"
+    name = (f"features-seed{cfg['seed']}-{cfg['scenes']}-{smol_llava.IMAGE_SIZE}px-"
+            f"layer{model.config.vision_feature_layer}.safetensors")  # stale caches cannot match a changed recipe
+    path = packaged.cache_dir() / "smol_llava" / name
     if path.exists():
         return load_file(str(path))["features"].float()
     start, chunks = time.time(), []
@@ -265,14 +267,18 @@ def export(model, lora: dict, cfg: dict, out: Path, work: Path) -> None:
 def train(cfg: dict, out: Path, work: Path, minutes: float | None, save_every: int) -> bool:
     torch.manual_seed(cfg["seed"])
     work.mkdir(parents=True, exist_ok=True)
-    progress = open(work / "progress.log", "a")
+    with open(work / "progress.log", "a") as progress:
 
-    def log(line: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        print(stamped, flush=True)
-        progress.write(stamped + "\n")
-        progress.flush()
+        def log(line: str) -> None:
+            stamped = f"{time.strftime('%H:%M:%S')} {line}"
+            print(stamped, flush=True)
+            progress.write(stamped + "\n")
+            progress.flush()
 
+        return _train_logged(cfg, out, work, minutes, save_every, log)
+
+
+def _train_logged(cfg: dict, out: Path, work: Path, minutes: float | None, save_every: int, log) -> bool:
     deadline = time.time() + minutes * 60 if minutes else math.inf
     model, processor = smol_llava.compose_from_dirs(packaged.dinov2_dir(), packaged.smollm2_dir())
     features = cached_features(model, processor, cfg, log)
