@@ -80,9 +80,11 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings
 
+    from workbench.cli import printing
     from workbench.cli.printing import one_line
     from workbench.errors import WorkbenchError
 
+    printing.reset_streams()  # one invocation's `--json -` does not redirect the next one's reports (in-process runs)
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app(standalone_mode=False)

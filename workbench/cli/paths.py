@@ -38,8 +38,14 @@ def check_bundle_output(path: Path, *, force: bool) -> Path:
 
 
 def check_json_output(path: Path | None, *, force: bool) -> Path | None:
-    """None and `-` (standard output) pass; a file path goes through the policy above."""
-    if path is None or is_stdout(path):
+    """None and `-` (standard output) pass; a file path goes through the policy above. With `-` every later
+    report of the command goes to standard error, leaving standard output to the JSON."""
+    if path is None:
+        return path
+    if is_stdout(path):
+        from workbench.cli.printing import stdout_carries_data
+
+        stdout_carries_data()
         return path
     if Path(path).expanduser().is_dir():
         raise OutputExistsError(f"--json {path} is a folder; give a file path (or - for standard output)")

@@ -28,13 +28,31 @@ def one_line(text: str) -> str:
     return " ".join(visible(text).split("\n")).replace("\t", " ")
 
 
+_stdout_carries_data = False
+
+
+def stdout_carries_data() -> None:
+    """Standard output is a data stream from now on (`--json -`): every report goes to standard error, so what a
+    pipe reads is the JSON document alone, whichever command prints."""
+    global _stdout_carries_data
+    _stdout_carries_data = True
+
+
+def reset_streams() -> None:
+    """Reports go to standard output again (the start of each command)."""
+    global _stdout_carries_data
+    _stdout_carries_data = False
+
+
 class SafeConsole(Console):
     """A rich Console with markup and emoji codes off and control characters made visible.
 
-    When the stream is not a terminal (a pipe, a log file) lines and tables are not cut at 80 columns.
+    When the stream is not a terminal (a pipe, a log file) lines and tables are not cut at 80 columns. Once
+    `stdout_carries_data()` was called, a console asked for standard output writes to standard error.
     """
 
     def __init__(self, *, stderr: bool = False, **options) -> None:
+        stderr = stderr or _stdout_carries_data
         stream = sys.stderr if stderr else sys.stdout
         options.setdefault("markup", False)
         options.setdefault("emoji", False)
