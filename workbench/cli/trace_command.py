@@ -259,10 +259,20 @@ def _report_decoding(result) -> None:
 
 
 def _is_vision_encoder(model: str) -> bool:
-    """Whether `model` is a registry image encoder (`workbench models`, kind "vision"), known without loading it."""
+    """Whether `model` is an image encoder (a registry one of kind "vision", or a folder / cached hub id whose config
+    says so), known without loading any weights."""
+    from workbench.errors import WorkbenchError
+    from workbench.models.loading import model_kind, read_config
     from workbench.models.registry import REGISTRY
 
-    return model in REGISTRY and REGISTRY[model].kind == "vision"
+    if model in REGISTRY:
+        return REGISTRY[model].kind == "vision"
+    try:
+        config = read_config(model)
+    except WorkbenchError:
+        return False  # an unknown name: loading reports it, with the closest names
+    
+    return config is not None and model_kind(config) == "vision"
 
 
 def _check_model_options(dtype: str, rope_scaling: str | None, max_length: int | None) -> None:

@@ -11,6 +11,8 @@ from workbench.models.registry import REGISTRY, closest_names, data_root
 
 DTYPES = ("float32", "bfloat16", "float16")
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "deberta", "deberta-v2"}
+# Standalone image encoders: an image in, the encoder's attention out (kind "vision", no tokenizer).
+VISION_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model"}
 
 
 ROPE_SCALINGS = ("linear", "dynamic", "yarn")
@@ -51,7 +53,8 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", rope_s
             raise ModelNotFoundError(f"{name!r} is a vision encoder: it has no RoPE to scale")
         from workbench.models.vision_loading import load_vision_directory
 
-        loaded = load_vision_directory(model_directory(name), name=name, dtype=dtype)
+        loaded = load_vision_directory(model_directory(name), name=name, dtype=dtype,
+                                       repair="delete the folder to convert the weights again")
     else:
         directory = model_directory(name)
         loaded = _load_directory(str(directory), name=name, dtype=dtype, local_only=True, **overrides)
@@ -155,9 +158,11 @@ def _resolve_hub(hub_id: str, name: str, *, download: bool = True) -> str:
 
 
 def model_kind(config) -> str:
-    """"vlm", "causal" or "encoder" from a transformers config: which Auto class loads it and how capture
-    treats its positions (backends that wrap an already built module call this too)."""
+    """"vlm", "causal", "encoder" or "vision" from a transformers config: which Auto class loads it and how
+    capture treats its positions (backends that wrap an already built module call this too)."""
     architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "model_type", "") in VISION_TYPES:
+        return "vision"
     if getattr(config, "vision_config", None) is not None:
         return "vlm"
     if any("CausalLM" in arch or "LMHeadModel" in arch for arch in architectures):
@@ -169,6 +174,7 @@ def model_kind(config) -> str:
 
 SUPPORTED_FAMILIES = ("decoder language models (GPT-2, Llama, Mistral, Qwen2, Gemma, SmolLM2, ...)",
                       "BERT-style encoders (BERT, RoBERTa, DistilBERT, MiniLM, ...)",
+                      "vision encoders (ViT, DINOv2, CLIP and SigLIP vision towers)",
                       "vision-language models (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
                       "Idefics3, SmolVLM, Gemma 3, PaliGemma, InternVL)")
 
@@ -188,7 +194,8 @@ def check_supported(config, where) -> None:
     model_type = getattr(config, "model_type", "")
     names = {"vlm": modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
              "causal": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-             "encoder": modeling_auto.MODEL_MAPPING_NAMES}[model_kind(config)]
+             "encoder": modeling_auto.MODEL_MAPPING_NAMES,
+             "vision": modeling_auto.MODEL_MAPPING_NAMES}[model_kind(config)]
     if model_type not in names or model_type in UNTRACEABLE_VLMS:
         why = f" ({UNTRACEABLE_VLMS[model_type]})" if model_type in UNTRACEABLE_VLMS else ""
         raise ModelNotFoundError(f"{where} holds a {type(config).__name__} (model_type {model_type!r}), which the "
@@ -222,6 +229,10 @@ def _load_directory(directory: str, *, name: str, dtype: str, local_only: bool, 
     rope_factor = _apply_rope_scaling(config, rope_scaling, rope_length) if rope_scaling else 1.0
     kind = model_kind(config)
     check_supported(config, directory)
+    if kind == "vision":
+        from workbench.models.vision_loading import load_vision_directory
+
+        return load_vision_directory(Path(directory), name=name, dtype=dtype)
     auto_class = {
         "vlm": transformers.AutoModelForImageTextToText,
         "causal": transformers.AutoModelForCausalLM,

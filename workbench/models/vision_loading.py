@@ -12,7 +12,11 @@ from workbench.errors import WeightsMissingError
 from workbench.models.loaded import LoadedModel
 
 
-def load_vision_directory(directory: Path, *, name: str, dtype: str = "float32") -> LoadedModel:
+def load_vision_directory(directory: Path, *, name: str, dtype: str = "float32",
+                          repair: str = "check that the folder holds the weights and preprocessor_config.json"
+                          ) -> LoadedModel:
+    """`repair`: what the user can do when loading fails (a converted cache folder can be deleted; a user's
+    folder must be completed)."""
     import torch
     import transformers
 
@@ -21,6 +25,6 @@ def load_vision_directory(directory: Path, *, name: str, dtype: str = "float32")
                                                        local_files_only=True)
         processor = transformers.AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
     except OSError as error:
-        raise WeightsMissingError(f"cannot load {name!r} from {directory}: {str(error).splitlines()[0]}; delete "
-                                  "the folder to convert the weights again") from error
+        raise WeightsMissingError(f"cannot load {name!r} from {directory}: {str(error).splitlines()[0]}; "
+                                  f"{repair}") from error
     return LoadedModel(name, model.eval(), None, "vision", str(directory), processor=processor)

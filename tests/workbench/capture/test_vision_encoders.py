@@ -125,3 +125,31 @@ def test_replay_recomputes_maps_from_the_image(models, image):
         assert_close(result.maps, reference.attentions[layer][0], what=f"replayed layer {layer}")
     with pytest.raises(InputError, match="needs its input image"):
         tracer.replay(trace, layers=[0])
+
+
+def test_a_saved_encoder_folder_traces_like_the_fixture(models, image, tmp_path, monkeypatch):
+    """A user's own DINOv2 folder (save_pretrained of the model and its image processor) is a vision encoder too:
+    its trace equals the fixture's, and a prompt is refused from the folder's config before any weights load."""
+    from tests.workbench.cli.cli_inprocess import run_cli
+
+    loaded = models("tiny-dinov2")
+    folder = tmp_path / "my-dinov2"
+    loaded.model.save_pretrained(folder)
+    loaded.processor.save_pretrained(folder)
+    path = tmp_path / "scene.png"
+    image.save(path)
+    code, _, err = run_cli("trace", "--model", folder, "--image", path, "-o", tmp_path / "v.wbtrace", "--maps", "all")
+    assert code == 0, err
+    from_folder = load(tmp_path / "v.wbtrace")
+    fixture = workbench.trace(loaded, None, image=image, maps="all")
+    assert from_folder.meta["model"]["kind"] == "vision"
+    assert from_folder.n_layers() == fixture.n_layers()
+    for layer in range(fixture.n_layers()):
+        assert_close(from_folder.layer(layer)["maps"], fixture.layer(layer)["maps"], what=f"layer {layer} maps")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompt was refused")
+
+    monkeypatch.setattr("workbench.capture.tracer.Tracer.open", no_loading)
+    code, _, err = run_cli("trace", "--model", folder, "--image", path, "--prompt", "a red square")
+    assert code == 2 and "takes an image only" in err and len(err.strip().splitlines()) == 1

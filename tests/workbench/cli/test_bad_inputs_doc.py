@@ -59,8 +59,7 @@ def workspace(tmp_path_factory, models):
     (root / "bomb.png").write_bytes(buffer.getvalue())
     import transformers
 
-    transformers.Dinov2Config(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                              intermediate_size=64).save_pretrained(root / "dinov2")
+    transformers.T5Config(num_layers=1, d_model=32, num_heads=2, d_ff=64).save_pretrained(root / "t5")
     good = workbench.trace(models("tiny-gpt2"), "hello there", max_new_tokens=2)
     good.save(root / "good.wbtrace")
     return root
@@ -266,7 +265,7 @@ def cli_cases(root: Path) -> list[tuple[int, str, list]]:
         (0, "image that does not exist", ["trace", "-m", "tiny-llava", "-p", "x", "--image", root / "nope.png"]),
         (11, "image of 30000 x 30000 pixels (a decompression bomb)", ["trace", "-m", "tiny-llava", "-p", "x", "--image",
                                                                   root / "bomb.png"]),
-        (11, "model folder of a class the workbench cannot trace (DINOv2)", ["trace", "-m", root / "dinov2", "-p", "x"]),
+        (11, "model folder of a class the workbench cannot trace (T5)", ["trace", "-m", root / "t5", "-p", "x"]),
         (0, "generation from an encoder", ["trace", "-m", "tiny-bert", "-p", "x", "-n", "3"]),
         (8, "info on a missing bundle", ["info", root / "missing.wbtrace"]),
         (8, "info on a folder without manifest", ["info", root / "empty.wbtrace"]),
