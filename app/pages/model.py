@@ -87,9 +87,10 @@ def basin_panel(bundle) -> list:
     warnings = [note(w, warning=True) for w in found.warnings]
     if found.result is None:
         return warnings
-    result = found.result
+    result, tokens = found.result, data().trace(bundle).tokens
+    texts = ["".join(t.text for t in tokens[item["tokens"][0]:item["tokens"][1]]) for item in result.items]
     figure = basin_profile(result.profile, result.layer_profile, result.items, u_score=result.u_score,
-                           per=result.options.get("per", "item"))
+                           per=result.options.get("per", "item"), texts=texts)
     return warnings + [graph("model-basin-profile", figure),
                        html.P(f"Attention basin: query rows {result.rows[0]}-{result.rows[1] - 1} on each list item "
                               "(user spans); U-score > 0 when both ends get more than the middle. Per-head U-scores: "
