@@ -86,12 +86,14 @@ def info(
     console.print(f"model      {model.get('name', '?')} ({model.get('architecture', '?')}, {model.get('kind', '?')}, "
                   f"{model.get('dtype', '?')})", markup=False)
     console.print(f"tokens     {len(trace.tokens)}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    console.print(f"prompt     {inputs.get('prompt', '')!r}", markup=False)
+    if inputs.get("prompt") is not None:  # a vision encoder's trace has an image and no prompt
+        console.print(f"prompt     {inputs['prompt']!r}", markup=False)
     image = inputs.get("image")
     if isinstance(image, dict):
         console.print(f"image      {image.get('source', '?')} {image.get('width', '?')}x{image.get('height', '?')} "
                       f"sha256 {str(image.get('sha256', ''))[:12]}", markup=False)
-    console.print(f"generated  {trace.generation.get('text', '')!r}", markup=False)
+    if model.get("kind") not in ("encoder", "vision"):
+        console.print(f"generated  {trace.generation.get('text', '')!r}", markup=False)
     for stack, dims in trace.dims["stacks"].items():
         console.print(f"{stack:<10} {dims['layers']} layers x {dims['heads']} heads ({dims.get('kv_heads', '?')} kv "
                       f"heads), {dims['positions']} positions", markup=False)

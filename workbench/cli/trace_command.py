@@ -344,7 +344,10 @@ def _report(result, bundle_path, json_path) -> None:
         counts[token.region] = counts.get(token.region, 0) + 1
     where = ", ".join(str(p) for p in (bundle_path, json_path) if p is not None and str(p) != "-")
     health = "" if result.checks.get("healthy", True) else " (numerics check failed, see `workbench info`)"
+    # an encoder (text or image) generates nothing: no "generated ''" line for it
+    generated = "" if result.model.get("kind") in ("encoder", "vision") else \
+        f"; generated {result.generation['text']!r}"
     console.print(f"{result.model['name']}: {len(result.tokens)} tokens "
-                  f"({', '.join(f'{k} {v}' for k, v in counts.items())}); generated {result.generation['text']!r}"
+                  f"({', '.join(f'{k} {v}' for k, v in counts.items())}){generated}"
                   f"{health}" + (f" -> {where}" if where else ""))
     sys.stderr.flush()
