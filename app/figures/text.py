@@ -27,28 +27,40 @@ def score_colors(tokens: list[tuple[int, str]], scores: dict[int, float], *, vmi
     return out
 
 
+MAX_TOKEN_TICKS = 40  # token-text ticks on a generated-token axis: every token up to this, else an even subset
+
+
+def token_ticks(positions: list[int], labels: list[str]) -> dict:
+    """Tick settings naming tokens by their text: every position up to MAX_TOKEN_TICKS, else every k-th (the values
+    stay positions, so a long generation keeps readable token names instead of bare numbers)."""
+    step = max(1, math.ceil(len(positions) / MAX_TOKEN_TICKS))
+    return dict(tickmode="array", tickvals=list(positions[::step]), ticktext=list(labels[::step]), tickangle=-60)
+
+
 def token_series(series: dict[str, dict[int, float]], *, texts: list[str], positions: list[int],
-                 title: str | None = None, height: int = 320, secondary: tuple[str, ...] = ()) -> go.Figure:
+                 title: str | None = None, height: int = 320, secondary: tuple[str, ...] = (),
+                 names: dict[str, str] | None = None) -> go.Figure:
     """Lines over generated token positions, one per named series {position: value}; names in `secondary`
-    use a right-hand axis (e.g. log-probabilities beside ratios in [0, 1])."""
+    use a right-hand axis (e.g. log-probabilities beside ratios in [0, 1]); `names` gives a series a longer
+    display name (legend, hover, axis title) than its key."""
     fig = go.Figure()
+    names = names or {}
     labels = [token_label(texts[p], 12) for p in positions]
     # [position, label] per point: on an axis with tick text, plotly's %{x} shows the tick text, not the number
     custom = [[p, label] for p, label in zip(positions, labels)]
-    for name, values in series.items():
+    for key, values in series.items():
+        name = names.get(key, key)
         ys = [values.get(p, float("nan")) for p in positions]
         fig.add_trace(go.Scatter(
             x=positions, y=ys, mode="lines+markers", name=name, customdata=custom,
-            yaxis="y2" if name in secondary else "y",
+            yaxis="y2" if key in secondary else "y",
             hovertemplate="position %{customdata[0]} <b>%{customdata[1]}</b><br>" + name + ": %{y:.3f}<extra></extra>"))
-    ticks = dict(tickmode="array", tickvals=positions, ticktext=[f"{label}" for label in labels]) \
-        if len(positions) <= 40 else {}
     fig.update_layout(
         title=title, template="plotly_white", font=FONT, height=height, margin=dict(l=60, r=60, t=50, b=80),
-        xaxis=dict(title="generated token (position)", **ticks, tickangle=-60 if ticks else 0),
+        xaxis=dict(title="generated token (position)", **token_ticks(positions, labels)),
         yaxis=dict(title="ratio / score"), legend=dict(orientation="h", y=-0.45),
-        yaxis2=dict(title=", ".join(secondary), overlaying="y", side="right", showgrid=False,
-                    tickmode="auto") if secondary else None,
+        yaxis2=dict(title=", ".join(names.get(k, k) for k in secondary if k in series), overlaying="y", side="right",
+                    showgrid=False, tickmode="auto") if secondary else None,
     )
     return fig
 
@@ -63,10 +75,9 @@ def lookback_heatmap(values: np.ndarray, *, positions: list[int], texts: list[st
         customdata=np.broadcast_to(labels[None, :], values.shape),
         hovertemplate="layer %{y}, token %{x} <b>%{customdata}</b><br>lookback ratio %{z:.3f}<extra></extra>",
         colorbar=dict(title=dict(text="lookback", side="right"), thickness=12)))
-    ticks = dict(tickmode="array", tickvals=positions, ticktext=list(labels)) if len(positions) <= 40 else {}
     fig.update_layout(title=title, template="plotly_white", font=FONT,
                       height=height or int(min(800, max(300, 16 * values.shape[0] + 150))),
                       margin=dict(l=60, r=20, t=50, b=80),
-                      xaxis=dict(title="generated token (position)", **ticks, tickangle=-60 if ticks else 0),
+                      xaxis=dict(title="generated token (position)", **token_ticks(positions, list(labels))),
                       yaxis=dict(title="layer", autorange="reversed", **layer_ticks(values.shape[0])))
     return fig

@@ -121,6 +121,7 @@ def register(app) -> None:
             html.Div(dcc.Link("open the last generated token", href=link("/token", bundle=bundle, pos=end - 1)))]
         curves = token_series({k: v for k, v in series.items()}, texts=texts, positions=positions,
                               secondary=tuple(k for k in ("vhd", "opera") if k in series),
+                              names={"opera": "OPERA over-trust (log10)"},
                               title="per generated token (lookback: row that predicted it)")
         lookback = token_lookback(trace)
         heat = (lookback_heatmap(lookback.mean(1), positions=positions, texts=texts,
