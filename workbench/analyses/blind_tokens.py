@@ -224,12 +224,11 @@ def check_options(*, layer_gamma: float, lamb: float, top_k: int) -> None:
 def analyse(trace, *, tracer, image=None, layer_gamma: float = 0.5, lamb: float = 0.99,
             top_k: int = 10) -> BlindTokensResult:
     """Blind and outlier tokens of a traced VLM input (re-runs its prompt forward through `tracer`)."""
+    from workbench.analyses.tracing import traced_image
+
     inputs = trace.meta["inputs"]
-    recorded = inputs.get("image")
-    if recorded is None:
+    if inputs.get("image") is None:
         raise InputError("this trace has no image, so it has no image tokens")
-    image = image if image is not None else recorded.get("source")
-    if image is None or image == "in-memory image":
-        raise InputError("the trace was made from an in-memory image; pass image=... to analyse it")
+    image = traced_image(trace, image)
     return blind_tokens(tracer, inputs["prompt"], image, layer_gamma=layer_gamma, lamb=lamb, top_k=top_k,
                         system=inputs.get("system"), raw=inputs.get("raw", False))

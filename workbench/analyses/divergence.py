@@ -304,17 +304,12 @@ def _as_tracer(tracer):
 def analyse(trace, *, tracer, image=None, top_k: int | None = None, distance: Distance = "cosine") -> VHDResult:
     """VHD of a traced generation, teacher-forced on its generated tokens (needs the model: `tracer`, a Tracer,
     and the image the trace was made with; its path is read from the trace)."""
-    from workbench.capture.inputs import load_image
+    from workbench.analyses.tracing import traced_image
 
     inputs = trace.meta["inputs"]
-    recorded = inputs.get("image")
-    if recorded is None:
+    if inputs.get("image") is None:
         raise InputError("this trace has no image, so there is nothing to diverge from")
-    image = image if image is not None else recorded.get("source")
-    if image is None or image == "in-memory image":
-        raise InputError("the trace was made from an in-memory image; pass image=... to analyse it")
-    if load_image(image)[1]["sha256"] != recorded["sha256"]:
-        raise InputError(f"{image} is not the image this trace was made with (sha256 differs)")
+    image = traced_image(trace, image)
     generated = [t.id for t in trace.tokens[trace.generation["start"]:trace.generation["end"]]]
     if not generated:
         raise InputError("the trace generated no tokens; trace with --max-new-tokens N")

@@ -230,9 +230,8 @@ def analyse(trace, *, tracer, image=None, layer: int = -1, scale: float = 50.0, 
     generated = [t.id for t in trace.tokens[trace.generation["start"]:trace.generation["end"]]]
     if not generated:
         raise InputError("the trace generated no tokens; trace with --max-new-tokens N")
-    if inputs.get("image") is not None and image is None:
-        image = inputs["image"].get("source")
-        if image is None or image == "in-memory image":
-            raise InputError("the trace was made from an in-memory image; pass image=... to analyse it")
+    from workbench.analyses.tracing import traced_image
+
+    image = traced_image(trace, image)
     return opera(tracer, inputs["prompt"], image, continuation=generated, layer=layer, scale=scale, window=window,
                  threshold=threshold, system=inputs.get("system"), raw=inputs.get("raw", False))

@@ -241,15 +241,6 @@ def _bundle_inputs(loaded, trace, image, stop: int) -> dict:
             raise InputError("this image gives the encoder other positions than the bundle's (another image or "
                              "processor); trace it again with --maps to store the maps")
         return forward_inputs(loaded, prepared.input_ids, prepared.model_inputs)
-    if loaded.kind == "vision":  # an image encoder's one forward over all its positions: the image again
-        if image is None:
-            raise InputError("recomputing attention of this vision-encoder bundle needs its input image; put the "
-                             "image in the traces folder's images/ (named by its sha256) or pass --images DIR")
-        prepared = prepare_input(loaded, None, image)
-        if prepared.tokens != trace.tokens:
-            raise InputError("this image gives the encoder other positions than the bundle's (another image or "
-                             "processor); trace it again with --maps to store the maps")
-        return forward_inputs(loaded, prepared.input_ids, prepared.model_inputs)
     ids = torch.tensor([[token.id for token in trace.tokens[:stop]]])
     model_inputs: dict = {}
     if loaded.kind == "vlm" and trace.meta["inputs"].get("image"):
