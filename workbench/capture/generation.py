@@ -106,25 +106,35 @@ class CachedDecoder:
         self.device = model_device(model)
         self.cache = None
         self.output = None
+        self.last_cross_row = None
 
     def start(self, forward: dict, *, all_logits: bool = False):
         """Run the prompt; returns the model output (logits of every row with all_logits, else the last row)."""
         self.output = self.model(**forward, use_cache=True, logits_to_keep=0 if all_logits else 1)
         self.cache = self.output.cache
+        # Mllama's cross-attention mask (which image tiles each token sees) goes with every later token too: its
+        # last row, repeated, as transformers' generation does; without it decode rows would see padding tiles
+        mask = forward.get("cross_attention_mask")
+        self.last_cross_row = mask[:, -1:] if mask is not None else None
         return self.output
+
+    def _carried(self, n_tokens: int) -> dict:
+        if self.last_cross_row is None:
+            return {}
+        return {"cross_attention_mask": self.last_cross_row.expand(-1, n_tokens, -1, -1)}
 
     def extend(self, input_ids: torch.Tensor):
         """Run several more tokens [1, query_pos] in one forward after the cached ones; returns the model output
         (logits of its last row only)."""
         self.output = self.model(input_ids=input_ids.to(self.device), cache=self.cache, use_cache=True,
-                                 logits_to_keep=1)
+                                 logits_to_keep=1, **self._carried(input_ids.shape[1]))
         self.cache = self.output.cache
         return self.output
 
     def feed(self, token_id: int) -> torch.Tensor:
         """Logits [vocab] of the row the new token adds."""
         self.output = self.model(input_ids=torch.tensor([[token_id]], device=self.device), cache=self.cache,
-                                 use_cache=True)
+                                 use_cache=True, **self._carried(1))
         self.cache = self.output.cache
         return self.output.logits[0, -1]
 

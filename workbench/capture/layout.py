@@ -2,7 +2,10 @@
 
 A model has one "text" stack (the decoder or encoder layers) and, for vision-language models, a "vision"
 stack (the vision tower). Layer lists are found by their length matching the config, so GPT-2 (`h`),
-Llama (`layers`), BERT (`layer`) and CLIP (`layers`) need no per-family table.
+Llama (`layers`), BERT (`layer`) and CLIP (`layers`) need no per-family table. Mllama is the exception: its
+language model interleaves cross-attention layers (text queries, image-feature keys) with its self-attention
+layers in one list, so they form a third stack, "cross", and its tower runs a local then a global encoder, which
+together are the "vision" stack (`_mllama_layout`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 
 OUTPUT_PROJECTION_NAMES = (
     "self_attn.o_proj", "attn.c_proj", "attention.output.dense", "self_attn.out_proj", "attn.o_proj",
-    "attention.o_proj", "self_attention.dense", "attn.out_proj",
+    "attention.o_proj", "self_attention.dense", "attn.out_proj", "cross_attn.o_proj",
 )
 
 
@@ -22,12 +25,15 @@ OUTPUT_PROJECTION_NAMES = (
 class Stack:
     """One stack of attention layers."""
 
-    name: str  # "text" | "vision"
+    name: str  # "text" | "vision" | "cross"
     prefix: str  # qualified name of the ModuleList
     layers: list  # the layer modules, in order
     n_heads: int
     n_kv_heads: int
     d_model: int
+    # (positions a tile takes, of which the tile's [CLS] and patches: the rest pads) where a stack's positions are
+    # tiles the recorder cannot size from its input alone (Mllama's padded tiles; the cross stack's keys)
+    tiles: tuple[int, int] | None = None
 
     @property
     def n_layers(self) -> int:
@@ -41,9 +47,12 @@ class ModelLayout:
     stacks: dict[str, Stack]
     module_names: dict[int, str] = field(default_factory=dict)  # id(module) -> qualified name
     projection: Callable[[str, int], torch.Tensor] | None = None  # (stack, layer) -> W_O, overrides the lookup
+    places: dict[int, tuple[str, int]] = field(default_factory=dict)  # id(attention module) -> (stack, layer)
 
     def locate(self, module) -> tuple[str, int]:
         """(stack name, layer index) of an attention module seen at call time."""
+        if id(module) in self.places:  # stacks whose layers are not one list's items (Mllama)
+            return self.places[id(module)]
         name = self.module_names.get(id(module))
         if name is None:
             raise RuntimeError(f"attention module {type(module).__name__} is not part of the traced model")
@@ -84,10 +93,44 @@ def stack_shapes(config) -> dict[str, tuple[int, int, int, int]]:
     shapes = {"text": _counts(text_config)}
     if vision_config is not None:
         shapes["vision"] = _counts(vision_config)
+    cross = getattr(text_config, "cross_attention_layers", None)
+    if getattr(config, "model_type", "") == "mllama" and cross:
+        layers, heads, kv_heads, d_model = shapes["text"]
+        shapes["text"] = (layers - len(cross), heads, kv_heads, d_model)
+        shapes["cross"] = (len(cross), heads, kv_heads, d_model)
+        layers, heads, kv_heads, d_model = shapes["vision"]
+        shapes["vision"] = (layers + vision_config.num_global_layers, heads, kv_heads, d_model)
     return shapes
 
 
+def _mllama_layout(model) -> ModelLayout:
+    """Mllama's stacks: "text" its self-attention layers, "cross" its cross-attention layers (each numbered in its
+    own stack, in order), "vision" the local encoder's layers then the global encoder's."""
+    shapes = stack_shapes(model.config)
+    inner = model.model
+    language, tower = inner.language_model, inner.vision_model
+    cross_indices = set(language.config.cross_attention_layers)
+    layers = {"text": [layer for index, layer in enumerate(language.layers) if index not in cross_indices],
+              "cross": [layer for index, layer in enumerate(language.layers) if index in cross_indices],
+              "vision": list(tower.transformer.layers) + list(tower.global_transformer.layers)}
+    names = {id(module): name for name, module in model.named_modules()}
+    vision = model.config.vision_config
+    tile = 1 + (vision.image_size // vision.patch_size) ** 2  # [CLS] + patches; the tower pads to a multiple of 8
+    tiles = {"vision": (tile + (8 - tile % 8) % 8, tile), "cross": (tile, tile)}
+    stacks, places = {}, {}
+    for stack, modules in layers.items():
+        n_layers, n_heads, n_kv_heads, d_model = shapes[stack]
+        stacks[stack] = Stack(stack, names[id(modules[0])].rsplit(".", 1)[0], modules, n_heads, n_kv_heads, d_model,
+                              tiles.get(stack))
+        for index, layer_module in enumerate(modules):
+            attention = getattr(layer_module, "cross_attn", None) or layer_module.self_attn
+            places[id(attention)] = (stack, index)
+    return ModelLayout(stacks, names, places=places)
+
+
 def discover_layout(model) -> ModelLayout:
+    if getattr(model.config, "model_type", "") == "mllama":
+        return _mllama_layout(model)
     wanted = stack_shapes(model.config)
     stacks: dict[str, Stack] = {}
     for name, module in model.named_modules():

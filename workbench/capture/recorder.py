@@ -31,7 +31,7 @@ from workbench.capture.plan import CapturePlan
 from workbench.capture.statistics import layer_statistics, rows_of
 from workbench.capture.visibility import CallVisibility, CountGroups
 from workbench.kernels import MaskSpec, attention_statistics
-from workbench.traces.names import tensor_name, vision_regions
+from workbench.traces.names import tensor_name, tiled_regions, vision_regions
 from workbench.traces.tokens import REGIONS
 
 STAT_AXES = {
@@ -92,6 +92,9 @@ class Recorder:
         self.key_regions = {"text": torch.zeros(text_capacity, dtype=torch.long)}
         self.step_start = 0  # absolute position of the first token of the current text forward
         self.length = {"text": 0}
+        # stacks whose keys are not their query rows (Mllama's "cross": text rows over image-feature keys): their
+        # rows follow the text's, their key positions are sized by the first call
+        self.key_capacity: dict[str, int] = {}
         self._buffers: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self._head_out: dict[int, dict[int, torch.Tensor]] = {}  # layer -> position -> [head, d_model]
         self.decomposition = DecompositionStore(layout, text_capacity) if plan.decomposition else None
@@ -99,7 +102,7 @@ class Recorder:
         self.kernel_fallbacks: dict[str, dict[str, int]] = {}  # stack -> why not one-pass -> attention calls
         self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec, bias)
         self._visibility: dict[tuple, CallVisibility] = {}  # this forward's: (stack, mask, rows, keys) -> counts
-        self.counts = CountGroups(self.capacity)  # mask-only counts, one per set of layers sharing masks
+        self.counts = CountGroups(self.capacity, self.key_capacity)  # mask-only counts, one per set of layers sharing masks
         self._places: dict[tuple[int, int], tuple] = {}  # (id(module), heads) -> (stack, layer, map heads)
         self._choices: dict[tuple, object] = {}  # this forward's kernel choices (`kernel_for`)
         self.n_spans = 0  # user spans of the text stack (`set_spans`); keys then carry cell ids (capture/spans.py)
@@ -132,6 +135,8 @@ class Recorder:
         self._tower_next.clear()
         self.step_start = start
         self.length["text"] = max(self.length["text"], start + length)
+        for stack in self.key_capacity:
+            self.length[stack] = self.length["text"]
 
     def install_hooks(self) -> list:
         handles = self.decomposition.install_hooks(self) if self.decomposition is not None else []
@@ -155,7 +160,7 @@ class Recorder:
         one sequence attended in chunks (Qwen2-VL: [position, d_model]) keeps all of them, one after the other."""
         handles = []
         for stack in self.layout.stacks.values():
-            if stack.name == "text" or not stack.layers:
+            if stack.name in ("text", "cross") or not stack.layers:
                 continue
 
             def size(module, args, kwargs, name=stack.name):
@@ -163,6 +168,10 @@ class Recorder:
                 if name in self.key_regions:
                     return
                 tiles, length = (hidden.shape[0], hidden.shape[1]) if hidden.dim() == 3 else (1, hidden.shape[0])
+                if self.layout.stacks[name].tiles is not None:  # tiles laid end to end in one sequence (Mllama)
+                    self.set_regions(name, tiled_regions(length, *self.layout.stacks[name].tiles).repeat(tiles))
+                    self.length[name] = tiles * length
+                    return
                 # a tile is a square grid of patches, after a [CLS] when one longer (CLIP, InternVL; not SigLIP)
                 with_cls = hidden.dim() == 3 and math.isqrt(length) ** 2 != length
                 regions = vision_regions(length) if with_cls else torch.full(
@@ -262,11 +271,13 @@ class Recorder:
         place = self._places.get((id(module), query.shape[1]))
         if place is None:  # where a module sits and which of its heads keep maps do not change: found once
             stack, layer = self.layout.locate(module)
-            selection = self.plan.maps.get(stack)
+            selection = self.plan.maps.get("text" if stack == "cross" else stack)  # --maps: the language model's
             place = self._places[id(module), query.shape[1]] = (
                 stack, layer, selection.head_list(query.shape[1]) if selection and selection.wants(layer) else None)
         stack, layer, map_heads = place
         n_queries, n_keys = query.shape[2], key.shape[2]
+        if stack == "cross":
+            return self._locate_cross(stack, layer, map_heads, n_queries, n_keys)
         if stack not in self.key_regions:  # a vision tower no hook sized: [CLS] then patches, all in one call
             self.set_regions(stack, vision_regions(n_keys))
             self.length[stack] = n_keys
@@ -284,6 +295,26 @@ class Recorder:
                 "keys": slice(key_start, key_start + n_keys), "n_keys": n_keys, "map_heads": map_heads,
                 "key_regions": self.key_regions[stack][key_start:key_start + n_keys],
                 "n_regions": len(REGIONS) * (self.n_spans + 1) if stack == "text" else len(REGIONS), "tiles": tiles}
+
+    def _locate_cross(self, stack: str, layer: int, map_heads, n_queries: int, n_keys: int) -> dict:
+        """A cross-attention call: this forward's text rows over every image-feature key (tiles of [CLS] and
+        patches), the keys sized by the first call; a decode step reuses the cached keys, all of them."""
+        if stack not in self.key_regions:
+            self.key_regions[stack] = tiled_regions(n_keys, *self.layout.stacks[stack].tiles)
+            self.key_capacity[stack] = n_keys
+            self.capacity[stack] = self.capacity["text"]
+            self.length[stack] = self.length["text"]
+        if n_keys != self.key_capacity[stack]:
+            raise RuntimeError(f"{stack} layer {layer}: {n_keys} keys, but the first call had "
+                               f"{self.key_capacity[stack]} (one image per trace)")
+        start = self.step_start
+        return {"stack": stack, "layer": layer, "start": start, "rows": slice(start, start + n_queries),
+                "keys": slice(0, n_keys), "n_keys": n_keys, "map_heads": map_heads,
+                "key_regions": self.key_regions[stack], "n_regions": len(REGIONS), "tiles": 1}
+
+    def key_length(self, stack: str) -> int:
+        """Key positions of `stack`'s statistics: its own positions, or its image-feature keys (the cross stack)."""
+        return self.key_capacity.get(stack, self.length.get(stack, 0))
 
     def _tile_calls(self, call: dict):
         """(tile index, the call of that one tile) for each tile of a batched vision-tower call."""
@@ -358,8 +389,9 @@ class Recorder:
     def _allocate(self, stack: str, layer: int) -> dict[str, torch.Tensor]:
         info = self.layout.stacks[stack]
         n, heads, regions = self.capacity[stack], info.n_heads, len(REGIONS)
+        n_keys = self.key_capacity.get(stack, n)
         buffer = {
-            "key_mass": torch.zeros(heads, n),
+            "key_mass": torch.zeros(heads, n_keys),
             **({"prompt_key_mass": torch.zeros(heads, n)} if stack == "text" else {}),
             "region_mass": torch.zeros(heads, n, regions),
             **({"span_mass": torch.zeros(heads, n, self.n_spans)} if stack == "text" and self.n_spans else {}),
@@ -369,10 +401,10 @@ class Recorder:
         if self.plan.top_k:
             buffer["top_index"] = torch.full((heads, n, self.plan.top_k), -1, dtype=torch.long)
             buffer["top_weight"] = torch.zeros(heads, n, self.plan.top_k)
-        selection = self.plan.maps.get(stack)
+        selection = self.plan.maps.get("text" if stack == "cross" else stack)
         if selection and selection.wants(layer):
             map_heads = selection.head_list(heads)
-            buffer["maps"] = torch.zeros(len(map_heads), n, n, dtype=getattr(torch, self.plan.map_dtype))
+            buffer["maps"] = torch.zeros(len(map_heads), n, n_keys, dtype=getattr(torch, self.plan.map_dtype))
             buffer["map_heads"] = torch.tensor(map_heads, dtype=torch.long)
         if stack == "text" and self.plan.hidden_states:
             buffer["hidden_in"] = torch.zeros(n, info.d_model)
@@ -432,7 +464,7 @@ class Recorder:
 
         total, worst, flagged = 0, 0.0, []
         for stack, layer, n, stats in self._stored_layers():
-            count, error = layer_problems({"key_mass": stats["key_mass"][:, :n], "region_mass": stats["region_mass"][:, :n],
+            count, error = layer_problems({"key_mass": stats["key_mass"][:, :self.key_length(stack)], "region_mass": stats["region_mass"][:, :n],
                                            "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
                                            "region_count": stats["region_count"][:n]})
             total, worst = total + count, max(worst, error)
@@ -465,7 +497,7 @@ class Recorder:
                 if id(tensor) not in trimmed_once:
                     trimmed = tensor
                     for dim, axis in enumerate(axes):
-                        if axis in ("query_pos", "key_pos"):
+                        if axis == "query_pos" or (axis == "key_pos" and stack not in self.key_capacity):
                             trimmed = trimmed.narrow(dim, 0, n)
                     trimmed_once[id(tensor)] = trimmed.contiguous()
                 out[tensor_name(stack, layer, stat)] = (trimmed_once[id(tensor)], axes)

@@ -18,6 +18,12 @@ def trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, 
                "d_model": stack.d_model, "positions": recorder.length.get(name, 0)}
         for name, stack in layout.stacks.items() if name in recorder.length
     }
+    for name, n_keys in recorder.key_capacity.items():  # rows are the text's, keys the image features
+        from workbench.models.image_tokens import cross_key_places
+
+        stacks[name]["key_positions"] = n_keys
+        stacks[name]["key_places"] = [[place.tile, *(place.patch or ())]
+                                      for place in cross_key_places(loaded.model.config, n_keys)]
     return {
         "workbench_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

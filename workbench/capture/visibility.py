@@ -58,13 +58,14 @@ class CountGroups:
     """key_count, region_count (and prompt_key_count for the text stack) per set of layers that shared a mask in
     a forward: (stack, layers) -> {stat: tensor over the stack's capacity}."""
 
-    def __init__(self, capacity: dict[str, int]):
+    def __init__(self, capacity: dict[str, int], key_capacity: dict[str, int] | None = None):
         self.capacity = capacity  # the recorder's: stack -> positions (a vision stack is added when first seen)
+        self.key_capacity = key_capacity if key_capacity is not None else {}  # stacks whose keys are not their rows
         self.groups: dict[tuple[str, tuple[int, ...]], dict[str, torch.Tensor]] = {}
 
     def allocate(self, stack: str, n_regions: int = len(REGIONS)) -> dict[str, torch.Tensor]:
         n = self.capacity[stack]
-        return {"key_count": torch.zeros(n, dtype=torch.long),
+        return {"key_count": torch.zeros(self.key_capacity.get(stack, n), dtype=torch.long),
                 "region_count": torch.zeros(n, n_regions, dtype=torch.long),
                 **({"prompt_key_count": torch.zeros(n, dtype=torch.long)} if stack == "text" else {})}
 

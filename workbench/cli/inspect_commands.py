@@ -96,7 +96,9 @@ def info(
         console.print(f"generated  {trace.generation.get('text', '')!r}", markup=False)
     for stack, dims in trace.dims["stacks"].items():
         console.print(f"{stack:<10} {dims['layers']} layers x {dims['heads']} heads ({dims.get('kv_heads', '?')} kv "
-                      f"heads), {dims['positions']} positions", markup=False)
+                      f"heads), {dims['positions']} positions"
+                      + (f" over {dims['key_positions']} image-feature keys (tiles of [CLS] + patches)"
+                         if "key_positions" in dims else ""), markup=False)
     kinds = sorted({name.rsplit(".", 1)[-1] for name in trace.tensor_names()})
     console.print(f"tensors    {len(trace.tensor_names())}: {', '.join(kinds)}", markup=False)
     capture = trace.meta.get("capture", {})

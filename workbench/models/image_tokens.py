@@ -18,6 +18,8 @@ family's processor and feature packing, written out in our words (docs/models.md
   block of a tile's patches into one token, so a tile holds (side / scale)^2 tokens, row-major.
 - InternVL: the image cut into a grid of tiles (tiles 0.. row-major) plus, when there are several, a thumbnail
   of the whole image (the last tile); pixel shuffle folds 2x2 patches of a tile into one token, row-major.
+- Mllama: the image is one <|image|> token of the text; its tiles' features are the keys of the cross-attention
+  layers (the trace's "cross" stack), not positions of the sequence, so the token carries no patch.
 - Gemma 3: the SigLIP patch grid average-pooled to sqrt(mm_tokens_per_image) tokens a side, row-major; with
   pan-and-scan, the whole image (tile 0) is followed by its crops (tiles 1..), each its own pooled grid.
 
@@ -57,6 +59,8 @@ def image_token_places(config, encoded, n_image_tokens: int) -> list[ImageTokenP
                 for tile in range(tiles) for k in range(side * side)]
     if family in ("idefics3", "smolvlm"):
         return _split_image(config, encoded, n_image_tokens)
+    if family == "mllama":  # one <|image|> token; the patches are the cross-attention layers' keys, not tokens
+        return [ImageTokenPlace(None)] * n_image_tokens
     if family == "internvl":  # tiles of (side * downsample_ratio)^2 tokens each, in the tower's order
         vision = config.vision_config
         side = int(vision.image_size[0] // vision.patch_size[0] * config.downsample_ratio)
@@ -132,3 +136,13 @@ def _split_image(config, encoded, n_image_tokens: int) -> list[ImageTokenPlace]:
     if len(tags) != n_tiles - (1 if tags else 0) or n_tiles * side * side != n_image_tokens:
         return square_grid(n_image_tokens)  # a layout this rule does not know: no patches rather than wrong ones
     return [ImageTokenPlace((k // side, k % side), tile) for tile in range(n_tiles) for k in range(side * side)]
+
+
+def cross_key_places(config, n_keys: int) -> list[ImageTokenPlace]:
+    """Mllama's cross-attention keys, in key order: tile after tile (the tower's order, padding tiles included),
+    each its [CLS] (patch None) then side x side patches row-major."""
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    per_tile = 1 + side * side
+    return [ImageTokenPlace(None if k % per_tile == 0 else divmod(k % per_tile - 1, side), k // per_tile)
+            for k in range(n_keys)]

@@ -176,12 +176,11 @@ SUPPORTED_FAMILIES = ("decoder language models (GPT-2, Llama, Mistral, Qwen2, Ge
                       "BERT-style encoders (BERT, RoBERTa, DistilBERT, MiniLM, ...)",
                       "vision encoders (ViT, DINOv2, CLIP and SigLIP vision towers)",
                       "vision-language models (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
-                      "Idefics3, SmolVLM, Gemma 3, PaliGemma, InternVL)")
+                      "Idefics3, SmolVLM, Gemma 3, PaliGemma, InternVL, Mllama)")
 
 
 # Vision-language families transformers loads but capture would get wrong: refused with the reason.
 UNTRACEABLE_VLMS = {
-    "mllama": "its cross-attention layers attend from text to image tokens, a stack capture does not model yet",
     "llama4": "its image processor needs torchvision, which this torch build does not ship",
 }
 

@@ -58,6 +58,8 @@ REGISTRY: dict[str, ModelSpec] = {
                   "attended bidirectionally (prefix-LM), Gemma (test fixture)"),
         ModelSpec("tiny-internvl", "tiny", "vlm", "random InternVL: up to 4 tiles plus a thumbnail, pixel shuffle, "
                   "Qwen2 (test fixture)"),
+        ModelSpec("tiny-mllama", "tiny", "vlm", "random Mllama: up to 4 tiles, local and global tower, a cross-attention "
+                  "layer over the tile features (test fixture)"),
         ModelSpec("llava-scenes", "data", "vlm", "tiny LLaVA trained on synthetic scenes with a language prior "
                   "(hallucinates on prior-conflicting questions)", data_dir="models/llava_scenes"),
         ModelSpec("smol-llava", "data", "vlm", "LLaVA-1.5-style VLM from real parts: DINOv2 ViT-S/14 (frozen) -> "
@@ -84,6 +86,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("paligemma", "hub", "vlm", "PaliGemma 3B mix 224 (Gemma 1 language model)",
                   "google/paligemma-3b-mix-224"),
         ModelSpec("internvl", "hub", "vlm", "InternVL3-1B (transformers format)", "OpenGVLab/InternVL3-1B-hf"),
+        ModelSpec("mllama", "hub", "vlm", "Llama 3.2 11B Vision Instruct (cross-attention layers)",
+                  "meta-llama/Llama-3.2-11B-Vision-Instruct"),
         ModelSpec("llama-3.2-1b", "hub", "causal", "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
         ModelSpec("llama-3.1-8b", "hub", "causal", "Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct"),
         ModelSpec("smollm2-1.7b", "hub", "causal", "SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"),

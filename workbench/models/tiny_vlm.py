@@ -316,3 +316,37 @@ BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_lla
             "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3, "tiny-smolvlm": tiny_smolvlm,
             "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma,
             "tiny-internvl": tiny_internvl}
+
+
+MLLAMA_TOKENS = ["<|image|>", "<|python_tag|>"]
+MLLAMA_TEMPLATE = CHATML_TEMPLATE.replace("'<image>\n'", "'<|image|>'")
+MLLAMA_TILE = 16  # pixels a tile side: 4x4 patches of 4 pixels, plus the tower's [CLS]
+
+
+def tiny_mllama() -> LoadedModel:
+    """Mllama (Llama 3.2 Vision): the image cut into up to 4 tiles of 16 pixels (its aspect ratio picks the grid),
+    each tile's [CLS] and 4x4 patches encoded by a local and then a gated global transformer over all tiles; the
+    language model's layer 1 is a gated cross-attention layer whose keys are those tile features, its other layers
+    causal self-attention over the text, where the image is one <|image|> token."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tokenizer = _with_tokens(MLLAMA_TOKENS, MLLAMA_TEMPLATE, image_token="<|image|>")
+    tokenizer.image_token_id = tokenizer.convert_tokens_to_ids("<|image|>")
+    text = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "cross_attention_layers": [1],
+            "max_position_embeddings": 512, "initializer_range": INIT_STD, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_global_layers": 1,
+              "attention_heads": 4, "image_size": MLLAMA_TILE, "patch_size": 4, "max_num_tiles": 4,
+              "intermediate_layers_indices": [0], "vision_output_dim": 64, "initializer_range": INIT_STD,
+              "supported_aspect_ratios": [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]}
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id)
+    config.initializer_range = INIT_STD
+    image_processor = MllamaImageProcessorPil(size={"height": MLLAMA_TILE, "width": MLLAMA_TILE}, max_image_tiles=4)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=MLLAMA_TEMPLATE)
+    model = seeded(lambda: MllamaForConditionalGeneration(config))
+    return LoadedModel("tiny-mllama", model, tokenizer, "vlm", "tiny-mllama", processor=processor)
+
+
+BUILDERS["tiny-mllama"] = tiny_mllama

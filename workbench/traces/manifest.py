@@ -142,7 +142,9 @@ def _check_stacks(where: Path, stacks: dict, held: dict[str, dict], n_tokens: in
             raise _fail(where, f"says the {_shown(name)} stack has {_shown(dims['heads'])} heads but its tensors "
                                f"hold {axes['head']}")
         positions = max(axes.get(axis, 0) for axis in _POSITION_AXES)
-        if name == "text":
+        if "key_positions" in dims:  # rectangular: text rows over other keys (Mllama's cross-attention stack)
+            _check_rectangular(where, name, dims, axes, n_tokens)
+        elif name == "text":
             if dims["positions"] != n_tokens:
                 raise _fail(where, f"lists {n_tokens} tokens but dims say {_shown(dims['positions'])} text positions")
             if any(axis in axes for axis in _POSITION_AXES) and positions != n_tokens:
@@ -157,6 +159,21 @@ def _check_stacks(where: Path, stacks: dict, held: dict[str, dict], n_tokens: in
             raise _fail(where, f"has {name} tensors larger than its kv_heads or d_model")
         if axes.get("region", len(REGIONS)) != len(REGIONS):
             raise _fail(where, f"has {name} tensors over {axes['region']} regions, not the {len(REGIONS)} there are")
+
+
+def _check_rectangular(where: Path, name: str, dims: dict, axes: dict, n_tokens: int) -> None:
+    """A stack whose query rows are the tokens and whose keys are `key_positions` other positions, each labelled
+    by `key_places` ([tile] for a tile's [CLS], [tile, row, col] for a patch)."""
+    n_keys = dims["key_positions"]
+    if not _is_int(n_keys) or n_keys < 0 or dims["positions"] != n_tokens or \
+            axes.get("query_pos", n_tokens) != n_tokens or axes.get("key_pos", n_keys) != n_keys:
+        raise _fail(where, f"says the {_shown(name)} stack has {_shown(dims['positions'])} query rows over "
+                           f"{_shown(n_keys)} keys but lists {n_tokens} tokens and its tensors hold "
+                           f"{axes.get('query_pos', 0)} x {axes.get('key_pos', 0)}")
+    places = dims.get("key_places")
+    if places is not None and not (isinstance(places, list) and len(places) == n_keys and all(
+            isinstance(p, list) and len(p) in (1, 3) and all(_is_int(v) and v >= 0 for v in p) for p in places)):
+        raise _fail(where, f"has {_shown(name)} key_places that are not one [tile] or [tile, row, col] per key")
 
 
 # ----------------------------------------------------------------------------------------- the tokens

@@ -15,3 +15,11 @@ def tensor_name(stack: str, layer: int, stat: str) -> str:
 def vision_regions(n_positions: int) -> torch.Tensor:
     """[key_pos] regions of a vision tower's sequence: [CLS] ("special"), then image patches ("image")."""
     return torch.tensor([REGIONS.index("special")] + [REGIONS.index("image")] * (n_positions - 1), dtype=torch.long)
+
+
+def tiled_regions(n_positions: int, per_tile: int, real: int) -> torch.Tensor:
+    """[key_pos] regions of tiles of `per_tile` positions each: [CLS] ("special"), `real - 1` patches ("image"),
+    then padding ("special"), tile after tile (Mllama's tower and its cross-attention keys)."""
+    tile = [REGIONS.index("special")] + [REGIONS.index("image")] * (real - 1) + \
+        [REGIONS.index("special")] * (per_tile - real)
+    return torch.tensor(tile * (n_positions // per_tile), dtype=torch.long)
