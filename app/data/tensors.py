@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.traces.names import tensor_name, vision_regions
+from workbench.traces.names import stack_key_regions, tensor_name
 
 __all__ = ["key_regions", "n_positions", "read_first_axis", "stat", "stored_map_heads", "tensor_name"]
 
@@ -33,7 +33,7 @@ def key_regions(trace, stack: str = "text") -> torch.Tensor:
     """[key_pos] region id of every position of a stack (the vision tower: [CLS] special, then image patches)."""
     if stack == "text":
         return trace.regions
-    return vision_regions(trace.dims["stacks"][stack]["positions"])
+    return stack_key_regions(trace.dims["stacks"][stack])  # Mllama: padded tiles, or the cross stack's keys
 
 
 def n_positions(trace, stack: str = "text") -> int:

@@ -95,6 +95,11 @@ def forward_inputs(loaded, input_ids: torch.Tensor, model_inputs: dict, *, devic
                **{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()}}
     if torch.is_tensor(forward.get("pixel_values")):
         forward["pixel_values"] = forward["pixel_values"].to(loaded.model.dtype)
+    mask = forward.get("cross_attention_mask")
+    if torch.is_tensor(mask) and "input_ids" in forward:  # Mllama's: one row per token, the last repeated after it
+        n = forward["input_ids"].shape[1]
+        forward["cross_attention_mask"] = torch.cat(
+            [mask[:, :n], mask[:, -1:].expand(-1, max(0, n - mask.shape[1]), -1, -1)], dim=1)
     return forward
 
 

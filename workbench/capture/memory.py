@@ -71,13 +71,16 @@ def human(n: int) -> str:
     return f"{n} bytes"
 
 
-def map_bytes(layers: int, heads: int, positions: int, map_dtype: str) -> int:
-    """Stored maps [head, query_pos, key_pos] of `layers` layers, plus one layer's fp32 maps being computed."""
-    per_layer = heads * positions * positions
+def map_bytes(layers: int, heads: int, positions, map_dtype: str) -> int:
+    """Stored maps [head, query_pos, key_pos] of `layers` layers, plus one layer's fp32 maps being computed.
+    positions: an int (a square stack) or (query rows, keys) for a rectangular one (Mllama's cross stack)."""
+    rows, keys = positions if isinstance(positions, tuple) else (positions, positions)
+    per_layer = heads * rows * keys
     return layers * per_layer * _BYTES.get(map_dtype, 4) + (per_layer * 4 if layers else 0)
 
 
-def check_map_memory(requests: list[tuple[str, int, int, int]], map_dtype: str, max_map_memory=None) -> None:
+def check_map_memory(requests: list[tuple[str, int, int, int | tuple[int, int]]], map_dtype: str,
+                     max_map_memory=None) -> None:
     """requests: (stack, layers, heads, positions) of every stack keeping maps. Raises ResourceError above budget."""
     total = sum(map_bytes(layers, heads, n, map_dtype) for _, layers, heads, n in requests)
     if not total:
@@ -85,8 +88,9 @@ def check_map_memory(requests: list[tuple[str, int, int, int]], map_dtype: str, 
     budget, source = map_budget(max_map_memory)
     if budget is None or total <= budget:
         return
-    what = " + ".join(f"{layers} {stack} layer{'s' * (layers != 1)} x {heads} head{'s' * (heads != 1)} at {n} "
-                      "positions" for stack, layers, heads, n in requests if layers)
+    what = " + ".join(f"{layers} {stack} layer{'s' * (layers != 1)} x {heads} head{'s' * (heads != 1)} at "
+                      f"{' x '.join(map(str, n)) if isinstance(n, tuple) else n} positions"
+                      for stack, layers, heads, n in requests if layers)
     raise ResourceError(
         f"full maps of {what} need about {human(total)} ({map_dtype}), above the memory budget of {human(budget)} "
         f"({source}); capture statistics only (drop --maps), keep fewer layers or heads (e.g. --maps 0:0), or "

@@ -191,10 +191,16 @@ def _check_map_memory(loaded, layout, plan: CapturePlan, text_positions: int) ->
     from workbench.capture.memory import check_map_memory
 
     requests = []
-    for stack, selection in plan.maps.items():
+    selections = dict(plan.maps)
+    if "cross" in layout.stacks and "text" in selections:  # --maps keeps the cross-attention layers' maps too
+        selections["cross"] = selections["text"]
+    for stack, selection in selections.items():
         info = layout.stacks[stack]
         if stack == "text":
             positions = text_positions
+        elif info.tiles is not None:  # Mllama: every tile the processor may cut, padded (tower) or not (cross keys)
+            tiles = loaded.model.config.vision_config.max_num_tiles
+            positions = (text_positions, tiles * info.tiles[1]) if stack == "cross" else tiles * info.tiles[0]
         else:  # a CLIP-style tower sees (image_size / patch_size)^2 patches plus [CLS] (per tile)
             vision = getattr(loaded.model.config, "vision_config", None)
             size, patch = getattr(vision, "image_size", 0), getattr(vision, "patch_size", 0)

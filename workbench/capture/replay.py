@@ -30,7 +30,7 @@ from workbench.capture.plan import CapturePlan
 from workbench.capture.recorder import mask_adds_bias, mask_spec
 from workbench.errors import InputError
 from workbench.kernels import MaskSpec, attention_statistics
-from workbench.traces.names import vision_regions
+from workbench.traces.names import stack_key_regions
 from workbench.traces.tokens import REGIONS
 
 MAP_GROUP_BYTES = 256 * 1024 * 1024  # fp32 map memory per attention_statistics call
@@ -121,7 +121,8 @@ def replay_layers(tracer, trace, *, layers: Sequence[int], stack: str = "text", 
     rows = rows if rows is not None else slice(0, n)
     if not 0 <= rows.start < rows.stop <= n:
         raise InputError(f"query rows {rows.start}..{rows.stop - 1} outside the bundle's {n} positions")
-    regions = trace.regions if stack == "text" else vision_regions(n)
+    regions = trace.regions if stack == "text" else stack_key_regions(trace.dims["stacks"][stack])
+    n_keys = len(regions)  # the rows' own positions, or a rectangular stack's keys (Mllama's cross-attention)
 
     runtime = _edit_runtime(tracer, trace, intervention)  # checked before any forward
 
@@ -165,14 +166,14 @@ def replay_layers(tracer, trace, *, layers: Sequence[int], stack: str = "text", 
     if probe.pending:
         raise InputError(f"the forward never reached {stack} layers {sorted(probe.pending)}")
     whole = rows.start == 0 and rows.stop == n
-    return {layer: _joined(parts, wanted_heads, rows, n, map_dtype, whole) for layer, parts in probe.parts.items()}
+    return {layer: _joined(parts, wanted_heads, rows, n_keys, map_dtype, whole) for layer, parts in probe.parts.items()}
 
 
-def _joined(parts: list, heads: list[int], rows: slice, n: int, map_dtype, whole: bool) -> ReplayedLayer:
-    """One layer's parts (one per forward, in row order), keys padded to all n positions: a key after a forward's
-    last query was not there yet, so it gets no attention from that forward's rows."""
+def _joined(parts: list, heads: list[int], rows: slice, n_keys: int, map_dtype, whole: bool) -> ReplayedLayer:
+    """One layer's parts (one per forward, in row order), keys padded to all n_keys positions: a key after a
+    forward's last query was not there yet, so it gets no attention from that forward's rows."""
     def padded(tensor):
-        return torch.nn.functional.pad(tensor, (0, n - tensor.shape[-1]))
+        return torch.nn.functional.pad(tensor, (0, n_keys - tensor.shape[-1]))
 
     maps = torch.cat([padded(maps) for maps, _, _ in parts], dim=1)
     mass = sum(padded(key_mass) for _, key_mass, _ in parts) if whole else None

@@ -18,6 +18,9 @@ def trace_meta(loaded, prepared, tokens, prompt_length, max_new_tokens, layout, 
                "d_model": stack.d_model, "positions": recorder.length.get(name, 0)}
         for name, stack in layout.stacks.items() if name in recorder.length
     }
+    for name, stack in layout.stacks.items():
+        if name in stacks and stack.tiles is not None and name not in recorder.key_capacity:
+            stacks[name]["tile_positions"] = list(stack.tiles)  # Mllama's tower: padded tiles end to end
     for name, n_keys in recorder.key_capacity.items():  # rows are the text's, keys the image features
         from workbench.models.image_tokens import cross_key_places
 

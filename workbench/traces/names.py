@@ -23,3 +23,15 @@ def tiled_regions(n_positions: int, per_tile: int, real: int) -> torch.Tensor:
     tile = [REGIONS.index("special")] + [REGIONS.index("image")] * (real - 1) + \
         [REGIONS.index("special")] * (per_tile - real)
     return torch.tensor(tile * (n_positions // per_tile), dtype=torch.long)
+
+
+def stack_key_regions(stack_dims: dict) -> torch.Tensor:
+    """[key_pos] regions of a non-text stack from its manifest dims: a rectangular stack's `key_places` ([tile]:
+    a [CLS], "special"; [tile, row, col]: a patch, "image"), a tiled tower's `tile_positions` (positions a tile
+    takes, of which [CLS] and patches), else a tower's [CLS] then patches."""
+    if stack_dims.get("key_places") is not None:
+        return torch.tensor([REGIONS.index("image" if len(place) == 3 else "special")
+                             for place in stack_dims["key_places"]], dtype=torch.long)
+    if stack_dims.get("tile_positions") is not None:
+        return tiled_regions(stack_dims["positions"], *stack_dims["tile_positions"])
+    return vision_regions(stack_dims["positions"])

@@ -202,3 +202,48 @@ def test_bundle_round_trip_and_info(mllama, tmp_path):
     assert code == 0, err
     assert f"cross      1 layers x 4 heads (2 kv heads), {len(trace.tokens)} positions over 68 image-feature keys" in out
     assert "cross torch x2" in out  # full maps: the two-pass path, said per stack
+
+
+def test_replay_equals_eager(mllama):
+    """Replay (the app's recompute of a bundle traced without maps) of the cross layer, of the self-attention layer
+    after it and of the global tower layer, against the eager maps of the whole traced sequence: the replay's
+    forward repeats the cross-attention mask's last row over the generated tokens, as generation did."""
+    image = coded_image(*IMAGES["wide"])
+    trace, calls = _trace_and_reference(mllama, image, maps=False)
+    tracer = workbench.Tracer.open(mllama)
+    for stack, layer in (("cross", 0), ("text", 1), ("vision", 2)):
+        (replayed,) = tracer.replay(trace, layers=[layer], stack=stack, image=image).values()
+        (eager,) = calls[stack, layer]
+        assert_close(replayed.maps, eager[0], what=f"replayed {stack} {layer}")
+
+
+def test_key_regions_and_summaries(mllama):
+    """The regions readers give the cross keys and the padded tower positions ([CLS] and padding special, patches
+    image); the JSON export and the stored-statistics health check read the cross stack."""
+    from workbench.traces.health import stored_health
+    from workbench.traces.names import stack_key_regions
+    from workbench.traces.summary import export_json
+
+    trace = workbench.trace(mllama, PROMPT, image=coded_image(*IMAGES["wide"]), max_new_tokens=1)
+    stacks = trace.meta["dims"]["stacks"]
+    assert torch.equal(stack_key_regions(stacks["cross"]), _key_regions(68, 17, 17))
+    assert torch.equal(stack_key_regions(stacks["vision"]), _key_regions(96, 24, 17))
+    summary = export_json(trace)["summary"]["cross"]
+    assert [entry["layer"] for entry in summary] == [0]
+    assert stored_health(trace).healthy
+
+
+def test_map_memory_check_counts_the_cross_and_tower_maps(mllama):
+    """The memory check before capture counts at least the maps a trace stores: a budget of exactly the stored
+    maps' bytes is refused, naming the cross stack's rectangle; the tower counts all of its padded tiles."""
+    from workbench.errors import ResourceError
+
+    image = coded_image(*IMAGES["wide"])
+    trace = workbench.trace(mllama, PROMPT, image=image, maps="all", vision_maps="all", map_dtype="float32")
+    stored = sum(trace.layer(layer, stack)["maps"].numel() * 4 for stack in ("text", "cross", "vision")
+                 for layer in range(trace.meta["dims"]["stacks"][stack]["layers"]))
+    with pytest.raises(ResourceError) as refused:
+        workbench.trace(mllama, PROMPT, image=image, maps="all", vision_maps="all", map_dtype="float32",
+                        max_map_memory=stored)
+    assert f"1 cross layer x 4 heads at {len(trace.tokens)} x 68 positions" in str(refused.value)
+    assert "3 vision layers x 4 heads at 96 positions" in str(refused.value)
