@@ -142,6 +142,11 @@ def _check_stacks(where: Path, stacks: dict, held: dict[str, dict], n_tokens: in
             raise _fail(where, f"says the {_shown(name)} stack has {_shown(dims['heads'])} heads but its tensors "
                                f"hold {axes['head']}")
         positions = max(axes.get(axis, 0) for axis in _POSITION_AXES)
+        tiles = dims.get("tile_positions")
+        if tiles is not None and not (isinstance(tiles, list) and len(tiles) == 2 and all(_is_int(v) for v in tiles)
+                                      and 1 <= tiles[1] <= tiles[0] and dims["positions"] % tiles[0] == 0):
+            raise _fail(where, f"has {_shown(name)} tile_positions that are not [positions per tile, of which "
+                               "[CLS] and patches] dividing its positions")
         if "key_positions" in dims:  # rectangular: text rows over other keys (Mllama's cross-attention stack)
             _check_rectangular(where, name, dims, axes, n_tokens)
         elif name == "text":

@@ -247,3 +247,26 @@ def test_map_memory_check_counts_the_cross_and_tower_maps(mllama):
                         max_map_memory=stored)
     assert f"1 cross layer x 4 heads at {len(trace.tokens)} x 68 positions" in str(refused.value)
     assert "3 vision layers x 4 heads at 96 positions" in str(refused.value)
+
+
+@pytest.mark.parametrize("edit", ["key_positions", "key_places", "tile_positions"])
+def test_tampered_rectangular_dims_are_refused(mllama, tmp_path, edit):
+    """A manifest whose cross keys or tower tiles disagree with its tensors fails its check in one line."""
+    import json
+
+    from workbench.errors import BundleError
+
+    trace = workbench.trace(mllama, PROMPT, image=coded_image(*IMAGES["wide"]))
+    path = trace.save(tmp_path / "m.wbtrace")
+    manifest = json.loads((path / "manifest.json").read_text())
+    stacks = manifest["dims"]["stacks"]
+    if edit == "key_positions":
+        stacks["cross"]["key_positions"] = 67
+    elif edit == "key_places":
+        stacks["cross"]["key_places"] = stacks["cross"]["key_places"][:-1]
+    else:
+        stacks["vision"]["tile_positions"] = [0, 17]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as refused:
+        workbench.load(path)
+    assert edit.split("_")[0] in str(refused.value) and "\n" not in str(refused.value)
