@@ -270,3 +270,11 @@ def test_tampered_rectangular_dims_are_refused(mllama, tmp_path, edit):
     with pytest.raises(BundleError) as refused:
         workbench.load(path)
     assert edit.split("_")[0] in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_nnsight_backend_refuses_cross_attention_in_one_line(mllama):
+    from workbench.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        workbench.Tracer.open(mllama, backend="nnsight")
+    assert "cross-attention" in str(refused.value) and "--backend hf" in str(refused.value)

@@ -84,6 +84,11 @@ class NNsightDriver:
             raise RemoteUnavailableError("--remote needs a hub model wrapped by nnsight's LanguageModel / "
                                          "TransformersModel (NDIF runs models by hub id), not a local module")
         layout = discover_layout(self.loaded.model)
+        if "cross" in layout.stacks:  # its layers interleave with the text's, and its tower runs two encoders
+            from workbench.errors import InputError
+
+            raise InputError(f"{self.loaded.name} has cross-attention layers (Mllama), which the nnsight backend does "
+                             "not capture; use --backend hf")
         order = [name for name in ("vision", "text") if name in layout.stacks]  # execution order
         self.targets = []
         for stack_name in order:
