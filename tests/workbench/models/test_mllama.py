@@ -92,6 +92,27 @@ def test_every_attention_call_equals_eager(mllama, shape, maps):
     assert set(run) == {"text", "cross", "vision"}
     if maps:
         assert all(set(kernels) == {"torch"} for kernels in run.values())
+    else:  # the cross mask gives each row one run of keys; the tower's padding does not, and info says why
+        from workbench.kernels import fused_cpu
+
+        assert ("one-pass" in run["cross"] and "one-pass" in run["text"]) == bool(fused_cpu.load())
+        assert set(run["vision"]) == {"torch"}
+        (reason,) = trace.meta["capture"]["kernel_fallbacks"]["vision"]
+        assert "contiguous" in reason
+
+
+def test_top_keys_of_the_cross_stack(mllama):
+    """--top-k over the cross stack names image-feature key positions: against the eager maps' own top keys."""
+    image = coded_image(*IMAGES["tall"])
+    trace = workbench.trace(mllama, PROMPT, image=image, top_k=3)
+    extra = dict(prepare_input(mllama, PROMPT, image).model_inputs)
+    ids = torch.tensor([[token.id for token in trace.tokens]])
+    (eager,) = eager_calls(mllama.model, input_ids=ids, **extra)["cross", 0]
+    stats = trace.layer(0, "cross")
+    expected = eager[0].topk(3, dim=-1)
+    assert_close(stats["top_weight"], expected.values, what="cross top weights")
+    picked = eager[0].gather(-1, stats["top_index"])  # ties may swap indices; their weights must agree
+    assert_close(picked, expected.values, what="cross top keys")
 
 
 def test_cross_keys_carry_planted_tile_row_col(mllama):
@@ -231,6 +252,10 @@ def test_key_regions_and_summaries(mllama):
     summary = export_json(trace)["summary"]["cross"]
     assert [entry["layer"] for entry in summary] == [0]
     assert stored_health(trace).healthy
+    from workbench.scale.features import head_rows
+
+    rows = head_rows(trace)
+    assert sum(row["stack"] == "cross" for row in rows) == 4  # one layer x 4 heads
 
 
 def test_map_memory_check_counts_the_cross_and_tower_maps(mllama):
