@@ -26,26 +26,39 @@ from workbench.app.pages.common import (
     stack_picker,
 )
 
+from workbench.traces.tiles import image_tiles, tile_grid, whole_image_tile
+
 HEAVY_PATCH_FACTOR = 5.0  # "alpha / n" rule of ACT with alpha ~ 5: marked when above 5x the mean
 
 
-def patch_layout(trace, stack: str) -> tuple[np.ndarray, np.ndarray]:
-    """(positions [rows, cols] of the patch tokens, -1 where none; grid shape) for a stack."""
+def patch_layout(trace, stack: str, tile: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [rows, cols] of the patch tokens, -1 where none; those positions in row-major order) for a stack;
+    in the text stack of a tiled family, of one tile (tiles share (row, col) ranges; see workbench.traces.tiles)."""
     if stack == "text":
-        patches = [(t.i, t.patch) for t in trace.tokens if t.region == "image" and t.patch]
-        if not patches:
-            return np.zeros((0, 0), dtype=int), np.zeros(0, dtype=int)
-        rows = max(p[0] for _, p in patches) + 1
-        cols = max(p[1] for _, p in patches) + 1
-        grid = np.full((rows, cols), -1, dtype=int)
-        for position, (row, col) in patches:
-            grid[row, col] = position
-        return grid, np.array([position for position, _ in patches])
+        grid = tile_grid(trace.tokens, tile)
+        return grid, np.array(sorted(int(p) for p in grid[grid >= 0]), dtype=int)
     n = trace.dims["stacks"][stack]["positions"] - 1
     side = round(n ** 0.5)
     if side * side != n:
         return np.zeros((0, 0), dtype=int), np.zeros(0, dtype=int)
     return np.arange(1, n + 1).reshape(side, side), np.arange(1, n + 1)
+
+
+def tile_choice(trace, tile) -> tuple[int | None, int | None]:
+    """(the tile to draw, the whole-image tile): the asked tile when the trace has it, else the whole image."""
+    whole = whole_image_tile(trace.tokens, trace.model.get("architecture"))
+    asked = as_int(tile)
+    return (asked if asked is not None and asked in image_tiles(trace.tokens) else whole), whole
+
+
+def tile_picker(trace, tile) -> list:
+    """A tile menu for tiled families (nothing otherwise), the whole-image tile named and picked by default."""
+    tiles = [t for t in image_tiles(trace.tokens) if t is not None]
+    if len(tiles) < 2:  # still in the page (hidden): the overlay's callback takes it as an input
+        return [html.Div(dcc.Dropdown(id="image-tile", options=[], value=None), style={"display": "none"})]
+    picked, whole = tile_choice(trace, tile)
+    options = [{"label": f"tile {t}" + (" (whole image)" if t == whole else " (crop)"), "value": t} for t in tiles]
+    return [dcc.Dropdown(id="image-tile", options=options, value=picked, clearable=False, className="wb-small")]
 
 
 def _select(values: np.ndarray, index, count: int) -> np.ndarray:
@@ -54,7 +67,7 @@ def _select(values: np.ndarray, index, count: int) -> np.ndarray:
 
 
 @guarded_layout
-def layout(bundle=None, stack=None, layer=None, head=None, pos=None, **_):
+def layout(bundle=None, stack=None, layer=None, head=None, pos=None, tile=None, **_):
     store = data()
     bundle = store.resolve(first(bundle))
     if bundle is None:
@@ -82,6 +95,7 @@ def layout(bundle=None, stack=None, layer=None, head=None, pos=None, **_):
                                else "mean", clearable=False, className="wb-small"),
                   dcc.Dropdown(id="image-head", options=heads, value=head if head in [o["value"] for o in heads]
                                else "mean", clearable=False, className="wb-small"),
+                  *tile_picker(trace, tile),
                   html.Label(["query ", dcc.Input(id=sel("pos"), type="number", min=0, max=n - 1, step=1, debounce=True,
                                                   value=as_int(pos, n - 1, 0, n - 1), className="wb-num")])],
                  className="wb-controls"),
@@ -96,12 +110,14 @@ def layout(bundle=None, stack=None, layer=None, head=None, pos=None, **_):
 def register(app) -> None:
     @app.callback(Output("image-overlay", "figure"), Output("image-notes", "children"),
                   Input(sel("bundle"), "value"), Input(sel("stack"), "value"), Input("image-mode", "value"),
-                  Input("image-layer", "value"), Input("image-head", "value"), Input(sel("pos"), "value"))
+                  Input("image-layer", "value"), Input("image-head", "value"), Input(sel("pos"), "value"),
+                  Input("image-tile", "value"))
     @guarded("figure", "panel")
-    def render(bundle, stack, mode, layer, head, pos):
+    def render(bundle, stack, mode, layer, head, pos, tile=None):
         store, stack = data(), stack or "text"
         trace = store.trace(bundle)
-        grid_positions, patch_positions = patch_layout(trace, stack)
+        tile, whole = tile_choice(trace, tile) if stack == "text" else (None, None)
+        grid_positions, patch_positions = patch_layout(trace, stack, tile)
         if not patch_positions.size:
             return message_figure("no patch grid in this stack"), hint_panel("the image tokens carry no patch grid")
         n_layers, n_heads = trace.n_layers(stack), trace.n_heads(stack)
@@ -127,9 +143,12 @@ def register(app) -> None:
                 grid[row, col] = chosen[lookup[int(position)]]
         marked, marked_note = _marked(trace, stack, received, patch_positions, grid_positions)
         notes.append(note(marked_note))
-        image = store.image(bundle)
+        image = store.image(bundle) if tile == whole else None  # a crop tile: the whole picture would not fit it
         uri = None
-        if image is not None:
+        if tile != whole:
+            notes.append(note(f"tile {tile} is a crop of the image: its patch grid is drawn without the picture "
+                              f"(tile {whole} is the whole image)"))
+        elif image is not None:
             uri = data_uri(model_view(image), max_side=336)
         else:
             notes.append(note("The input image was not found under the traces folder (looked for images/<sha256>.*); "
@@ -137,8 +156,9 @@ def register(app) -> None:
                               warning=True))
         where = "all layers" if layer_pick is None else f"layer {layer_pick}"
         who = "mean over heads" if head_pick is None else f"head {head_pick}"
+        shown = "" if tile is None else f", tile {tile}" + (" (whole image)" if tile == whole else "")
         fig = patch_overlay(grid, image_uri=uri, marked=marked, label=label, positions=grid_positions,
-                            title=f"{label} — {stack} stack, {where}, {who}")
+                            title=f"{label} — {stack} stack{shown}, {where}, {who}")
         if stack == "text" and trace.model.get("kind") == "vision":
             cells, artifact_note = artifact_cells(trace, layer_pick, grid_positions)
             notes.append(note(artifact_note))

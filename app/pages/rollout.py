@@ -26,6 +26,8 @@ from workbench.app.pages.common import (
     sel,
 )
 
+from workbench.traces.tiles import tile_grid, whole_image_tile
+
 
 @guarded_layout
 def layout(bundle=None, result=None, **_):
@@ -106,11 +108,12 @@ def rollout_view(bundle: str, name: str | None) -> html.Div:
 
 
 def _grid_positions(trace, shape: tuple[int, int]) -> np.ndarray:
-    """[row, col] token position of each image patch (-1 where none), for the heatmap's hover."""
+    """[row, col] token position of each image patch (-1 where none), for the heatmap's hover: the tile that
+    rollout's patch_grid holds (the whole image of a tiled family)."""
+    tile = tile_grid(trace.tokens, whole_image_tile(trace.tokens, trace.model.get("architecture")))
     positions = np.full(shape, -1, dtype=int)
-    for token in trace.tokens:
-        if token.patch is not None and token.patch[0] < shape[0] and token.patch[1] < shape[1]:
-            positions[token.patch[0], token.patch[1]] = token.i
+    rows, cols = min(shape[0], tile.shape[0]), min(shape[1], tile.shape[1])
+    positions[:rows, :cols] = tile[:rows, :cols]
     return positions
 
 

@@ -76,7 +76,8 @@ def test_image_page_says_sinks_exist_but_visual_sinks_need_hidden(app):
     out = _call(app, [("image-overlay", "figure"), ("image-notes", "children")],
                 [(BUNDLE, "value", "vlm"), ({"key": "stack", "type": "wb-sel"}, "value", "text"),
                  ("image-mode", "value", "received"), ("image-layer", "value", "mean"),
-                 ("image-head", "value", "mean"), ({"key": "pos", "type": "wb-sel"}, "value", 0)])
+                 ("image-head", "value", "mean"), ({"key": "pos", "type": "wb-sel"}, "value", 0),
+                 ("image-tile", "value", None)])
     text = json.dumps(out["image-notes"]["children"])
     assert "This bundle has no attention sinks" not in text
     assert "has attention sinks but no VAR visual sinks" in text and "--hidden" in text

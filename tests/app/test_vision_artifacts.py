@@ -58,7 +58,8 @@ def test_image_page_outlines_the_artifact_over_http(tmp_path):
             "inputs": [selector("bundle", "planted"), selector("stack", "text"),
                        {"id": "image-mode", "property": "value", "value": "received"},
                        {"id": "image-layer", "property": "value", "value": "mean"},
-                       {"id": "image-head", "property": "value", "value": "mean"}, selector("pos", 0)],
+                       {"id": "image-head", "property": "value", "value": "mean"}, selector("pos", 0),
+                       {"id": "image-tile", "property": "value", "value": None}],
             "changedPropIds": ["image-mode.value"]}
     response = client.post("/_dash-update-component", json=body).get_json()["response"]
     shapes = response["image-overlay"]["figure"]["layout"]["shapes"]

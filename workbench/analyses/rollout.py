@@ -27,6 +27,7 @@ import torch
 from workbench.analyses.layer_maps import is_causal, layer_maps, n_positions, stores_all_maps
 from workbench.analyses.result import Result, TokenValues, stored_version
 from workbench.errors import InputError
+from workbench.traces.tiles import tile_grid, whole_image_tile
 
 __all__ = ["MAX_FLOW_TOKENS", "RolloutResult", "analyse", "flow_positions", "residual_attention", "rollout_rows"]
 
@@ -200,13 +201,13 @@ def analyse(trace, *, position: int, method: Literal["rollout", "flow"] = "rollo
 
 def patch_grid(trace, relevance: np.ndarray) -> np.ndarray | None:
     """[row, col] relevance of the image tokens laid out by their patch (token.patch), NaN where no image token
-    sits; None for a bundle without image tokens."""
-    placed = [(token.patch, relevance[token.i]) for token in trace.tokens if token.patch is not None]
-    if not placed:
+    sits; for a tiled family, of the tile that shows the whole image (tiles share (row, col) ranges); None for a
+    bundle without image tokens."""
+    positions = tile_grid(trace.tokens, whole_image_tile(trace.tokens, trace.model.get("architecture")))
+    if not positions.size:
         return None
-    grid = np.full((1 + max(p[0] for p, _ in placed), 1 + max(p[1] for p, _ in placed)), np.nan)
-    for (row, col), value in placed:
-        grid[row, col] = value
+    grid = np.full(positions.shape, np.nan)
+    grid[positions >= 0] = np.asarray(relevance, dtype=np.float64)[positions[positions >= 0]]
     return grid
 
 
