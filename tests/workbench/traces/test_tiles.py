@@ -5,6 +5,8 @@ against the tokens' (row, col, tile) labels they are built from; the labels must
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -57,7 +59,7 @@ def test_an_untiled_family_keeps_its_one_grid(traces):
     trace = traces["tiny-llava"]
     assert image_tiles(trace.tokens) == [None] and whole_image_tile(trace.tokens, trace.model["architecture"]) is None
     positions = image_positions(trace)
-    side = int(round(len(positions) ** 0.5))
+    side = math.isqrt(len(positions))
     assert tile_grid(trace.tokens, None).tolist() == np.array(positions).reshape(side, side).tolist()
 
 
