@@ -119,7 +119,7 @@ def _mllama_layout(model) -> ModelLayout:
     tiles = {"vision": (tile + (8 - tile % 8) % 8, tile), "cross": (tile, tile)}
     stacks, places = {}, {}
     for stack, modules in layers.items():
-        n_layers, n_heads, n_kv_heads, d_model = shapes[stack]
+        _, n_heads, n_kv_heads, d_model = shapes[stack]
         stacks[stack] = Stack(stack, names[id(modules[0])].rsplit(".", 1)[0], modules, n_heads, n_kv_heads, d_model,
                               tiles.get(stack))
         for index, layer_module in enumerate(modules):

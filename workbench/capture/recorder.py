@@ -102,7 +102,8 @@ class Recorder:
         self.kernel_fallbacks: dict[str, dict[str, int]] = {}  # stack -> why not one-pass -> attention calls
         self._masks: dict[tuple, tuple] = {}  # this forward's masks: (id, shape, ...) -> (mask tensor, MaskSpec, bias)
         self._visibility: dict[tuple, CallVisibility] = {}  # this forward's: (stack, mask, rows, keys) -> counts
-        self.counts = CountGroups(self.capacity, self.key_capacity)  # mask-only counts, one per set of layers sharing masks
+        # mask-only counts, one per set of layers sharing masks
+        self.counts = CountGroups(self.capacity, self.key_capacity)
         self._places: dict[tuple[int, int], tuple] = {}  # (id(module), heads) -> (stack, layer, map heads)
         self._choices: dict[tuple, object] = {}  # this forward's kernel choices (`kernel_for`)
         self.n_spans = 0  # user spans of the text stack (`set_spans`); keys then carry cell ids (capture/spans.py)
@@ -464,7 +465,8 @@ class Recorder:
 
         total, worst, flagged = 0, 0.0, []
         for stack, layer, n, stats in self._stored_layers():
-            count, error = layer_problems({"key_mass": stats["key_mass"][:, :self.key_length(stack)], "region_mass": stats["region_mass"][:, :n],
+            count, error = layer_problems({"key_mass": stats["key_mass"][:, :self.key_length(stack)],
+                                           "region_mass": stats["region_mass"][:, :n],
                                            "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
                                            "region_count": stats["region_count"][:n]})
             total, worst = total + count, max(worst, error)

@@ -4,8 +4,8 @@ Every fixture pairs a 2-layer vision tower with a 3-layer language model and the
 from local objects (the byte-level tokenizer plus the family's special tokens, a PIL image processor), so the
 tests run the exact transformers code paths of the real checkpoints: LLaVA-NeXT and LLaVA-OneVision (anyres
 tiles and image-newline tokens), Qwen2-VL / Qwen2.5-VL / Qwen3-VL (dynamic resolution, 2x2 merged patches,
-M-RoPE), Idefics3 and SmolVLM (image splitting, pixel shuffle), Gemma 3 (pooled tokens, bidirectional image block) and
-PaliGemma (prefix-LM).
+M-RoPE), Idefics3 and SmolVLM (image splitting, pixel shuffle), Gemma 3 (pooled tokens, bidirectional image block),
+PaliGemma (prefix-LM), InternVL (tiles plus a thumbnail) and Mllama (cross-attention layers over tile features).
 Image sizes are kept small (16-64 pixels) so a build plus a traced forward takes well under a second.
 """
 
@@ -312,12 +312,6 @@ def tiny_internvl() -> LoadedModel:
     return LoadedModel("tiny-internvl", model, tokenizer, "vlm", "tiny-internvl", processor=processor)
 
 
-BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
-            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl, "tiny-idefics3": tiny_idefics3, "tiny-smolvlm": tiny_smolvlm,
-            "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma,
-            "tiny-internvl": tiny_internvl}
-
-
 MLLAMA_TOKENS = ["<|image|>", "<|python_tag|>"]
 MLLAMA_TEMPLATE = CHATML_TEMPLATE.replace("'<image>\n'", "'<|image|>'")
 MLLAMA_TILE = 16  # pixels a tile side: 4x4 patches of 4 pixels, plus the tower's [CLS]
@@ -349,4 +343,9 @@ def tiny_mllama() -> LoadedModel:
     return LoadedModel("tiny-mllama", model, tokenizer, "vlm", "tiny-mllama", processor=processor)
 
 
-BUILDERS["tiny-mllama"] = tiny_mllama
+BUILDERS = {"tiny-llava-next": tiny_llava_next, "tiny-llava-onevision": tiny_llava_onevision,
+            "tiny-qwen2-vl": tiny_qwen2_vl, "tiny-qwen2.5-vl": tiny_qwen2_5_vl, "tiny-qwen3-vl": tiny_qwen3_vl,
+            "tiny-idefics3": tiny_idefics3, "tiny-smolvlm": tiny_smolvlm,
+            "tiny-gemma3-vlm": tiny_gemma3_vlm, "tiny-paligemma": tiny_paligemma,
+            "tiny-internvl": tiny_internvl, "tiny-mllama": tiny_mllama}
+

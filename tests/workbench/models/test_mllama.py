@@ -12,7 +12,7 @@ import torch
 
 import workbench
 from tests.helpers import assert_close, statistics_from_maps
-from tests.workbench.models.test_vlm_families import PROMPT, NEW_TOKENS, coded_image, eager_calls
+from tests.workbench.models.test_vlm_families import NEW_TOKENS, PROMPT, coded_image, eager_calls
 from workbench.capture.inputs import prepare_input
 from workbench.models import tiny_vlm
 from workbench.traces.tokens import REGIONS
@@ -221,7 +221,8 @@ def test_bundle_round_trip_and_info(mllama, tmp_path):
     assert loaded.layer(0, "cross")["maps"].shape == (4, len(trace.tokens), 68)
     code, out, err = run_cli("info", path)
     assert code == 0, err
-    assert f"cross      1 layers x 4 heads (2 kv heads), {len(trace.tokens)} positions over 68 image-feature keys" in out
+    stack_line = f"cross      1 layers x 4 heads (2 kv heads), {len(trace.tokens)} positions over 68 image-feature keys"
+    assert stack_line in out
     assert "cross torch x2" in out  # full maps: the two-pass path, said per stack
 
 
