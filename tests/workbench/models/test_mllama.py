@@ -304,3 +304,20 @@ def test_nnsight_backend_refuses_cross_attention_in_one_line(mllama):
     with pytest.raises(InputError) as refused:
         workbench.Tracer.open(mllama, backend="nnsight")
     assert "cross-attention" in str(refused.value) and "--backend hf" in str(refused.value)
+
+
+def test_real_config_passes_the_checks_before_loading():
+    """The 11B checkpoint's config (transformers' defaults): accepted before any weights load, and the stacks a
+    capture plan is checked against come from the config's own layer lists."""
+    from transformers import MllamaConfig
+
+    from workbench.capture.layout import stack_shapes
+    from workbench.models.loading import check_supported
+
+    config = MllamaConfig()
+    check_supported(config, "here")
+    cross = len(config.text_config.cross_attention_layers)
+    vision = config.vision_config
+    assert stack_shapes(config) == {
+        "text": (config.text_config.num_hidden_layers - cross, 32, 8, 4096), "cross": (cross, 32, 8, 4096),
+        "vision": (vision.num_hidden_layers + vision.num_global_layers, 16, 16, 1280)}
