@@ -39,6 +39,9 @@ def head_grid(values: np.ndarray, *, label: str, zmin: float | None = None, zmax
     return fig
 
 
+CURVE_LAYER_TICKS = 16  # the curves sit in the Model view's narrow side column: 30 two-digit labels overlap there
+
+
 def layer_curves(curves: dict[str, np.ndarray], *, title: str | None = None, height: int = 300,
                  secondary: tuple[str, ...] = ()) -> go.Figure:
     """Per-layer curves: for each name, values [layer, head] drawn as the mean over heads with a min-max band.
@@ -60,9 +63,11 @@ def layer_curves(curves: dict[str, np.ndarray], *, title: str | None = None, hei
                                  line=dict(color=color), yaxis=axis,
                                  hovertemplate="layer %{x}: %{y:.4f}<extra>" + name + "</extra>"))
     used = [name for name in curves if name in secondary]
+    n_layers = max((len(v) for v in curves.values()), default=1)
     fig.update_layout(title=title, template="plotly_white", font=FONT, height=height,
                       margin=dict(l=60, r=60 if used else 20, t=50 if title else 20, b=50),
-                      xaxis=dict(title="layer", **layer_ticks(max((len(v) for v in curves.values()), default=1))),
+                      xaxis=dict(title="layer", range=[-0.5, n_layers - 0.5],
+                                 **layer_ticks(n_layers, max_ticks=CURVE_LAYER_TICKS)),
                       legend=dict(orientation="h", y=-0.25),
                       yaxis2=dict(title=", ".join(used), overlaying="y", side="right", showgrid=False,
                                   tickmode="auto") if used else None)

@@ -36,8 +36,11 @@ def test_layer_axes_tick_whole_layers(n_layers):
         ticks = _tick_positions(axis, -0.5, n_layers - 0.5)
         assert ticks and all(t == int(t) for t in ticks), (name, ticks)
         assert len(ticks) <= 40, name  # thinned on deep models
-        if n_layers <= 32:
+        limit = 16 if name == "curves x" else 32  # the curves sit in the Model view's narrow side column
+        if n_layers <= limit:
             assert ticks == list(range(n_layers)), name
+        elif name == "curves x":
+            assert len(ticks) <= limit and ticks[0] == 0, ticks
 
 
 def test_recompute_note_tells_a_cache_hit_from_a_forward(tmp_path):
