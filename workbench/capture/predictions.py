@@ -60,5 +60,12 @@ class Predictions:
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the distributions whose log-probabilities are logp [..., vocab]."""
-    return -(logp.exp() * logp).sum(-1)
+    """Entropy (nats) of the distributions whose log-probabilities are logp [..., vocab]: one dot product per row
+    (no third vocabulary-sized tensor for p * log p)."""
+    probabilities = logp.exp()
+    entropy = -torch.linalg.vecdot(probabilities, logp)
+    undefined = entropy.isnan()
+    if bool(undefined.any()):  # a -inf logit makes 0 * -inf = NaN where p log p is 0; a NaN logit stays NaN
+        finite_logp = logp.clamp_min(torch.finfo(logp.dtype).min)
+        entropy = torch.where(undefined, -(probabilities * finite_logp).sum(-1), entropy)
+    return entropy

@@ -16,7 +16,8 @@ Work that depends only on the mask and the token regions is done once per forwar
 visibility counts (key_count, region_count, prompt_key_count) and the kernel's region runs of every distinct
 mask of a forward are computed for the first layer that gets it and shared by the others (`CallVisibility`).
 Layers that shared the same masks in every forward share one count tensor (stored once in a bundle). The
-numerics check (inf / NaN, Z = 1) runs once over the recorded statistics at the end, not per call.
+numerics and unrecorded-row checks (inf / NaN, Z = 1, rows never filled) run once, in one pass over the recorded
+statistics at the end, not per call.
 """
 
 from __future__ import annotations
@@ -456,36 +457,25 @@ class Recorder:
             split[id(cell_count)] = {"region_count": regions, "span_count": spans}
         return split[id(cell_count)]
 
-    def numerics(self) -> tuple[int, float, list[str]]:
-        """(non-finite statistics, max |Z - 1|, layers as "text layer 3" where either failed) over everything
-        recorded: fp16 overflow or a bad mask shows as inf/NaN statistics or rows whose weights do not sum to 1.
-        Checked once at the end: a non-finite value stays non-finite in the column sums it joins, and every row's
-        entropy, region shares and Z are stored as computed."""
-        from workbench.traces.health import Z_TOLERANCE, layer_problems
+    def checks(self) -> tuple[int, float, int, list[str]]:
+        """(non-finite statistics, max |Z - 1|, query rows no attention call filled, layers as "text layer 3" where
+        any failed) over everything recorded, in one pass over the layers: fp16 overflow or a bad mask shows as
+        inf/NaN statistics or rows whose weights do not sum to 1; each row of a single-input trace sees at least
+        one key, so a missing row is a capture that went wrong. Checked once at the end: a non-finite value stays
+        non-finite in the column sums it joins, and every row's entropy, region shares and Z are stored as
+        computed."""
+        from workbench.traces.health import Z_TOLERANCE, layer_checks
 
-        total, worst, flagged = 0, 0.0, []
+        non_finite, worst, missing, flagged = 0, 0.0, 0, []
         for stack, layer, n, stats in self._stored_layers():
-            count, error = layer_problems({"key_mass": stats["key_mass"][:, :self.key_length(stack)],
-                                           "region_mass": stats["region_mass"][:, :n],
-                                           "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
-                                           "region_count": stats["region_count"][:n]})
-            total, worst = total + count, max(worst, error)
-            if count or error >= Z_TOLERANCE:
+            count, error, rows = layer_checks({
+                "key_mass": stats["key_mass"][:, :self.key_length(stack)], "region_mass": stats["region_mass"][:, :n],
+                "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
+                "region_count": stats["region_count"][:n]})
+            non_finite, worst, missing = non_finite + count, max(worst, error), missing + rows
+            if count or rows or error >= Z_TOLERANCE:
                 flagged.append(f"{stack} layer {layer}")
-        return total, worst, flagged
-
-    def unrecorded(self) -> tuple[int, list[str]]:
-        """(query rows no attention call filled, their layers as "text layer 3") over every recorded layer: each row
-        of a single-input trace sees at least one key, so a missing row is a capture that went wrong."""
-        from workbench.traces.health import unrecorded_rows
-
-        total, where = 0, []
-        for stack, layer, n, stats in self._stored_layers():
-            rows = unrecorded_rows({"region_count": stats["region_count"][:n], "normaliser": stats["normaliser"][:, :n]})
-            if rows:
-                total += rows
-                where.append(f"{stack} layer {layer}")
-        return total, where
+        return non_finite, worst, missing, flagged
 
     def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:
         """Everything recorded, trimmed to the final length, as name -> (tensor, axes)."""

@@ -52,9 +52,7 @@ def numerics_checks(recorder) -> dict:
     """The manifest's numerics verdict (see workbench/traces/health.py): healthy, and what failed where."""
     from workbench.traces.health import Z_TOLERANCE
 
-    non_finite, error, failed = recorder.numerics()
-    missing, where = recorder.unrecorded()
-    flagged = failed + [name for name in where if name not in failed]
+    non_finite, error, missing, flagged = recorder.checks()
     return {"max_normaliser_error": error if error != float("inf") else 1e308, "non_finite": non_finite,
             "unrecorded_rows": missing,
             "healthy": non_finite == 0 and missing == 0 and error < Z_TOLERANCE, "z_tolerance": Z_TOLERANCE,

@@ -47,26 +47,25 @@ class Health:
                 "float32 (--dtype float32), or check the attention mask")
 
 
-def layer_problems(stats: dict[str, torch.Tensor]) -> tuple[int, float]:
-    """(non-finite count, max |Z - 1| over every query row) of one layer's statistics; an unrecorded row (Z = 0)
-    counts as |Z - 1| = 1."""
+def layer_checks(stats: dict[str, torch.Tensor]) -> tuple[int, float, int]:
+    """(non-finite count, max |Z - 1| over every query row, unrecorded rows) of one layer's statistics, in one
+    pass over them: an unrecorded row has no visible key in region_count, or Z = 0 in every head (and counts as
+    |Z - 1| = 1)."""
     non_finite = sum(int((~torch.isfinite(stats[name])).sum()) for name in CHECKED if name in stats)
     error = 0.0
-    if "normaliser" in stats and stats["normaliser"].numel():
-        deviation = (stats["normaliser"].float() - 1).abs().max().item()  # [head, query_pos], every row
-        error = float("inf") if math.isnan(deviation) else deviation  # NaN counts as infinitely wrong
-    return non_finite, error
-
-
-def unrecorded_rows(stats: dict[str, torch.Tensor]) -> int:
-    """Query rows of one layer that were never recorded: no visible key in region_count, or Z = 0 in every head."""
-    n = stats["normaliser"].shape[-1] if "normaliser" in stats else stats["region_count"].shape[0]
+    normaliser = stats.get("normaliser")
+    n = normaliser.shape[-1] if normaliser is not None else stats["region_count"].shape[0]
     missing = torch.zeros(n, dtype=torch.bool)
+    if normaliser is not None and normaliser.numel():
+        normaliser = normaliser.float()
+        extremes = torch.stack(torch.aminmax(normaliser))  # |Z - 1| is largest at one (fp32 z - 1 is monotone)
+        deviation = (extremes - 1).abs().max().item()
+        error = float("inf") if math.isnan(deviation) else deviation  # NaN counts as infinitely wrong
+        if not extremes[0].item() > 0:  # a row of zeros is possible only then (NaN: check too)
+            missing |= (normaliser == 0).all(0)  # [query_pos]
     if "region_count" in stats:
         missing |= stats["region_count"].sum(-1) == 0  # [query_pos]
-    if "normaliser" in stats:
-        missing |= (stats["normaliser"].float() == 0).all(0)  # [query_pos]
-    return int(missing.sum())
+    return non_finite, error, int(missing.sum())
 
 
 def stored_health(trace) -> Health:
@@ -75,8 +74,7 @@ def stored_health(trace) -> Health:
     for stack in trace.stacks:
         for layer in range(trace.n_layers(stack)):
             stats = trace.layer(layer, stack)
-            count, error = layer_problems(stats)
-            rows = unrecorded_rows(stats)
+            count, error, rows = layer_checks(stats)
             non_finite, worst, missing = non_finite + count, max(worst, error), missing + rows
             if count or rows or error >= Z_TOLERANCE:
                 flagged.append(f"{stack} layer {layer}")
