@@ -14,7 +14,9 @@ import torch
 from workbench.traces.metrics import predicting_row
 
 PREDICTION_AXES = ("query_pos",)
-ROW_CHUNK = 128  # rows per log-softmax: temporaries stay small beside the logits
+# Logits per log-softmax chunk (2 MiB of fp32 per temporary): larger temporaries are fresh memory from the OS on
+# every call, and touching it cost more than the arithmetic (measured 2-3x slower at 25 MiB on CPU).
+CHUNK_ELEMENTS = 1 << 19
 
 
 class Predictions:
@@ -28,8 +30,9 @@ class Predictions:
         each row's entropy, and log p of the next token where it is in input_ids."""
         rows = logits.shape[0]
         first = length - rows
-        for start in range(0, rows, ROW_CHUNK):
-            end = min(rows, start + ROW_CHUNK)
+        chunk = max(1, CHUNK_ELEMENTS // logits.shape[-1])
+        for start in range(0, rows, chunk):
+            end = min(rows, start + chunk)
             logp = torch.log_softmax(logits[start:end].float(), -1)
             self.entropy[first + start:first + end] = _entropy(logp).cpu()
             targets = input_ids[first + start + 1:min(length, first + end + 1)]

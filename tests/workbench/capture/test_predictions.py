@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from workbench.capture.predictions import ROW_CHUNK, Predictions
+from workbench.capture.predictions import CHUNK_ELEMENTS, Predictions
 
 
 def _reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,10 +16,11 @@ def _reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_row_records_equal_the_definition_with_infinite_logits():
     generator = torch.Generator().manual_seed(0)
-    rows, vocab, length = ROW_CHUNK + 9, 500, ROW_CHUNK + 20  # two chunks; the first 11 positions not recorded
+    vocab = 4099  # a chunk of 127 rows (CHUNK_ELEMENTS // vocab) and a short last one
+    rows, length = 137, 150  # the first 13 positions not recorded
     logits = torch.randn(rows, vocab, generator=generator) * 4
-    logits[3, :250] = float("-inf")  # a vocabulary half masked out
-    logits[ROW_CHUNK + 2, 7] = float("-inf")
+    logits[3, :250] = float("-inf")  # part of the vocabulary masked out
+    logits[CHUNK_ELEMENTS // vocab + 2, 7] = float("-inf")
     input_ids = torch.randint(0, vocab, (length,), generator=generator)
     input_ids[length - rows + 4] = 0  # row 3 predicts a token its logits rule out: log p = -inf
     predictions = Predictions(length)

@@ -45,3 +45,10 @@ def test_error_equals_the_elementwise_maximum_in_float32():
     stats["normaliser"][stats["normaliser"] == 0] = 1
     expected = (stats["normaliser"] - 1).abs().max().item()
     assert layer_checks(stats)[1] == expected
+
+
+def test_opposite_infinities_are_both_counted():
+    stats = _stats()
+    stats["region_mass"][0, 0, 0] = float("inf")
+    stats["region_mass"][1, 2, 1] = float("-inf")  # the two cancel to NaN in a sum: still two values
+    assert layer_checks(stats)[0] == 2
