@@ -64,3 +64,29 @@ def close_rows(got: list[dict], expected: list[dict], tolerance: float = 1e-5) -
             else:
                 assert a[key] == value, (key, a[key], value)
     return True
+
+
+def eager_head_outputs(model, layers, heads: int, **inputs):
+    """[layer, head, d_model] at the last row of each given self-attention layer, from an eager forward of `model`:
+    each o_proj input split per head times its slice of W_O (an independent reading of what VHD compares)."""
+    import torch
+
+    captured = {}
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(
+        lambda module, args, index=index: captured.__setitem__(index, args[0][0, -1].detach()))
+        for index, layer in enumerate(layers)]
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        model.set_attn_implementation(previous)
+        for handle in handles:
+            handle.remove()
+    out = []
+    for index, layer in enumerate(layers):
+        weight = layer.self_attn.o_proj.weight.detach()  # [d_model, head * d_head]
+        per_head = captured[index].reshape(heads, -1)
+        out.append(torch.einsum("hd,mhd->hm", per_head, weight.reshape(weight.shape[0], heads, -1)))
+    return torch.stack(out)

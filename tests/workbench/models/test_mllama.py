@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import workbench
-from tests.helpers import assert_close, statistics_from_maps
+from tests.helpers import assert_close, eager_head_outputs, statistics_from_maps
 from tests.workbench.models.test_vlm_families import NEW_TOKENS, PROMPT, coded_image, eager_calls
 from workbench.capture.inputs import prepare_input
 from workbench.models import tiny_vlm
@@ -165,28 +165,9 @@ def test_without_image_the_cross_stack_is_absent(mllama):
 
 
 def _head_outputs(mllama, **inputs) -> torch.Tensor:
-    """[layer, head, d_model] at the last row of each self-attention layer (eager): o_proj's input split per head
-    times its slice of W_O."""
+    """[layer, head, d_model] at the last row of each self-attention layer (eager)."""
     layers = [layer for layer in mllama.model.model.language_model.layers if hasattr(layer, "self_attn")]
-    captured = {}
-    handles = [layer.self_attn.o_proj.register_forward_pre_hook(
-        lambda module, args, index=index: captured.__setitem__(index, args[0][0, -1].detach()))
-        for index, layer in enumerate(layers)]
-    previous = mllama.model.config._attn_implementation
-    mllama.model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            mllama.model(**inputs)
-    finally:
-        mllama.model.set_attn_implementation(previous)
-        for handle in handles:
-            handle.remove()
-    out = []
-    for index, layer in enumerate(layers):
-        weight = layer.self_attn.o_proj.weight.detach()  # [d_model, head * d_head]
-        rows = captured[index].reshape(4, -1)
-        out.append(torch.einsum("hd,mhd->hm", rows, weight.reshape(weight.shape[0], 4, -1)))
-    return torch.stack(out)
+    return eager_head_outputs(mllama.model, layers, 4, **inputs)
 
 
 def test_vhd_without_image_run(mllama):

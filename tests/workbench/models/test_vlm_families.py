@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import workbench
-from tests.helpers import assert_close, statistics_from_maps
+from tests.helpers import assert_close, eager_head_outputs, statistics_from_maps
 from workbench.capture.inputs import prepare_input
 from workbench.capture.layout import discover_layout
 from workbench.models import tiny_vlm
@@ -320,28 +320,9 @@ def test_vhd_without_image_run(family, name):
 
 
 def _head_outputs(loaded, **inputs) -> torch.Tensor:
-    """[layer, head, d_model] at the last row: each o_proj input split per head times its slice of W_O (eager)."""
-    layers = _language_model(loaded.model).layers
-    heads = loaded.text_config.num_attention_heads
-    captured = {}
-    handles = [layer.self_attn.o_proj.register_forward_pre_hook(
-        lambda module, args, index=index: captured.__setitem__(index, args[0][0, -1].detach()))
-        for index, layer in enumerate(layers)]
-    previous = loaded.model.config._attn_implementation
-    loaded.model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            loaded.model(**inputs)
-    finally:
-        loaded.model.set_attn_implementation(previous)
-        for handle in handles:
-            handle.remove()
-    out = []
-    for index, layer in enumerate(layers):
-        weight = layer.self_attn.o_proj.weight.detach()
-        per_head = captured[index].reshape(heads, -1)
-        out.append(torch.einsum("hd,mhd->hm", per_head, weight.reshape(weight.shape[0], heads, -1)))
-    return torch.stack(out)
+    """[layer, head, d_model] at the last row of each layer (eager)."""
+    return eager_head_outputs(loaded.model, _language_model(loaded.model).layers,
+                              loaded.text_config.num_attention_heads, **inputs)
 
 
 def test_gemma3_image_tokens_see_each_other_both_ways(family):
