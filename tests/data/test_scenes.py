@@ -122,3 +122,33 @@ def test_scoring():
     assert scenes.is_correct(qa, "a blue square and a red circle.<|im_end|>")
     assert not scenes.is_correct(qa, "a red circle, a blue square and a green triangle.")
     assert scenes.is_correct({"type": "presence", "answer": "yes"}, " Yes<|im_end|>")
+
+
+def test_sentence_answers_are_scored_by_their_answer_word():
+    """smol-llava answers in sentences that restate the subject. Its training sentences (written by its own
+    examples module, not by the scorer) must score correct for the true answer and wrong for every other
+    answer word, for every short-answer question of 40 held-out scenes."""
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "smol_llava_examples_for_scoring", data_root() / "models" / "smol_llava" / "examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    checked = 0
+    for index in range(40):
+        scene = scenes.heldout_scene(index)
+        for qa in scenes.heldout_questions(scene, random.Random(index)):
+            if qa.type == "caption":
+                continue
+            assert scenes.is_correct(qa, examples.sentence(qa) + "<|im_end|>"), examples.sentence(qa)
+            for other in scenes.ANSWER_WORDS[qa.type]:
+                if other != qa.answer:
+                    wrong = examples.sentence(dataclasses.replace(qa, answer=other))
+                    assert not scenes.is_correct(qa, wrong), wrong
+                    assert scenes.stated_answer(qa.type, wrong) == other
+            checked += 1
+    assert checked > 200
+    # what is not an answer stays unscored: no first-word yes/no, no answer word at all
+    assert not scenes.is_correct({"type": "presence", "answer": "yes"}, "There is a red circle, yes.")
+    assert not scenes.is_correct({"type": "colour", "answer": "red"}, "The circle.")

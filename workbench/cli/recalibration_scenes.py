@@ -21,11 +21,11 @@ def evaluate_scenes(tracer, folder: Path, questions: list[dict], specs, *, max_n
         image = Path(folder) / qa["image"]
         plain = tracer.generate(qa["question"], image, max_new_tokens=max_new_tokens)
         row = {"question": qa["question"], "type": qa["type"], "truth": qa["answer"], "prior": qa["prior_answer"],
-               "conflicts": qa["conflicts"], "answer": scenes.normalise(plain.text),
+               "conflicts": qa["conflicts"], "answer": scenes.stated_answer(qa["type"], plain.text),
                "correct": scenes.is_correct(qa, plain.text)}
         for spec in specs:
             out = generate(tracer, qa["question"], image, spec, max_new_tokens=max_new_tokens)
-            row[f"{spec.name}_answer"] = scenes.normalise(out["text"])
+            row[f"{spec.name}_answer"] = scenes.stated_answer(qa["type"], out["text"])
             row[f"{spec.name}_correct"] = scenes.is_correct(qa, out["text"])
             row[f"{spec.name}_kept"] = len(out["kept"])
         rows.append(row)

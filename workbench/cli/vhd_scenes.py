@@ -54,7 +54,7 @@ def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None =
         image = Path(folder) / qa["image"]
         result = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k, distance=distance)
         plain_results.append(result)
-        answer = scenes.normalise(result.text)
+        answer = scenes.stated_answer(qa["type"], result.text)
         row = {"question": qa["question"], "type": qa["type"], "subtype": qa["subtype"], "truth": qa["answer"],
                "prior": qa["prior_answer"], "conflicts": qa["conflicts"], "answer": answer,
                "correct": scenes.is_correct(qa, result.text),
@@ -63,7 +63,7 @@ def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None =
         if vhr is not None:
             reinforced = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k,
                              distance=distance, vhr=vhr)
-            row["vhr_answer"] = scenes.normalise(reinforced.text)
+            row["vhr_answer"] = scenes.stated_answer(qa["type"], reinforced.text)
             row["vhr_correct"] = scenes.is_correct(qa, reinforced.text)
         rows.append(row)
         if progress:

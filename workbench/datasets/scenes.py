@@ -16,6 +16,7 @@ Everything is seeded: `sample_scene(random.Random(seed))` and `render(scene)` gi
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass, field
 
 IMAGE_SIZE = 48
@@ -370,13 +371,38 @@ def normalise(text: str) -> str:
     return text.split("<|im_end|>")[0].strip().lower()
 
 
+RELATIONS = ("left", "right", "above", "below")
+
+# The words a short answer of each type is made of: a full-sentence answer states exactly one of them after
+# restating its subject ("The circle is red.", "There are 2 shapes.").
+ANSWER_WORDS = {"presence": ("yes", "no"), "colour": tuple(COLOURS), "shape": SHAPES,
+                "count": tuple(COUNT_WORDS.values()), "position": RELATIONS}
+
+
+def stated_answer(question_type: str, generated: str) -> str:
+    """The short answer a generation states, whether it is the short answer itself ("red") or a sentence that
+    restates the subject first, as `smol-llava` answers ("The circle is red." -> "red"; "No, there is no red
+    circle." -> "no"; "The red circle is to the left of the blue square." -> "left"). The answer word is the
+    first word for presence (the rest of the sentence repeats the subject), the first relation word for
+    position, the last answer word otherwise (the subject comes first and may itself name a colour or shape).
+    A generation that states none is returned normalised, so it matches no answer."""
+    text = normalise(generated)
+    words = re.findall(r"[a-z0-9]+", text)
+    vocabulary = ANSWER_WORDS.get(question_type, ())
+    stated = [word for word in words if word in vocabulary]
+    if not stated or (question_type == "presence" and words[0] not in vocabulary):
+        return text.rstrip(".")
+    return stated[0] if question_type in ("presence", "position") else stated[-1]
+
+
 def is_correct(qa: dict | QA, generated: str) -> bool:
-    """Short answers must match exactly; captions must name exactly the scene's objects (order-free)."""
+    """The stated answer must be the true one (short or full-sentence answers, see `stated_answer`); captions
+    must name exactly the scene's objects (order-free)."""
     qa = qa.to_json() if isinstance(qa, QA) else qa
     answer = normalise(generated)
     if qa["type"] == "caption":
         return sorted(caption_objects(answer)) == sorted(caption_objects(qa["answer"]))
-    return answer.rstrip(".") == qa["answer"]
+    return stated_answer(qa["type"], generated) == qa["answer"]
 
 
 # -- the shipped held-out set ----------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def stage2_example(scene, rng: random.Random) -> tuple[str, str]:
 
 def parse_presence(text: str) -> str | None:
     """'yes' / 'no' from a generated presence answer (its first word), None if it is neither."""
-    words = text.strip().lower().replace(",", " ").replace(".", " ").split()
-    return words[0] if words and words[0] in ("yes", "no") else None
+    said = scenes.stated_answer("presence", text)
+    return said if said in ("yes", "no") else None
 
 
 def parse_refusal(text: str) -> bool:
