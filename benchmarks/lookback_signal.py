@@ -37,11 +37,24 @@ from workbench.datasets import scenes
 WINDOW = 8
 
 
-def answer_word(text: str) -> str:
-    """The scored word of a short answer: "yes" from "yes<|im_end|>" or from "a red circle: yes." (the format of
-    benchmarks/experiments/restated_answers.patch)."""
+def answer_word(task: str, text: str) -> str:
+    """The scored word of an answer to a `scenes/<type>` question: "yes" from "yes<|im_end|>", from "a red circle:
+    yes." (the format of benchmarks/experiments/restated_answers.patch) or from a sentence that restates the
+    subject, as smol-llava answers ("Yes, there is a red circle.")."""
     text = scenes.normalise(text)
-    return (text.rsplit(":", 1)[1] if ":" in text else text).strip().rstrip(".")
+    if ":" in text:
+        return text.rsplit(":", 1)[1].strip().rstrip(".")
+    return scenes.stated_answer(task.removeprefix("scenes/"), text)
+
+
+def asserts_something(task: str, word: str) -> bool:
+    """Answers that claim something is there: presence "yes", a named colour or shape, any caption mention (not
+    "no", nor a refusal such as "none" or "There is no triangle in the image.")."""
+    if task == "scenes/caption":
+        return True
+    if task == "scenes/presence":
+        return word == "yes"
+    return task in ("scenes/colour", "scenes/shape") and word in scenes.ANSWER_WORDS[task.removeprefix("scenes/")]
 
 
 def cross_validated(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -63,7 +76,8 @@ def report(path: Path, variant: str = "context") -> list[str]:
     data = probes.load_dataset(path)
     tasks = np.array(data.table.column("task").to_pylist())
     groups = np.array(data.table.column("group").to_pylist())
-    words = np.array([answer_word(t) for t in data.table.column("generated_text").to_pylist()])
+    words = np.array([answer_word(task, text) for task, text in
+                      zip(tasks, data.table.column("generated_text").to_pylist())])
     lines = [f"{path}: {len(data)} generations, {int(data.labels.sum())} hallucinated; Lookback variant {variant}",
              "", "| probe | held-out examples | Lookback Lens AUROC | log-probability AUROC |", "|---|---|---|---|"]
 
@@ -79,8 +93,7 @@ def report(path: Path, variant: str = "context") -> list[str]:
 
     claims = examples(data, variant=variant, span="claims")
     task_of, word_of = tasks[claims.row], words[claims.row]
-    asserting = ((task_of == "scenes/presence") & (word_of == "yes")) | (task_of == "scenes/caption") | \
-        (np.isin(task_of, ["scenes/colour", "scenes/shape"]) & (word_of != "none"))
+    asserting = np.array([asserts_something(task, word) for task, word in zip(task_of, word_of)], bool)
     lines.append(_row("3. asserting claims, one probe", claims.y[asserting], cross_validated(
         claims.X[asserting], claims.y[asserting], groups[claims.row][asserting]), claims.baselines["logprob"][asserting]))
 
