@@ -146,3 +146,8 @@ def test_llava_scenes_vhd_runs_on_heldout_questions(models):
     assert data["questions"] == 12 and set(data["rates"]) >= {"plain", "vhr"}
     score = data["scores"]["t_vhd_first"]["auroc_incorrect_vs_correct"]
     assert score is None or 0.0 <= score <= 1.0
+    # short answers: the answer word is the first token, so the answer-word T-VHD is the first token's, and the
+    # sentence-sized budget lets every answer reach its end of turn (one word and <|im_end|>)
+    assert data["unfinished"] == 0 and data["max_new_tokens"] > 2
+    for row in data["rows"]:
+        assert row["answer_steps"] == [0] and row["t_vhd_answer"] == row["t_vhd_first"]

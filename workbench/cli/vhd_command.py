@@ -20,7 +20,9 @@ def vhd_command(
     scenes: Path | None = typer.Option(None, "--scenes", help="A scene QA folder (data/scenes): T-VHD AUROC for "
                                                                  "hallucinated answers, rates with and without VHR."),
     limit: int | None = typer.Option(None, "--limit", help="With --scenes: a seeded sample of this many questions."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", help="Tokens to generate greedily."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", "-n", help="Tokens to generate greedily "
+                                              "[default: 16; with --scenes, enough for the longest full-sentence "
+                                              "answer with the model's tokenizer]."),
     top_k: int | None = typer.Option(None, "--top-k", help="Heads averaged in T-VHD [default: 10% of heads]."),
     distance: str = typer.Option("cosine", "--distance", help="'cosine' (1 - cos) or 'l2'."),
     vhr: bool = typer.Option(False, "--vhr", help="Reinforce vision-aware heads while generating (VHR)."),
@@ -43,6 +45,8 @@ def vhd_command(
     from workbench.cli.paths import check_json_output, write_json
 
     check.count("--max-new-tokens", max_new_tokens, low=1, high=4096)
+    if max_new_tokens is None and scenes is None:
+        max_new_tokens = 16
     check.count("--limit", limit, low=1)
     check.count("--top-k", top_k, low=1, high=65535)
     check.real("--alpha", alpha, above=0.0, high=1000.0)
@@ -98,7 +102,7 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
     questions = vhd_scenes.load_questions(folder, limit)
     with progress_bars() as bars:
         task = bars.add_task("questions", total=len(questions))
-        data = vhd_scenes.evaluate(tracer, folder, questions, vhr=reinforce, max_new_tokens=min(max_new_tokens, 6),
+        data = vhd_scenes.evaluate(tracer, folder, questions, vhr=reinforce, max_new_tokens=max_new_tokens,
                                     progress=lambda done, total: bars.update(task, completed=done), **options)
     from workbench.cli.printing import SafeConsole
 
@@ -106,6 +110,8 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
     def shown(value) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
+    console.print(f"up to {data['max_new_tokens']} new tokens; {data['unfinished']} of {data['questions']} answers "
+                  "cut before the end of turn", markup=False)
     for key, score in data["scores"].items():
         console.print(f"{key}: AUROC incorrect vs correct {shown(score['auroc_incorrect_vs_correct'])} "
                       f"({score['n_incorrect']} vs {score['n_correct']}); prior-answer hallucinations vs correct on "

@@ -4,8 +4,10 @@ answers, and does VHR lower the hallucination rate? Findings to report, not thre
 
 A short answer (presence, colour, shape, count, position) is hallucinated when it is wrong; on prior-conflicting
 questions a wrong answer equal to the prior answer is the language-prior hallucination the set is built to
-provoke. T-VHD is scored at the first generated token (the answer word: the scenes tokenizer has one token per
-domain word) and averaged over the answer's steps. AUROC = P(T-VHD of a hallucinated answer < T-VHD of a correct
+provoke. T-VHD is scored three ways: at the first generated token, averaged over the answer's steps, and at the
+token(s) that state the answer word (`scenes.stated_answer_span`: "red" in "The circle is red."; for a short
+answer, the first token, so the first and the answer-word scores agree there; a generation that states no answer
+word is scored at its first token). AUROC = P(T-VHD of a hallucinated answer < T-VHD of a correct
 one), ties counted half (so 0.5 = no signal, > 0.5 = lower T-VHD on hallucinations, as He et al. report).
 Pooled AUROCs mix answer words; `auroc_yes_absent_vs_yes_present` compares the same answer token ("yes") with the
 object absent (hallucinated) and present (grounded), which separates "T-VHD tracks the answer" from "T-VHD tracks
@@ -44,22 +46,49 @@ def _rate(hits: list[bool]) -> dict:
     return {"n": len(hits), "rate": round(sum(hits) / len(hits), 4) if hits else None}
 
 
-def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None = None, distance: str = "cosine",
-             vhr: VHR | None = None, max_new_tokens: int = 6, progress=None) -> dict:
-    """Answer every question with VHD (and again with VHR when given); AUROCs, hallucination rates, ranking."""
-    from workbench.datasets import scenes
+def answer_steps(token_texts: list[str], span: tuple[int, int] | None) -> list[int]:
+    """The steps whose token text overlaps the character span [start, end) of the generated text (the tokens'
+    texts joined); [0] (the first token) without a span."""
+    if span is None:
+        return [0] if token_texts else []
+    steps, start = [], 0
+    for step, text in enumerate(token_texts):
+        end = start + len(text)
+        if start < span[1] and span[0] < end:
+            steps.append(step)
+        start = end
+    return steps
 
+
+def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None = None, distance: str = "cosine",
+             vhr: VHR | None = None, max_new_tokens: int | None = None, progress=None) -> dict:
+    """Answer every question with VHD (and again with VHR when given); AUROCs, hallucination rates, ranking.
+    max_new_tokens: None sizes it to the longest full-sentence answer with the model's tokenizer (generation
+    stops at the end of turn, so short-answer models are not slowed)."""
+    from workbench.capture.generation import eos_ids
+    from workbench.datasets import scenes
+    from workbench.datasets.scene_answers import answer_token_budget
+
+    loaded = getattr(tracer, "loaded", tracer)
+    if max_new_tokens is None:
+        max_new_tokens = answer_token_budget(loaded.tokenizer, questions)
+    end_of_turn = eos_ids(loaded)
     rows, plain_results = [], []
     for index, qa in enumerate(questions):
         image = Path(folder) / qa["image"]
         result = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k, distance=distance)
         plain_results.append(result)
         answer = scenes.stated_answer(qa["type"], result.text)
+        steps = answer_steps([token["text"] for token in result.tokens],
+                             scenes.stated_answer_span(qa["type"], result.text))
         row = {"question": qa["question"], "type": qa["type"], "subtype": qa["subtype"], "truth": qa["answer"],
                "prior": qa["prior_answer"], "conflicts": qa["conflicts"], "answer": answer,
                "correct": scenes.is_correct(qa, result.text),
                "t_vhd_first": round(float(result.t_vhd[0]), 6) if len(result.t_vhd) else None,
-               "t_vhd_mean": round(float(result.t_vhd.mean()), 6) if len(result.t_vhd) else None}
+               "t_vhd_mean": round(float(result.t_vhd.mean()), 6) if len(result.t_vhd) else None,
+               "t_vhd_answer": round(float(result.t_vhd[steps].mean()), 6) if steps else None,
+               "answer_steps": steps,
+               "finished": bool(result.tokens) and result.tokens[-1]["id"] in end_of_turn}
         if vhr is not None:
             reinforced = vhd(tracer, qa["question"], image, max_new_tokens=max_new_tokens, top_k=top_k,
                              distance=distance, vhr=vhr)
@@ -68,14 +97,16 @@ def evaluate(tracer, folder: Path, questions: list[dict], *, top_k: int | None =
         rows.append(row)
         if progress:
             progress(index + 1, len(questions))
-    return {"questions": len(rows), "scores": _scores(rows), "rates": _rates(rows, vhr is not None),
+    return {"questions": len(rows), "max_new_tokens": max_new_tokens,
+            "unfinished": sum(not row["finished"] for row in rows),
+            "scores": _scores(rows), "rates": _rates(rows, vhr is not None),
             "ranking": rank_heads(plain_results, top=10)["ranking"], "rows": rows,
             "vhr": vhr.to_json() if vhr is not None else None}
 
 
 def _scores(rows: list[dict]) -> dict:
     out = {}
-    for key in ("t_vhd_first", "t_vhd_mean"):
+    for key in ("t_vhd_first", "t_vhd_mean", "t_vhd_answer"):
         scored = [r for r in rows if r[key] is not None]
         wrong = [r[key] for r in scored if not r["correct"]]
         right = [r[key] for r in scored if r["correct"]]

@@ -386,13 +386,26 @@ def stated_answer(question_type: str, generated: str) -> str:
     first word for presence (the rest of the sentence repeats the subject), the first relation word for
     position, the last answer word otherwise (the subject comes first and may itself name a colour or shape).
     A generation that states none is returned normalised, so it matches no answer."""
-    text = normalise(generated)
-    words = re.findall(r"[a-z0-9]+", text)
+    span = stated_answer_span(question_type, generated)
+    if span is None:
+        return normalise(generated).rstrip(".")
+    return generated[span[0]:span[1]].lower()
+
+
+def stated_answer_span(question_type: str, generated: str) -> tuple[int, int] | None:
+    """Where in `generated` (character offsets, end exclusive) the answer word `stated_answer` reads is, or None
+    when the generation states none; VHD scores the tokens of this span (for a short answer, the first token)."""
+    head = generated.split("<|im_end|>")[0].translate(_ASCII_LOWER)  # lower case that keeps the offsets
+    words = list(re.finditer(r"[a-z0-9]+", head))
     vocabulary = ANSWER_WORDS.get(question_type, ())
-    stated = [word for word in words if word in vocabulary]
-    if not stated or (question_type == "presence" and words[0] not in vocabulary):
-        return text.rstrip(".")
-    return stated[0] if question_type in ("presence", "position") else stated[-1]
+    stated = [word for word in words if word.group() in vocabulary]
+    if not stated or (question_type == "presence" and words[0].group() not in vocabulary):
+        return None
+    word = stated[0] if question_type in ("presence", "position") else stated[-1]
+    return word.span()
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def is_correct(qa: dict | QA, generated: str) -> bool:
