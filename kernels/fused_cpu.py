@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from workbench.kernels.blockwise import region_runs
 from workbench.kernels.counts import interval_counts
 from workbench.kernels.mask import MaskSpec
 from workbench.kernels.result import AttentionStatistics
@@ -157,8 +156,12 @@ def applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: M
 
 def region_runs_tensor(key_regions: torch.Tensor) -> torch.Tensor:
     """[n_runs, 3] int64 (start, end, region) runs of equal region over the keys: what the kernel reads the key
-    regions as. Depends on the regions alone, so a caller with many layers over the same keys computes it once."""
-    return torch.tensor(region_runs(key_regions), dtype=torch.long).reshape(-1, 3)
+    regions as. Depends on the regions alone, so a caller with many layers over the same keys computes it once.
+    Tensor ops throughout (no Python list of runs): this runs once per forward, so per decode step."""
+    regions = key_regions.detach().to("cpu", torch.long)
+    values, lengths = torch.unique_consecutive(regions, return_counts=True)
+    ends = torch.cumsum(lengths, 0)
+    return torch.stack([ends - lengths, ends, values], 1)
 
 
 def fused_attention(

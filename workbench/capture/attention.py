@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 
 from workbench.errors import InputError
 
@@ -118,6 +119,53 @@ def register() -> str:
     return IMPLEMENTATION_NAME
 
 
+# model -> [(config, the implementation name set_attn_implementation gave it)] of every config its attention
+# modules read: what switching to the workbench implementation sets, found once per model (see `_switched`)
+_SWITCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _switch_of(model) -> list[tuple[object, str]]:
+    """Every config of `model` (its own, sub-configs, sub-models') with the value `set_attn_implementation` gives
+    it for the workbench implementation. That call walks every module (and checks each sub-model) each time,
+    ~0.1 ms twice per capture of a small model; its outcome depends on the model's structure alone, so it runs
+    once per model and later switches set the recorded values."""
+    if model not in _SWITCHES:
+        configs = {id(model.config): model.config}
+        pending = [model.config]
+        while pending:  # sub-configs at any depth (a VLM's text and vision configs)
+            config = pending.pop()
+            for name in getattr(config, "sub_configs", {}):
+                sub = getattr(config, name, None)
+                if sub is not None and id(sub) not in configs:
+                    configs[id(sub)] = sub
+                    pending.append(sub)
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation_internal"):
+                configs.setdefault(id(config), config)
+        before = {key: config._attn_implementation_internal for key, config in configs.items()}
+        model.set_attn_implementation(IMPLEMENTATION_NAME)
+        _SWITCHES[model] = [(config, config._attn_implementation_internal) for config in configs.values()]
+        for key, config in configs.items():
+            config._attn_implementation_internal = before[key]
+    return _SWITCHES[model]
+
+
+@contextlib.contextmanager
+def _switched(model):
+    """`model`'s attention through the workbench implementation while inside; each config's previous value is
+    restored on exit."""
+    switch = _switch_of(model)
+    previous = [config._attn_implementation_internal for config, _ in switch]
+    for config, value in switch:
+        config._attn_implementation_internal = value
+    try:
+        yield
+    finally:
+        for (config, _), value in zip(switch, previous, strict=True):
+            config._attn_implementation_internal = value
+
+
 @contextlib.contextmanager
 def _routed(model, variable: contextvars.ContextVar, value, install_hooks):
     """Route `model`'s attention through the workbench implementation while `variable` holds `value`.
@@ -125,17 +173,15 @@ def _routed(model, variable: contextvars.ContextVar, value, install_hooks):
     install_hooks() returns hook handles, removed on exit; the model's previous implementation is restored.
     """
     register()
-    previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    model.set_attn_implementation(IMPLEMENTATION_NAME)
-    token = variable.set(value)
-    handles = install_hooks()
-    try:
-        yield value
-    finally:
-        variable.reset(token)
-        for handle in handles:
-            handle.remove()
-        model.set_attn_implementation(previous)
+    with _switched(model):
+        token = variable.set(value)
+        handles = install_hooks()
+        try:
+            yield value
+        finally:
+            variable.reset(token)
+            for handle in handles:
+                handle.remove()
 
 
 def capturing(model, recorder):

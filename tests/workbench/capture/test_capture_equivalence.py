@@ -154,3 +154,26 @@ def test_hidden_states_and_head_outputs(models):
         summed = stats["head_out"].sum(0) + bias  # heads' contributions + the shared bias = attention output
         assert stats["head_out_positions"].tolist() == list(range(len(trace.tokens)))
         assert_close(summed, attention_outputs[layer][0], atol=1e-4, what=f"head outputs {layer}")
+
+
+def test_switch_routes_every_config_and_restores_each(models):
+    """The attention switch is found once per model and replayed (capture/attention.py `_switched`): inside a capture
+    every config the model's attention modules read says "workbench" (what `set_attn_implementation` sets), and on
+    exit each gets back its own previous value, here a vision tower left on eager beside an SDPA language model."""
+    model = models("tiny-llava").model
+    configs = {"top": model.config, "text": model.config.text_config, "vision": model.config.vision_config}
+    before = {name: config._attn_implementation for name, config in configs.items()}
+    model.config.vision_config._attn_implementation_internal = "eager"
+    try:
+        for _ in range(2):  # the first switch records it, the second replays it
+            expected = {name: config._attn_implementation for name, config in configs.items()}
+            recorder = Recorder(discover_layout(model), CapturePlan(maps={}), text_capacity=4, prompt_length=4)
+            with capturing(model, recorder):
+                assert {name: config._attn_implementation for name, config in configs.items()} == dict.fromkeys(
+                    configs, "workbench")
+                assert {type(module).__name__ for module in model.modules() if getattr(module, "config", None) is not
+                        None and module.config._attn_implementation != "workbench"} == set()
+            assert {name: config._attn_implementation for name, config in configs.items()} == expected
+            assert expected["vision"] == "eager" and expected["text"] != "workbench"
+    finally:
+        model.config.vision_config._attn_implementation_internal = before["vision"]
