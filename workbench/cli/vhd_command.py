@@ -116,7 +116,8 @@ def _scenes(tracer, folder, limit, reinforce, max_new_tokens, options) -> dict:
         console.print(f"{key}: AUROC incorrect vs correct {shown(score['auroc_incorrect_vs_correct'])} "
                       f"({score['n_incorrect']} vs {score['n_correct']}); prior-answer hallucinations vs correct on "
                       f"conflicting {shown(score['auroc_prior_vs_correct_on_conflicting'])}; absent object yes vs no "
-                      f"{shown(score['auroc_absent_yes_vs_no'])}", markup=False)
+                      f"{shown(score['auroc_absent_yes_vs_no'])}; same answer yes, object absent vs present "
+                      f"{shown(score['auroc_yes_absent_vs_yes_present'])}", markup=False)
     for line in vhd_scenes.rate_lines(data["rates"]):
         console.print(line, markup=False)
     _print_ranking(data["ranking"])
