@@ -1,8 +1,9 @@
-"""One llava-scenes VQA: plain transformers `generate` against workbench capture, side by side, as time ratios.
+"""One VQA on a scenes image: plain transformers `generate` against workbench capture, side by side, as time ratios.
 
-The model is tiny (llava-scenes: a 52-token input of 49 image tokens and a short question, 2 answer tokens),
+The default model is tiny (llava-scenes: a 52-token input of 49 image tokens and a short question, 2 answer tokens),
 so the fixed per-call costs of a capture (input labelling, plan checks, buffers, predictions, trace assembly)
-weigh as much as the model's own work; this benchmark measures them. In one process, runs interleaved:
+weigh as much as the model's own work; this benchmark measures them. `--model smol-llava` runs the same job at
+real scale (DINOv2 ViT-S/14 tower, SmolLM2-135M language model, 30 layers). In one process, runs interleaved:
 
     generate `model.generate(**inputs, max_new_tokens=N, do_sample=False)` on inputs the processor made once
              (transformers' SDPA attention): the model's work alone
@@ -21,6 +22,7 @@ top functions of --repeat captures instead.
 
     python benchmarks/vqa_speed.py --threads 1 --repeat 200
     python benchmarks/vqa_speed.py --profile capture --repeat 100
+    python benchmarks/vqa_speed.py --model smol-llava --threads 1 --repeat 20 --warmup 2
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENES = ROOT / "data" / "scenes"
 
 
-def runners(question: dict, new_tokens: int, folder: Path):
+def runners(model: str, question: dict, new_tokens: int, folder: Path):
     import torch
     from PIL import Image
 
@@ -44,7 +46,7 @@ def runners(question: dict, new_tokens: int, folder: Path):
     from workbench.capture.inputs import prepare_input
     from workbench.models import load_model
 
-    loaded = load_model("llava-scenes")
+    loaded = load_model(model)
     tracer = Tracer.open(loaded)
     image_path = SCENES / question["image"]
     text = prepare_input(loaded, question["question"], image_path).meta["text"]
@@ -88,6 +90,7 @@ def _timed(call) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llava-scenes", help="a VLM of the registry (llava-scenes, smol-llava)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -102,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     question = read_questions(SCENES)[args.question]
     with tempfile.TemporaryDirectory() as folder:
-        run, generated = runners(question, args.new_tokens, Path(folder))
+        run, generated = runners(args.model, question, args.new_tokens, Path(folder))
         if args.profile:
             import cProfile
             import pstats
@@ -125,7 +128,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for name, call in run.items():
                 times[name].append(_timed(call))
-    print(f"llava-scenes, question {args.question} ({question['question']!r}), {args.new_tokens} new tokens, "
+    print(f"{args.model}, question {args.question} ({question['question']!r}), {args.new_tokens} new tokens, "
           f"{args.threads} thread(s), {args.repeat} runs each interleaved; load {load:.2f} -> "
           f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)\n")
     print("| configuration | best ms | median ms | median CPU ms | / plain (wall, CPU) | / generate (wall, CPU) |")
