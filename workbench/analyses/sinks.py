@@ -254,6 +254,9 @@ def analyse(trace, *, eps: float = SINK_EPSILON, stack: Literal["text", "vision"
                                                  threshold=artifact_threshold)
         if not result["artifacts"]["available"]:
             notes.append(result["artifacts"]["reason"])
+    elif stack == "vision":  # a VLM trace keeps the language model's residual stream, never the tower's
+        notes.append("artifact tokens need the tower's residual stream, which a VLM trace does not keep: trace the "
+                     "tower alone (workbench.models.towers.tower_encoder, hidden_states=True)")
     elif stack == "text":
         first = visual_first_layer if var_layers == "reference" else 0
         extra, extra_notes = _visual_part(trace, result["sink_tokens"], dims, contrast, floor, tau, first,
