@@ -3,15 +3,16 @@
 Both models see the same held-out scene questions (data/scenes: scene i with its question of type i mod 6, so
 presence, colour, shape, count, position and caption questions all appear). Per input, as the CLI does it:
 
-    workbench trace --model M --image data/scenes/images/scene_XXXX.png --prompt Q --hidden --top-k 8 -n 2 -o B
+    workbench trace --model M --image data/scenes/images/scene_XXXX.png --prompt Q \
+        --hidden --top-k 8 -n 2 -o B
     workbench sinks B --no-store --json -                   # reference layers (VAR's released code)
     workbench sinks B --no-store --json - --var-layers all  # every layer
 
 and the tower alone (Darcet et al.'s high-norm artifact patches): the VLM's own vision tower traced as a
 standalone encoder on the image its processor makes (smol-llava: DINOv2 ViT-S/14 at 84 px, 6 x 6 patches;
-llava-scenes: its CLIP tower at 48 px, 6 x 6), with `--hidden`, through `sinks.analyse` (relative rule, 4 x the
-median patch norm). Image token (row, col) of both language models is tower patch (row, col), so the overlap of
-visual sinks and artifacts is a comparison of grid cells.
+llava-scenes: its CLIP tower at 48 px, 6 x 6), with `--hidden`, through `sinks.analyse` (relative rule, 4 x
+the median patch norm). Image token (row, col) of both language models is tower patch (row, col), so the
+overlap of visual sinks and artifacts is a comparison of grid cells.
 
     OMP_NUM_THREADS=1 python benchmarks/vlm_sinks.py               # 24 inputs: about 2 minutes (40 s of CPU)
     OMP_NUM_THREADS=1 python benchmarks/vlm_sinks.py --inputs 12 --json out.json
@@ -60,9 +61,9 @@ def feature_layer_index(vlm: LoadedModel, n_layers: int) -> int:
 
 
 def strongest_image_token(trace, dims: list[int], patch_objects: list[int]) -> dict | None:
-    """The image token with the highest phi over the sink dimensions in any layer (all layers searched), and the
-    largest contrast of an image token on those dimensions, max_d |x_td| / median over all tokens of |x_t'd| (the
-    sink-dimension rule calls a value massive at >= 10), beside token 0's."""
+    """The image token with the highest phi over the sink dimensions in any layer (all layers searched), and
+    the largest contrast of an image token on those dimensions, max_d |x_td| / median over all tokens of
+    |x_t'd| (the sink-dimension rule calls a value massive at >= 10), beside token 0's."""
     if not dims:
         return None
     image = trace.regions == visual_sinks.IMAGE
@@ -73,7 +74,8 @@ def strongest_image_token(trace, dims: list[int], patch_objects: list[int]) -> d
             patch = list(trace.tokens[int(index)].patch)
             best = {"phi": round(float(value), 3), "layer": layer, "patch": patch,
                     "object": patch_objects[6 * patch[0] + patch[1]] >= 0}  # the scenes: 6 x 6 patches
-        values = trace.tensor(tensor_name("text", layer, "hidden_in")).float()[:, dims].abs()  # [query_pos, dim]
+        hidden = trace.tensor(tensor_name("text", layer, "hidden_in")).float()
+        values = hidden[:, dims].abs()  # [query_pos, dim]
         contrast = values / values.median(0).values.clamp_min(1e-12)
         contrast_image = max(contrast_image, float(contrast[image].max()))
         contrast_first = max(contrast_first, float(contrast[0].max()))
@@ -108,7 +110,8 @@ def measure(name: str, inputs: list[dict]) -> list[dict]:
         visual = reference.visual_sinks or {"visual": [], "text": [], "max_phi_image": 0.0}
         visual_all = wide.visual_sinks or {"visual": [], "max_phi_image": 0.0}
         rows.append({
-            "scene": item["scene"], "type": item["type"], "answer": trace.meta.get("generation", {}).get("text"),
+            "scene": item["scene"], "type": item["type"],
+            "answer": trace.meta.get("generation", {}).get("text"),
             "gu_image_sinks": [s["patch"] for s in reference.sink_tokens if s["region"] == "image"],
             "kind": reference.kind["kind"],
             "sink_dims": (reference.sink_dims or {}).get("dims", []),
@@ -135,67 +138,83 @@ def heads_summary(rows: list[dict], key: str) -> str:
     counts = Counter(tuple(head) for row in rows for head in row[key])
     if not counts:
         return "none"
-    always = sum(n == len(rows) for n in counts.values())
+    always = [f"L{layer}H{head}" for (layer, head), n in sorted(counts.items()) if n == len(rows)]
+    shown = ", ".join(always[:8]) + (", ..." if len(always) > 8 else "")
     per_input = sorted(len(row[key]) for row in rows)
-    top = ", ".join(f"L{l}H{h}" for (l, h), n in counts.most_common() if n == len(rows))[:60]
-    return (f"{len(counts)} heads, {always} in every input ({top}); per input {per_input[0]}-{per_input[-1]}")
+    return (f"{len(counts)} heads, {len(always)} in every input ({shown}); "
+            f"per input {per_input[0]}-{per_input[-1]}")
+
+
+def frequent(values, top: int = 4, label=str) -> str:
+    """The most frequent values with how many inputs they occur in: '(0, 0) 6, (4, 3) 5'."""
+    return ", ".join(f"{label(value)} {n}" for value, n in Counter(values).most_common(top)) or "-"
+
+
+def count(rows, test) -> str:
+    return str(sum(bool(test(row)) for row in rows))
+
+
+def total(rows, key: str) -> str:
+    return str(sum(len(row[key]) for row in rows))
+
+
+def spread(values, digits: int = 1) -> str:
+    values = list(values)
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if values else "-"
 
 
 def table(results: dict[str, list[dict]]) -> list[tuple[str, ...]]:
+    """One line per finding, one column per model."""
     lines = [("", *results)]
 
     def line(label, value):
         lines.append((label, *(value(rows) for rows in results.values())))
 
+    def top_phi(rows):
+        return [r["top_phi"] for r in rows if r["top_phi"]]
+
+    def visual(rows):
+        return [v for r in rows for v in r["visual"]]
+
     line("inputs", lambda rows: str(len(rows)))
-    line("inputs with a Gu sink on an image token", lambda rows: str(sum(bool(r["gu_image_sinks"]) for r in rows)))
-    line("sink dimensions (reference / all layers)", lambda rows: " / ".join(
-        str(sorted(Counter(d for r in rows for d in r[k]).items())) for k in ("sink_dims", "sink_dims_all")))
-    line("inputs with a visual sink (VAR, phi > 20)", lambda rows: str(sum(bool(r["visual"]) for r in rows)))
-    line("  ... with --var-layers all (layers >= 0)", lambda rows: str(sum(bool(r["visual_all"]) for r in rows)))
-    line("visual sinks per input (min-max)", lambda rows: f"{min(len(r['visual']) for r in rows)}-"
-                                                         f"{max(len(r['visual']) for r in rows)}")
-    line("visual-sink patches (inputs)", lambda rows: ", ".join(
-        f"{cell} {n}" for cell, n in Counter(tuple(v["patch"]) for r in rows for v in r["visual"]).most_common(5))
-        or "-")
-    line("visual sinks on background patches", lambda rows: f"{sum(not v['object'] for r in rows for v in r['visual'])}"
-                                                            f"/{sum(len(r['visual']) for r in rows)}")
-    line("layers with a visual sink", lambda rows: _span(sorted({l for r in rows for v in r["visual"]
-                                                                  for l in v["layers"]})))
-    line("max phi on an image token (median)", lambda rows: f"{max(r['max_phi_image'] for r in rows):.1f} "
-                                                            f"({sorted(r['max_phi_image'] for r in rows)[len(rows) // 2]:.1f})")
-    line("image token with the highest phi: patch (inputs)", lambda rows: ", ".join(
-        f"{cell} {n}" for cell, n in Counter(tuple(r["top_phi"]["patch"]) for r in rows if r["top_phi"]).most_common(4))
-        or "-")
-    line("  ... on a background patch (inputs)", lambda rows: str(sum(
-        not r["top_phi"]["object"] for r in rows if r["top_phi"])) if rows[0]["top_phi"] else "-")
-    line("  ... its layers (inputs)", lambda rows: ", ".join(
-        f"L{layer} {n}" for layer, n in Counter(r["top_phi"]["layer"] for r in rows if r["top_phi"]).most_common(4))
-        or "-")
-    line("max |x_d| / median over tokens, image token (token 0)", lambda rows: (
-        f"{max(r['top_phi']['image_contrast'] for r in rows):.1f} ({min(r['top_phi']['first_contrast'] for r in rows):.0f}"
-        f"-{max(r['top_phi']['first_contrast'] for r in rows):.0f})") if rows[0]["top_phi"] else "-")
-    line("text tokens with phi > 20 (inputs)", lambda rows: ", ".join(
-        f"{text!r} {n}" for text, n in Counter(t for r in rows for t in {t for _, t in r["text_phi_tokens"]}).most_common(4))
-        or "-")
+    line("inputs with a Gu sink on an image token", lambda rows: count(rows, lambda r: r["gu_image_sinks"]))
+    line("sink dimensions (inputs), reference / all layers", lambda rows: " / ".join(
+        frequent(d for r in rows for d in r[key]) for key in ("sink_dims", "sink_dims_all")))
+    line("inputs with a visual sink (VAR, phi > 20)", lambda rows: count(rows, lambda r: r["visual"]))
+    line("  ... with --var-layers all (layers >= 0)", lambda rows: count(rows, lambda r: r["visual_all"]))
+    line("visual sinks per input", lambda rows: spread((len(r["visual"]) for r in rows), 0))
+    line("visual-sink patches (inputs)", lambda rows: frequent(tuple(v["patch"]) for v in visual(rows)))
+    line("visual sinks on background patches", lambda rows: f"{sum(not v['object'] for v in visual(rows))}"
+                                                            f"/{len(visual(rows))}")
+    line("layers with a visual sink", lambda rows: spread((l for v in visual(rows) for l in v["layers"]), 0))
+    line("max phi of an image token, per input", lambda rows: spread(r["max_phi_image"] for r in rows))
+    line("image token with the highest phi: patch (inputs)", lambda rows: frequent(
+        tuple(t["patch"]) for t in top_phi(rows)))
+    line("  ... on a background patch (inputs)", lambda rows: count(top_phi(rows), lambda t: not t["object"])
+         if top_phi(rows) else "-")
+    line("  ... the layer it enters (inputs)", lambda rows: frequent((t["layer"] for t in top_phi(rows)),
+                                                                     label=lambda layer: f"L{layer}"))
+    line("max |x_d| / median token's on D_sink: image tokens", lambda rows: spread(
+        t["image_contrast"] for t in top_phi(rows)))
+    line("  ... token 0", lambda rows: spread((t["first_contrast"] for t in top_phi(rows)), 0))
+    line("text tokens with phi > 20 (inputs)", lambda rows: frequent(
+        (text for r in rows for text in {text for _, text in r["text_phi_tokens"]}), label=repr))
     line("image-centric heads, reference", lambda rows: heads_summary(rows, "centric_reference"))
     line("image-centric heads, --var-layers all", lambda rows: heads_summary(rows, "centric_all"))
-    line("  image share of an even text row (min-max)", lambda rows: f"{min(r['even_share'][0] for r in rows):.2f}-"
-                                                                   f"{max(r['even_share'][1] for r in rows):.2f}")
-    line("tower artifact patches at the output", lambda rows: str(sum(len(r["artifacts_output"]) for r in rows)))
-    line("tower artifact patches in any layer", lambda rows: str(sum(len(r["artifacts_any_layer"]) for r in rows)))
-    line("tower max patch norm / median (any layer)", lambda rows: f"{max(r['artifact_top_ratio'] for r in rows):.2f}")
-    line("tower top-norm patch of the projected layer (inputs)", lambda rows: ", ".join(
-        f"{cell} {n}" for cell, n in Counter(tuple(r["tower_top_patch"]) for r in rows).most_common(4)))
-    line("  ... = the highest-phi image token", lambda rows: str(sum(
-        bool(r["top_phi"]) and r["top_phi"]["patch"] == r["tower_top_patch"] for r in rows)))
-    line("visual sinks on an artifact patch", lambda rows: str(sum(
-        tuple(v["patch"]) in set(map(tuple, r["artifacts_any_layer"])) for r in rows for v in r["visual"])))
+    line("  image share of an even text row", lambda rows: spread(
+        [r["even_share"][0] for r in rows] + [r["even_share"][1] for r in rows], 2))
+    line("tower artifact patches at the output", lambda rows: total(rows, "artifacts_output"))
+    line("tower artifact patches in any layer", lambda rows: total(rows, "artifacts_any_layer"))
+    line("tower max patch norm / median, any layer", lambda rows: spread(
+        (r["artifact_top_ratio"] for r in rows), 2))
+    line("tower top-norm patch of the projected layer (inputs)", lambda rows: frequent(
+        tuple(r["tower_top_patch"]) for r in rows))
+    line("  ... = the image token with the highest phi", lambda rows: count(
+        rows, lambda r: r["top_phi"] and r["top_phi"]["patch"] == r["tower_top_patch"]))
+    line("visual sinks on an artifact patch", lambda rows: count(
+        [(v, r) for r in rows for v in r["visual"]], lambda pair: tuple(pair[0]["patch"]) in
+        set(map(tuple, pair[1]["artifacts_any_layer"]))))
     return lines
-
-
-def _span(layers: list[int]) -> str:
-    return f"{layers[0]}-{layers[-1]} ({len(layers)} layers)" if layers else "-"
 
 
 def main() -> None:
