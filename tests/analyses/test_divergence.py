@@ -151,3 +151,26 @@ def test_llava_scenes_vhd_runs_on_heldout_questions(models):
     assert data["unfinished"] == 0 and data["max_new_tokens"] > 2
     for row in data["rows"]:
         assert row["answer_steps"] == [0] and row["t_vhd_answer"] == row["t_vhd_first"]
+
+
+@pytest.mark.slow  # two in-process CLI runs with VHD on planted-llava
+def test_cli_vhd_scenes_budget(tmp_path):
+    """--scenes honours an explicit --max-new-tokens (it was capped at 6), and by default sizes the budget to the
+    longest sentence answer of the sampled questions with the model's tokenizer."""
+    from tests.workbench.cli.cli_inprocess import run_cli
+    from workbench.cli import vhd_scenes
+    from workbench.datasets.scene_answers import answer_token_budget
+    from workbench.models import load_model
+
+    out = tmp_path / "scenes.json"
+    code, _, err = run_cli("vhd", "--model", "planted-llava", "--scenes", SCENES, "--limit", "2", "-n", "9",
+                           "--threads", "1", "--json", out)
+    assert code == 0, err
+    assert json.loads(out.read_text())["max_new_tokens"] == 9
+    code, _, err = run_cli("vhd", "--model", "planted-llava", "--scenes", SCENES, "--limit", "2", "--threads", "1",
+                           "--json", out, "--force")
+    assert code == 0, err
+    questions = vhd_scenes.load_questions(SCENES, 2)
+    budget = answer_token_budget(load_model("planted-llava").tokenizer, questions)
+    data = json.loads(out.read_text())
+    assert data["max_new_tokens"] == budget > 6 and data["questions"] == 2
