@@ -464,17 +464,25 @@ class Recorder:
         one key, so a missing row is a capture that went wrong. Checked once at the end: a non-finite value stays
         non-finite in the column sums it joins, and every row's entropy, region shares and Z are stored as
         computed."""
-        from workbench.traces.health import Z_TOLERANCE, layer_checks
+        from itertools import groupby
+
+        from workbench.traces.health import Z_TOLERANCE, clean_layers, layer_checks
 
         non_finite, worst, missing, flagged = 0, 0.0, 0, []
-        for stack, layer, n, stats in self._stored_layers():
-            count, error, rows = layer_checks({
+        for stack, layers in groupby(self._stored_layers(), key=lambda stored: stored[0]):  # sorted by stack
+            checked = [(layer, {
                 "key_mass": stats["key_mass"][:, :self.key_length(stack)], "region_mass": stats["region_mass"][:, :n],
                 "entropy": stats["entropy"][:, :n], "normaliser": stats["normaliser"][:, :n],
-                "region_count": stats["region_count"][:n]})
-            non_finite, worst, missing = non_finite + count, max(worst, error), missing + rows
-            if count or rows or error >= Z_TOLERANCE:
-                flagged.append(f"{stack} layer {layer}")
+                "region_count": stats["region_count"][:n]}) for _, layer, n, stats in layers]
+            clean = clean_layers([stats for _, stats in checked])  # a healthy stack in one pass
+            if clean is not None:
+                worst = max(worst, clean)
+                continue
+            for layer, stats in checked:
+                count, error, rows = layer_checks(stats)
+                non_finite, worst, missing = non_finite + count, max(worst, error), missing + rows
+                if count or rows or error >= Z_TOLERANCE:
+                    flagged.append(f"{stack} layer {layer}")
         return non_finite, worst, missing, flagged
 
     def tensors(self) -> dict[str, tuple[torch.Tensor, tuple[str, ...]]]:

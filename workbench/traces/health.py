@@ -73,6 +73,34 @@ def layer_checks(stats: dict[str, torch.Tensor]) -> tuple[int, float, int]:
     return non_finite, error, int(missing.sum())
 
 
+# Up to this many values (16 MiB of fp32) a stack's layers are checked together (`clean_layers`): a short trace's
+# layer costs ~20 tensor ops one by one, dispatch rather than arithmetic; a long one is read once either way.
+STACKED_CHECK_VALUES = 1 << 22
+
+
+def clean_layers(layers: list[dict[str, torch.Tensor]]) -> float | None:
+    """max |Z - 1| over several layers' statistics (what `layer_checks` takes, of equal shapes) when every one of
+    them passes every check (no non-finite value, no unrecorded row, |Z - 1| < Z_TOLERANCE), found with one set of
+    tensor ops over them stacked; None when any may fail, or the layers differ in shape or are too large to stack:
+    then `layer_checks` each one, to count and place what failed."""
+    names = [name for name in (*CHECKED, "region_count") if name in layers[0]]
+    if "normaliser" not in names or "region_count" not in names or not layers[0]["normaliser"].numel():
+        return None
+    if any(name not in layer or layer[name].shape != layers[0][name].shape for layer in layers for name in names):
+        return None
+    if sum(layer[name].numel() for layer in layers for name in names) > STACKED_CHECK_VALUES:
+        return None
+    stacked = {name: torch.stack([layer[name] for layer in layers]) for name in names}
+    if not math.isfinite(torch.stack([stacked[name].sum(dtype=torch.float64) for name in names
+                                      if name in CHECKED]).sum().item()):
+        return None
+    extremes = torch.stack(torch.aminmax(stacked["normaliser"].float()))
+    if not extremes[0].item() > 0 or bool((stacked["region_count"].sum(-1) == 0).any()):
+        return None  # a row with Z = 0 or no visible key may be unrecorded
+    error = (extremes - 1).abs().max().item()
+    return error if error < Z_TOLERANCE else None
+
+
 def stored_health(trace) -> Health:
     """Recompute the health checks from the statistics stored in `trace` (reads every layer's statistics)."""
     non_finite, worst, missing, flagged = 0, 0.0, 0, []

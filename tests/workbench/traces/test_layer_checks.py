@@ -52,3 +52,28 @@ def test_opposite_infinities_are_both_counted():
     stats["region_mass"][0, 0, 0] = float("inf")
     stats["region_mass"][1, 2, 1] = float("-inf")  # the two cancel to NaN in a sum: still two values
     assert layer_checks(stats)[0] == 2
+
+
+def test_clean_layers_certifies_only_what_every_layer_passes():
+    """clean_layers (the layers of a stack stacked) against layer_checks of each layer: the same max |Z - 1| where
+    every layer is healthy, None (check one by one) where any one fails a check or the shapes differ."""
+    from workbench.traces.health import Z_TOLERANCE, clean_layers
+
+    generator = torch.Generator().manual_seed(3)
+    layers = [_stats() for _ in range(4)]
+    for stats in layers:
+        stats["normaliser"] += (torch.rand(stats["normaliser"].shape, generator=generator) - 0.5) * 1e-4
+    expected = max(layer_checks(stats)[1] for stats in layers)
+    assert all(layer_checks(stats)[0] == layer_checks(stats)[2] == 0 for stats in layers)
+    assert clean_layers(layers) == expected > 0
+    faults = {"nan": ("key_mass", (0, 1), float("nan")), "inf": ("entropy", (1, 2), float("inf")),
+              "zero Z in one head": ("normaliser", (0, 3), 0.0), "no visible key": ("region_count", (4,), 0),
+              "Z off": ("normaliser", (2, 5), 1 + 2 * Z_TOLERANCE)}
+    for name, (stat, index, value) in faults.items():
+        planted = [{key: tensor.clone() for key, tensor in stats.items()} for stats in layers]
+        planted[2][stat][index] = value
+        one_by_one = [layer_checks(stats) for stats in planted]
+        assert any(count or rows or error >= Z_TOLERANCE for count, error, rows in one_by_one), name
+        assert clean_layers(planted) is None, name
+    shorter = [*layers[:3], _stats(rows=5)]
+    assert clean_layers(shorter) is None
