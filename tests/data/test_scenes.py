@@ -125,9 +125,9 @@ def test_scoring():
 
 
 def test_sentence_answers_are_scored_by_their_answer_word():
-    """smol-llava answers in sentences that restate the subject. Its training sentences (written by its own
-    examples module, not by the scorer) must score correct for the true answer and wrong for every other
-    answer word, for every short-answer question of 40 held-out scenes."""
+    """smol-llava answers in sentences that restate the subject. Its training sentences (written by its examples
+    module through scene_answers.sentence_answer, not by the scorer) must score correct for the true answer and
+    wrong for every other answer word, for every short-answer question of 40 held-out scenes."""
     import dataclasses
     import importlib.util
 

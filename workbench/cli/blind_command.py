@@ -26,7 +26,9 @@ def blind_command(
                                                                   "reach (reference 0.5)."),
     lamb: float = typer.Option(0.99, "--lamb", help="AVC: blind when attention >= mean + lamb * std (reference 0.99)."),
     top_k: int = typer.Option(10, "--top-k", help="DAMRO: outlier patches by [CLS] attention (reference 10)."),
-    max_new_tokens: int = typer.Option(6, "--max-new-tokens", "-n", help="Tokens to generate greedily."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", "-n",
+                                               help="Tokens to generate greedily (default 6; with --scenes, "
+                                                    "enough for the longest full-sentence answer)."),
     system: str | None = typer.Option(None, "--system", help="System message for chat templates."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON here ('-': stdout)."),
@@ -46,6 +48,8 @@ def blind_command(
     if prompt is not None and image is None:
         raise InputError("--prompt needs --image: blind and outlier tokens are image tokens")
     check.count("--max-new-tokens", max_new_tokens, low=1, high=4096)
+    if max_new_tokens is None and scenes is None:
+        max_new_tokens = 6
     check.count("--limit", limit, low=1)
     check.count("--top-k", top_k, low=1, high=100_000)
     check.real("--layer-gamma", layer_gamma, above=0.0, high=1.0)

@@ -10,11 +10,16 @@ from pathlib import Path
 from workbench.analyses.recalibration import generate
 
 
-def evaluate_scenes(tracer, folder: Path, questions: list[dict], specs, *, max_new_tokens: int = 6,
+def evaluate_scenes(tracer, folder: Path, questions: list[dict], specs, *, max_new_tokens: int | None = None,
                     progress=None) -> dict:
     """Answer every question plainly and under each spec (AVC / DAMRO); rates per mode as `vhd_scenes` reports
-    them, plus how many answers each spec changed and the mean number of blind / outlier tokens."""
+    them, plus how many answers each spec changed and the mean number of blind / outlier tokens.
+    max_new_tokens: None sizes it to the longest full-sentence answer, as `vhd_scenes.evaluate` does."""
     from workbench.datasets import scenes
+    from workbench.datasets.scene_answers import answer_token_budget
+
+    if max_new_tokens is None:
+        max_new_tokens = answer_token_budget(getattr(tracer, "loaded", tracer).tokenizer, questions)
 
     rows = []
     for index, qa in enumerate(questions):

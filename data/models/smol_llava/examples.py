@@ -18,10 +18,10 @@ if str(HERE.parents[2]) not in sys.path:
     sys.path.insert(0, str(HERE.parents[2]))
 
 from workbench.datasets import scenes
+from workbench.datasets.scene_answers import sentence_answer
 
 CAPTION_PROMPTS = ("Describe the image.", "What is in the image?", "Describe the image briefly.",
                    "What does this picture show?")
-RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 UNANSWERABLE_SHARE = 0.1
 
 
@@ -31,21 +31,7 @@ def caption_sentence(scene) -> str:
 
 def sentence(qa: scenes.QA) -> str:
     """The full-sentence answer to one scenes question: it restates the subject, then gives the answer."""
-    if qa.type == "presence":
-        colour, shape = qa.target[0]
-        return f"Yes, there is a {colour} {shape}." if qa.answer == "yes" else f"No, there is no {colour} {shape}."
-    if qa.type == "colour":
-        return f"The {qa.target[0][1]} is {qa.answer}."
-    if qa.type == "shape":
-        return f"The {qa.target[0][0]} object is a {qa.answer}."
-    if qa.type == "count":
-        return "There is 1 shape." if qa.answer == "1" else f"There are {qa.answer} shapes."
-    if qa.type == "position":
-        (colour_a, shape_a), (colour_b, shape_b) = qa.target
-        return f"The {colour_a} {shape_a} is {RELATION_WORDS[qa.answer]} the {colour_b} {shape_b}."
-    if qa.type == "caption":
-        return "The image shows " + qa.answer
-    raise ValueError(f"no sentence for question type {qa.type!r}")
+    return sentence_answer(qa)
 
 
 def unanswerable(scene, rng: random.Random) -> tuple[str, str]:
