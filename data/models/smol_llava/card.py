@@ -118,8 +118,10 @@ def measured_section(folder: Path) -> str:
                          f"{result['trained_files_sha256']}, shipped {combined_digest(sha256)}); run evaluate.py again")
     agreeing, n = headline(result)["agreeing"]
     verdict = "met" if agreeing >= TARGET else "not met"
-    evaluated = (f"Held-out evaluation (`evaluate.py`): {result['questions']} questions, greedy, up to 16 new "
-                 f"tokens, {result['seconds']:.0f} s.")
+    sampled = result["questions"] - result["accuracy_by_subtype"].get("unanswerable", {"n": 0})["n"]
+    evaluated = (f"Measured by `python data/models/smol_llava/evaluate.py --limit {sampled}`: {result['questions']} "
+                 f"questions ({sampled} sampled presence and colour questions plus the unanswerable ones), "
+                 f"{result['seconds']:.0f} s on this machine.")
     target = f"Target: prior-agreeing presence accuracy >= {TARGET}: **{agreeing:.3f}** (n={n}), {verdict}."
     files = ["| trained file | sha256 |", "|---|---|", *(f"| `{name}` | `{digest}` |" for name, digest in sha256.items())]
     digest = (f"Digest of the three (sha256 over their sha256 digests, first 16 hex): "
