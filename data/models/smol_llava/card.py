@@ -21,21 +21,16 @@ if str(HERE.parents[2]) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(HERE.parents[2]))
 
 from workbench.errors import InputError, WorkbenchError
+from workbench.models import smol_llava
 
 QUESTIONS = HERE.parents[1] / "scenes" / "questions.jsonl"
-TRAINED_FILES = ("projector.safetensors", "adapters.safetensors", "adapters.json")  # the order of the digest
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"
 TARGET = 0.85  # issue target: prior-agreeing presence accuracy
 CURVE_EVERY = 4  # one learning-curve column per 4 windows of 25 steps (100 steps)
 
 
 def file_sha256(folder: Path) -> dict[str, str]:
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in TRAINED_FILES}
-
-
-def combined_digest(sha256: dict[str, str]) -> str:
-    """The digest evaluate.py records (and the registry names its cache by): sha256 over the files' digests."""
-    return hashlib.sha256(b"".join(bytes.fromhex(sha256[name]) for name in TRAINED_FILES)).hexdigest()[:16]
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in smol_llava.TRAINED_FILES}
 
 
 def presence_subtypes_by_agreement() -> dict[bool, set[str]]:
@@ -113,9 +108,9 @@ def measured_section(folder: Path) -> str:
     result = json.loads((folder / "eval.json").read_text())
     log = json.loads((folder / "training_log.json").read_text())
     sha256 = file_sha256(folder)
-    if combined_digest(sha256) != result["trained_files_sha256"]:
+    if smol_llava.trained_digest(folder) != result["trained_files_sha256"]:
         raise InputError(f"{folder / 'eval.json'} measured other trained files (digest "
-                         f"{result['trained_files_sha256']}, shipped {combined_digest(sha256)}); run evaluate.py again")
+                         f"{result['trained_files_sha256']}, shipped {smol_llava.trained_digest(folder)}); run evaluate.py again")
     agreeing, n = headline(result)["agreeing"]
     verdict = "met" if agreeing >= TARGET else "not met"
     sampled = result["questions"] - result["accuracy_by_subtype"].get("unanswerable", {"n": 0})["n"]
