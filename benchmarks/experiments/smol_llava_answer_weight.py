@@ -8,7 +8,7 @@ that token the mean stage-2 loss is already ~0.08, which is where the shipped ru
 and measures presence accuracy on a fixed set of held-out presence questions before and every --every steps.
 
     python benchmarks/experiments/smol_llava_answer_weight.py --steps 600 --every 200 --weight 8 \
-        --questions 120 --out /tmp/smol-answer-weight        # writes curve.json there
+        --questions 120 --out /tmp/smol-answer-weight        # curve.json + the continued files there
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def answer_word_mask(tokenizer, labels: torch.Tensor) -> torch.Tensor:
     texts = tokenizer.convert_ids_to_tokens(flat)
     hits = [t.replace("Ġ", "").strip(" ,.").lower() in words for t in texts]
     return torch.tensor(hits).view_as(labels) & (labels >= 0)
+
+
+def save_trained(model, lora: dict, out: Path) -> None:
+    """The continued projector and adapters in the shipped files' layout (evaluate.py --dir OUT reads them)."""
+    from safetensors.torch import save_file
+
+    from workbench.models import smol_llava
+
+    projector = {k: p.detach().contiguous() for k, p in model.model.multi_modal_projector.state_dict().items()}
+    save_file(projector, str(out / smol_llava.PROJECTOR_FILE))
+    adapters = {f"{path}.{name}": getattr(module, name).detach().contiguous()
+                for path, module in lora.items() for name in ("lora_A", "lora_B")}
+    save_file(adapters, str(out / smol_llava.ADAPTERS_FILE))
+    (out / smol_llava.ADAPTER_CONFIG_FILE).write_text((FOLDER / smol_llava.ADAPTER_CONFIG_FILE).read_text())
 
 
 def presence_accuracy(model, processor, questions: list[dict]) -> float:
@@ -129,6 +143,7 @@ def main(argv=None) -> int:
             print(json.dumps(curve[-1]), flush=True)
             (args.out / "curve.json").write_text(json.dumps(
                 {"weight": args.weight, "lr": args.lr, "questions": args.questions, "curve": curve}, indent=1))
+    save_trained(model, lora, args.out)  # to evaluate further or continue from: not a shipped recipe
     return 0
 
 
