@@ -28,6 +28,7 @@ from PIL import Image
 
 from workbench.analyses import sinks, visual_sinks
 from workbench.capture import Tracer
+from workbench.datasets.scene_questions import read_questions
 from workbench.models import load_model
 from workbench.models.loaded import LoadedModel
 from workbench.models.registry import data_root
@@ -41,7 +42,7 @@ QUESTION_TYPES = ("presence", "colour", "shape", "count", "position", "caption")
 def scene_inputs(count: int) -> list[dict]:
     """Scene i with its first question of type QUESTION_TYPES[i mod 6] (presence when it has none)."""
     folder = data_root() / "scenes"
-    questions = [json.loads(line) for line in (folder / "questions.jsonl").read_text().splitlines() if line]
+    questions = read_questions(folder)
     scenes = {row["id"]: row for row in map(json.loads, (folder / "scenes.jsonl").read_text().splitlines())}
     inputs = []
     for index, scene in enumerate(sorted(scenes)[:count]):

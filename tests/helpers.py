@@ -90,3 +90,20 @@ def eager_head_outputs(model, layers, heads: int, **inputs):
         per_head = captured[index].reshape(heads, -1)
         out.append(torch.einsum("hd,mhd->hm", per_head, weight.reshape(weight.shape[0], heads, -1)))
     return torch.stack(out)
+
+
+def held_out_sentence_answers(n_scenes: int):
+    """(qa, answer word, sentence) for every short-answer question of the first `n_scenes` held-out scenes and
+    every answer word of its type: the sentences smol-llava is trained on (data/models/smol_llava/examples.py
+    writes them through scene_answers.sentence_answer), with planted answer words."""
+    import dataclasses
+    import random
+
+    from workbench.datasets import scenes
+    from workbench.datasets.scene_answers import sentence_answer
+
+    for index in range(n_scenes):
+        for qa in scenes.heldout_questions(scenes.heldout_scene(index), random.Random(index)):
+            if qa.type != "caption":
+                for word in scenes.ANSWER_WORDS[qa.type]:
+                    yield qa, word, sentence_answer(dataclasses.replace(qa, answer=word))

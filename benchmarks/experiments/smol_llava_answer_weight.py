@@ -98,7 +98,9 @@ def main(argv=None) -> int:
 
     train = local("train")
     cfg = dict(train.FULL)
-    rows = [json.loads(line) for line in (ROOT / "data" / "scenes" / "questions.jsonl").read_text().splitlines()]
+    from workbench.datasets.scene_questions import read_questions
+
+    rows = read_questions(ROOT / "data" / "scenes")
     agreeing = [r for r in rows if r["type"] == "presence" and not r.get("conflicts")]
     questions = random.Random("answer-weight").sample(agreeing, args.questions)
 

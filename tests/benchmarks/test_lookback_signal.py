@@ -5,12 +5,8 @@ silently empties or mixes them."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import random
 from pathlib import Path
-
-from workbench.datasets import scenes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,19 +19,15 @@ def _module(name: str, path: Path):
 
 
 def test_answer_word_of_smol_llava_sentences():
-    """The sentences are written by smol-llava's own training-example module, from a planted answer word."""
+    """The sentences are smol-llava's training sentences, written from a planted answer word."""
+    from tests.helpers import held_out_sentence_answers
+
     signal = _module("lookback_signal_under_test", ROOT / "benchmarks" / "lookback_signal.py")
-    examples = _module("smol_llava_examples_for_signal", ROOT / "data" / "models" / "smol_llava" / "examples.py")
     checked = 0
-    for index in range(10):
-        scene = scenes.heldout_scene(index)
-        for qa in scenes.heldout_questions(scene, random.Random(index)):
-            if qa.type == "caption":
-                continue
-            for word in scenes.ANSWER_WORDS[qa.type]:
-                text = examples.sentence(dataclasses.replace(qa, answer=word)) + "<|im_end|>"
-                assert signal.answer_word(f"scenes/{qa.type}", text) == word, text
-                checked += 1
+    for qa, word, sentence in held_out_sentence_answers(10):
+        text = sentence + "<|im_end|>"
+        assert signal.answer_word(f"scenes/{qa.type}", text) == word, text
+        checked += 1
     assert checked > 200
 
 

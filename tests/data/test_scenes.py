@@ -125,29 +125,19 @@ def test_scoring():
 
 
 def test_sentence_answers_are_scored_by_their_answer_word():
-    """smol-llava answers in sentences that restate the subject. Its training sentences (written by its examples
-    module through scene_answers.sentence_answer, not by the scorer) must score correct for the true answer and
-    wrong for every other answer word, for every short-answer question of 40 held-out scenes."""
-    import dataclasses
-    import importlib.util
+    """smol-llava answers in sentences that restate the subject. Its training sentences (written by
+    scene_answers.sentence_answer, not by the scorer) must score correct for the true answer and wrong for every
+    other answer word, for every short-answer question of 40 held-out scenes."""
+    from tests.helpers import held_out_sentence_answers
 
-    spec = importlib.util.spec_from_file_location(
-        "smol_llava_examples_for_scoring", data_root() / "models" / "smol_llava" / "examples.py")
-    examples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(examples)
     checked = 0
-    for index in range(40):
-        scene = scenes.heldout_scene(index)
-        for qa in scenes.heldout_questions(scene, random.Random(index)):
-            if qa.type == "caption":
-                continue
-            assert scenes.is_correct(qa, examples.sentence(qa) + "<|im_end|>"), examples.sentence(qa)
-            for other in scenes.ANSWER_WORDS[qa.type]:
-                if other != qa.answer:
-                    wrong = examples.sentence(dataclasses.replace(qa, answer=other))
-                    assert not scenes.is_correct(qa, wrong), wrong
-                    assert scenes.stated_answer(qa.type, wrong) == other
+    for qa, word, sentence in held_out_sentence_answers(40):
+        if word == qa.answer:
+            assert scenes.is_correct(qa, sentence + "<|im_end|>"), sentence
             checked += 1
+        else:
+            assert not scenes.is_correct(qa, sentence), sentence
+            assert scenes.stated_answer(qa.type, sentence) == word
     assert checked > 200
     # what is not an answer stays unscored: no first-word yes/no, no answer word at all
     assert not scenes.is_correct({"type": "presence", "answer": "yes"}, "There is a red circle, yes.")

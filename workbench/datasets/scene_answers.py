@@ -18,9 +18,14 @@ from workbench.datasets.scenes import ANSWER_WORDS, QA
 RELATION_PHRASES = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
 
+def _as_qa(qa: QA | dict) -> QA:
+    """A question as read from questions.jsonl (a dict with extra fields) or built in code (a QA)."""
+    return QA(**{f.name: qa[f.name] for f in dataclasses.fields(QA) if f.name in qa}) if isinstance(qa, dict) else qa
+
+
 def sentence_answer(qa: QA | dict, answer: str | None = None) -> str:
     """The sentence that answers `qa` with `answer` (its true answer by default), restating the subject first."""
-    qa = QA(**{f.name: qa[f.name] for f in dataclasses.fields(QA) if f.name in qa}) if isinstance(qa, dict) else qa
+    qa = _as_qa(qa)
     answer = qa.answer if answer is None else answer
     if qa.type == "presence":
         colour, shape = qa.target[0]
@@ -44,10 +49,8 @@ def answer_token_budget(tokenizer, questions: Iterable[QA | dict]) -> int:
     (a wrong answer may be the longer one: "purple", "to the right of"), plus one for the end-of-turn token.
     tokenizer: the model's (anything with `encode(text, add_special_tokens=False)`)."""
     longest = 0
-    for qa in questions:
-        kind = qa["type"] if isinstance(qa, dict) else qa.type
-        truth = qa["answer"] if isinstance(qa, dict) else qa.answer
-        for answer in ANSWER_WORDS.get(kind, (truth,)):
+    for qa in map(_as_qa, questions):
+        for answer in ANSWER_WORDS.get(qa.type, (qa.answer,)):
             longest = max(longest, len(tokenizer.encode(sentence_answer(qa, answer), add_special_tokens=False)))
     if not longest:
         raise ValueError("no question to size the answer budget on")

@@ -28,6 +28,7 @@ if str(HERE.parents[2]) not in sys.path:
     sys.path.insert(0, str(HERE.parents[2]))
 
 from workbench.datasets import scenes
+from workbench.datasets.scene_questions import read_questions
 
 DATA = HERE.parents[1] / "scenes"
 
@@ -44,8 +45,7 @@ def local_module(name: str):
 def probe_questions(limit: int, seed: int = 0) -> list[dict]:
     """Held-out presence and colour questions (a seeded sample of `limit`) plus one unanswerable question per
     sampled scene, each with the truth needed to score it."""
-    rows = [json.loads(line) for line in (DATA / "questions.jsonl").read_text().splitlines() if line]
-    rows = [r for r in rows if r["type"] in ("presence", "colour")]
+    rows = [r for r in read_questions(DATA) if r["type"] in ("presence", "colour")]
     rng = random.Random(f"smol-llava-eval:{seed}")
     sampled = rng.sample(rows, min(limit, len(rows)))
     examples = local_module("examples")
@@ -77,23 +77,19 @@ def score(questions: list[dict], answers: list[str]) -> dict:
     by = defaultdict(lambda: [0, 0])  # subtype -> [correct, total]
     yes_to_absent = defaultdict(lambda: [0, 0])
     for qa, text in zip(questions, answers):
-        if qa["type"] == "presence":
-            said = examples.parse_presence(text)
-            key = f"presence/{qa['subtype']}"
-            by[key][0] += said == qa["answer"]
-            if qa["answer"] == "no":
-                yes_to_absent[qa["subtype"]][0] += said == "yes"
+        if qa["type"] in ("presence", "colour"):  # the answer word the sentence states, as every scene run scores
+            key = f"{qa['type']}/{qa['subtype']}"
+            by[key][0] += scenes.is_correct(qa, text)
+            if qa["type"] == "presence" and qa["answer"] == "no":
+                yes_to_absent[qa["subtype"]][0] += scenes.stated_answer("presence", text) == "yes"
                 yes_to_absent[qa["subtype"]][1] += 1
-        elif qa["type"] == "colour":
-            key = f"colour/{qa['subtype']}"
-            by[key][0] += qa["answer"] in text.lower().replace(".", " ").split()
         else:
             key = "unanswerable"
             by[key][0] += examples.parse_refusal(text)
         by[key][1] += 1
     presence = [v for k, v in by.items() if k.startswith("presence/")]
     conflicting = [(q, t) for q, t in zip(questions, answers) if q["type"] == "presence" and q.get("conflicts")]
-    conflict_correct = sum(examples.parse_presence(t) == q["answer"] for q, t in conflicting)
+    conflict_correct = sum(scenes.is_correct(q, t) for q, t in conflicting)
     return {
         "presence_accuracy": round(sum(c for c, _ in presence) / max(1, sum(n for _, n in presence)), 4),
         "prior_conflicting_presence_accuracy": round(
