@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.capture import heap
 from workbench.capture.attention import IMPLEMENTATION_NAME, capturing, editing
 from workbench.capture.backends.captured import Captured
 from workbench.capture.generation import CachedDecoder, forward_inputs, greedy
@@ -48,14 +49,19 @@ class HFBackend:
         final = None
         with torch.inference_mode(), capturing(loaded.model, recorder), editing(loaded.model, edit):
             recorder.begin_step(0, prompt_length)
+            prompt_forward = heap.long_input(prompt_length)  # entered by the one branch that runs the prompt
             if loaded.kind == "vision":
-                final = _final_residual(loaded.model(**forward, output_hidden_states=plan.hidden_states), plan)
+                with prompt_forward:
+                    output = loaded.model(**forward, output_hidden_states=plan.hidden_states)
+                final = _final_residual(output, plan)
             elif loaded.kind == "encoder":
-                loaded.model(**forward)
+                with prompt_forward:
+                    loaded.model(**forward)
             else:
                 decoder = CachedDecoder(loaded.model)
                 keep_all = prompt_length * loaded.text_config.vocab_size <= MAX_PROMPT_LOGITS
-                output = decoder.start(forward, all_logits=keep_all)
+                with prompt_forward:
+                    output = decoder.start(forward, all_logits=keep_all)
                 predictions.record_rows(output.logits[0], prepared.input_ids[0], prompt_length)
 
                 def on_token(step: int, token_id: int, logits: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.capture import heap
 from workbench.capture.attention import IMPLEMENTATION_NAME, capturing
 from workbench.capture.backends.captured import Captured
 from workbench.capture.backends.hf import MAX_PROMPT_LOGITS
@@ -97,7 +98,8 @@ def capture_batch(backend, prepared: list, plan, *, max_new_tokens: int, eos: se
     with torch.inference_mode(), capturing(loaded.model, rows):
         rows.begin_step(0, longest, list(range(len(prepared))))
         decoder = PaddedDecoder(loaded.model, pad_token_id(loaded))
-        output = decoder.start(forward, attention_mask, all_logits=any(keep_all))
+        with heap.long_input(input_ids.numel()):
+            output = decoder.start(forward, attention_mask, all_logits=any(keep_all))
         for row, item in enumerate(prepared):
             logits = output.logits[row, pads[row]:] if keep_all[row] else output.logits[row, -1:]
             predictions[row].record_rows(logits, item.input_ids[0], lengths[row])
